@@ -1,0 +1,1 @@
+"""The synchronous, thread-confined inference engine (nano-vllm shaped)."""

@@ -1,0 +1,165 @@
+"""The engine facade: add requests, abort them, step. Synchronous and thread-confined:
+every call must come from one thread at a time (the serving layer's engine driver)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import attrs
+import torch
+
+from triolm.engine.block_manager import BlockManager
+from triolm.engine.model_runner import ModelRunner
+from triolm.engine.sampler import Sampler
+from triolm.engine.sampling_params import SamplingParams
+from triolm.engine.scheduler import Scheduler
+from triolm.engine.sequence import Sequence
+from triolm.models.llama import LlamaModel
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class EngineConfig:
+    max_num_seqs: int = 16
+    max_model_len: int = 2048
+    block_size: int = 16
+    kv_cache_bytes: int = 1 << 30  # upper bound; the cache never exceeds what max_num_seqs needs
+    max_num_batched_tokens: int | None = None  # default: max_model_len
+    seed: int | None = None
+
+
+@attrs.frozen
+class StepOutput:
+    """One new token of one request."""
+
+    request_id: str
+    token_id: int
+    logprob: float
+    top_logprobs: tuple[tuple[int, float], ...] | None
+    finish_reason: str | None  # "stop" | "length" | None while running
+    num_prompt_tokens: int
+    num_cached_prompt_tokens: int  # prompt tokens found in the prefix cache at admission
+    num_prefilled_tokens: int  # tokens computed by prefill so far (cost of this request)
+
+
+class LLMEngine:
+    def __init__(self, model: LlamaModel, eos_token_ids: tuple[int, ...], config: EngineConfig = EngineConfig()):
+        self.config = config
+        self.model = model
+        c = model.config
+        bytes_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.dtype.itemsize
+        wanted_blocks = -(-config.max_model_len // config.block_size) * config.max_num_seqs
+        budget_blocks = config.kv_cache_bytes // (bytes_per_token * config.block_size)
+        num_blocks = max(1, min(wanted_blocks, budget_blocks))
+        if num_blocks * config.block_size < config.max_model_len:
+            log.warning("KV cache holds %d tokens, less than max_model_len %d",
+                        num_blocks * config.block_size, config.max_model_len)
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
+                                   config.max_num_batched_tokens or max(config.max_model_len, 512))
+        self.runner = ModelRunner(model, num_blocks, config.block_size)
+        self.sampler = Sampler(self.eos_token_ids, config.seed)
+        self.sequences: dict[str, Sequence] = {}
+        self._arrivals = itertools.count()
+
+    # -- requests ---------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if request_id in self.sequences:
+            raise ValueError(f"duplicate request id {request_id!r}")
+        if len(prompt_token_ids) >= self.config.max_model_len:
+            raise ValueError(f"prompt of {len(prompt_token_ids)} tokens leaves no room in "
+                             f"max_model_len {self.config.max_model_len}")
+        capacity = self.block_manager.num_blocks * self.config.block_size
+        if len(prompt_token_ids) >= capacity:
+            raise ValueError(f"prompt of {len(prompt_token_ids)} tokens exceeds the KV cache ({capacity} tokens)")
+        seq = Sequence(request_id, prompt_token_ids, params, next(self._arrivals))
+        self.sequences[request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its cache blocks. False if it was not running."""
+        seq = self.sequences.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.remove(seq)
+        return True
+
+    def forget_prefix(self, token_ids: list[int]) -> int:
+        return self.block_manager.forget_prefix(token_ids)
+
+    # -- stepping ---------------------------------------------------------------------
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self) -> list[StepOutput]:
+        seqs, is_prefill = self.scheduler.schedule()
+        if not seqs:
+            return []
+        if is_prefill:
+            for seq in seqs:
+                if seq.first_admission:
+                    seq.num_prefix_hit_tokens = seq.num_cached_tokens
+                    seq.first_admission = False
+                seq.num_prefilled_tokens += len(seq) - seq.num_cached_tokens
+        logits = self.runner.run(seqs, is_prefill)
+        sampled = self.sampler(logits, seqs)
+        outputs = []
+        for seq, tok in zip(seqs, sampled):
+            seq.num_cached_tokens = len(seq)  # every token so far now has its KV
+            self.block_manager.register_full_blocks(seq, seq.num_cached_tokens)
+            seq.append(tok.token_id)
+            if seq.matcher is not None:
+                try:
+                    seq.matcher.accept_token(tok.token_id)
+                except ValueError:
+                    log.warning("grammar rejected token %d of %s", tok.token_id, seq.request_id)
+            reason = self._finish_reason(seq, tok.token_id)
+            outputs.append(StepOutput(seq.request_id, tok.token_id, tok.logprob, tok.top_logprobs,
+                                      reason, seq.num_prompt_tokens, seq.num_prefix_hit_tokens,
+                                      seq.num_prefilled_tokens))
+            if reason is not None:
+                self.sequences.pop(seq.request_id, None)
+                self.scheduler.remove(seq)
+        return outputs
+
+    def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
+        p = seq.params
+        if seq.num_generated >= p.min_tokens:
+            if (not p.ignore_eos and token_id in self.eos_token_ids) or token_id in p.stop_token_ids:
+                return "stop"
+            if seq.matcher is not None and seq.matcher.is_terminated():
+                return "stop"
+        if seq.num_generated >= p.max_tokens or len(seq) >= self.config.max_model_len:
+            return "length"
+        return None
+
+    # -- introspection ----------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """Fraction of cache blocks held by live sequences (0 when idle)."""
+        return self.block_manager.num_used / self.block_manager.num_blocks
+
+
+def generate_greedy(engine: LLMEngine, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """Convenience for tests and benchmarks: run prompts to completion, greedy."""
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    results: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"g{i}", prompt, params)
+        results[f"g{i}"] = []
+    with torch.inference_mode():
+        while engine.has_unfinished():
+            for out in engine.step():
+                results[out.request_id].append(out.token_id)
+    return [results[f"g{i}"] for i in range(len(prompts))]

@@ -1,0 +1,66 @@
+"""Owns the model and its KV cache; turns scheduled sequences into tensors and logits."""
+
+from __future__ import annotations
+
+import torch
+
+from triolm.engine.sequence import Sequence
+from triolm.models.attention import AttentionMetadata, PrefillSeq
+from triolm.models.llama import LlamaModel
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int):
+        c = model.config
+        self.model = model
+        self.block_size = block_size
+        self.kv_cache = torch.zeros(
+            c.num_hidden_layers, 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim,
+            dtype=model.dtype)
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self.kv_cache.numel() * self.kv_cache.element_size()
+
+    def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
+        table = torch.tensor(seq.block_table, dtype=torch.long)
+        pos = torch.arange(start, end)
+        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def run(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
+        """Logits [len(seqs), vocab] for the next token of each sequence."""
+        if is_prefill:
+            return self._prefill(seqs)
+        return self._decode(seqs)
+
+    def _prefill(self, seqs: list[Sequence]) -> torch.Tensor:
+        ids, positions, slots, meta_seqs, last_rows = [], [], [], [], []
+        offset = 0
+        for seq in seqs:
+            start, end = seq.num_cached_tokens, len(seq)
+            ids.extend(seq.token_ids[start:end])
+            positions.append(torch.arange(start, end))
+            slots.append(self._slots(seq, start, end))
+            context = self._slots(seq, 0, end) if start > 0 else None
+            meta_seqs.append(PrefillSeq(offset, offset + end - start, start, context))
+            offset += end - start
+            last_rows.append(offset - 1)
+        meta = AttentionMetadata(True, torch.cat(slots), meta_seqs)
+        hidden = self.model.forward(torch.tensor(ids, dtype=torch.long), torch.cat(positions),
+                                    self.kv_cache, meta)
+        return self.model.logits(hidden[torch.tensor(last_rows)])
+
+    def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        lengths = [len(s) for s in seqs]
+        longest = max(lengths)
+        context = torch.zeros(len(seqs), longest, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            context[row, : lengths[row]] = self._slots(seq, 0, lengths[row])
+        lens = torch.tensor(lengths)
+        mask = (torch.arange(longest).unsqueeze(0) < lens.unsqueeze(1)).view(len(seqs), 1, 1, longest)
+        positions = lens - 1
+        slot_mapping = context[torch.arange(len(seqs)), positions]
+        meta = AttentionMetadata(False, slot_mapping, decode_slots=context, decode_mask=mask)
+        ids = torch.tensor([s.last_token for s in seqs], dtype=torch.long)
+        hidden = self.model.forward(ids, positions, self.kv_cache, meta)
+        return self.model.logits(hidden)

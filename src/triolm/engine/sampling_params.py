@@ -1,0 +1,33 @@
+"""Per-sequence sampling settings, validated where they are built (the API layer)."""
+
+from __future__ import annotations
+
+import attrs
+
+MAX_TOP_LOGPROBS = 20
+
+
+@attrs.frozen
+class SamplingParams:
+    """How one sequence picks its next tokens and when it stops (token-level stops only;
+    stop *strings* are matched on text by the serving layer)."""
+
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: disabled
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    seed: int | None = None
+    max_tokens: int = 16
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: no logprobs; N: sampled token's logprob + top-N
+    constraint: object | None = None  # a GrammarSpec (see engine.constraint), compiled per sequence
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0

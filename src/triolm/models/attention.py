@@ -1,0 +1,80 @@
+"""Paged attention over a block KV cache, written with torch's SDPA.
+
+The cache of one layer is a flat tensor of slots `[num_slots, kv_heads, head_dim]`
+(slot = block * block_size + offset). A step writes its new keys/values into their
+slots, then each sequence attends over the slots its block table names.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+
+@attrs.define
+class PrefillSeq:
+    """One sequence's share of a prefill step: tokens [start, end) of the flat batch."""
+
+    start: int
+    end: int
+    num_cached: int  # tokens of this sequence already in the cache (prefix hit)
+    context_slots: torch.Tensor | None  # [num_cached + new] slots, needed only when num_cached > 0
+
+
+@attrs.define
+class AttentionMetadata:
+    """Everything attention needs for one forward step, shared by all layers."""
+
+    is_prefill: bool
+    slot_mapping: torch.Tensor  # [T] where each new token's k/v goes
+    prefill_seqs: list[PrefillSeq] = attrs.Factory(list)
+    # decode: one token per sequence
+    decode_slots: torch.Tensor | None = None  # [B, Lmax] slots of each context (padded)
+    decode_mask: torch.Tensor | None = None  # [B, 1, 1, Lmax] True where attended
+
+
+def write_kv(cache_k: torch.Tensor, cache_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    cache_k.index_copy_(0, slot_mapping, k)
+    cache_v.index_copy_(0, slot_mapping, v)
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    cache_k: torch.Tensor, cache_v: torch.Tensor,
+                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q: [T, H, D]; k, v: [T, KVH, D] for the step's tokens. Returns [T, H, D]."""
+    write_kv(cache_k, cache_v, k, v, meta.slot_mapping)
+    if meta.is_prefill:
+        return _prefill_attention(q, k, v, cache_k, cache_v, meta, scale)
+    return _decode_attention(q, cache_k, cache_v, meta, scale)
+
+
+def _prefill_attention(q, k, v, cache_k, cache_v, meta: AttentionMetadata, scale: float):
+    out = torch.empty_like(q)
+    for seq in meta.prefill_seqs:
+        qs = q[seq.start:seq.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+        if seq.num_cached == 0:
+            ks = k[seq.start:seq.end].transpose(0, 1).unsqueeze(0)
+            vs = v[seq.start:seq.end].transpose(0, 1).unsqueeze(0)
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale,
+                                               enable_gqa=True)
+        else:
+            ks = cache_k[seq.context_slots].transpose(0, 1).unsqueeze(0)  # [1, KVH, L, D]
+            vs = cache_v[seq.context_slots].transpose(0, 1).unsqueeze(0)
+            n, total = seq.end - seq.start, seq.context_slots.shape[0]
+            rows = torch.arange(n).unsqueeze(1) + seq.num_cached
+            mask = torch.arange(total).unsqueeze(0) <= rows  # causal with an offset
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale,
+                                               enable_gqa=True)
+        out[seq.start:seq.end] = o.squeeze(0).transpose(0, 1)
+    return out
+
+
+def _decode_attention(q, cache_k, cache_v, meta: AttentionMetadata, scale: float):
+    ks = cache_k[meta.decode_slots].transpose(1, 2)  # [B, KVH, L, D]
+    vs = cache_v[meta.decode_slots].transpose(1, 2)
+    qs = q.unsqueeze(2)  # [B, H, 1, D]
+    o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=meta.decode_mask, scale=scale,
+                                       enable_gqa=True)
+    return o.squeeze(2)
