@@ -153,8 +153,9 @@ def rope_scaling_from_factors(factors: torch.Tensor, head_dim: int, theta: float
     """Recover llama3 parameters that reproduce stored `rope_freqs` factors.
 
     Only `factor` and two combinations of the other three parameters are identifiable
-    from the factors; we fix low_freq_factor=1 when the band has ≥ 2 points, else try the
-    usual Llama 3 values. Returns None when the factors are all 1 (no scaling) and raises
+    from the factors, so we fix low_freq_factor=1 (and high_freq_factor=4 when the
+    blended band has fewer than 2 points): the engine computes the same frequencies
+    from the parameters returned. Returns None when the factors are all 1 (no scaling) and raises
     ValueError when no llama3 parameters reproduce them."""
     f = factors.double()
     if bool(torch.all((f - 1).abs() < 1e-6)):
@@ -174,8 +175,18 @@ def rope_scaling_from_factors(factors: torch.Tensor, head_dim: int, theta: float
             high = 1.0 + 1.0 / b
             old = a / b
             candidates.append(RopeScaling("llama3", factor, 1.0, _tidy(high), int(round(old))))
+    elif int(band.sum()) == 1:
+        # One point: assume the usual low/high factors (1, 4) and solve for the context.
+        smooth = float((1.0 / f[band] - 1.0 / factor) / (1.0 - 1.0 / factor))
+        old = float(wavelen[band]) * (3.0 * smooth + 1.0)
+        candidates.append(RopeScaling("llama3", factor, 1.0, 4.0, int(round(old))))
     for old in (8192, 4096, 2048, 16384, 32768, 131072):
         candidates.append(RopeScaling("llama3", factor, 1.0, 4.0, old))
+    if int(band.sum()) == 0:
+        # No blended band: any context between the two groups' wavelengths reproduces it.
+        short = wavelen[(f - 1).abs() <= 1e-6]
+        low = 4.0 * float(short.max()) if len(short) else 1.0
+        candidates.append(RopeScaling("llama3", factor, 1.0, 4.0, int(math.floor(low)) + 1))
     for cand in candidates:
         again = llama3_rope_factors(head_dim, theta, cand).double()
         if torch.allclose(again, f, rtol=1e-4, atol=1e-5):

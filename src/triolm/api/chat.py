@@ -1,0 +1,208 @@
+"""/v1/chat/completions: prepare (render off the loop, validate), generate, shape.
+
+`prepare_chat` and `ChatRun` are also used by the sessions routes, which supply their
+own prompt tokens and record what was generated.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import AsyncIterator
+
+import attrs
+import trio
+
+from triolm.api import openai_format as fmt
+from triolm.api.errors import APIError, bad_request
+from triolm.api.sampling import (build_sampling_params, check_context, requested_max_tokens,
+                                 stop_strings, validate_common)
+from triolm.api.schemas import ChatCompletionRequest
+from triolm.api.state import AppState
+from triolm.api.structured import constraint_for_chat, tool_parsing_mode
+from triolm.errors import InvalidRequestError
+from triolm.serving.engine_driver import OverloadedError
+from triolm.serving.fanout import Tick, TimedOut, merged_deltas, run_all
+from triolm.serving.generation import Generation
+from triolm.serving.prompts import RenderedPrompt, check_tool_definitions, render_chat_prompt, run_off_loop
+from triolm.serving.served_model import ServedModel
+
+
+@attrs.define
+class ChatPlan:
+    body: ChatCompletionRequest
+    served: ServedModel
+    prompt: RenderedPrompt
+    max_tokens: int
+    stops: list[str]
+    tool_parser: str | None  # parse tool calls out of the output with this parser
+    constraint: object | None
+    request_id: str = attrs.Factory(lambda: fmt.new_id("chatcmpl"))
+    created: int = attrs.Factory(fmt.now)
+
+
+async def render_for_request(state: AppState, served: ServedModel, body: ChatCompletionRequest
+                             ) -> RenderedPrompt:
+    try:
+        check_tool_definitions(body.tools)
+        return await run_off_loop(
+            state.tokenize_limiter, render_chat_prompt, served, body.messages, body.tools,
+            body.add_generation_prompt, body.continue_final_message, body.chat_template_kwargs)
+    except InvalidRequestError as exc:
+        raise bad_request(exc.message, param=exc.param or "messages") from None
+    except Exception as exc:
+        # mistral-common and jinja validation errors name the problem in the message
+        from triolm.chat.mistral import is_mistral_validation_error
+
+        if is_mistral_validation_error(exc):
+            raise bad_request(str(exc), param="messages") from None
+        raise
+
+
+async def prepare_chat(state: AppState, body: ChatCompletionRequest,
+                       prompt: RenderedPrompt | None = None) -> ChatPlan:
+    served, _ = state.require_ready()
+    state.check_model_name(body.model)
+    validate_common(body, served.config.vocab_size, state.settings.max_n)
+    if body.logprobs is False and body.top_logprobs:
+        raise bad_request("top_logprobs requires logprobs: true", param="top_logprobs")
+    if prompt is None:
+        prompt = await render_for_request(state, served, body)
+    max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), served.max_model_len)
+    constraint = await constraint_for_chat(state, served, body)
+    return ChatPlan(body=body, served=served, prompt=prompt, max_tokens=max_tokens,
+                    stops=stop_strings(body), tool_parser=tool_parsing_mode(served, body),
+                    constraint=constraint)
+
+
+class ChatRun:
+    """The n generations of one chat request, and their OpenAI shapes."""
+
+    def __init__(self, state: AppState, plan: ChatPlan):
+        self.state = state
+        self.plan = plan
+        body = plan.body
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        self.namer = fmt.TokenNamer(plan.served.tokenizer, body.return_tokens_as_token_ids)
+        _, driver = state.require_ready()
+        self.gens = [
+            Generation(driver, plan.served.tokenizer, plan.prompt.token_ids,
+                       build_sampling_params(body, plan.max_tokens, logprobs, seed_offset=i,
+                                             constraint=plan.constraint),
+                       stop=plan.stops, skip_special_tokens=body.skip_special_tokens)
+            for i in range(body.n)
+        ]
+        self.start = trio.current_time()
+
+    def _observe(self) -> None:
+        end = trio.current_time()
+        for g in self.gens:
+            if g.result.finish_reason is not None:
+                self.state.metrics.observe_generation(g.result, self.start, end)
+
+    # -- non-streaming ----------------------------------------------------------------
+    async def complete(self) -> dict:
+        try:
+            await run_all(self.gens, self.state.settings.request_timeout)
+        except trio.TooSlowError:
+            raise APIError(504, f"request timed out after {self.state.settings.request_timeout} s",
+                           code="timeout") from None
+        except OverloadedError as exc:
+            raise APIError(429, str(exc), code="overloaded") from None
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        finally:
+            self._observe()
+        return self.response_json()
+
+    def response_json(self) -> dict:
+        p = self.plan
+        choices = []
+        for i, g in enumerate(self.gens):
+            r = g.result
+            message = {"role": "assistant", "content": r.text}
+            finish = r.finish_reason
+            if p.tool_parser is not None:
+                from triolm.api.tool_calls import parse_tool_calls
+
+                content, calls = parse_tool_calls(p.tool_parser, r.text)
+                if calls:
+                    message = {"role": "assistant", "content": content, "tool_calls": calls}
+                    finish = "tool_calls"
+            choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish,
+                      "stop_reason": r.stop_reason}
+            if p.body.logprobs:
+                choice["logprobs"] = fmt.chat_logprobs(r.tokens, self.namer)
+            choices.append(choice)
+        completion_tokens = sum(len(g.result.tokens) for g in self.gens)
+        cached = self.gens[0].result.num_cached_prompt_tokens if self.gens else 0
+        return {"id": p.request_id, "object": "chat.completion", "created": p.created,
+                "model": p.served.name, "choices": choices,
+                "usage": fmt.usage(len(p.prompt.token_ids), completion_tokens, cached)}
+
+    # -- streaming --------------------------------------------------------------------
+    def _chunk(self, choices: list[dict], usage: dict | None = None) -> bytes:
+        p = self.plan
+        data = {"id": p.request_id, "object": "chat.completion.chunk", "created": p.created,
+                "model": p.served.name, "choices": choices}
+        if usage is not None:
+            data["usage"] = usage
+        return fmt.sse(data)
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        p = self.plan
+        body = p.body
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        from triolm.api.tool_calls import ToolCallStreamer
+
+        streamers = [ToolCallStreamer(p.tool_parser) if p.tool_parser else None for _ in self.gens]
+        finished = [False] * len(self.gens)
+        for i in range(len(self.gens)):
+            yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None, "finish_reason": None}])
+        try:
+            async with merged_deltas(self.gens, self.state.settings.request_timeout) as events:
+                async for event in events:
+                    if isinstance(event, Tick):
+                        yield fmt.SSE_KEEPALIVE
+                        continue
+                    if isinstance(event, TimedOut):
+                        for i, done in enumerate(finished):
+                            if not done:
+                                finished[i] = True
+                                yield self._chunk([{"index": i, "delta": {}, "logprobs": None,
+                                                    "finish_reason": "length"}])
+                        break
+                    i, delta = event
+                    streamer = streamers[i]
+                    deltas = streamer.push(delta.text) if streamer else (
+                        [{"content": delta.text}] if delta.text else [])
+                    if delta.finish_reason is not None and streamer is not None:
+                        deltas += streamer.finish()
+                    logprobs = fmt.chat_logprobs(delta.tokens, self.namer) if body.logprobs else None
+                    for j, d in enumerate(deltas or ([{}] if logprobs else [])):
+                        yield self._chunk([{"index": i, "delta": d,
+                                            "logprobs": logprobs if j == 0 else None,
+                                            "finish_reason": None}])
+                    if delta.finish_reason is not None:
+                        finished[i] = True
+                        finish = delta.finish_reason
+                        if streamer is not None and streamer.saw_tool_call:
+                            finish = "tool_calls"
+                        yield self._chunk([{"index": i, "delta": {}, "logprobs": None,
+                                            "finish_reason": finish,
+                                            "stop_reason": delta.stop_reason}])
+        except OverloadedError as exc:
+            yield fmt.sse({"error": APIError(429, str(exc), code="overloaded").body()["error"]})
+        except ValueError as exc:
+            yield fmt.sse({"error": bad_request(str(exc)).body()["error"]})
+        finally:
+            self._observe()
+        if include_usage:
+            completion_tokens = sum(len(g.result.tokens) for g in self.gens)
+            yield self._chunk([], fmt.usage(len(p.prompt.token_ids), completion_tokens,
+                                            self.gens[0].result.num_cached_prompt_tokens))
+        yield fmt.SSE_DONE
+
+
+def dumps(data: dict) -> str:
+    return json.dumps(data, ensure_ascii=False)

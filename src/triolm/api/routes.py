@@ -1,0 +1,178 @@
+"""HTTP routes: OpenAI API, tokenize/detokenize, probes, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Blueprint, Response, current_app, jsonify, request
+
+from triolm.api.chat import ChatRun, prepare_chat
+from triolm.api.completions import prepare_completion
+from triolm.api.errors import APIError, bad_request
+from triolm.api.schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                                TokenizeRequest, parse_body)
+from triolm.api.state import AppState
+from triolm.serving.prompts import encode_text, render_chat_prompt, run_off_loop
+
+bp = Blueprint("triolm", __name__)
+
+
+def state() -> AppState:
+    return current_app.config["TRIOLM_STATE"]
+
+
+async def json_body() -> dict:
+    """The request's JSON object, or a 400 naming what is wrong with it."""
+    raw = await request.get_data(cache=False)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("request body is not valid UTF-8") from None
+    try:
+        data = json.loads(text) if text.strip() else None
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise bad_request("request body must be a JSON object")
+    return data
+
+
+def sse_response(body) -> Response:
+    response = Response(body, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    response.timeout = None
+    return response
+
+
+# -- OpenAI -----------------------------------------------------------------------------
+@bp.post("/v1/chat/completions")
+async def chat_completions():
+    body = parse_body(ChatCompletionRequest, await json_body())
+    plan = await prepare_chat(state(), body)
+    run = ChatRun(state(), plan)
+    if body.stream:
+        return sse_response(run.stream())
+    return jsonify(await run.complete())
+
+
+@bp.post("/v1/completions")
+async def completions():
+    body = parse_body(CompletionRequest, await json_body())
+    run = await prepare_completion(state(), body)
+    if body.stream:
+        return sse_response(run.stream())
+    return jsonify(await run.complete())
+
+
+@bp.get("/v1/models")
+async def list_models():
+    st = state()
+    data = []
+    if st.served is not None:
+        data.append({"id": st.served.name, "object": "model", "created": int(st.started_at),
+                     "owned_by": "triolm", "root": st.served.path,
+                     "max_model_len": st.served.max_model_len})
+    return jsonify({"object": "list", "data": data})
+
+
+@bp.get("/v1/models/<path:model_id>")
+async def get_model(model_id: str):
+    st = state()
+    if st.served is None or st.served.name != model_id:
+        raise APIError(404, f"The model `{model_id}` does not exist.", param="model", code="model_not_found")
+    return jsonify({"id": st.served.name, "object": "model", "created": int(st.started_at),
+                    "owned_by": "triolm", "max_model_len": st.served.max_model_len})
+
+
+# -- tokenize / detokenize (vLLM shapes) --------------------------------------------------
+@bp.post("/tokenize")
+async def tokenize():
+    st = state()
+    body = parse_body(TokenizeRequest, await json_body())
+    served, _ = st.require_ready()
+    st.check_model_name(body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise bad_request("give exactly one of 'prompt' or 'messages'", param="prompt")
+    if body.messages is not None:
+        if not body.messages:
+            raise bad_request("messages must not be empty", param="messages")
+        from triolm.api.chat import render_for_request
+
+        chat_body = parse_body(ChatCompletionRequest, {"messages": body.messages, "tools": body.tools,
+                                                       "add_generation_prompt": body.add_generation_prompt})
+        tokens = (await render_for_request(st, served, chat_body)).token_ids
+    else:
+        tokens = await run_off_loop(st.tokenize_limiter, encode_text, served, body.prompt,
+                                    body.add_special_tokens)
+    return jsonify({"tokens": tokens, "count": len(tokens), "max_model_len": served.max_model_len})
+
+
+@bp.post("/detokenize")
+async def detokenize():
+    st = state()
+    body = parse_body(DetokenizeRequest, await json_body())
+    served, _ = st.require_ready()
+    st.check_model_name(body.model)
+    vocab = served.config.vocab_size
+    bad = [t for t in body.tokens if not 0 <= t < vocab]
+    if bad:
+        raise bad_request(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
+    text = await run_off_loop(st.tokenize_limiter, served.tokenizer.decode, body.tokens, False)
+    return jsonify({"prompt": text})
+
+
+# -- probes and metrics -------------------------------------------------------------------
+@bp.get("/livez")
+async def livez():
+    return jsonify({"status": "alive"})
+
+
+@bp.get("/readyz")
+async def readyz():
+    st = state()
+    if st.ready:
+        return jsonify({"status": "ready", "model": st.served.name})
+    reason = "shutting down" if st.shutting_down else (st.load_error or st.loading)
+    response = jsonify({"status": "not ready", "reason": reason})
+    response.status_code = 503
+    return response
+
+
+@bp.get("/health")
+async def health():
+    st = state()
+    driver = st.driver
+    status = "ok" if st.ready else ("error" if st.load_error else "loading")
+    if st.shutting_down:
+        status = "shutting_down"
+    data = {
+        "status": status,
+        "model": st.served.name if st.served else None,
+        "model_card": st.served.card if st.served else None,
+        "requests_running": driver.num_running if driver else 0,
+        "requests_waiting": driver.num_waiting if driver else 0,
+        "requests_in_flight": st.in_flight,
+        "kv_cache_usage": driver.engine.kv_cache_usage if driver else 0.0,
+        "sessions": len(st.sessions) if st.sessions is not None else 0,
+        "uptime_seconds": round(trio.current_time() and (__import__("time").time() - st.started_at), 3),
+    }
+    if st.load_error:
+        data["error"] = st.load_error
+    response = jsonify(data)
+    if not st.ready:
+        response.status_code = 503
+    return response
+
+
+@bp.get("/metrics")
+async def metrics():
+    st = state()
+    m = st.metrics
+    if st.driver is not None:
+        m.running.set(st.driver.num_running)
+        m.waiting.set(st.driver.num_waiting)
+        m.kv_usage.set(st.driver.engine.kv_cache_usage)
+    return Response(generate_latest(m.registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,147 @@
+"""`create_app()`: the Quart-Trio app, its lifespan tasks and its error handling.
+
+`hypercorn --worker-class trio 'triolm.server:create_app()'` serves it directly (settings
+from TRIOLM_* variables); `triolm serve` does the same with flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+
+import trio
+from quart import jsonify, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from triolm.api.errors import APIError, error_response
+from triolm.api.routes import bp
+from triolm.api.state import AppState
+from triolm.engine.llm_engine import EngineConfig, LLMEngine
+from triolm.errors import ModelLoadError
+from triolm.serving.engine_driver import EngineDriver
+from triolm.serving.loop_lag import monitor_loop_lag
+from triolm.serving.metrics import Metrics
+from triolm.serving.served_model import ServedModel, load_served_model
+from triolm.serving.settings import ServerSettings
+
+log = logging.getLogger("triolm")
+
+
+def create_app(settings: ServerSettings | None = None, *, served: ServedModel | None = None) -> QuartTrio:
+    """Build the app. `served` injects an already-loaded model (tests share one)."""
+    settings = settings or ServerSettings.from_env()
+    app = QuartTrio("triolm")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_size
+    app.config["RESPONSE_TIMEOUT"] = None  # streams may be long; deadlines are our cancel scopes
+    app.config["BODY_TIMEOUT"] = 60
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.graceful_timeout
+    state = AppState(settings=settings, metrics=Metrics(lambda: None))
+    app.config["TRIOLM_STATE"] = state
+    app.register_blueprint(bp)
+    _install_error_handlers(app)
+    _install_auth(app, state)
+    _install_sessions(app, state)
+
+    @app.before_serving
+    async def start_background() -> None:
+        # Trio objects are made here, inside the running loop, never at import time.
+        state.tokenize_limiter = trio.CapacityLimiter(settings.tokenizer_threads)
+        state.fatal = state.fatal or trio.Event()
+        app.nursery.start_soon(monitor_loop_lag, state.metrics)
+        app.nursery.start_soon(_load_and_drive, state, served)
+
+    @app.after_serving
+    async def stop_background() -> None:
+        state.shutting_down = True
+
+    return app
+
+
+async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
+    settings = state.settings
+    if served is None:
+        try:
+            served = await trio.to_thread.run_sync(_load_with_progress, settings, state)
+        except (ModelLoadError, OSError) as exc:
+            state.load_error = str(exc)
+            log.error("model load failed: %s", exc)
+            state.fatal.set()
+            return
+        except Exception as exc:  # a loader bug: report it, don't take the loop down silently
+            state.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model load failed")
+            state.fatal.set()
+            return
+    engine = LLMEngine(served.model, served.eos_token_ids, EngineConfig(
+        max_num_seqs=settings.max_num_seqs, max_model_len=served.max_model_len,
+        kv_cache_bytes=settings.kv_cache_memory, seed=settings.seed))
+    driver = EngineDriver(engine, settings.max_queue)
+    if state.sessions is not None:
+        state.sessions.attach(served, driver)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        state.served, state.driver = served, driver
+        state.loading = "ready"
+        log.info("model %s ready (max_model_len %d, %d KV blocks)", served.name,
+                 served.max_model_len, engine.block_manager.num_blocks)
+
+
+def _load_with_progress(settings: ServerSettings, state: AppState) -> ServedModel:
+    from tqdm import tqdm
+
+    with tqdm(total=100, desc="loading model", unit="%", file=sys.stderr,
+              disable=not sys.stderr.isatty() and settings.log_level == "warning") as bar:
+        def progress(stage: str, fraction: float) -> None:
+            state.loading = stage
+            bar.set_postfix_str(stage)
+            bar.update(max(0, int(fraction * 100) - bar.n))
+
+        return load_served_model(settings, progress)
+
+
+def _install_error_handlers(app: QuartTrio) -> None:
+    @app.errorhandler(APIError)
+    async def handle_api_error(err: APIError):
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    async def handle_http(err: HTTPException):
+        code = err.code or 500
+        messages = {404: f"no route for {request.method} {request.path}",
+                    405: f"method {request.method} not allowed on {request.path}",
+                    413: f"request body larger than the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"}
+        return error_response(APIError(code, messages.get(code, err.description or err.name)))
+
+    @app.errorhandler(Exception)
+    async def handle_unexpected(err: Exception):
+        incident = secrets.token_hex(4)
+        log.exception("unhandled error (incident %s)", incident)
+        return error_response(APIError(500, f"internal error (incident {incident}); see server log",
+                                       error_type="internal_server_error"))
+
+
+def _install_auth(app: QuartTrio, state: AppState) -> None:
+    @app.before_request
+    async def check_api_key():
+        key = state.settings.api_key
+        if not key or not request.path.startswith("/v1/"):
+            return None
+        given = request.headers.get("Authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            await request.get_data()  # drain the body: keep the keep-alive connection usable
+            return error_response(APIError(401, "invalid or missing API key (Authorization: Bearer …)",
+                                           code="invalid_api_key"))
+        return None
+
+
+def _install_sessions(app: QuartTrio, state: AppState) -> None:
+    try:
+        from triolm.api.sessions_routes import register_sessions
+    except ImportError:
+        return
+    register_sessions(app, state)
+
+
+__all__ = ["create_app", "jsonify"]

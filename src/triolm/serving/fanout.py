@@ -1,0 +1,66 @@
+"""Run n generations of one request together and merge their deltas into one stream.
+
+The producer is a `trio.as_safe_channel` generator: its nursery, its deadline (the
+request timeout) and its keep-alive ticks live in its own task, so the consumer — an
+HTTP response body — can stop at any point (client gone) and everything is cancelled
+and cleaned up in order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import trio
+
+from triolm.serving.generation import Delta, Generation
+
+
+@attrs.frozen
+class Tick:
+    """Nothing happened for `keepalive` seconds (an SSE comment keeps proxies patient)."""
+
+
+@attrs.frozen
+class TimedOut:
+    """The request deadline passed; the generations were cancelled."""
+
+
+async def _pump(index: int, gen: Generation, send: trio.MemorySendChannel) -> None:
+    async with send:
+        async for delta in gen.deltas():
+            await send.send((index, delta))
+
+
+@trio.as_safe_channel
+async def merged_deltas(gens: list[Generation], timeout: float | None, keepalive: float = 15.0):
+    """Yields (index, Delta) pairs, Tick() while idle, and TimedOut() once at a deadline."""
+    with trio.move_on_after(timeout if timeout else math.inf) as deadline:
+        send, recv = trio.open_memory_channel(math.inf)
+        async with trio.open_nursery() as nursery:
+            async with send:
+                for i, gen in enumerate(gens):
+                    nursery.start_soon(_pump, i, gen, send.clone())
+            async with recv:
+                while True:
+                    item = None
+                    with trio.move_on_after(keepalive):
+                        try:
+                            item = await recv.receive()
+                        except trio.EndOfChannel:
+                            break
+                    yield Tick() if item is None else item
+    if deadline.cancelled_caught:
+        yield TimedOut()
+
+
+async def run_all(gens: list[Generation], timeout: float | None) -> None:
+    """Run generations to their end; raises trio.TooSlowError past the deadline."""
+    with trio.fail_after(timeout if timeout else math.inf):
+        async with trio.open_nursery() as nursery:
+            for gen in gens:
+                nursery.start_soon(gen.run_to_end)
+
+
+def is_delta(item) -> bool:
+    return isinstance(item, tuple) and isinstance(item[1], Delta)

@@ -1,0 +1,125 @@
+"""One generation's lifetime on the event loop: submit, stream text deltas, stop, clean up.
+
+Whatever ends the consumer — finished, stop string, timeout, client disconnect — the
+`finally` aborts the engine sequence, so its KV cache is freed before the next step.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import AsyncIterator
+
+import attrs
+import trio
+
+from triolm.engine.llm_engine import StepOutput
+from triolm.engine.sampling_params import SamplingParams
+from triolm.serving.engine_driver import EngineDriver
+from triolm.serving.stop_strings import StopStringMatcher
+from triolm.tokenizers.base import Tokenizer
+from triolm.tokenizers.detokenizer import IncrementalDetokenizer
+
+_ids = itertools.count()
+
+
+@attrs.frozen
+class TokenInfo:
+    token_id: int
+    logprob: float
+    top_logprobs: tuple[tuple[int, float], ...] | None
+
+
+@attrs.frozen
+class Delta:
+    """New text of one generation, with the tokens that arrived since the last delta."""
+
+    text: str
+    tokens: tuple[TokenInfo, ...]
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None  # the matched stop string or stop token id
+
+
+@attrs.define
+class GenerationResult:
+    """Accumulated outcome, filled while the generation streams."""
+
+    text: str = ""
+    tokens: list[TokenInfo] = attrs.Factory(list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    num_prompt_tokens: int = 0
+    num_cached_prompt_tokens: int = 0
+    num_prefilled_tokens: int = 0
+    first_token_time: float | None = None
+    token_times: list[float] = attrs.Factory(list)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t.token_id for t in self.tokens]
+
+
+class Generation:
+    """Iterate `deltas()` once; read `result` afterwards (or during)."""
+
+    def __init__(self, driver: EngineDriver, tokenizer: Tokenizer, prompt_ids: list[int],
+                 params: SamplingParams, stop: list[str] | None = None,
+                 skip_special_tokens: bool = True):
+        self.driver = driver
+        self.tokenizer = tokenizer
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.request_id = f"gen-{next(_ids)}"
+        self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip_special_tokens)
+        self.stops = StopStringMatcher(stop or [])
+        self.result = GenerationResult(num_prompt_tokens=len(prompt_ids))
+        self.start_time = trio.current_time()
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        channel = self.driver.submit(self.request_id, self.prompt_ids, self.params)
+        finished = False
+        try:
+            async with channel:
+                async for item in channel:
+                    if isinstance(item, Exception):
+                        raise item
+                    delta = self._on_output(item)
+                    if delta.finish_reason is not None:
+                        finished = True
+                    yield delta
+                    if finished:
+                        return
+            # the channel closed without a finishing token: aborted from elsewhere
+            finished = True
+            self.result.finish_reason = self.result.finish_reason or "abort"
+        finally:
+            if not finished:
+                self.driver.abort(self.request_id)
+
+    def _on_output(self, out: StepOutput) -> Delta:
+        r = self.result
+        now = trio.current_time()
+        if r.first_token_time is None:
+            r.first_token_time = now
+            r.num_cached_prompt_tokens = out.num_cached_prompt_tokens
+        r.num_prefilled_tokens = out.num_prefilled_tokens
+        r.token_times.append(now)
+        info = TokenInfo(out.token_id, out.logprob, out.top_logprobs)
+        r.tokens.append(info)
+        text = self.stops.feed(self.detokenizer.push(out.token_id))
+        finish, stop_reason = out.finish_reason, None
+        if self.stops.matched is not None:
+            finish, stop_reason = "stop", self.stops.matched
+            self.driver.abort(self.request_id)  # no-op if the engine already finished it
+        elif finish is not None:
+            text += self.stops.flush()
+            if finish == "stop" and out.token_id in self.params.stop_token_ids:
+                stop_reason = out.token_id
+        r.text += text
+        if finish is not None:
+            r.finish_reason, r.stop_reason = finish, stop_reason
+        return Delta(text, (info,), finish, stop_reason)
+
+    async def run_to_end(self) -> GenerationResult:
+        async for _ in self.deltas():
+            pass
+        return self.result

@@ -1,0 +1,85 @@
+"""Prompt rendering and tokenization, always run off the event loop.
+
+Chat templates over large conversations and tokenizers over large prompts are CPU work
+measured in hundreds of milliseconds; on the loop they would freeze every other request
+(the origin of contract event-loop-001). `run_off_loop` is the one way in.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, TypeVar
+
+import attrs
+import trio
+
+from triolm.errors import InvalidRequestError
+from triolm.serving.served_model import ServedModel
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class RenderedPrompt:
+    text: str
+    token_ids: list[int]
+
+
+async def run_off_loop(limiter: trio.CapacityLimiter, fn: Callable[..., T], *args: Any) -> T:
+    return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+
+def normalize_messages(messages: list[dict]) -> list[dict]:
+    """OpenAI messages -> what HF chat templates expect: text parts joined into a string."""
+    out = []
+    for m in messages:
+        m = dict(m)
+        content = m.get("content")
+        if isinstance(content, list):
+            m["content"] = "".join(part.get("text", "") for part in content)
+        if m.get("role") == "developer":
+            m["role"] = "system"
+        out.append(m)
+    return out
+
+
+def render_chat_prompt(served: ServedModel, messages: list[dict], tools: list[dict] | None = None,
+                       add_generation_prompt: bool = True, continue_final_message: bool = False,
+                       template_kwargs: dict | None = None) -> RenderedPrompt:
+    if served.mistral_tokenizer is not None:
+        from triolm.chat.mistral import encode_mistral_chat
+
+        return RenderedPrompt(*encode_mistral_chat(served.mistral_tokenizer, messages, tools))
+    text = served.chat_template.render(
+        normalize_messages(messages), tools=tools,
+        add_generation_prompt=add_generation_prompt and not continue_final_message,
+        **(template_kwargs or {}))
+    if continue_final_message:
+        last = messages[-1].get("content") or ""
+        if isinstance(last, list):
+            last = "".join(p.get("text", "") for p in last)
+        idx = text.rfind(last)
+        if last and idx != -1:
+            text = text[: idx + len(last)]
+    # The template already contains bos and other special tokens as text.
+    return RenderedPrompt(text, served.tokenizer.encode(text, add_special_tokens=False))
+
+
+def encode_text(served: ServedModel, text: str, add_special_tokens: bool = True) -> list[int]:
+    return served.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+
+def check_tool_definitions(tools: list[dict] | None) -> None:
+    for i, tool in enumerate(tools or ()):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(fn, dict):
+            raise InvalidRequestError(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}", "tools")
+        if not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise InvalidRequestError(f"tools[{i}].function.name must be a non-empty string", "tools")
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise InvalidRequestError(f"tools[{i}].function.parameters must be a JSON schema object", "tools")
+
+
+def arguments_as_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)

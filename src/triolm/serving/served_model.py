@@ -1,0 +1,178 @@
+"""Load what the server serves: weights, tokenizer, chat template, tool parser, limits.
+
+Runs in a worker thread at start-up (it is slow and CPU-bound); reports progress to a
+callback so the CLI can draw a progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import attrs
+import torch
+
+from triolm.errors import ModelLoadError
+from triolm.models.config import ModelConfig
+from triolm.models.llama import LlamaModel
+from triolm.serving.settings import ServerSettings
+from triolm.tokenizers.base import Tokenizer
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]  # (stage description, fraction done 0..1)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@attrs.define
+class ServedModel:
+    name: str
+    path: str
+    config: ModelConfig
+    model: LlamaModel
+    tokenizer: Tokenizer
+    chat_template: object  # triolm.chat.template.ChatTemplate
+    mistral_tokenizer: object | None  # mistral_common MistralTokenizer in mistral mode
+    tool_parser: str | None
+    max_model_len: int
+    weights_bytes: int
+    card: str = ""
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        ids = set(self.tokenizer.eos_token_ids) | set(self.config.eos_token_ids)
+        return tuple(sorted(ids))
+
+
+def _noop(stage: str, fraction: float) -> None:
+    pass
+
+
+def default_model_path() -> Path:
+    """The embedded default model, generated deterministically on first use."""
+    from triolm.testing.model_factory import make_default_model
+
+    return make_default_model()
+
+
+def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> ServedModel:
+    path = Path(settings.model) if settings.model else None
+    card = ""
+    if path is None:
+        progress("generating the embedded default model", 0.0)
+        path = default_model_path()
+        card = ("triolm-default: a tiny model with RANDOM weights and a real tokenizer, "
+                "for trying the server out; its output is gibberish.")
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file or directory")
+    dtype = _DTYPES.get(settings.dtype)
+    if dtype is None:
+        raise ModelLoadError(f"unsupported dtype {settings.dtype!r} (supported: {', '.join(_DTYPES)})")
+    progress("reading weights", 0.1)
+    if path.is_file():
+        config, tensors, tokenizer, template_source = _load_gguf(path)
+    else:
+        config, tensors, tokenizer, template_source = _load_directory(path, settings, progress)
+    weights_bytes = sum(t.numel() for t in tensors.values()) * dtype.itemsize
+    progress("building the model", 0.7)
+    max_len = _max_model_len(settings, config)
+    model = LlamaModel(config, tensors, dtype=dtype, max_positions=max_len + 1)
+    del tensors
+    progress("tokenizer and chat template", 0.9)
+    mistral_tok = _maybe_mistral_tokenizer(path, settings)
+    if mistral_tok is not None:
+        from triolm.chat.mistral_tokenizer import MistralTokenizerAdapter
+
+        tokenizer = MistralTokenizerAdapter(mistral_tok)
+    if settings.chat_template:
+        template_source = Path(settings.chat_template).read_text()
+    from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
+
+    template = ChatTemplate(template_source or DEFAULT_CHAT_TEMPLATE,
+                            bos_token=getattr(tokenizer, "bos_token", None) or "",
+                            eos_token=getattr(tokenizer, "eos_token", None) or "")
+    tool_parser = settings.tool_call_parser or _detect_tool_parser(template_source, config, mistral_tok)
+    name = settings.served_model_name or (path.stem if path.is_file() else path.name)
+    if settings.model is None:
+        name = settings.served_model_name or "triolm-default"
+    progress("ready", 1.0)
+    return ServedModel(name=name, path=str(path), config=config, model=model, tokenizer=tokenizer,
+                       chat_template=template, mistral_tokenizer=mistral_tok,
+                       tool_parser=tool_parser, max_model_len=max_len,
+                       weights_bytes=weights_bytes, card=card)
+
+
+def _max_model_len(settings: ServerSettings, config: ModelConfig) -> int:
+    trained = config.max_position_embeddings
+    if settings.max_model_len is None:
+        return min(trained, 8192)
+    if settings.max_model_len > trained:
+        log.warning("--max-model-len %d is beyond the model's trained context %d: "
+                    "quality may degrade past it", settings.max_model_len, trained)
+    return settings.max_model_len
+
+
+def _load_gguf(path: Path):
+    from triolm.models.gguf_reader import read_gguf
+    from triolm.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
+
+    gguf = read_gguf(path)
+    try:
+        tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a malformed vocabulary must not crash start-up obscurely
+        raise ModelLoadError(f"{path}: cannot build the tokenizer from GGUF metadata: {exc}") from exc
+    template = gguf.metadata.get("tokenizer.chat_template")
+    return gguf.config, gguf.tensors, tokenizer, template
+
+
+def _load_directory(path: Path, settings: ServerSettings, progress: Progress):
+    from triolm.models.hf_config import read_hf_config
+    from triolm.models.safetensors_loader import read_safetensors
+
+    if (path / "params.json").exists() and not (path / "config.json").exists():
+        from triolm.models.mistral_native import read_mistral_native
+
+        config, tensors = read_mistral_native(path)
+        from triolm.chat.mistral_tokenizer import load_mistral_tokenizer_adapter
+
+        return config, tensors, load_mistral_tokenizer_adapter(path), None
+    config = read_hf_config(path)
+    tensors = read_safetensors(path, lambda done, total: progress(
+        f"reading safetensors {done}/{total}", 0.1 + 0.5 * done / total))
+    from triolm.tokenizers.hf import HFTokenizer
+
+    tokenizer = HFTokenizer.from_dir(path)
+    return config, tensors, tokenizer, tokenizer.chat_template
+
+
+def _maybe_mistral_tokenizer(path: Path, settings: ServerSettings):
+    if settings.tokenizer_mode == "hf":
+        return None
+    if path.is_file():
+        if settings.tokenizer_mode == "mistral":
+            raise ModelLoadError("--tokenizer-mode mistral needs a model directory with a "
+                                 "mistral-common tokenizer file (tekken.json, tokenizer.model.v3, …)")
+        return None
+    from triolm.chat.mistral import find_mistral_tokenizer_file, load_mistral_tokenizer
+
+    found = find_mistral_tokenizer_file(path)
+    if found is None:
+        if settings.tokenizer_mode == "mistral":
+            raise ModelLoadError(f"{path}: --tokenizer-mode mistral but no mistral-common tokenizer "
+                                 "file (tekken.json, tokenizer.model.v3, …) in the directory")
+        return None
+    return load_mistral_tokenizer(path)
+
+
+def _detect_tool_parser(template: str | None, config: ModelConfig, mistral_tok) -> str | None:
+    if mistral_tok is not None:
+        return "mistral"
+    try:
+        from triolm.chat.tool_parsers import detect_tool_parser
+    except ImportError:
+        return None
+    return detect_tool_parser(template, config.architecture)

@@ -1,0 +1,59 @@
+"""Server settings: one frozen value built from CLI flags or TRIOLM_* environment variables."""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+
+ENV_PREFIX = "TRIOLM_"
+
+
+@attrs.frozen
+class ServerSettings:
+    model: str | None = None  # .gguf file or model directory; None: the embedded default model
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None
+    api_key: str | None = None
+    max_num_seqs: int = 16
+    max_model_len: int | None = None  # None: the model's trained context (capped for memory)
+    max_queue: int = 64  # waiting requests beyond the running batch; past it: 429
+    request_timeout: float | None = 600.0
+    tokenizer_mode: str = "auto"  # auto | hf | mistral
+    chat_template: str | None = None  # path of a jinja file overriding the model's template
+    tool_call_parser: str | None = None
+    log_level: str = "info"
+    max_body_size: int = 16 * 1024 * 1024
+    dtype: str = "float32"
+    kv_cache_memory: int = 2 << 30  # bytes
+    max_n: int = 16
+    graceful_timeout: float = 5.0
+    tokenizer_threads: int = 2
+    max_sessions: int = 1024
+    session_idle_timeout: float = 3600.0
+    seed: int | None = None
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> "ServerSettings":
+        """Settings from TRIOLM_<FIELD> variables (e.g. TRIOLM_MODEL, TRIOLM_MAX_NUM_SEQS)."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in attrs.fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _convert(raw, field.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _convert(raw: str, type_name) -> object:
+    t = str(type_name)
+    if "int" in t and "float" not in t:
+        return int(raw)
+    if "float" in t:
+        return float(raw)
+    if "bool" in t:
+        return raw.lower() in ("1", "true", "yes", "on")
+    return raw
