@@ -1,9 +1,21 @@
 """What the engine needs from a structured-output grammar: a per-sequence matcher that
-masks the logits before sampling and advances on each sampled token."""
+masks the logits before sampling and advances on each sampled token.
+
+Masks travel as *bitmasks*: int32 words, bit j of word i allowing token 32*i + j
+(little-endian, the layout llguidance, xgrammar and outlines-core all write).  A
+[batch, ceil(vocab/32)] bitmask is 32x smaller than a bool mask and is filled in place,
+so the engine allocates one per step (or once) and masks the whole batch in one op.
+
+Per decode step, for the rows whose sequence has a matcher:
+    fill_token_bitmasks(matchers, bitmask)      # None rows -> all tokens allowed
+    apply_token_bitmask_(logits, bitmask)       # after penalties/bias, before temperature
+    ... sample ...
+    matcher.accept_token(token); if matcher.is_terminated(): finish the sequence ("stop")
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -14,14 +26,78 @@ class TokenMatcher(Protocol):
     def allowed_tokens_mask(self) -> torch.Tensor:
         """Bool tensor [vocab_size]: True where the token may come next."""
 
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        """Write the allowed-token bits into row `row` of an int32 [batch, words] CPU tensor."""
+
     def accept_token(self, token_id: int) -> None:
         """Advance the grammar; raise ValueError when the token is not allowed."""
 
     def is_terminated(self) -> bool:
-        """True when the grammar is complete and only EOS may follow."""
+        """True when the grammar is complete and only EOS may follow (or EOS was taken):
+        the engine stops the sequence without sampling again."""
+
+    def rollback(self, num_tokens: int) -> None:
+        """Undo the last `num_tokens` accepted tokens (speculative decoding, stop strings)."""
 
 
 class GrammarSpec(Protocol):
     """A compiled grammar (cached); makes a fresh matcher for each sequence."""
 
     def new_matcher(self) -> TokenMatcher: ...
+
+
+def bitmask_words(vocab_size: int) -> int:
+    return (vocab_size + 31) // 32
+
+
+def allocate_token_bitmask(batch_size: int, vocab_size: int) -> torch.Tensor:
+    """An all-allowed int32 bitmask [batch_size, ceil(vocab_size/32)] on the CPU."""
+    return torch.full((batch_size, bitmask_words(vocab_size)), -1, dtype=torch.int32)
+
+
+def fill_token_bitmasks(matchers: Sequence[TokenMatcher | None], bitmask: torch.Tensor) -> None:
+    """Fill row i of `bitmask` from matchers[i]; rows whose matcher is None allow all.
+
+    Matchers whose class offers `fill_bitmask_batch(pairs, bitmask)` (a staticmethod taking
+    [(matcher, row)]) are filled with one call per class, so an implementation can spread
+    the rows over threads without holding the GIL.
+    """
+    batched: dict[Callable, list[tuple[TokenMatcher, int]]] = {}
+    for row, m in enumerate(matchers):
+        if m is None:
+            bitmask[row].fill_(-1)
+            continue
+        batch_fill = getattr(type(m), "fill_bitmask_batch", None)
+        if batch_fill is None:
+            m.fill_bitmask(bitmask, row)
+        else:
+            batched.setdefault(batch_fill, []).append((m, row))
+    for batch_fill, pairs in batched.items():
+        batch_fill(pairs, bitmask)
+
+
+_SHIFTS: dict[torch.device, torch.Tensor] = {}
+
+
+def bitmask_to_bool(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Unpack int32 words [..., words] into a bool tensor [..., vocab_size]."""
+    shifts = _SHIFTS.get(bitmask.device)
+    if shifts is None:
+        shifts = _SHIFTS[bitmask.device] = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    bits = (bitmask.unsqueeze(-1) >> shifts) & 1
+    return bits.flatten(-2)[..., :vocab_size].bool()
+
+
+def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """Set disallowed logits to -inf in place.  logits [batch, n] (n may exceed the
+    bitmask's 32*words: the extra padded-vocab columns are disallowed); returns logits."""
+    squeeze = logits.dim() == 1
+    if squeeze:
+        logits, bitmask = logits.unsqueeze(0), bitmask.view(1, -1)
+    n = logits.shape[-1]
+    covered = min(n, 32 * bitmask.shape[-1])
+    if covered < n:
+        logits[:, covered:] = float("-inf")
+    allowed = bitmask_to_bool(bitmask.to(logits.device, non_blocking=True), covered)
+    logits[:, :covered].masked_fill_(~allowed, float("-inf"))
+    return logits.squeeze(0) if squeeze else logits

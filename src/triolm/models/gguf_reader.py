@@ -1,13 +1,15 @@
 """Load a llama-family GGUF file (llama.cpp's format) into HF-named torch tensors.
 
-The `gguf` package's GGUFReader memory-maps the file and parses it; a thin subclass
-bounds-checks every read against the file size first, so a truncated or corrupt file
-raises `ModelLoadError` instead of reading garbage, hanging, or crashing.
+The `gguf` package's GGUFReader memory-maps the file and parses the tensor table; a
+subclass replaces its per-element metadata parsing with a fast one (a 128k vocabulary
+took seconds) and bounds-checks every read against the file size first, so a truncated
+or corrupt file raises `ModelLoadError` instead of reading garbage, hanging, or crashing.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import attrs
 import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf.gguf_reader import ReaderField
 
 from triolm.errors import ModelLoadError
 from triolm.models import gguf_layout as layout
@@ -60,9 +63,112 @@ class _Corrupt(Exception):
     """Raised inside the reader; turned into ModelLoadError naming the file."""
 
 
+# GGUF metadata value type id -> (struct format, size) for scalars.
+_SCALARS = {
+    GGUFValueType.UINT8: ("<B", 1), GGUFValueType.INT8: ("<b", 1),
+    GGUFValueType.UINT16: ("<H", 2), GGUFValueType.INT16: ("<h", 2),
+    GGUFValueType.UINT32: ("<I", 4), GGUFValueType.INT32: ("<i", 4),
+    GGUFValueType.FLOAT32: ("<f", 4), GGUFValueType.UINT64: ("<Q", 8),
+    GGUFValueType.INT64: ("<q", 8), GGUFValueType.FLOAT64: ("<d", 8),
+    GGUFValueType.BOOL: ("<?", 1),
+}
+_NP_SCALARS = {GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2",
+               GGUFValueType.INT16: "<i2", GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4",
+               GGUFValueType.FLOAT32: "<f4", GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8",
+               GGUFValueType.FLOAT64: "<f8", GGUFValueType.BOOL: "?"}
+
+
+class _KVParser:
+    """Fast, bounds-checked reader of the key/value section.
+
+    GGUFReader builds numpy views per array element, which takes seconds for a 128k
+    vocabulary; this walks the same bytes with struct/np.frombuffer in milliseconds."""
+
+    def __init__(self, buf: np.ndarray):
+        self.buf = buf
+        self.size = len(buf)
+
+    def _need(self, offs: int, n: int) -> None:
+        if n < 0 or offs + n > self.size:
+            raise _Corrupt(f"truncated file: needs byte {offs + n}, file has {self.size}")
+
+    def scalar(self, offs: int, fmt: str, n: int) -> Any:
+        self._need(offs, n)
+        return struct.unpack_from(fmt, self.buf, offs)[0]
+
+    def string(self, offs: int) -> tuple[str, int]:
+        n = self.scalar(offs, "<Q", 8)
+        self._need(offs + 8, n)
+        raw = bytes(self.buf[offs + 8:offs + 8 + n])
+        return raw.decode("utf-8", errors="surrogateescape"), offs + 8 + n
+
+    def value(self, offs: int, vtype: int, depth: int = 0) -> tuple[Any, int]:
+        try:
+            t = GGUFValueType(vtype)
+        except ValueError:
+            raise _Corrupt(f"unknown metadata value type {vtype} at byte {offs}") from None
+        if t == GGUFValueType.STRING:
+            return self.string(offs)
+        if t in _SCALARS:
+            fmt, n = _SCALARS[t]
+            return self.scalar(offs, fmt, n), offs + n
+        if depth > 4:
+            raise _Corrupt(f"metadata arrays nested too deep at byte {offs}")
+        item = self.scalar(offs, "<I", 4)
+        count = self.scalar(offs + 4, "<Q", 8)
+        offs += 12
+        if item in _NP_SCALARS:
+            width = np.dtype(_NP_SCALARS[item]).itemsize
+            self._need(offs, count * width)
+            arr = np.frombuffer(self.buf, dtype=_NP_SCALARS[item], count=count, offset=offs)
+            return arr.tolist(), offs + count * width
+        self._need(offs, count * 8)  # every string/array item takes at least 8 bytes
+        out = []
+        if item == GGUFValueType.STRING:
+            for _ in range(count):
+                s, offs = self.string(offs)
+                out.append(s)
+        else:
+            for _ in range(count):
+                v, offs = self.value(offs, item, depth + 1)
+                out.append(v)
+        return out, offs
+
+    def fields(self, offs: int, count: int) -> tuple[dict[str, Any], dict[str, int], int]:
+        values: dict[str, Any] = {}
+        types: dict[str, int] = {}
+        for _ in range(count):
+            key, offs = self.string(offs)
+            vtype = self.scalar(offs, "<I", 4)
+            value, offs = self.value(offs + 4, vtype)
+            if key in values:
+                raise _Corrupt(f"duplicate metadata key {key!r}")
+            values[key], types[key] = value, vtype
+        return values, types, offs
+
+
 class _CheckedReader(GGUFReader):
-    """GGUFReader whose every read is bounds-checked and whose array lengths are
-    sanity-checked against the bytes left, so garbage cannot make it loop for ages."""
+    """GGUFReader with a fast key/value parser and every tensor's byte range checked
+    against the file size before any of it is touched."""
+
+    metadata: dict[str, Any]
+
+    def _build_fields(self, offs, count):  # type: ignore[override]
+        if int(count) > len(self.data) // 12:
+            raise _Corrupt(f"corrupt header: {int(count)} metadata fields in {len(self.data)} bytes")
+        self.metadata, types, end = _KVParser(self.data).fields(int(offs), int(count))
+        if "general.alignment" in self.metadata:
+            # The base class reads the alignment back from `fields`; give it just that.
+            align_type = GGUFValueType(types["general.alignment"])
+            self.fields["general.alignment"] = ReaderField(
+                int(offs), "general.alignment",
+                [np.array([self.metadata["general.alignment"]], dtype=np.uint32)], [0], [align_type])
+        return end
+
+    def _build_tensor_info(self, offs, count):  # type: ignore[override]
+        if int(count) > len(self.data) // 24:
+            raise _Corrupt(f"corrupt header: {int(count)} tensors in {len(self.data)} bytes")
+        return super()._build_tensor_info(offs, count)
 
     def _get(self, offset, dtype, count=1, override_order=None):  # type: ignore[override]
         count = int(count)
@@ -70,17 +176,6 @@ class _CheckedReader(GGUFReader):
         if offset < 0 or count < 0 or end > len(self.data):
             raise _Corrupt(f"truncated file: needs byte {end}, file has {len(self.data)}")
         return super()._get(offset, dtype, count, override_order)
-
-    def _get_field_parts(self, orig_offs, raw_type):  # type: ignore[override]
-        if raw_type == GGUFValueType.ARRAY:
-            item_type = int(self._get(orig_offs, np.uint32)[0])
-            length = int(self._get(orig_offs + 4, np.uint64)[0])
-            scalar = self.gguf_scalar_to_np.get(GGUFValueType(item_type)) if item_type in (
-                v.value for v in GGUFValueType) else None
-            min_item = np.dtype(scalar).itemsize if scalar is not None else 8
-            if length * min_item > len(self.data) - orig_offs:
-                raise _Corrupt(f"truncated or corrupt metadata: array of {length} items at byte {orig_offs}")
-        return super()._get_field_parts(orig_offs, raw_type)
 
     def _build_tensors(self, start_offs, fields):  # type: ignore[override]
         size = len(self.data)
@@ -119,6 +214,8 @@ def _open(path: Path) -> GGUFReader:
     if size < 24:
         raise ModelLoadError(f"{path}: truncated file: {size} bytes is shorter than a GGUF header")
     version = int.from_bytes(head[4:8], "little")
+    if version and not version & 0xFFFF:
+        raise ModelLoadError(f"{path}: big-endian GGUF files are not supported")
     if version not in (2, 3):
         raise ModelLoadError(f"{path}: unsupported GGUF version {version} (supported: 2, 3)")
     try:
@@ -127,16 +224,6 @@ def _open(path: Path) -> GGUFReader:
         raise ModelLoadError(f"{path}: {exc}") from None
     except (ValueError, KeyError, IndexError, OverflowError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{path}: corrupt GGUF file: {exc}") from None
-
-
-def read_metadata(reader: GGUFReader) -> dict[str, Any]:
-    """All key/value fields as Python values (GGUF.* pseudo-fields left out)."""
-    out: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        out[key] = field.contents()
-    return out
 
 
 def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[str],
@@ -209,10 +296,7 @@ def read_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     `GGUFModel.quantized` (rows in HF order) instead of dequantizing them."""
     path = Path(path)
     reader = _open(path)
-    try:
-        meta = read_metadata(reader)
-    except (ValueError, UnicodeDecodeError, IndexError) as exc:
-        raise ModelLoadError(f"{path}: corrupt metadata: {exc}") from None
+    meta = reader.metadata
     by_name = {t.name: t for t in reader.tensors}
     factors = None
     if layout.ROPE_FREQS in by_name:

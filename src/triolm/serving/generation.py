@@ -105,7 +105,10 @@ class Generation:
         r.token_times.append(now)
         info = TokenInfo(out.token_id, out.logprob, out.top_logprobs)
         r.tokens.append(info)
-        text = self.stops.feed(self.detokenizer.push(out.token_id))
+        piece = self.detokenizer.push(out.token_id)
+        if out.finish_reason is not None:
+            piece += self.detokenizer.flush()
+        text = self.stops.feed(piece)
         finish, stop_reason = out.finish_reason, None
         if self.stops.matched is not None:
             finish, stop_reason = "stop", self.stops.matched

@@ -81,7 +81,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     model = LlamaModel(config, tensors, dtype=dtype, max_positions=max_len + 1)
     del tensors
     progress("tokenizer and chat template", 0.9)
-    mistral_tok = _maybe_mistral_tokenizer(path, settings)
+    mistral_tok = _maybe_mistral_tokenizer(path, settings, config)
     if mistral_tok is not None:
         from triolm.chat.mistral_tokenizer import MistralTokenizerAdapter
 
@@ -149,9 +149,16 @@ def _load_directory(path: Path, settings: ServerSettings, progress: Progress):
     return config, tensors, tokenizer, tokenizer.chat_template
 
 
-def _maybe_mistral_tokenizer(path: Path, settings: ServerSettings):
+def _maybe_mistral_tokenizer(path: Path, settings: ServerSettings, config: ModelConfig):
+    """mistral-common encodes the chat when asked (`--tokenizer-mode mistral`), or in
+    `auto` mode for Mistral models (mistral architecture or native params.json layout)
+    that ship a mistral-common tokenizer file."""
     if settings.tokenizer_mode == "hf":
         return None
+    if settings.tokenizer_mode == "auto" and path.is_dir():
+        is_mistral = config.architecture == "mistral" or (path / "params.json").exists()
+        if not is_mistral:
+            return None
     if path.is_file():
         if settings.tokenizer_mode == "mistral":
             raise ModelLoadError("--tokenizer-mode mistral needs a model directory with a "

@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks: generated models, real tokenizers, servers in threads."""
