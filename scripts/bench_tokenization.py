@@ -178,6 +178,9 @@ async def run_load(strategy, messages, expected: list[int], requests: int, concu
             latencies.append(time.perf_counter() - start)
             if ids != expected:
                 raise AssertionError("strategy returned different tokens")
+            # A server does network I/O between requests; without this checkpoint the
+            # inline strategy would run all its requests as one uninterrupted block.
+            await trio.lowlevel.checkpoint()
 
     async def all_clients() -> None:
         async with trio.open_nursery() as nursery:

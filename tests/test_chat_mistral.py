@@ -137,7 +137,8 @@ def test_continue_final_message_leaves_the_assistant_turn_open(v3):
     raw = v3.instruct_tokenizer.tokenizer
 
     assert ids[-1] != raw.eos_id
-    assert v3.decode(ids, special_token_policy=SpecialTokenPolicy.KEEP).endswith("[/INST] One, two,")
+    assert ids[-3:] == raw.encode("One, two,", bos=False, eos=False)[-3:]
+    assert render_mistral_prompt(v3, chat, continue_final_message=True).text.endswith("[/INST] One, two,")
 
 
 def test_template_kwargs_without_meaning_for_mistral_are_ignored(v3):
@@ -161,9 +162,22 @@ def test_render_gives_ids_and_text_with_special_tokens(tokenizer):
 
     assert isinstance(prompt, MistralPrompt)
     assert prompt.token_ids == apply_mistral_chat_template(tokenizer, TOOL_CHAT, tools=[WEATHER])
-    assert prompt.text == tokenizer.decode(prompt.token_ids, special_token_policy=SpecialTokenPolicy.KEEP)
     assert prompt.text.startswith("<s>[AVAILABLE_TOOLS]")
     assert "[TOOL_CALLS]" in prompt.text and "[TOOL_RESULTS]" in prompt.text
+    assert "Use tools.\n\nWeather in Paris and Köln?[/INST]" in prompt.text
+    assert "▁" not in prompt.text  # no raw sentencepiece pieces
+
+
+def test_render_text_tekken_is_mistral_commons_decode(tekken):
+    prompt = render_mistral_prompt(tekken, TOOL_CHAT, tools=[WEATHER])
+    assert prompt.text == tekken.decode(prompt.token_ids, special_token_policy=SpecialTokenPolicy.KEEP)
+
+
+def test_render_text_sentencepiece_is_surface_text(v3):
+    chat = [{"role": "user", "content": "Count to three.\n\nNew line é 🙂"}, {"role": "assistant", "content": "One, two,"}]
+    prompt = render_mistral_prompt(v3, chat, continue_final_message=True)
+    # the spaces are real: v3 encodes '▁Count' and '▁One' after the control tokens
+    assert prompt.text == "<s>[INST] Count to three.\n\nNew line é 🙂[/INST] One, two,"
 
 
 async def test_async_render_maps_request_errors_to_invalid_request(v3):
@@ -211,11 +225,11 @@ def test_unrelated_errors_are_not_400s():
 
 def _assistant_text(tokenizer: MistralTokenizer, calls: list[dict]) -> str:
     """What the model is trained to emit for `calls`: mistral-common's own encoding
-    of the assistant turn, decoded with special tokens kept."""
+    of the assistant turn, as text with special tokens kept."""
     chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": calls}]
     for call in calls:
         chat.append({"role": "tool", "tool_call_id": call["id"], "content": "r"})
-    text = tokenizer.decode(apply_mistral_chat_template(tokenizer, chat), special_token_policy=SpecialTokenPolicy.KEEP)
+    text = render_mistral_prompt(tokenizer, chat).text
     return text.split("[/INST]", 1)[1].split("</s>", 1)[0]
 
 

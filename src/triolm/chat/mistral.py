@@ -46,6 +46,7 @@ from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.protocol.instruct.validator import ValidationMode
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+from mistral_common.tokens.tokenizers.sentencepiece import SentencePieceTokenizer
 
 from triolm.errors import InvalidRequestError, ModelLoadError
 
@@ -218,8 +219,9 @@ async def async_apply_mistral_chat_template(
 
 @attrs.frozen
 class MistralPrompt:
-    """An encoded chat: the ids the engine runs and the same prompt as text (special
-    tokens kept), for echo/`/tokenize`/session rendering."""
+    """An encoded chat: the ids the engine runs and the same prompt as readable text
+    with the special tokens spelled out ('<s>[INST] Hi[/INST]'), for echo,
+    `/tokenize` and session rendering."""
 
     token_ids: list[int]
     text: str
@@ -238,13 +240,41 @@ def render_mistral_prompt(
 
 
 def _tokenized_text(tokenizer: MistralTokenizer, tokenized: Any) -> str:
-    # mistral-common already decoded the prompt while encoding (kept privately since
-    # the public `.text` was deprecated); reuse it rather than decode ~1 s of 5 MB
-    # again, and fall back to decoding once that attribute disappears.
+    raw = tokenizer.instruct_tokenizer.tokenizer
+    if isinstance(raw, SentencePieceTokenizer):
+        # mistral-common's "keep special tokens" decode yields raw sentencepiece
+        # pieces for these ('▁Hello', '<0x0A>'); build the surface text instead.
+        return _sentencepiece_text(raw, tokenized.tokens)
+    # Tekken decodes bytes exactly, and mistral-common already did so while encoding
+    # (kept privately since the public `.text` was deprecated): reuse it rather than
+    # decode the whole prompt again; decode once that attribute disappears.
     text = getattr(tokenized, "_text", None)
     if isinstance(text, str):
         return text
     return tokenizer.decode(tokenized.tokens, special_token_policy=SpecialTokenPolicy.KEEP)
+
+
+def _sentencepiece_text(raw: SentencePieceTokenizer, ids: list[int]) -> str:
+    """Special tokens as their names, the runs between them decoded to text."""
+    special = raw.special_ids
+    parts: list[str] = []
+    start = 0
+    for index, token in enumerate(ids):
+        if token in special:
+            if start < index:
+                parts.append(_sentencepiece_run(raw, ids[start:index]))
+            parts.append(raw.id_to_piece(token))
+            start = index + 1
+    if start < len(ids):
+        parts.append(_sentencepiece_run(raw, ids[start:]))
+    return "".join(parts)
+
+
+def _sentencepiece_run(raw: SentencePieceTokenizer, run: list[int]) -> str:
+    # sentencepiece drops a run's leading '▁' (it takes it for the dummy prefix);
+    # after a control token that space is real prompt text: put it back.
+    text = raw.decode(run)
+    return " " + text if raw.id_to_piece(run[0]).startswith("▁") else text
 
 
 def invalid_request_from_mistral_error(exc: BaseException) -> InvalidRequestError | None:

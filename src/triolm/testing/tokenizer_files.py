@@ -35,6 +35,50 @@ _SOURCES = {
 }
 
 
+#: Texts that stress tokenizers: whitespace runs, leading/trailing spaces, newlines and
+#: tabs, code, many scripts, emoji (ZWJ sequences, flags, skin tones), astral-plane
+#: characters, control characters, digits and long repeats. No special-token strings.
+SAMPLE_TEXTS: tuple[str, ...] = (
+    "Hello world",
+    "Hello, world! How are you doing today?",
+    " leading space",
+    "  two leading spaces",
+    "trailing spaces   ",
+    "a    b     c      d",
+    " " * 17 + "x",
+    " ",
+    "   ",
+    "",
+    "a",
+    "\n",
+    "\n\n\tTabs\t\tand\nnewlines\r\n  indented\n",
+    "def f(x: int) -> int:\n    return x ** 2  # square\n\n\nclass A:\n\tpass\n",
+    'for (int i = 0; i < n; ++i) { sum += a[i]; }  /* C */\n#include <stdio.h>',
+    '{"key": [1, 2.5, -3e10], "nested": {"ok": true, "none": null}}',
+    "path/to/file.txt\n/usr/local/bin\r\nC:\\Windows\\System32",
+    "日本語のテキストと漢字、ひらがな、カタカナ。",
+    "中文文本：你好，世界！繁體中文也可以。",
+    "한국어 텍스트입니다. 안녕하세요!",
+    "Привет, мир! Ёжик в тумане.",
+    "مرحبا بالعالم — النص العربي",
+    "שלום עולם",
+    "नमस्ते दुनिया, हिन्दी पाठ",
+    "สวัสดีชาวโลก ภาษาไทย",
+    "Ελληνικά: Γειά σου Κόσμε",
+    "Ünïcödé naïve café façade Øresund straße",
+    "emoji 😀🎉 family 👨‍👩‍👧‍👦 flags 🇫🇷🇯🇵 skin 👍🏽 keycap 1️⃣",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕄𝕒𝕥𝕙 𓀀 🀄 🜁",
+    "﷽ ﾊﾝｶｸ ＦＵＬＬ ﬁ ½ Å",
+    "\u0000 nul \u0007 bell \u001b[0m escape \u200b zwsp \ufeff bom",
+    "1234567890 3.14159 -42 1e-9 0x1F 1,000,000",
+    "x" * 300,
+    "ab" * 150 + " " + "🙂" * 40,
+    "The quick brown fox jumps over the lazy dog. THE QUICK BROWN FOX. CamelCaseWord HTTPServer iPhone",
+    "It's don't we'll they're I'm you've he'd",
+    "Mixed: English, français, 日本語, русский, and emoji 🚀 in one line.\n\nNew paragraph.",
+)
+
+
 def mistral_common_data_dir() -> Path:
     return Path(mistral_common.__file__).parent / "data"
 

@@ -222,7 +222,13 @@ def _special_processor(tok: Tokenizer, bos: str | None, eos: str | None,
 
 
 def build_spm_tokenizer(vocab: SpmVocab, *, add_bos: bool = True, add_eos: bool = False) -> Tokenizer:
-    """An HF tokenizer with SentencePiece (Llama "legacy") semantics for `vocab`."""
+    """An HF tokenizer with SentencePiece (Llama "legacy") semantics for `vocab`.
+
+    Control and user-defined pieces are matched in text before normalization, and each
+    run of text between them gets its own "▁" prefix -- what llama.cpp does, and what
+    mistral-common gets by encoding each chunk separately. (sentencepiece itself does
+    not prefix text that follows a user-defined piece; no Llama/Mistral vocabulary has
+    such pieces.)"""
     n = len(vocab.pieces)
     if not (len(vocab.scores) == len(vocab.types) == n):
         raise ValueError(f"SentencePiece vocabulary: {n} pieces, {len(vocab.scores)} scores, "

@@ -226,12 +226,15 @@ def gguf_metadata_from_tokenizer(hf_tokenizer: HFTokenizer, kind: str, *, pre: s
     """GGUF `tokenizer.*` fields describing `hf_tokenizer`.
 
     kind: "llama" (SentencePiece-style: tokens, scores, types) or "gpt2" (byte-level
-    BPE: tokens, types, merges, pre). `pre` names the pre-tokenizer for "gpt2"; by
-    default it is recognised from the tokenizer's regexes, and a tokenizer whose
-    regexes match no known name is refused (llama.cpp could not reproduce it).
+    BPE: tokens, types, merges, pre); also accepted: "spm"/"spm-…" (= "llama"),
+    "bpe"/"bpe-…" (= "gpt2"), and "auto" (byte-level decoder -> "gpt2", else "llama").
+    `pre` names the pre-tokenizer for "gpt2"; by default it is recognised from the
+    tokenizer's regexes, and a tokenizer whose regexes match no known name is refused
+    (llama.cpp could not reproduce it).
     """
     doc = _tokenizer_json(hf_tokenizer)
     model = doc.get("model", {})
+    kind = _model_kind(kind, doc)
     tokens = _token_list(hf_tokenizer)
     types = [int(TokenType.NORMAL)] * len(tokens)
     for i, piece in enumerate(tokens):
@@ -291,7 +294,19 @@ def gguf_metadata_from_tokenizer(hf_tokenizer: HFTokenizer, kind: str, *, pre: s
         })
         return _ordered(fields)
 
-    raise ValueError(f"unknown GGUF tokenizer kind {kind!r} (expected 'llama' or 'gpt2')")
+    raise AssertionError(kind)
+
+
+def _model_kind(kind: str, doc: dict) -> str:
+    if kind in ("llama", "gpt2"):
+        return kind
+    if kind == "spm" or kind.startswith("spm-"):
+        return "llama"
+    if kind == "bpe" or kind.startswith("bpe-"):
+        return "gpt2"
+    if kind == "auto":
+        return "gpt2" if '"ByteLevel"' in json.dumps(doc.get("decoder")) else "llama"
+    raise ValueError(f"unknown GGUF tokenizer kind {kind!r} (expected 'llama', 'gpt2', 'spm…', 'bpe…' or 'auto')")
 
 
 _KEY_ORDER = [K_MODEL, K_PRE, K_TOKENS, K_SCORES, K_TOKEN_TYPE, K_MERGES, K_BOS, K_EOS, K_EOT, K_EOM,

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny generated models (random weights, real tokenizers), a loaded
+served model, and real hypercorn servers on 127.0.0.1 driven by the official client."""
+
+from __future__ import annotations
+
+import attrs
+import openai
+import pytest
+
+from triolm.serving.served_model import load_served_model
+from triolm.serving.settings import ServerSettings
+from triolm.testing.model_factory import make_test_model
+from triolm.testing.server_thread import ServerThread
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Factory: tiny_model(arch, gguf_types=...) -> TestModelPaths (built once, cached on disk)."""
+    built = {}
+
+    def make(arch: str = "qwen2", gguf_types=("F32",)):
+        key = (arch, tuple(gguf_types))
+        if key not in built:
+            built[key] = make_test_model(arch=arch, gguf_types=gguf_types)
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def served_model(tiny_model):
+    """The tiny qwen2 model (tekken BPE, ChatML template with hermes tools), loaded once."""
+    paths = tiny_model("qwen2")
+    return load_served_model(ServerSettings(model=str(paths.hf_dir)))
+
+
+@pytest.fixture(scope="session")
+def base_settings(served_model):
+    return ServerSettings(model=served_model.path, max_num_seqs=8)
+
+
+@pytest.fixture(scope="session")
+def server(served_model, base_settings):
+    """One shared real server for tests that do not change server settings."""
+    with ServerThread(base_settings, served_model) as srv:
+        yield srv
+
+
+@pytest.fixture
+def make_server(served_model, base_settings):
+    """Factory for a server with other settings: make_server(api_key="k", max_queue=1)."""
+    started = []
+
+    def make(**overrides) -> ServerThread:
+        srv = ServerThread(attrs.evolve(base_settings, **overrides), served_model).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture
+def async_client(server):
+    return openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
