@@ -52,7 +52,7 @@ def _noop(stage: str, fraction: float) -> None:
 
 def default_model_path() -> Path:
     """The embedded default model, generated deterministically on first use."""
-    from triolm.testing.model_factory import make_default_model
+    from triolm.serving.default_model import make_default_model
 
     return make_default_model()
 
@@ -63,8 +63,9 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     if path is None:
         progress("generating the embedded default model", 0.0)
         path = default_model_path()
-        card = ("triolm-default: a tiny model with RANDOM weights and a real tokenizer, "
-                "for trying the server out; its output is gibberish.")
+        from triolm.serving.default_model import DEFAULT_MODEL_CARD
+
+        card = DEFAULT_MODEL_CARD
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file or directory")
     dtype = _DTYPES.get(settings.dtype)

@@ -52,6 +52,8 @@ class IncrementalDetokenizer:
         if token_id in self._skip:
             return ""
         self._ids.append(token_id)
+        if self._is_byte_piece(token_id):
+            return ""
         return self._advance(final=False)
 
     def push_many(self, token_ids) -> str:

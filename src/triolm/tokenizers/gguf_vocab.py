@@ -241,7 +241,11 @@ def gguf_metadata_from_tokenizer(hf_tokenizer: HFTokenizer, kind: str, *, pre: s
         if piece.startswith("[triolm_unused_") and hf_tokenizer.hf_tokenizer.id_to_token(i) is None:
             types[i] = TokenType.UNUSED
 
+    byte_level = '"ByteLevel"' in json.dumps(doc.get("decoder"))
     if kind == "llama":
+        if byte_level:
+            raise ValueError("a byte-level BPE tokenizer cannot be written as a GGUF 'llama' "
+                             "(SentencePiece) vocabulary; use kind='gpt2'")
         if model.get("type") == "Unigram":
             log.warning("writing a Unigram SentencePiece vocabulary as GGUF 'llama': llama.cpp merges "
                         "by score, which only approximates Unigram segmentation")
@@ -272,8 +276,9 @@ def gguf_metadata_from_tokenizer(hf_tokenizer: HFTokenizer, kind: str, *, pre: s
         return _ordered(fields)
 
     if kind == "gpt2":
-        if model.get("type") != "BPE":
-            raise ValueError(f"GGUF 'gpt2' vocabularies need a byte-level BPE model, not {model.get('type')!r}")
+        if model.get("type") != "BPE" or not byte_level:
+            raise ValueError("GGUF 'gpt2' vocabularies need a byte-level BPE tokenizer; this one is "
+                             f"{model.get('type')!r} without a ByteLevel decoder (use kind='llama')")
         if pre is None:
             patterns = _split_patterns(doc.get("pre_tokenizer"))
             pre = _pre_name_for(patterns) if patterns is not None else None
@@ -322,8 +327,13 @@ def _ordered(fields: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars/arrays (as some GGUF readers return) -> Python values."""
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
 def _get(fields: Mapping[str, Any], key: str, typ: type | tuple[type, ...], default: Any = None) -> Any:
-    value = fields.get(key, default)
+    value = _plain(fields.get(key, default))
     if value is None:
         return default
     if typ is int and isinstance(value, bool):
@@ -334,7 +344,7 @@ def _get(fields: Mapping[str, Any], key: str, typ: type | tuple[type, ...], defa
 
 
 def _token_id(fields: Mapping[str, Any], key: str, n: int) -> int | None:
-    value = fields.get(key)
+    value = _plain(fields.get(key))
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):

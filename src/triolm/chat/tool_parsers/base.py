@@ -265,14 +265,14 @@ class StreamingToolParser(abc.ABC):
         call = self._call
         if call is None:
             return
-        if not call.committed and self._complete_at_end(call):
-            self._complete_call(call)
+        if self._complete_at_end(call):
+            if not self._complete_call(call):
+                self._abandon_call(call, self._pending)
         elif not call.committed:
+            self._abandon_call(call, self._pending)
+        else:  # a streamed call cut short: it stays as sent
             self._call = None
-            self._content(call.ws_before + "".join(call.raw) + self._pending)
-            self._pending = ""
-        else:
-            self._call = None
+            self._after_call = True
         self._pending = ""
 
     def _complete_at_end(self, call: _Call) -> bool:

@@ -1,0 +1,81 @@
+"""Tool-call parsers, one per model output format, and how to pick one for a model.
+
+    parser = get_tool_parser("hermes", tool_names={"get_weather"})
+    parsed = parser.parse(text)                      # ParsedToolCalls(content, tool_calls)
+    stream = parser.streaming()
+    for delta in deltas: events = stream.push(delta)  # list[DeltaEvent]
+    events = stream.finish()
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .base import (
+    DeltaEvent,
+    ParsedToolCalls,
+    StreamingToolParser,
+    ToolCall,
+    ToolCallFormat,
+    ToolParser,
+    aggregate,
+)
+from .hermes import HERMES_FORMAT, HermesToolParser
+from .llama3_json import LLAMA3_JSON_FORMAT, Llama3JsonToolParser
+from .mistral import MISTRAL_FORMAT, MistralToolParser
+
+_PARSERS: dict[str, type[ToolParser]] = {
+    "hermes": HermesToolParser,
+    "llama3_json": Llama3JsonToolParser,
+    "mistral": MistralToolParser,
+}
+TOOL_PARSERS: tuple[str, ...] = tuple(_PARSERS)
+
+
+def get_tool_parser(name: str, tool_names: Iterable[str] | None = None) -> ToolParser:
+    """A parser by name (see TOOL_PARSERS); `tool_names` restricts calls to those tools."""
+    try:
+        cls = _PARSERS[name]
+    except KeyError:
+        raise ValueError(f"unknown tool-call parser {name!r}; choose one of {', '.join(TOOL_PARSERS)}") from None
+    return cls(tool_names)
+
+
+def get_tool_call_format(name: str) -> ToolCallFormat:
+    """The exact spelling of calls for parser `name` (what grammars force)."""
+    return get_tool_parser(name).format
+
+
+def detect_tool_parser(chat_template: str | None, architecture: str | None = None) -> str | None:
+    """Choose a parser from the markup a chat template renders tool calls with; fall
+    back on the architecture for template-less Mistral models (mistral-common renders
+    them).  None when the model shows no known tool-call format."""
+    t = chat_template or ""
+    if "<tool_call>" in t:
+        return "hermes"
+    if "[TOOL_CALLS]" in t:
+        return "mistral"
+    if "<|python_tag|>" in t or ("<|start_header_id|>" in t and '"parameters"' in t):
+        return "llama3_json"
+    arch = (architecture or "").lower()
+    if not t and arch.startswith(("mistral", "mixtral", "ministral", "magistral", "devstral")):
+        return "mistral"
+    return None
+
+
+__all__ = [
+    "DeltaEvent",
+    "HERMES_FORMAT",
+    "LLAMA3_JSON_FORMAT",
+    "MISTRAL_FORMAT",
+    "ParsedToolCalls",
+    "StreamingToolParser",
+    "TOOL_PARSERS",
+    "ToolCall",
+    "ToolCallFormat",
+    "ToolParser",
+    "aggregate",
+    "detect_tool_parser",
+    "get_tool_call_format",
+    "get_tool_parser",
+]

@@ -1,0 +1,113 @@
+"""Llama 3.1/3.2/3.3 JSON tool calling:
+
+    {"name": "get_weather", "parameters": {"city": "Paris"}}
+
+The whole reply is the call (Meta's prompt format; the HF chat template renders a call
+back as `{"name": NAME, "parameters": tojson(args)}`), optionally after the
+`<|python_tag|>` special token, which may follow some text.  Several calls are
+separated by `;`.  A reply that starts with `{` but is not a call object (it lacks
+"name" or "parameters"/"arguments") is plain content: the key is required so that an
+ordinary JSON answer is not mistaken for a call.
+"""
+
+from __future__ import annotations
+
+from .base import (
+    WHITESPACE,
+    Args,
+    JsonError,
+    JsonStream,
+    Lit,
+    Name,
+    StreamingToolParser,
+    ToolCallFormat,
+    ToolParser,
+)
+
+PYTHON_TAG = "<|python_tag|>"
+
+LLAMA3_JSON_FORMAT = ToolCallFormat(
+    parser="llama3_json",
+    begin=(),
+    call=(Lit('{"name": "'), Name(), Lit('", "parameters": '), Args(), Lit("}")),
+    separator=(Lit("; "),),
+    end=(),
+    markers=(PYTHON_TAG,),
+    max_calls=1,  # Meta's chat template refuses several calls in one turn
+)
+
+
+class Llama3JsonStream(StreamingToolParser):
+    require_args_key = True
+
+    def __init__(self, parser: ToolParser):
+        super().__init__(parser)
+        self._state = "start"
+
+    def _run(self, final: bool) -> None:
+        while True:
+            st = self._state
+            if st == "start":
+                rest = self._pending.lstrip(WHITESPACE)
+                if not rest:
+                    if final:
+                        self._content(self._pending)
+                        self._pending = ""
+                    return
+                if rest.startswith("{"):
+                    self._content(self._pending[: len(self._pending) - len(rest)])
+                    self._pending = rest
+                    self._open_call("", JsonStream(require_object=True))
+                    self._state = "json"
+                elif not final and PYTHON_TAG.startswith(rest):
+                    return
+                else:
+                    self._state = "content"
+            elif st == "content":
+                i = self._pending.find(PYTHON_TAG)
+                if i == -1:
+                    keep = self._hold(self._pending, (PYTHON_TAG,), final)
+                    cut = len(self._pending) - keep
+                    self._content(self._pending[:cut])
+                    self._pending = self._pending[cut:]
+                    return
+                self._content(self._pending[:i])
+                self._pending = self._pending[i + len(PYTHON_TAG) :]
+                self._open_call(PYTHON_TAG, JsonStream(require_object=True))
+                self._state = "json"
+            elif st == "json":
+                call = self._call
+                try:
+                    if not self._feed_call(call):
+                        return
+                except JsonError:
+                    self._state = "skip" if call.committed else "content"
+                    self._abandon_call(call)
+                    continue
+                if self._complete_call(call):
+                    self._state = "between"
+                else:
+                    self._abandon_call(call)
+                    self._state = "content"
+            elif st == "between":
+                rest = self._pending.lstrip(WHITESPACE)
+                if not rest:
+                    return
+                if rest.startswith(";"):
+                    sep = self._pending[: len(self._pending) - len(rest) + 1]
+                    self._pending = rest[1:]
+                    self._open_call(sep, JsonStream(require_object=True))
+                    self._state = "json"
+                else:
+                    self._state = "content"
+            else:  # "skip": a streamed call broke; the rest of the reply is dropped
+                self._pending = ""
+                return
+
+
+class Llama3JsonToolParser(ToolParser):
+    name = "llama3_json"
+    format = LLAMA3_JSON_FORMAT
+
+    def streaming(self) -> Llama3JsonStream:
+        return Llama3JsonStream(self)
