@@ -176,7 +176,7 @@ def test_from_dir_errors(tmp_path):
 
 
 def test_save_round_trip(tmp_path):
-    tok = load_test_tokenizer("bpe-tekken")
+    tok = load_test_tokenizer("spm-mistral-v3")
     tok.save(tmp_path / "t")
     again = HFTokenizer.from_dir(tmp_path / "t")
     assert (again.bos_token_id, again.eos_token_ids, again.add_bos, again.special_token_ids) == (

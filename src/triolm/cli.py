@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import trio
 
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body-size", type=int, default=16 * 1024 * 1024, help="bytes; larger bodies get 413")
     s.add_argument("--graceful-timeout", type=float, default=5.0,
                    help="seconds in-flight requests get to finish on SIGINT/SIGTERM")
+    s.add_argument("--shutdown-delay", type=float, default=1.0,
+                   help="seconds between SIGTERM and closing the listener, /readyz answering 503 "
+                        "meanwhile so load balancers stop routing (SIGINT skips it)")
     s.add_argument("--max-sessions", type=int, default=1024)
     s.add_argument("--session-idle-timeout", type=float, default=3600.0)
     s.add_argument("--seed", type=int, default=None, help="seed of the default sampler (unseeded requests)")
@@ -68,6 +72,13 @@ async def serve(settings: ServerSettings) -> int:
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for signum in signals:
                         logging.getLogger("triolm").info("signal %s: shutting down", signum)
+                        # Readiness off first; keep accepting (new work gets 503) for a
+                        # moment so /readyz can tell load balancers, then stop accepting.
+                        state.shutting_down = True
+                        if signum == signal.SIGTERM:
+                            with trio.move_on_after(settings.shutdown_delay):
+                                async for _ in signals:  # a second signal skips the delay
+                                    break
                         break
                 nursery.cancel_scope.cancel()
 
@@ -85,6 +96,10 @@ async def serve(settings: ServerSettings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve" and args.model is not None and not Path(args.model).exists():
+        # Fail before binding a port, with the reason on stderr.
+        print(f"triolm serve: error: model {args.model!r}: no such file or directory", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":

@@ -42,13 +42,15 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     app.register_blueprint(bp)
     _install_error_handlers(app)
     _install_auth(app, state)
+    _install_body_drain(app)
     _install_sessions(app, state)
 
     @app.before_serving
     async def start_background() -> None:
         # Trio objects are made here, inside the running loop, never at import time.
         state.tokenize_limiter = trio.CapacityLimiter(settings.tokenizer_threads)
-        state.fatal = state.fatal or trio.Event()
+        if state.fatal is None:  # `triolm serve` made it already (a trio.Event has no truth value)
+            state.fatal = trio.Event()
         app.nursery.start_soon(monitor_loop_lag, state.metrics)
         app.nursery.start_soon(_load_and_drive, state, served)
 
@@ -134,6 +136,34 @@ def _install_auth(app: QuartTrio, state: AppState) -> None:
             return error_response(APIError(401, "invalid or missing API key (Authorization: Bearer …)",
                                            code="invalid_api_key"))
         return None
+
+
+_DRAIN_SECONDS = 5.0
+
+
+def _install_body_drain(app: QuartTrio) -> None:
+    """Read the rest of every request body before its response goes out.
+
+    With hypercorn's h11 protocol and Quart-Trio, answering before the body is fully
+    received (a 404/405 on a POST, an early 4xx) leaves the connection half-way through
+    the request; the close that should follow is cancelled with the handler's nursery,
+    so the next request on the same keep-alive connection hangs. Draining fixes that;
+    when the body cannot be drained (over --max-body-size, or a stalled client) the
+    response says `Connection: close` so the client does not reuse the connection.
+    """
+
+    @app.after_request
+    async def drain_request_body(response):
+        drained = False
+        try:
+            with trio.move_on_after(_DRAIN_SECONDS):
+                await request.body
+                drained = True
+        except HTTPException:  # RequestEntityTooLarge: the rest is not worth reading
+            pass
+        if not drained:
+            response.headers["Connection"] = "close"
+        return response
 
 
 def _install_sessions(app: QuartTrio, state: AppState) -> None:

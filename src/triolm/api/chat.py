@@ -84,6 +84,10 @@ class ChatRun:
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         self.namer = fmt.TokenNamer(plan.served.tokenizer, body.return_tokens_as_token_ids)
         _, driver = state.require_ready()
+        try:
+            driver.check_room(body.n)
+        except OverloadedError as exc:
+            raise APIError(429, str(exc), code="overloaded") from None
         self.gens = [
             Generation(driver, plan.served.tokenizer, plan.prompt.token_ids,
                        build_sampling_params(body, plan.max_tokens, logprobs, seed_offset=i,

@@ -65,6 +65,10 @@ class CompletionRun:
                 self.gens.append(Generation(driver, served.tokenizer, prompt, params, stop=stops,
                                             skip_special_tokens=body.skip_special_tokens))
                 self.prompt_index.append(p_index)
+        try:
+            driver.check_room(len(self.gens))
+        except OverloadedError as exc:
+            raise APIError(429, str(exc), code="overloaded") from None
         self.start = trio.current_time()
 
     def _echo_text(self, index: int) -> str:
@@ -89,6 +93,8 @@ class CompletionRun:
                            code="timeout") from None
         except OverloadedError as exc:
             raise APIError(429, str(exc), code="overloaded") from None
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
         finally:
             self._observe()
         choices = []
@@ -144,6 +150,8 @@ class CompletionRun:
                                         "stop_reason": delta.stop_reason}])
         except OverloadedError as exc:
             yield fmt.sse({"error": APIError(429, str(exc), code="overloaded").body()["error"]})
+        except ValueError as exc:
+            yield fmt.sse({"error": bad_request(str(exc)).body()["error"]})
         finally:
             self._observe()
         if include_usage:

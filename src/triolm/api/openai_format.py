@@ -46,6 +46,10 @@ class TokenNamer:
     def name(self, token_id: int) -> str:
         if self.as_ids:
             return f"token_id:{token_id}"
+        return self.text(token_id)
+
+    def text(self, token_id: int) -> str:
+        """The text the token contributes (what `text_offset` advances by)."""
         return self.tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
 
     def bytes(self, token_id: int) -> list[int]:
@@ -77,5 +81,5 @@ def completion_logprobs(tokens, namer: TokenNamer, text_offset_start: int = 0) -
         out["top_logprobs"].append(
             None if t.top_logprobs is None else {namer.name(i): max(lp, -9999.0) for i, lp in t.top_logprobs})
         out["text_offset"].append(offset)
-        offset += len(name)
+        offset += len(namer.text(t.token_id))
     return out

@@ -122,15 +122,17 @@ class BlockManager:
                 self.hash_to_block.setdefault(h, block.block_id)
             prefix_hash = h
 
-    def forget_prefix(self, token_ids: list[int]) -> int:
-        """Drop cached blocks holding this token prefix (e.g. a deleted session's).
-        Blocks still used by a running sequence are left alone. Returns blocks dropped."""
+    def forget_prefix(self, token_ids: list[int], keep_tokens: int = 0) -> int:
+        """Drop cached blocks holding this token prefix (e.g. a deleted session's), except
+        the blocks lying wholly inside its first `keep_tokens` tokens (a prefix others still
+        use). Blocks still used by a running sequence are left alone. Returns blocks dropped."""
         dropped, prefix_hash = 0, None
+        keep_blocks = keep_tokens // self.block_size
         for i in range(len(token_ids) // self.block_size):
             tokens = tuple(token_ids[i * self.block_size:(i + 1) * self.block_size])
             h = chain_hash(tokens, prefix_hash)
             block_id = self.hash_to_block.get(h)
-            if block_id is not None and self.blocks[block_id].ref_count == 0:
+            if i >= keep_blocks and block_id is not None and self.blocks[block_id].ref_count == 0:
                 del self.hash_to_block[h]
                 self.blocks[block_id].hash, self.blocks[block_id].token_ids = None, ()
                 dropped += 1

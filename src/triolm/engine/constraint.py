@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence
 
+import numpy as np
 import torch
 
 
@@ -81,6 +82,9 @@ _SHIFTS: dict[torch.device, torch.Tensor] = {}
 
 def bitmask_to_bool(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Unpack int32 words [..., words] into a bool tensor [..., vocab_size]."""
+    if bitmask.device.type == "cpu":
+        bits = np.unpackbits(bitmask.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")
+        return torch.from_numpy(bits[..., :vocab_size]).view(torch.bool)
     shifts = _SHIFTS.get(bitmask.device)
     if shifts is None:
         shifts = _SHIFTS[bitmask.device] = torch.arange(32, dtype=torch.int32, device=bitmask.device)
@@ -88,16 +92,41 @@ def bitmask_to_bool(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return bits.flatten(-2)[..., :vocab_size].bool()
 
 
-def apply_token_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
-    """Set disallowed logits to -inf in place.  logits [batch, n] (n may exceed the
-    bitmask's 32*words: the extra padded-vocab columns are disallowed); returns logits."""
-    squeeze = logits.dim() == 1
-    if squeeze:
-        logits, bitmask = logits.unsqueeze(0), bitmask.view(1, -1)
+def apply_token_bitmask_(
+    logits: torch.Tensor, bitmask: torch.Tensor, rows: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Set disallowed logits to -inf in place and return logits.
+
+    logits [batch, n] (or [n]); bitmask [batch, words] int32.  Columns past 32*words
+    (a padded vocabulary) are disallowed.  `rows`: mask only these rows (the sequences
+    that have a matcher); the others are left untouched.
+
+    On the CPU the bits are unpacked by numpy and added as a 0/-inf bias: ~1 ns per
+    logit, several times faster than a bool `masked_fill_` (see scripts/bench_grammar.py).
+    """
+    if logits.dim() == 1:
+        apply_token_bitmask_(logits.unsqueeze(0), bitmask.view(1, -1))
+        return logits
+    if rows is not None:
+        rows = list(rows)
+        if not rows:
+            return logits
+        if rows != list(range(logits.shape[0])):
+            index = torch.tensor(rows, dtype=torch.long)
+            sub = logits.index_select(0, index.to(logits.device))
+            apply_token_bitmask_(sub, bitmask.index_select(0, index.to(bitmask.device)))
+            logits.index_copy_(0, index.to(logits.device), sub)
+            return logits
     n = logits.shape[-1]
     covered = min(n, 32 * bitmask.shape[-1])
     if covered < n:
         logits[:, covered:] = float("-inf")
-    allowed = bitmask_to_bool(bitmask.to(logits.device, non_blocking=True), covered)
-    logits[:, :covered].masked_fill_(~allowed, float("-inf"))
-    return logits.squeeze(0) if squeeze else logits
+    if logits.device.type == "cpu" and bitmask.device.type == "cpu":
+        bits = np.unpackbits(bitmask.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")
+        bias = torch.from_numpy(bits[:, :covered]).to(logits.dtype)
+        bias.sub_(1).mul_(float("inf")).nan_to_num_(nan=0.0, neginf=float("-inf"))  # 1 -> 0, 0 -> -inf
+        logits[:, :covered].add_(bias)
+    else:
+        allowed = bitmask_to_bool(bitmask.to(logits.device, non_blocking=True), covered)
+        logits[:, :covered].masked_fill_(~allowed, float("-inf"))
+    return logits

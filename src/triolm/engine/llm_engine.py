@@ -87,8 +87,8 @@ class LLMEngine:
         self.scheduler.remove(seq)
         return True
 
-    def forget_prefix(self, token_ids: list[int]) -> int:
-        return self.block_manager.forget_prefix(token_ids)
+    def forget_prefix(self, token_ids: list[int], keep_tokens: int = 0) -> int:
+        return self.block_manager.forget_prefix(token_ids, keep_tokens)
 
     # -- stepping ---------------------------------------------------------------------
     def has_unfinished(self) -> bool:

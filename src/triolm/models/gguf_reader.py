@@ -82,11 +82,12 @@ _NP_SCALARS = {GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueT
 class _KVParser:
     """Fast, bounds-checked reader of the key/value section.
 
-    GGUFReader builds numpy views per array element, which takes seconds for a 128k
-    vocabulary; this walks the same bytes with struct/np.frombuffer in milliseconds."""
+    GGUFReader builds numpy views per array element: ~6 s for a 131k-token vocabulary
+    with its 269k merges. Walking the same bytes with struct/np.frombuffer takes ~0.4 s
+    (strings) and milliseconds (numeric arrays)."""
 
     def __init__(self, buf: np.ndarray):
-        self.buf = buf
+        self.buf = memoryview(buf).cast("B")  # zero-copy; slicing it is cheap
         self.size = len(buf)
 
     def _need(self, offs: int, n: int) -> None:
@@ -100,8 +101,23 @@ class _KVParser:
     def string(self, offs: int) -> tuple[str, int]:
         n = self.scalar(offs, "<Q", 8)
         self._need(offs + 8, n)
-        raw = bytes(self.buf[offs + 8:offs + 8 + n])
-        return raw.decode("utf-8", errors="surrogateescape"), offs + 8 + n
+        return str(self.buf[offs + 8:offs + 8 + n], "utf-8", "surrogateescape"), offs + 8 + n
+
+    def strings(self, offs: int, count: int) -> tuple[list[str], int]:
+        """`count` consecutive strings (the hot loop: vocabularies and merges)."""
+        buf, size, unpack = self.buf, self.size, struct.unpack_from
+        out = []
+        append = out.append
+        for _ in range(count):
+            if offs + 8 > size:
+                self._need(offs, 8)
+            (n,) = unpack("<Q", buf, offs)
+            offs += 8
+            if offs + n > size:
+                self._need(offs, n)
+            append(str(buf[offs:offs + n], "utf-8", "surrogateescape"))
+            offs += n
+        return out, offs
 
     def value(self, offs: int, vtype: int, depth: int = 0) -> tuple[Any, int]:
         try:
@@ -117,6 +133,9 @@ class _KVParser:
             raise _Corrupt(f"metadata arrays nested too deep at byte {offs}")
         item = self.scalar(offs, "<I", 4)
         count = self.scalar(offs + 4, "<Q", 8)
+        if count > self.size - offs - 12:  # every item takes at least one byte
+            raise _Corrupt(f"corrupt metadata: array of {count} items at byte {offs} "
+                           f"in a file of {self.size} bytes")
         offs += 12
         if item in _NP_SCALARS:
             width = np.dtype(_NP_SCALARS[item]).itemsize
@@ -124,15 +143,12 @@ class _KVParser:
             arr = np.frombuffer(self.buf, dtype=_NP_SCALARS[item], count=count, offset=offs)
             return arr.tolist(), offs + count * width
         self._need(offs, count * 8)  # every string/array item takes at least 8 bytes
-        out = []
         if item == GGUFValueType.STRING:
-            for _ in range(count):
-                s, offs = self.string(offs)
-                out.append(s)
-        else:
-            for _ in range(count):
-                v, offs = self.value(offs, item, depth + 1)
-                out.append(v)
+            return self.strings(offs, count)
+        out = []
+        for _ in range(count):
+            v, offs = self.value(offs, item, depth + 1)
+            out.append(v)
         return out, offs
 
     def fields(self, offs: int, count: int) -> tuple[dict[str, Any], dict[str, int], int]:

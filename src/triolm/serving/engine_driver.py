@@ -61,6 +61,13 @@ class EngineDriver:
     def num_running(self) -> int:
         return self.engine.num_running
 
+    def check_room(self, count: int = 1) -> None:
+        """Raise OverloadedError unless `count` more requests fit in the waiting queue, so a
+        request can be refused before its response (e.g. an SSE stream) has started."""
+        if self.num_waiting + count > self.max_queue:
+            raise OverloadedError(f"server overloaded: {self.num_waiting} requests waiting "
+                                  f"(limit {self.max_queue})")
+
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams
                ) -> trio.MemoryReceiveChannel:
         """Queue a request; its StepOutputs (or one exception) arrive on the returned channel."""

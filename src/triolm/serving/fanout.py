@@ -26,6 +26,16 @@ class TimedOut:
     """The request deadline passed; the generations were cancelled."""
 
 
+def first_error(group: BaseExceptionGroup) -> BaseException | None:
+    """The first exception in a (nested) group that is not a cancellation, if any."""
+    for exc in group.exceptions:
+        found = first_error(exc) if isinstance(exc, BaseExceptionGroup) else (
+            None if isinstance(exc, trio.Cancelled) else exc)
+        if found is not None:
+            return found
+    return None
+
+
 async def _pump(index: int, gen: Generation, send: trio.MemorySendChannel) -> None:
     async with send:
         async for delta in gen.deltas():
@@ -37,19 +47,25 @@ async def merged_deltas(gens: list[Generation], timeout: float | None, keepalive
     """Yields (index, Delta) pairs, Tick() while idle, and TimedOut() once at a deadline."""
     with trio.move_on_after(timeout if timeout else math.inf) as deadline:
         send, recv = trio.open_memory_channel(math.inf)
-        async with trio.open_nursery() as nursery:
-            async with send:
-                for i, gen in enumerate(gens):
-                    nursery.start_soon(_pump, i, gen, send.clone())
-            async with recv:
-                while True:
-                    item = None
-                    with trio.move_on_after(keepalive):
-                        try:
-                            item = await recv.receive()
-                        except trio.EndOfChannel:
-                            break
-                    yield Tick() if item is None else item
+        try:
+            async with trio.open_nursery() as nursery:
+                async with send:
+                    for i, gen in enumerate(gens):
+                        nursery.start_soon(_pump, i, gen, send.clone())
+                async with recv:
+                    while True:
+                        item = None
+                        with trio.move_on_after(keepalive):
+                            try:
+                                item = await recv.receive()
+                            except trio.EndOfChannel:
+                                break
+                        yield Tick() if item is None else item
+        except BaseExceptionGroup as group:  # one generation failed (e.g. overloaded): say which
+            error = first_error(group)
+            if error is None:
+                raise
+            raise error from group
     if deadline.cancelled_caught:
         yield TimedOut()
 
@@ -57,9 +73,16 @@ async def merged_deltas(gens: list[Generation], timeout: float | None, keepalive
 async def run_all(gens: list[Generation], timeout: float | None) -> None:
     """Run generations to their end; raises trio.TooSlowError past the deadline."""
     with trio.fail_after(timeout if timeout else math.inf):
-        async with trio.open_nursery() as nursery:
-            for gen in gens:
-                nursery.start_soon(gen.run_to_end)
+        try:
+            async with trio.open_nursery() as nursery:
+                for gen in gens:
+                    nursery.start_soon(gen.run_to_end)
+        except BaseExceptionGroup as group:
+            # Callers catch OverloadedError / ValueError, not a group holding one.
+            error = first_error(group)
+            if error is None:
+                raise
+            raise error from group
 
 
 def is_delta(item) -> bool:

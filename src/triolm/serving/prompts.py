@@ -50,6 +50,17 @@ def render_chat_prompt(served: ServedModel, messages: list[dict], tools: list[di
         from triolm.chat.mistral import encode_mistral_chat
 
         return RenderedPrompt(*encode_mistral_chat(served.mistral_tokenizer, messages, tools))
+    text = render_chat_text(served, messages, tools, add_generation_prompt, continue_final_message,
+                            template_kwargs)
+    # The template already contains bos and other special tokens as text.
+    return RenderedPrompt(text, served.tokenizer.encode(text, add_special_tokens=False))
+
+
+def render_chat_text(served: ServedModel, messages: list[dict], tools: list[dict] | None = None,
+                     add_generation_prompt: bool = True, continue_final_message: bool = False,
+                     template_kwargs: dict | None = None) -> str:
+    """The prompt text of a Jinja chat template, not tokenized (sessions tokenize only the
+    part that is new since their last turn). Not for mistral-common mode, which renders tokens."""
     text = served.chat_template.render(
         normalize_messages(messages), tools=tools,
         add_generation_prompt=add_generation_prompt and not continue_final_message,
@@ -61,8 +72,7 @@ def render_chat_prompt(served: ServedModel, messages: list[dict], tools: list[di
         idx = text.rfind(last)
         if last and idx != -1:
             text = text[: idx + len(last)]
-    # The template already contains bos and other special tokens as text.
-    return RenderedPrompt(text, served.tokenizer.encode(text, add_special_tokens=False))
+    return text
 
 
 def encode_text(served: ServedModel, text: str, add_special_tokens: bool = True) -> list[int]:

@@ -29,6 +29,7 @@ class ServerSettings:
     kv_cache_memory: int = 2 << 30  # bytes
     max_n: int = 16
     graceful_timeout: float = 5.0
+    shutdown_delay: float = 1.0  # after SIGTERM: /readyz 503 while still accepting, then drain
     tokenizer_threads: int = 2
     max_sessions: int = 1024
     session_idle_timeout: float = 3600.0

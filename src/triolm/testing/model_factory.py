@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -108,8 +109,10 @@ def model_config(arch: str, size: str, vocab_size: int, bos: int | None,
         tiny["head_dim"] = 32
         return ModelConfig(architecture="qwen3", rms_norm_eps=1e-6, rope_theta=1e6,
                            qk_norm=True, **tiny)
+    # Llama 3.2 style: tied embeddings, theta 5e5, a context stretched 8x by llama3
+    # scaling (256 -> 2048 here, 8192 -> 131072 in the real model).
     return ModelConfig(architecture="llama", rms_norm_eps=1e-5, rope_theta=500000.0,
-                       rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192),
+                       rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 256),
                        tie_word_embeddings=True, **tiny)
 
 
@@ -347,11 +350,33 @@ def make_test_model(out_dir: str | os.PathLike | None = None, arch: str = "llama
                        name=f"triolm-test-{arch}-{size}", progress=cb)
             manifest["gguf"][ft] = path.name
             _write_json(manifest_path, manifest)
+        os.utime(manifest_path)  # last use, for _prune_stale
+        _prune_stale(base, root)
         return TestModelPaths(
             arch=arch, size=size, seed=seed, root=root, hf_dir=hf_dir,
             gguf={ft: root / name for ft, name in manifest["gguf"].items()},
             config=config, tokenizer_kind=kind,
             hf_sharded_dir=root / "hf_sharded" if manifest["sharded"] else None)
+
+
+STALE_AFTER_SECONDS = 3600
+
+
+def _prune_stale(base: Path, current: Path) -> None:
+    """Delete builds of the same (arch, size, seed) made by older source versions and
+    unused for an hour (a smollm-135m build is ~1.5 GB)."""
+    prefix = current.name.rsplit("-", 1)[0] + "-"
+    now = time.time()
+    for other in base.glob(prefix + "*"):
+        if other == current or not other.is_dir() or len(other.name) != len(current.name):
+            continue
+        manifest = other / "manifest.json"
+        try:
+            last_use = manifest.stat().st_mtime if manifest.exists() else other.stat().st_mtime
+        except OSError:
+            continue
+        if now - last_use > STALE_AFTER_SECONDS:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _config_from_written(cfg: dict[str, Any], arch: str, size: str) -> ModelConfig:

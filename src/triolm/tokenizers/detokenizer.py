@@ -89,7 +89,7 @@ class IncrementalDetokenizer:
         if known is None:
             try:
                 piece = self.tokenizer.id_to_token(token_id)
-            except (IndexError, KeyError, ValueError):
+            except Exception:  # an id the vocabulary cannot name is simply not a byte piece
                 piece = None
             known = bool(piece) and _BYTE_PIECE.fullmatch(piece) is not None
             self._byte_piece[token_id] = known

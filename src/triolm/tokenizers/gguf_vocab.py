@@ -126,8 +126,39 @@ def _pre_name_for(patterns: tuple[str, ...]) -> str | None:
 # ---------------------------------------------------------------------------
 
 
-def _tokenizer_json(hf: HFTokenizer) -> dict:
-    return json.loads(hf.hf_tokenizer.to_str())
+class _Parts:
+    """The tokenizer.json sections of an HF tokenizer, parsed on demand (the model
+    section of a 131k vocabulary takes ~1 s to serialize and parse)."""
+
+    def __init__(self, hf: HFTokenizer):
+        self._tok = hf.hf_tokenizer
+        self._model: dict | None = None
+
+    def _component(self, name: str) -> dict | None:
+        obj = getattr(self._tok, name)
+        return None if obj is None else json.loads(obj.__getstate__())
+
+    @property
+    def decoder(self) -> dict | None:
+        return self._component("decoder")
+
+    @property
+    def normalizer(self) -> dict | None:
+        return self._component("normalizer")
+
+    @property
+    def pre_tokenizer(self) -> dict | None:
+        return self._component("pre_tokenizer")
+
+    @property
+    def model_type(self) -> str:
+        return type(self._tok.model).__name__  # "BPE", "Unigram", "WordPiece", …
+
+    @property
+    def model(self) -> dict:
+        if self._model is None:
+            self._model = json.loads(self._tok.model.__getstate__())
+        return self._model
 
 
 def _split_patterns(pre: dict | None) -> tuple[str, ...] | None:
@@ -232,38 +263,39 @@ def gguf_metadata_from_tokenizer(hf_tokenizer: HFTokenizer, kind: str, *, pre: s
     tokenizer's regexes, and a tokenizer whose regexes match no known name is refused
     (llama.cpp could not reproduce it).
     """
-    doc = _tokenizer_json(hf_tokenizer)
-    model = doc.get("model", {})
-    kind = _model_kind(kind, doc)
+    doc = _Parts(hf_tokenizer)
+    byte_level = '"ByteLevel"' in json.dumps(doc.decoder)
+    kind = _model_kind(kind, byte_level)
+    model_type = doc.model_type
     tokens = _token_list(hf_tokenizer)
     types = [int(TokenType.NORMAL)] * len(tokens)
     for i, piece in enumerate(tokens):
         if piece.startswith("[triolm_unused_") and hf_tokenizer.hf_tokenizer.id_to_token(i) is None:
             types[i] = TokenType.UNUSED
 
-    byte_level = '"ByteLevel"' in json.dumps(doc.get("decoder"))
     if kind == "llama":
         if byte_level:
             raise ValueError("a byte-level BPE tokenizer cannot be written as a GGUF 'llama' "
                              "(SentencePiece) vocabulary; use kind='gpt2'")
-        if model.get("type") == "Unigram":
+        if model_type == "Unigram":
             log.warning("writing a Unigram SentencePiece vocabulary as GGUF 'llama': llama.cpp merges "
                         "by score, which only approximates Unigram segmentation")
-        elif model.get("type") != "BPE":
+        elif model_type != "BPE":
             raise ValueError(f"GGUF 'llama' vocabularies need a SentencePiece-style BPE or Unigram model, "
-                             f"not {model.get('type')!r}")
+                             f"not {model_type!r}")
         for i, piece in enumerate(tokens):
             if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
                 types[i] = TokenType.BYTE
         _added_types(hf_tokenizer, types)
         if hf_tokenizer.scores is not None and len(hf_tokenizer.scores) == len(tokens):
             scores = [float(s) for s in hf_tokenizer.scores]
-        elif model.get("type") == "Unigram":
-            scores = [float(s) for _, s in model["vocab"]] + [0.0] * (len(tokens) - len(model["vocab"]))
+        elif model_type == "Unigram":
+            unigram = doc.model["vocab"]
+            scores = [float(s) for _, s in unigram] + [0.0] * (len(tokens) - len(unigram))
         else:
-            scores = _spm_scores_from_merges(tokens, types, _merge_pairs(model))
-        normalizer = json.dumps(doc.get("normalizer"))
-        pre_tok = json.dumps(doc.get("pre_tokenizer"))
+            scores = _spm_scores_from_merges(tokens, types, _merge_pairs(doc.model))
+        normalizer = json.dumps(doc.normalizer)
+        pre_tok = json.dumps(doc.pre_tokenizer)
         add_space_prefix = '"Prepend"' in normalizer or ('"Metaspace"' in pre_tok and '"never"' not in pre_tok)
         fields = _common_fields(hf_tokenizer, "llama")
         fields.update({
@@ -276,11 +308,11 @@ def gguf_metadata_from_tokenizer(hf_tokenizer: HFTokenizer, kind: str, *, pre: s
         return _ordered(fields)
 
     if kind == "gpt2":
-        if model.get("type") != "BPE" or not byte_level:
+        if model_type != "BPE" or not byte_level:
             raise ValueError("GGUF 'gpt2' vocabularies need a byte-level BPE tokenizer; this one is "
-                             f"{model.get('type')!r} without a ByteLevel decoder (use kind='llama')")
+                             f"{model_type!r}{'' if byte_level else ' without a ByteLevel decoder'}")
         if pre is None:
-            patterns = _split_patterns(doc.get("pre_tokenizer"))
+            patterns = _split_patterns(doc.pre_tokenizer)
             pre = _pre_name_for(patterns) if patterns is not None else None
             if pre is None:
                 raise ValueError(
@@ -295,14 +327,14 @@ def gguf_metadata_from_tokenizer(hf_tokenizer: HFTokenizer, kind: str, *, pre: s
             K_PRE: pre,
             K_TOKENS: tokens,
             K_TOKEN_TYPE: [int(t) for t in types],
-            K_MERGES: [f"{a} {b}" for a, b in _merge_pairs(model)],
+            K_MERGES: [f"{a} {b}" for a, b in _merge_pairs(doc.model)],
         })
         return _ordered(fields)
 
     raise AssertionError(kind)
 
 
-def _model_kind(kind: str, doc: dict) -> str:
+def _model_kind(kind: str, byte_level: bool) -> str:
     if kind in ("llama", "gpt2"):
         return kind
     if kind == "spm" or kind.startswith("spm-"):
@@ -310,7 +342,7 @@ def _model_kind(kind: str, doc: dict) -> str:
     if kind == "bpe" or kind.startswith("bpe-"):
         return "gpt2"
     if kind == "auto":
-        return "gpt2" if '"ByteLevel"' in json.dumps(doc.get("decoder")) else "llama"
+        return "gpt2" if byte_level else "llama"
     raise ValueError(f"unknown GGUF tokenizer kind {kind!r} (expected 'llama', 'gpt2', 'spm…', 'bpe…' or 'auto')")
 
 

@@ -9,7 +9,6 @@ adds a second BOS. Decoding is the Rust decoder's (no transformers-style
 from __future__ import annotations
 
 import json
-import logging
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,8 +16,6 @@ from typing import Any, Sequence
 from tokenizers import Tokenizer
 
 from triolm.errors import ModelLoadError
-
-log = logging.getLogger(__name__)
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 

@@ -1,0 +1,259 @@
+"""Session routes: token-exact rollout recording over the OpenAI chat API.
+
+    POST   /sessions/create                        {"tool_parser"?, "track_tree"?}
+    GET    /sessions
+    DELETE /{uuid}
+    POST   /{uuid}/v1/chat/completions             the OpenAI chat body; recorded as nodes
+    POST   /{uuid}/v1/chat/completions/render      the exact prompt, no generation, no node
+    GET    /{uuid}/nodes
+
+The chat route renders the prompt text, finds the node it extends (sessions.node), and
+feeds the engine that node's tokens + the tokens of the new text only, through the same
+`prepare_chat`/`ChatRun` path as /v1/chat/completions. Contract: contracts/sessions.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+from quart import Blueprint, jsonify, request
+
+from triolm.api import openai_format as fmt
+from triolm.api.chat import ChatPlan, ChatRun, prepare_chat, render_for_request
+from triolm.api.errors import APIError, bad_request, error_response
+from triolm.api.schemas import ChatCompletionRequest, parse_body
+from triolm.api.state import AppState
+from triolm.errors import InvalidRequestError
+from triolm.serving.prompts import RenderedPrompt, check_tool_definitions, render_chat_text, run_off_loop
+from triolm.sessions.node import Extension, Generated, Node, build_node, find_extension, find_token_extension
+from triolm.sessions.registry import SessionNotFound, SessionRegistry, TooManySessions
+from triolm.sessions.session import Session
+
+DEFAULT_TOOL_PARSER = "hermes"
+_FALLBACK_PARSERS = ("hermes", "mistral", "llama3_json", "pythonic")
+
+
+def known_tool_parsers() -> tuple[str, ...]:
+    """Parser names a session may ask for: the chat layer's registry when it has one."""
+    try:
+        from triolm.chat import tool_parsers
+    except ImportError:
+        return _FALLBACK_PARSERS
+    for attr in ("TOOL_PARSERS", "PARSERS", "available_tool_parsers", "tool_parser_names"):
+        names = getattr(tool_parsers, attr, None)
+        if callable(names):
+            names = names()
+        if names:
+            return tuple(names)
+    return _FALLBACK_PARSERS
+
+
+@attrs.frozen
+class _Prepared:
+    session: Session
+    extension: Extension
+    prompt: RenderedPrompt
+    new_prompt_ids: list[int]  # prompt tokens after the extended node's (all of them if none)
+
+
+def register_sessions(app, state: AppState) -> None:
+    registry = SessionRegistry(state.settings.max_sessions, state.settings.session_idle_timeout)
+    state.sessions = registry
+    bp = Blueprint("sessions", __name__)
+
+    def lookup(session_id: str) -> Session:
+        try:
+            return registry.get(session_id)
+        except SessionNotFound as exc:
+            raise APIError(404, str(exc), param="session_id", code="session_not_found") from None
+
+    @bp.before_request
+    async def check_api_key():
+        import secrets
+
+        key = state.settings.api_key
+        if not key:
+            return None
+        given = request.headers.get("Authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            await request.get_data()
+            return error_response(APIError(401, "invalid or missing API key (Authorization: Bearer …)",
+                                           code="invalid_api_key"))
+        return None
+
+    @bp.post("/sessions/create")
+    async def create_session():
+        data = await _json_object(allow_empty=True)
+        served, _ = state.require_ready()
+        parser = data.get("tool_parser")
+        if parser is None:
+            parser = served.tool_parser or DEFAULT_TOOL_PARSER
+        known = known_tool_parsers()
+        if not isinstance(parser, str) or parser not in known:
+            raise bad_request(f"unknown tool_parser {parser!r} (known: {', '.join(known)})",
+                              param="tool_parser")
+        track_tree = data.get("track_tree", False)
+        if not isinstance(track_tree, bool):
+            raise bad_request("track_tree must be true or false", param="track_tree")
+        try:
+            session = registry.create(served.name, parser, track_tree)
+        except TooManySessions as exc:
+            raise APIError(429, str(exc), code="too_many_sessions") from None
+        return jsonify({"uuid": session.uuid, "model_name": session.model_name,
+                        "tool_parser": session.tool_parser, "track_tree": session.track_tree,
+                        "created_at": session.created_at})
+
+    @bp.get("/sessions")
+    async def list_sessions():
+        return jsonify({"sessions": [s.summary() for s in registry.list()]})
+
+    @bp.delete("/<session_id>")
+    async def delete_session(session_id: str):
+        lookup(session_id)
+        registry.delete(session_id)
+        return jsonify({"status": "deleted", "uuid": session_id})
+
+    @bp.get("/<session_id>/nodes")
+    async def get_nodes(session_id: str):
+        session = lookup(session_id)
+        data = {"nodes": [n.to_json() for n in session.nodes]}
+        if session.track_tree:
+            data["tree"] = [n.to_json() for n in session.tree]
+        return jsonify(data)
+
+    @bp.post("/<session_id>/v1/chat/completions/render")
+    async def render(session_id: str):
+        session = lookup(session_id)
+        body = parse_body(ChatCompletionRequest, await _json_object())
+        with registry.using(session):
+            prepared = await _prepare(state, session, body)
+        parent = prepared.extension.parent
+        return jsonify({"prompt_text": prepared.prompt.text, "token_ids": prepared.prompt.token_ids,
+                        "num_tokens": len(prepared.prompt.token_ids),
+                        "extends_node": parent.id if parent is not None else None})
+
+    @bp.post("/<session_id>/v1/chat/completions")
+    async def chat(session_id: str):
+        session = lookup(session_id)
+        body = parse_body(ChatCompletionRequest, await _json_object())
+        if body.stream:
+            return await _stream(session, body)
+        with registry.using(session):
+            prepared = await _prepare(state, session, body)
+            plan = await _plan(state, session, body, prepared)
+            run = ChatRun(state, plan)
+            data = await run.complete()
+            _record(registry, prepared, plan, run)
+        return jsonify(data)
+
+    async def _stream(session: Session, body: ChatCompletionRequest):
+        from triolm.api.routes import sse_response
+
+        with registry.using(session):
+            prepared = await _prepare(state, session, body)
+            plan = await _plan(state, session, body, prepared)
+            run = ChatRun(state, plan)
+
+        async def events():
+            with registry.using(session):
+                async for chunk in run.stream():
+                    if chunk == fmt.SSE_DONE:
+                        _record(registry, prepared, plan, run)
+                    yield chunk
+
+        return sse_response(events())
+
+    app.register_blueprint(bp)
+
+
+async def _json_object(allow_empty: bool = False) -> dict:
+    raw = await request.get_data(cache=False)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("request body is not valid UTF-8") from None
+    if not text.strip() and allow_empty:
+        return {}
+    try:
+        data = json.loads(text) if text.strip() else None
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise bad_request("request body must be a JSON object")
+    return data
+
+
+async def _prepare(state: AppState, session: Session, body: ChatCompletionRequest) -> _Prepared:
+    """Render the prompt and find the node it extends; tokenize only the new text."""
+    served, _ = state.require_ready()
+    limiter = state.tokenize_limiter
+    if served.mistral_tokenizer is not None:
+        # mistral-common renders tokens, not text: match nodes token by token.
+        prompt = await render_for_request(state, served, body)
+        parent, new_ids = find_token_extension(session.nodes, prompt.token_ids)
+        return _Prepared(session, Extension(parent, ""), prompt, new_ids)
+    try:
+        check_tool_definitions(body.tools)
+        text = await run_off_loop(limiter, render_chat_text, served, body.messages, body.tools,
+                                  body.add_generation_prompt, body.continue_final_message,
+                                  body.chat_template_kwargs)
+    except InvalidRequestError as exc:
+        raise bad_request(exc.message, param=exc.param or "messages") from None
+    extension = find_extension(session.nodes, text)
+    new_ids = await run_off_loop(limiter, served.tokenizer.encode, extension.suffix_text, False)
+    base = extension.parent.tokens if extension.parent is not None else []
+    if not base and not new_ids:
+        raise bad_request("the rendered prompt is empty", param="messages")
+    return _Prepared(session, extension, RenderedPrompt(text, base + new_ids), new_ids)
+
+
+async def _plan(state: AppState, session: Session, body: ChatCompletionRequest,
+                prepared: _Prepared) -> ChatPlan:
+    plan = await prepare_chat(state, body, prompt=prepared.prompt)
+    # The session's parser, not the server default, reads tool calls out of the output.
+    plan.tool_parser = session.tool_parser if body.tools and body.tool_choice != "none" else None
+    return plan
+
+
+def _stop_text(plan: ChatPlan, token_ids: list[int], finish_reason: str, stop_reason) -> str | None:
+    """The text of the stop token ending a generation, when the returned text skipped it."""
+    if finish_reason != "stop" or not token_ids or isinstance(stop_reason, str):
+        return None
+    last = token_ids[-1]
+    tokenizer = plan.served.tokenizer
+    stop_ids = set(plan.served.eos_token_ids) | set(plan.body.stop_token_ids or ())
+    if last not in stop_ids or not plan.body.skip_special_tokens or last not in tokenizer.special_token_ids:
+        return None
+    return tokenizer.decode([last], skip_special_tokens=False) or None
+
+
+def _record(registry: SessionRegistry, prepared: _Prepared, plan: ChatPlan, run: ChatRun) -> None:
+    """Turn each finished generation into a node of the session (if it still exists)."""
+    session = prepared.session
+    if not registry.is_live(session):
+        return
+    parent = prepared.extension.parent
+    children: list[Node] = []
+    for index, gen in enumerate(run.gens):
+        r = gen.result
+        if r.finish_reason in (None, "abort") or not r.tokens:
+            continue
+        ids = [t.token_id for t in r.tokens]
+        step = {"request_id": plan.request_id, "choice_index": index,
+                "finish_reason": r.finish_reason, "stop_reason": r.stop_reason,
+                "num_prompt_tokens": len(prepared.prompt.token_ids),
+                "num_new_prompt_tokens": len(prepared.new_prompt_ids),
+                "num_cached_prompt_tokens": r.num_cached_prompt_tokens,
+                "num_prefilled_tokens": r.num_prefilled_tokens,
+                "num_generated_tokens": len(ids),
+                "extended_node": parent.id if parent is not None else None,
+                "stop_token_stands_in": prepared.extension.stop_token_stands_in}
+        gen_record = Generated(token_ids=ids, logprobs=[t.logprob for t in r.tokens], text=r.text,
+                               finish_reason=r.finish_reason,
+                               stop_text=_stop_text(plan, ids, r.finish_reason, r.stop_reason),
+                               metadata=step)
+        children.append(build_node(session.new_node_id(), parent, prepared.new_prompt_ids,
+                                   prepared.prompt.text, gen_record))
+    if children:
+        session.record(parent, children)

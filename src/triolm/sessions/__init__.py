@@ -1,0 +1,1 @@
+"""Sessions: token-exact rollout records (nodes) for RL training, kept per client session."""

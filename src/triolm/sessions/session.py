@@ -1,0 +1,44 @@
+"""One session: its current nodes (one per branch) and, with track_tree, every node made."""
+
+from __future__ import annotations
+
+import itertools
+
+import attrs
+
+from triolm.sessions.node import Node
+
+
+@attrs.define(eq=False)
+class Session:
+    uuid: str
+    model_name: str
+    tool_parser: str
+    track_tree: bool
+    created_at: float  # wall clock (seconds since the epoch), for clients
+    last_accessed: float  # wall clock
+    last_used: float  # monotonic clock, for idle expiry
+    nodes: list[Node] = attrs.Factory(list)  # the leaves: what /nodes returns
+    tree: list[Node] = attrs.Factory(list)  # with track_tree: every node, in creation order
+    active: int = 0  # requests running now (an active session never expires)
+    _ids: itertools.count = attrs.Factory(itertools.count)
+
+    def new_node_id(self) -> int:
+        return next(self._ids)
+
+    def record(self, parent: Node | None, children: list[Node]) -> None:
+        """Children of `parent` replace it (an extended node supersedes the old one; n > 1
+        gives n branches). If `parent` was already replaced — a concurrent request of the
+        same session extended it first — the children are added beside the other branch."""
+        index = next((i for i, n in enumerate(self.nodes) if n is parent), None)
+        if parent is not None and index is not None:
+            self.nodes[index:index + 1] = children
+        else:
+            self.nodes.extend(children)
+        if self.track_tree:
+            self.tree.extend(children)
+
+    def summary(self) -> dict:
+        return {"uuid": self.uuid, "model_name": self.model_name, "tool_parser": self.tool_parser,
+                "track_tree": self.track_tree, "created_at": self.created_at,
+                "last_accessed": self.last_accessed, "num_nodes": len(self.nodes)}
