@@ -19,7 +19,7 @@ from triolm.models.gguf_reader import read_gguf
 from triolm.models.gguf_writer import write_gguf
 from triolm.models.hf_config import read_hf_config
 from triolm.models.safetensors_loader import read_safetensors
-from triolm.testing.fixtures import test_model_cache_dir, tiny_model  # noqa: F401 (fixtures)
+from triolm.testing.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
 from triolm.testing.model_factory import ARCHS, random_weights
 
 torch.set_num_threads(1)
@@ -34,10 +34,10 @@ def small_config(arch: str = "llama", **kw) -> ModelConfig:
     return ModelConfig(**base)
 
 
-def write_small(tmp_path, config=None, file_type="F32", name="m.gguf", **kw):
+def write_small(tmp_path, config=None, file_type="F32", name="m.gguf", extra_metadata=None, **kw):
     config = config or small_config()
     weights = random_weights(config, seed=1)
-    path = write_gguf(tmp_path / name, config, weights, {}, file_type, name="test", **kw)
+    path = write_gguf(tmp_path / name, config, weights, extra_metadata or {}, file_type, name="test", **kw)
     return path, config, weights
 
 
@@ -394,3 +394,25 @@ def test_missing_metadata_key(tmp_path):
     w.write_tensors_to_file()
     w.close()
     _expect_error(p, "missing metadata key llama.")
+
+
+def test_unsupported_rope_scaling_type(tmp_path):
+    path, _, _ = write_small(tmp_path, extra_metadata={"llama.rope.scaling.type": "yarn",
+                                                       "llama.rope.scaling.factor": 4.0})
+    _expect_error(path, "unsupported rope scaling 'yarn'")
+    ok, _, _ = write_small(tmp_path, name="ok.gguf", extra_metadata={"llama.rope.scaling.type": "linear",
+                                                                    "llama.rope.scaling.factor": 1.0})
+    assert read_gguf(ok).config.rope_scaling is None
+    keys, _, _ = write_small(tmp_path, name="keys.gguf", extra_metadata={
+        "llama.rope.scaling.type": "llama3", "llama.rope.scaling.factor": 32.0,
+        "llama.rope.scaling.original_context_length": 4096})
+    assert read_gguf(keys).config.rope_scaling == RopeScaling("llama3", 32.0, 1.0, 4.0, 4096)
+
+
+def test_vocab_size_from_embedding_when_key_absent(tmp_path):
+    path, config, _ = write_small(tmp_path)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"llama.vocab_size")
+    data[at:at + 16] = b"llama.vocab_sizX"  # same length: the key is simply gone
+    path.write_bytes(bytes(data))
+    assert read_gguf(path).config == config

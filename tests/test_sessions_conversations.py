@@ -238,6 +238,21 @@ def test_streamed_completion_is_recorded_too(api, served_model):
     assert node["full_text"] == api.render(uid, messages)["prompt_text"] + text
 
 
+def test_a_stream_cut_short_records_nothing(api, server):
+    uid = api.create()
+    body = {"messages": [{"role": "user", "content": "Long stream"}], "max_tokens": 1500,
+            "seed": 24, "stream": True, "ignore_eos": True}
+    with api.http.stream("POST", f"/{uid}/v1/chat/completions", json=body) as r:
+        for line in r.iter_lines():
+            if '"content": "' in line and '"content": ""' not in line:
+                break  # the first generated text: hang up
+    deadline = time.monotonic() + 10
+    while server.state.driver.num_running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.state.driver.num_running == 0  # the generation was aborted, not finished
+    assert api.nodes(uid) == []
+
+
 def test_deleting_a_session_forgets_its_cached_prefixes_but_not_shared_ones(api):
     system = {"role": "system", "content": "A shared system prompt, long enough to fill a few "
                                            "cache blocks of sixteen tokens each, for the cache test."}

@@ -13,6 +13,7 @@ import sys
 import trio
 from quart import jsonify, request
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
 from triolm.api.errors import APIError, error_response
@@ -33,6 +34,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     """Build the app. `served` injects an already-loaded model (tests share one)."""
     settings = settings or ServerSettings.from_env()
     app = QuartTrio("triolm")
+    app.asgi_http_class = _HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_size
     app.config["RESPONSE_TIMEOUT"] = None  # streams may be long; deadlines are our cancel scopes
     app.config["BODY_TIMEOUT"] = 60
@@ -82,12 +84,20 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
     driver = EngineDriver(engine, settings.max_queue)
     if state.sessions is not None:
         state.sessions.attach(served, driver)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(driver.run)
-        state.served, state.driver = served, driver
-        state.loading = "ready"
-        log.info("model %s ready (max_model_len %d, %d KV blocks)", served.name,
-                 served.max_model_len, engine.block_manager.num_blocks)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.run)
+            state.served, state.driver = served, driver
+            state.loading = "ready"
+            log.info("model %s ready (max_model_len %d, %d KV blocks)", served.name,
+                     served.max_model_len, engine.block_manager.num_blocks)
+    except Exception as exc:
+        # Without its driver the server cannot generate: say so (/readyz 503) and let
+        # `triolm serve` exit non-zero, rather than keep answering probes while hanging.
+        log.exception("engine driver crashed")
+        state.load_error = f"engine driver crashed: {exc!r}"
+        state.driver = None
+        state.fatal.set()
 
 
 def _load_with_progress(settings: ServerSettings, state: AppState) -> ServedModel:
@@ -136,6 +146,28 @@ def _install_auth(app: QuartTrio, state: AppState) -> None:
             return error_response(APIError(401, "invalid or missing API key (Authorization: Bearer …)",
                                            code="invalid_api_key"))
         return None
+
+
+class _HTTPConnection(TrioASGIHTTPConnection):
+    """Quart-Trio's HTTP connection, with the last body message sent shielded.
+
+    Hypercorn recycles the keep-alive connection *inside* that send (restarts its idle
+    timer, or closes the socket), and the client's end-of-request `http.disconnect`
+    that the same call delivers makes Quart-Trio cancel this task at its next
+    checkpoint — half-way through the recycling. Unshielded, idle keep-alive connections
+    never time out (and hold a graceful shutdown for its whole grace period) and a
+    connection that should close stays open.
+    """
+
+    async def handle_request(self, nursery, request, send):  # noqa: D102
+        async def send_last_shielded(message):
+            if message.get("type") == "http.response.body" and not message.get("more_body", False):
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + _DRAIN_SECONDS):
+                    await send(message)
+            else:
+                await send(message)
+
+        await super().handle_request(nursery, request, send_last_shielded)
 
 
 _DRAIN_SECONDS = 5.0

@@ -20,7 +20,7 @@ from triolm.api.schemas import ChatCompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_chat, tool_parsing_mode
 from triolm.errors import InvalidRequestError
-from triolm.serving.engine_driver import OverloadedError
+from triolm.serving.engine_driver import EngineFailure, OverloadedError
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas, run_all
 from triolm.serving.generation import Generation
 from triolm.serving.prompts import RenderedPrompt, check_tool_definitions, render_chat_prompt, run_off_loop
@@ -42,6 +42,10 @@ class ChatPlan:
 
 async def render_for_request(state: AppState, served: ServedModel, body: ChatCompletionRequest
                              ) -> RenderedPrompt:
+    reserved = sorted(set(body.chat_template_kwargs or ()) & _RESERVED_TEMPLATE_VARIABLES)
+    if reserved:
+        raise bad_request(f"chat_template_kwargs must not set {', '.join(reserved)} (use the request "
+                          "fields)", param="chat_template_kwargs")
     try:
         check_tool_definitions(body.tools)
         return await run_off_loop(
@@ -50,12 +54,18 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param or "messages") from None
     except Exception as exc:
-        # mistral-common and jinja validation errors name the problem in the message
-        from triolm.chat.mistral import is_mistral_validation_error
+        if served.mistral_tokenizer is None:
+            raise
+        # mistral-common's validation errors name the problem in the message
+        from triolm.chat.mistral import invalid_request_from_mistral_error
 
-        if is_mistral_validation_error(exc):
-            raise bad_request(str(exc), param="messages") from None
-        raise
+        mapped = invalid_request_from_mistral_error(exc)
+        if mapped is None:
+            raise
+        raise bad_request(mapped.message, param=mapped.param or "messages") from None
+
+
+_RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt"})
 
 
 async def prepare_chat(state: AppState, body: ChatCompletionRequest,
@@ -199,6 +209,8 @@ class ChatRun:
             yield fmt.sse({"error": APIError(429, str(exc), code="overloaded").body()["error"]})
         except ValueError as exc:
             yield fmt.sse({"error": bad_request(str(exc)).body()["error"]})
+        except EngineFailure as exc:
+            yield fmt.sse({"error": APIError(500, str(exc)).body()["error"]})
         finally:
             self._observe()
         if include_usage:

@@ -13,7 +13,7 @@ from triolm.api.sampling import (build_sampling_params, check_context, requested
 from triolm.api.schemas import CompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_completion
-from triolm.serving.engine_driver import OverloadedError
+from triolm.serving.engine_driver import EngineFailure, OverloadedError
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas, run_all
 from triolm.serving.generation import Generation
 from triolm.serving.prompts import encode_text, run_off_loop
@@ -58,7 +58,8 @@ class CompletionRun:
         self.gens: list[Generation] = []
         self.prompt_index: list[int] = []
         for p_index, prompt in enumerate(prompts):
-            max_tokens = check_context(len(prompt), requested_max_tokens(body) or 16, served.max_model_len)
+            max_tokens = check_context(len(prompt), requested_max_tokens(body) or 16, served.max_model_len,
+                                       prompt_param="prompt")
             for i in range(body.n):
                 params = build_sampling_params(body, max_tokens, body.logprobs, seed_offset=i,
                                                constraint=constraint)
@@ -152,6 +153,8 @@ class CompletionRun:
             yield fmt.sse({"error": APIError(429, str(exc), code="overloaded").body()["error"]})
         except ValueError as exc:
             yield fmt.sse({"error": bad_request(str(exc)).body()["error"]})
+        except EngineFailure as exc:
+            yield fmt.sse({"error": APIError(500, str(exc)).body()["error"]})
         finally:
             self._observe()
         if include_usage:

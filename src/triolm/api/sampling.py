@@ -14,13 +14,14 @@ def requested_max_tokens(body: SamplingFields) -> int | None:
     return value
 
 
-def check_context(num_prompt_tokens: int, max_tokens: int | None, max_model_len: int) -> int:
+def check_context(num_prompt_tokens: int, max_tokens: int | None, max_model_len: int,
+                  prompt_param: str = "messages") -> int:
     """The effective max_tokens; 400 when the prompt (plus max_tokens) exceeds the context."""
     if num_prompt_tokens >= max_model_len:
         raise bad_request(
             f"This model's maximum context length is {max_model_len} tokens. However, your "
             f"prompt has {num_prompt_tokens} tokens, which leaves no room for a completion.",
-            param="messages", code="context_length_exceeded")
+            param=prompt_param, code="context_length_exceeded")
     room = max_model_len - num_prompt_tokens
     if max_tokens is None:
         return room
@@ -63,11 +64,15 @@ def stop_strings(body: SamplingFields) -> list[str]:
     return [body.stop] if isinstance(body.stop, str) else list(body.stop)
 
 
+_GREEDY_BELOW = 1e-5  # smaller temperatures are greedy (dividing logits by them overflows)
+
+
 def build_sampling_params(body: SamplingFields, max_tokens: int, logprobs: int | None,
                           seed_offset: int = 0, constraint=None) -> SamplingParams:
     seed = None if body.seed is None else body.seed + seed_offset
+    temperature = 1.0 if body.temperature is None else body.temperature
     return SamplingParams(
-        temperature=1.0 if body.temperature is None else body.temperature,
+        temperature=0.0 if temperature < _GREEDY_BELOW else temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=0 if body.top_k in (None, -1) else body.top_k,
         min_p=body.min_p or 0.0,

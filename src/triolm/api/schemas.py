@@ -23,7 +23,8 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     """Fields shared by chat and text completions."""
 
-    model_config = ConfigDict(extra="allow")
+    # NaN/Infinity (which Python's JSON accepts) would reach the sampler as NaN logits.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: Optional[str] = None
     n: int = 1
@@ -33,11 +34,12 @@ class SamplingFields(BaseModel):
     top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
     top_k: Optional[int] = Field(default=None, ge=-1)
     min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    repetition_penalty: Optional[float] = Field(default=None, gt=0.0)
+    # bounded so logits / penalty cannot overflow float32 into inf (then NaN probabilities)
+    repetition_penalty: Optional[float] = Field(default=None, ge=0.01, le=100.0)
     presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: Optional[dict[str, float]] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, ge=-(1 << 63), lt=(1 << 64) - 64)  # torch's seed range
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     stop_token_ids: Optional[list[int]] = None

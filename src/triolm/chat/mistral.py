@@ -11,11 +11,16 @@ server never runs it on the event loop: `async_apply_mistral_chat_template` (and
 The thread offload goes through anyio, so the same coroutine works under Trio
 (the server) and asyncio (the contract's own tests, library users).
 
-Why a thread is enough: the long native calls (sentencepiece's and tiktoken's
-encoders) release the GIL, and the Python parts around them (pydantic
-validation, mistral-common's per-token decode) hand the GIL back every
-`sys.getswitchinterval()` (5 ms by default), so the loop thread waits at most
-about one switch interval per turn.
+What a thread buys, measured (scripts/bench_tokenization.py): the long native
+calls (sentencepiece's and tiktoken's encoders) release the GIL, and the Python
+parts around them (pydantic validation, mistral-common's per-token decode) hand
+it back every `sys.getswitchinterval()` (5 ms), so for prompts up to ~1 MB the
+loop loses only a few ms per tick. What it cannot buy: mistral-common also makes a
+few single C calls that hold the GIL for time proportional to the prompt
+(validating the `Tokenized` id list, joining/decoding the whole prompt text) —
+~5 ms at 500 KB, ~50 ms each at 5 MB — and a GIL holder preempted by the OS
+stalls the loop too. Huge prompts therefore belong in a worker process (see the
+benchmark's `process` strategy) or should be refused by a request-size cap.
 """
 
 from __future__ import annotations
@@ -165,10 +170,11 @@ def apply_mistral_chat_template(
 # Off the event loop
 # --------------------------------------------------------------------------------------
 
-DEFAULT_TOKENIZATION_THREADS = 2
-"""Worker threads per event loop for chat encoding when no limiter is given. The
-machine's cores are shared with the engine thread; more tokenizer threads mostly
-contend for the GIL in mistral-common's Python parts."""
+DEFAULT_TOKENIZATION_THREADS = 1
+"""Worker threads per event loop for chat encoding when no limiter is given. One,
+because mistral-common's encoding is mostly GIL-bound Python: with two threads the
+benchmark measured lower throughput and 2-5x larger loop gaps under 8 concurrent
+requests (the loop competes with two GIL waiters instead of one)."""
 
 # One limiter per running event loop (anyio keys RunVars by the loop's native
 # token), created on first use inside that loop: a limiter made at import time

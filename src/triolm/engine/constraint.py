@@ -78,6 +78,8 @@ def fill_token_bitmasks(matchers: Sequence[TokenMatcher | None], bitmask: torch.
 
 
 _SHIFTS: dict[torch.device, torch.Tensor] = {}
+# _BYTE_BIAS[b, j] = 0.0 if bit j of byte b is set (token allowed) else -inf
+_BYTE_BIAS = np.where((np.arange(256)[:, None] >> np.arange(8)) & 1, 0.0, -np.inf).astype(np.float32)
 
 
 def bitmask_to_bool(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -101,8 +103,8 @@ def apply_token_bitmask_(
     (a padded vocabulary) are disallowed.  `rows`: mask only these rows (the sequences
     that have a matcher); the others are left untouched.
 
-    On the CPU the bits are unpacked by numpy and added as a 0/-inf bias: ~1 ns per
-    logit, several times faster than a bool `masked_fill_` (see scripts/bench_grammar.py).
+    On the CPU each mask byte is looked up in a 256x8 table of 0/-inf biases and the
+    bias is added: a few times faster than unpacking to bool and `masked_fill_`.
     """
     if logits.dim() == 1:
         apply_token_bitmask_(logits.unsqueeze(0), bitmask.view(1, -1))
@@ -122,10 +124,9 @@ def apply_token_bitmask_(
     if covered < n:
         logits[:, covered:] = float("-inf")
     if logits.device.type == "cpu" and bitmask.device.type == "cpu":
-        bits = np.unpackbits(bitmask.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")
-        bias = torch.from_numpy(bits[:, :covered]).to(logits.dtype)
-        bias.sub_(1).mul_(float("inf")).nan_to_num_(nan=0.0, neginf=float("-inf"))  # 1 -> 0, 0 -> -inf
-        logits[:, :covered].add_(bias)
+        # one table lookup per mask byte gives the 8 biases (0 or -inf) of its 8 tokens
+        bias = np.take(_BYTE_BIAS, bitmask.contiguous().numpy().view(np.uint8), axis=0)
+        logits[:, :covered].add_(torch.from_numpy(bias.reshape(bias.shape[0], -1)[:, :covered]))
     else:
         allowed = bitmask_to_bool(bitmask.to(logits.device, non_blocking=True), covered)
         logits[:, :covered].masked_fill_(~allowed, float("-inf"))

@@ -2,9 +2,10 @@
 
 Reading: `gguf.quants.dequantize` is the reference. The common types (Q8_0, Q4_0,
 Q4_K, Q6_K) have torch versions that perform the very same float32 operations in
-the same order, so results are bit-equal to the reference (tested) and several
-times faster (see `scripts/bench_gguf_dequant.py` / the tests' report). Everything
-else goes through the reference.
+the same order, so results are bit-equal to the reference (tested, random bytes
+included). Measured on one thread over 15M values, per 135M values: Q8_0 0.29 s vs
+0.52 s, Q4_0 0.45 vs 0.63, Q4_K 0.39 vs 0.98, Q6_K 0.43 vs 0.88. Everything else
+goes through the reference.
 
 Writing: the `gguf` package quantizes the legacy types (Q4_0 ... Q8_0) bit-exactly
 like ggml but has no K-quant quantizers; the simple ones here (per-sub-block

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,7 +24,7 @@ from gguf.gguf_reader import ReaderField
 from triolm.errors import ModelLoadError
 from triolm.models import gguf_layout as layout
 from triolm.models import gguf_quants
-from triolm.models.config import ModelConfig
+from triolm.models.config import ModelConfig, RopeScaling
 
 GGUF_MAGIC = b"GGUF"
 
@@ -258,8 +259,16 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
         return value
 
     ours = arch
-    if arch == "llama" and "mistral" in str(meta.get("general.name", "")).lower():
+    names = f"{meta.get('general.name', '')} {meta.get('general.basename', '')}".lower()
+    if arch == "llama" and "mistral" in names:
         ours = "mistral"  # llama.cpp stores mistral as llama; its name tells them apart
+    scaling_type = meta.get(f"{arch}.rope.scaling.type")
+    scaling_factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0) or 1.0)
+    if scaling_type not in (None, "none", "llama3") and not (
+            scaling_type == "linear" and scaling_factor == 1.0):
+        raise ModelLoadError(
+            f"{path}: unsupported rope scaling {scaling_type!r} (factor {scaling_factor}); "
+            f"supported: llama3 (rope_freqs.weight) or none")
     def f32(value: Any) -> float:
         # GGUF stores float32: 1e-6 comes back as 9.99999997e-07; take the shortest
         # decimal that rounds to the same float32, which is what was written.
@@ -270,15 +279,22 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
     head_dim = int(key("attention.key_length", 0) or hidden // heads)
     theta = f32(key("rope.freq_base", 10000.0))
     scaling = None
+    if scaling_type == "llama3" and factors is None:
+        # Not written by llama.cpp (it stores the rope_freqs tensor) but unambiguous.
+        scaling = RopeScaling(
+            "llama3", scaling_factor,
+            float(key("rope.scaling.low_freq_factor", 1.0)),
+            float(key("rope.scaling.high_freq_factor", 4.0)),
+            int(key("rope.scaling.original_context_length", 8192)))
     if factors is not None:
+        if factors.numel() != head_dim // 2:
+            raise ModelLoadError(f"{path}: tensor {layout.ROPE_FREQS} has {factors.numel()} "
+                                 f"values, expected head_dim/2 = {head_dim // 2}")
         try:
             scaling = layout.rope_scaling_from_factors(factors, head_dim, theta)
         except ValueError as exc:
             raise ModelLoadError(f"{path}: {exc}") from None
-    vocab = meta.get(f"{arch}.vocab_size")
-    if vocab is None:
-        tokens = meta.get("tokenizer.ggml.tokens")
-        vocab = len(tokens) if tokens else None
+    vocab = meta.get(f"{arch}.vocab_size")  # else the embedding's rows (filled in below)
     eos_ids: tuple[int, ...] = ()
     for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"):
         if meta.get(k) is not None and int(meta[k]) not in eos_ids:
@@ -342,12 +358,24 @@ def _one_torch_thread() -> Iterator[None]:
     Measured on the 2-core dev machine loading the smollm-135m shape: one thread is
     2-3x faster than numpy and steady; two threads, with the other core busy, made
     OpenMP's barriers spin and loads took 3-10x longer and varied wildly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    global _threads_saved, _threads_users
+    with _threads_lock:  # concurrent loads: the first saves the setting, the last restores it
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 1
 
 
 def _read_tensors(path: Path, model: GGUFModel, by_name: dict, dtype: torch.dtype,
@@ -371,7 +399,7 @@ def _read_tensors(path: Path, model: GGUFModel, by_name: dict, dtype: torch.dtyp
         rows = shape[0]
         cols = shape[1] if len(shape) == 2 else 1
         heads = layout.permuted_heads(config, hf)
-        if keep_quantized and qname not in gguf_quants.FLOAT_TYPES:
+        if keep_quantized and len(shape) == 2 and qname not in gguf_quants.FLOAT_TYPES:
             raw = gguf_quants.torch_view(t.data.view(np.uint8)).reshape(rows, -1)
             raw = layout.unpermute_rows(raw, heads) if heads else raw.clone()
             model.quantized[hf] = QuantizedTensor(qname, (rows, cols), raw.contiguous())

@@ -25,6 +25,10 @@ class OverloadedError(Exception):
     """The waiting queue is full: answer 429 now rather than wait without bound."""
 
 
+class EngineFailure(RuntimeError):
+    """The engine raised while stepping; the requests in flight were aborted with this."""
+
+
 @attrs.define
 class _Pending:
     request_id: str
@@ -109,7 +113,14 @@ class EngineDriver:
                 self._wakeup = trio.Event()
                 continue
             start = time.perf_counter()
-            outputs = await trio.to_thread.run_sync(self.engine.step, limiter=self._limiter)
+            try:
+                outputs = await trio.to_thread.run_sync(self.engine.step, limiter=self._limiter)
+            except Exception as exc:
+                # Which sequence caused it is unknown: fail every request in flight (each
+                # gets an error, not a hang) and keep serving the next ones.
+                log.exception("engine step failed; aborting %d requests", len(self._channels))
+                self._fail_all(EngineFailure(f"engine step failed: {type(exc).__name__}: {exc}"))
+                continue
             elapsed = time.perf_counter() - start
             self.stats.steps += 1
             self.stats.busy_seconds += elapsed
@@ -128,17 +139,42 @@ class EngineDriver:
         for p in adds:
             try:
                 self.engine.add_request(p.request_id, p.prompt_ids, p.params)
-            except ValueError as exc:
+            except Exception as exc:  # ValueError: refused (e.g. too long); else a bug: this request only
+                if not isinstance(exc, ValueError):
+                    log.exception("engine refused request %s", p.request_id)
+                    self.engine.abort(p.request_id)
+                    exc = EngineFailure(f"engine refused the request: {type(exc).__name__}: {exc}")
                 self._channels.pop(p.request_id, None)
-                p.channel.send_nowait(exc)
-                p.channel.close()
+                _send_last(p.channel, exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for request_id, channel in list(self._channels.items()):
+            self.engine.abort(request_id)
+            _send_last(channel, exc)
+        self._channels.clear()
+        self._adds.clear()
 
     def _deliver(self, outputs: list[StepOutput]) -> None:
         for out in outputs:
             channel = self._channels.get(out.request_id)
             if channel is None:
                 continue  # aborted while the step ran; the engine abort is queued
-            channel.send_nowait(out)
+            try:
+                channel.send_nowait(out)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The request stopped listening and its abort has not arrived yet (it
+                # closes its end at a checkpoint): forget it now; never die of it.
+                self.abort(out.request_id)
+                continue
             if out.finish_reason is not None:
                 del self._channels[out.request_id]
                 channel.close()
+
+
+def _send_last(channel: trio.MemorySendChannel, item) -> None:
+    """Send a request its final item (an exception) and close; it may be gone already."""
+    try:
+        channel.send_nowait(item)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    channel.close()

@@ -9,6 +9,7 @@ and cleaned up in order.
 from __future__ import annotations
 
 import math
+from contextlib import aclosing
 
 import attrs
 import trio
@@ -37,36 +38,46 @@ def first_error(group: BaseExceptionGroup) -> BaseException | None:
 
 
 async def _pump(index: int, gen: Generation, send: trio.MemorySendChannel) -> None:
-    async with send:
-        async for delta in gen.deltas():
+    # aclosing: cancelled while sending, the generation is closed (and its sequence
+    # aborted) now, not whenever the abandoned generator gets finalized.
+    async with send, aclosing(gen.deltas()) as deltas:
+        async for delta in deltas:
             await send.send((index, delta))
 
 
 @trio.as_safe_channel
 async def merged_deltas(gens: list[Generation], timeout: float | None, keepalive: float = 15.0):
     """Yields (index, Delta) pairs, Tick() while idle, and TimedOut() once at a deadline."""
-    with trio.move_on_after(timeout if timeout else math.inf) as deadline:
-        send, recv = trio.open_memory_channel(math.inf)
-        try:
-            async with trio.open_nursery() as nursery:
-                async with send:
-                    for i, gen in enumerate(gens):
-                        nursery.start_soon(_pump, i, gen, send.clone())
-                async with recv:
-                    while True:
-                        item = None
-                        with trio.move_on_after(keepalive):
-                            try:
-                                item = await recv.receive()
-                            except trio.EndOfChannel:
-                                break
-                        yield Tick() if item is None else item
-        except BaseExceptionGroup as group:  # one generation failed (e.g. overloaded): say which
-            error = first_error(group)
-            if error is None:
-                raise
-            raise error from group
-    if deadline.cancelled_caught:
+    # The deadline is checked around each receive, never a cancel scope around a
+    # `yield`: a deadline firing while this generator waits at a yield would be
+    # delivered outside it (PEP 789) and lose the TimedOut event.
+    deadline = trio.current_time() + timeout if timeout else math.inf
+    timed_out = False
+    send, recv = trio.open_memory_channel(math.inf)
+    try:
+        async with trio.open_nursery() as nursery:
+            async with send:
+                for i, gen in enumerate(gens):
+                    nursery.start_soon(_pump, i, gen, send.clone())
+            async with recv:
+                while True:
+                    item = None
+                    with trio.move_on_at(min(deadline, trio.current_time() + keepalive)):
+                        try:
+                            item = await recv.receive()
+                        except trio.EndOfChannel:
+                            break
+                    if item is None and trio.current_time() >= deadline:
+                        timed_out = True
+                        nursery.cancel_scope.cancel()  # the generations abort their sequences
+                        break
+                    yield Tick() if item is None else item
+    except BaseExceptionGroup as group:  # one generation failed (e.g. overloaded): say which
+        error = first_error(group)
+        if error is None:
+            raise
+        raise error from group
+    if timed_out:
         yield TimedOut()
 
 

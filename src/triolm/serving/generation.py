@@ -7,6 +7,7 @@ Whatever ends the consumer — finished, stop string, timeout, client disconnect
 from __future__ import annotations
 
 import itertools
+from contextlib import aclosing
 from typing import AsyncIterator
 
 import attrs
@@ -77,8 +78,8 @@ class Generation:
     async def deltas(self) -> AsyncIterator[Delta]:
         channel = self.driver.submit(self.request_id, self.prompt_ids, self.params)
         finished = False
-        try:
-            async with channel:
+        async with channel:
+            try:
                 async for item in channel:
                     if isinstance(item, Exception):
                         raise item
@@ -88,12 +89,14 @@ class Generation:
                     yield delta
                     if finished:
                         return
-            # the channel closed without a finishing token: aborted from elsewhere
-            finished = True
-            self.result.finish_reason = self.result.finish_reason or "abort"
-        finally:
-            if not finished:
-                self.driver.abort(self.request_id)
+                # the channel closed without a finishing token: aborted from elsewhere
+                finished = True
+                self.result.finish_reason = self.result.finish_reason or "abort"
+            finally:
+                # before our end of the channel closes (a checkpoint), so the driver
+                # never delivers to a closed channel
+                if not finished:
+                    self.driver.abort(self.request_id)
 
     def _on_output(self, out: StepOutput) -> Delta:
         r = self.result
@@ -123,6 +126,7 @@ class Generation:
         return Delta(text, (info,), finish, stop_reason)
 
     async def run_to_end(self) -> GenerationResult:
-        async for _ in self.deltas():
-            pass
+        async with aclosing(self.deltas()) as deltas:
+            async for _ in deltas:
+                pass
         return self.result

@@ -47,9 +47,11 @@ def render_chat_prompt(served: ServedModel, messages: list[dict], tools: list[di
                        add_generation_prompt: bool = True, continue_final_message: bool = False,
                        template_kwargs: dict | None = None) -> RenderedPrompt:
     if served.mistral_tokenizer is not None:
-        from triolm.chat.mistral import encode_mistral_chat
+        from triolm.chat.mistral import render_mistral_prompt
 
-        return RenderedPrompt(*encode_mistral_chat(served.mistral_tokenizer, messages, tools))
+        encoded = render_mistral_prompt(served.mistral_tokenizer, messages, tools,
+                                        continue_final_message=continue_final_message)
+        return RenderedPrompt(encoded.text, encoded.token_ids)
     text = render_chat_text(served, messages, tools, add_generation_prompt, continue_final_message,
                             template_kwargs)
     # The template already contains bos and other special tokens as text.

@@ -16,13 +16,13 @@ from triolm.testing.model_factory import TestModelPaths, default_cache_dir, make
 
 
 @pytest.fixture(scope="session")
-def test_model_cache_dir() -> Path:
+def generated_models_dir() -> Path:
     """Where generated models are cached (shared across test runs)."""
     return default_cache_dir()
 
 
 @pytest.fixture(scope="session")
-def tiny_model(test_model_cache_dir: Path) -> Callable[..., TestModelPaths]:
+def tiny_model(generated_models_dir: Path) -> Callable[..., TestModelPaths]:
     """Factory: `tiny_model("qwen3")` -> TestModelPaths of the tiny qwen3 model, built
     once. Keyword arguments go to `make_test_model` (seed, gguf_types, sharded)."""
     built: dict[tuple, TestModelPaths] = {}
@@ -30,7 +30,7 @@ def tiny_model(test_model_cache_dir: Path) -> Callable[..., TestModelPaths]:
     def make(arch: str = "llama", **kwargs) -> TestModelPaths:
         key = (arch, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
         if key not in built:
-            built[key] = make_test_model(test_model_cache_dir, arch=arch, size="tiny", **kwargs)
+            built[key] = make_test_model(generated_models_dir, arch=arch, size="tiny", **kwargs)
         return built[key]
 
     return make

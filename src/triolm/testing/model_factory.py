@@ -359,12 +359,12 @@ def make_test_model(out_dir: str | os.PathLike | None = None, arch: str = "llama
             hf_sharded_dir=root / "hf_sharded" if manifest["sharded"] else None)
 
 
-STALE_AFTER_SECONDS = 3600
+STALE_AFTER_SECONDS = 15 * 60
 
 
 def _prune_stale(base: Path, current: Path) -> None:
-    """Delete builds of the same (arch, size, seed) made by older source versions and
-    unused for an hour (a smollm-135m build is ~1.5 GB)."""
+    """Delete builds of the same (arch, size, seed) made by other source versions and
+    unused for 15 minutes (a smollm-135m build is ~1.5 GB; sources change often)."""
     prefix = current.name.rsplit("-", 1)[0] + "-"
     now = time.time()
     for other in base.glob(prefix + "*"):
@@ -377,6 +377,7 @@ def _prune_stale(base: Path, current: Path) -> None:
             continue
         if now - last_use > STALE_AFTER_SECONDS:
             shutil.rmtree(other, ignore_errors=True)
+            (base / f".{other.name}.lock").unlink(missing_ok=True)
 
 
 def _config_from_written(cfg: dict[str, Any], arch: str, size: str) -> ModelConfig:

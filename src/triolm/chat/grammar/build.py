@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import attrs
 
-from triolm.chat.tool_parsers.base import TOOL_NAME_RE, Args, Lit, Name, Piece, Slot, ToolCallFormat
+from triolm.chat.tool_parsers.base import TOOL_NAME_RE, Args, Lit, Name, Opt, Piece, Slot, ToolCallFormat
 from triolm.errors import InvalidRequestError
 
 import llguidance
@@ -23,7 +23,7 @@ JSON_OPTIONS = {
     "item_separator": ", ",
     "key_separator": ": ",
     "whitespace_flexible": False,
-    "json_allowed_escapes": 'nrbtf\\"u',
+    "json_allowed_escapes": 'nrbtf\\"',  # no \u: json.dumps never writes one for these
     "json_allow_general_unicode_escapes": False,
 }
 NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
@@ -151,8 +151,9 @@ class LarkBuilder:
             elif isinstance(p, Args):
                 out.append(args_rule)
             elif isinstance(p, Slot):
-                out.append(self.add(self.fresh("SLOT").upper(), "/" + llguidance.regex_to_lark(p.regex) + "/")
-                           if p.regex != " ?" else '" "?')
+                out.append(self.add(self.fresh("SLOT"), "/" + llguidance.regex_to_lark(p.regex) + "/"))
+            elif isinstance(p, Opt):
+                out.append(f"({self.literal(p.text)})?")
         return " ".join(o for o in out if o) or '""'
 
     def text(self, start_body: str) -> str:

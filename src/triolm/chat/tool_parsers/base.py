@@ -140,7 +140,14 @@ class Slot:
     default: str = ""
 
 
-Piece = Lit | Name | Args | Slot
+@attrs.frozen
+class Opt:
+    """Literal text the model may write or leave out; rendered as nothing."""
+
+    text: str
+
+
+Piece = Lit | Name | Args | Slot | Opt
 
 
 @attrs.frozen
@@ -167,21 +174,22 @@ class ToolCallFormat:
                 out.append(name)
             elif isinstance(p, Args):
                 out.append(json.dumps(arguments, ensure_ascii=False))
-            else:
+            elif isinstance(p, Slot):
                 out.append((fields or {}).get(p.field) or p.default)
         return "".join(out)
 
     def render_call(self, name: str, arguments: Mapping[str, Any], call_id: str | None = None) -> str:
         return self._render(self.call, name, dict(arguments), {"id": call_id})
 
-    def render_calls(self, calls: Sequence[ToolCall | tuple[str, Mapping[str, Any]]]) -> str:
-        """The assistant turn's text for `calls` (ToolCall, or (name, arguments) pairs)."""
+    def render_calls(self, calls: Sequence[ToolCall | tuple]) -> str:
+        """The assistant turn's text for `calls`: ToolCall objects, or (name, arguments)
+        / (name, arguments, call_id) tuples."""
         parts = []
         for c in calls:
             if isinstance(c, ToolCall):
                 parts.append(self.render_call(c.name, json.loads(c.arguments), c.id))
             else:
-                parts.append(self.render_call(c[0], c[1]))
+                parts.append(self.render_call(*c))
         return self._render(self.begin) + self._render(self.separator).join(parts) + self._render(self.end)
 
 
@@ -452,6 +460,7 @@ __all__ = [
     "JsonStream",
     "Lit",
     "Name",
+    "Opt",
     "ParsedToolCalls",
     "Slot",
     "StreamingToolParser",

@@ -34,6 +34,7 @@ from .base import (
     JsonStream,
     Lit,
     Name,
+    Opt,
     Slot,
     StreamingToolParser,
     ToolCallFormat,
@@ -49,7 +50,7 @@ MISTRAL_ID_RE = re.compile(r"[a-zA-Z0-9]{9}\Z")
 
 MISTRAL_FORMAT = ToolCallFormat(
     parser="mistral",
-    begin=(Lit(TOOL_CALLS), Slot(" ?"), Lit("[")),
+    begin=(Lit(TOOL_CALLS), Opt(" "), Lit("[")),  # SentencePiece decodes a space here
     call=(
         Lit('{"name": "'),
         Name(),

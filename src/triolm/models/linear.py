@@ -1,0 +1,193 @@
+"""Weight representations of a linear layer: y = x @ W.T (+ y).
+
+Activations are float32 everywhere; what varies is how W is stored:
+
+- `DenseLinear`: a float tensor (float32 for safetensors / GGUF F32; the model dtype
+  when the user asks for float16/bfloat16 compute). torch/MKL does the work: float32
+  GEMV is memory-bound and MKL streams it at full speed.
+- `Float16Linear`: GGUF F16 weights kept as float16 (half the bytes).
+- `Q8Linear`: GGUF Q8_0 weights kept as int8 codes plus one float32 scale per 32.
+
+The reduced-size kinds hold exactly the values the file stores and compute in float32:
+a native kernel converts weights in registers for few rows (decode); for many rows
+(prefill) the weight is expanded into a reused float32 scratch and handed to MKL's GEMM,
+which is compute-bound there anyway. Without the native library they fall back to that
+expansion for every call (same results, slower).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from triolm.models import native
+
+#: Rows up to which the native weight-streaming kernel beats expand + GEMM (measured).
+NATIVE_MAX_ROWS = 16
+
+
+class _Scratch:
+    """One growable float32 buffer shared by every layer (they run one at a time)."""
+
+    def __init__(self) -> None:
+        self.buf = torch.empty(0)
+
+    def get(self, rows: int, cols: int) -> torch.Tensor:
+        n = rows * cols
+        if self.buf.numel() < n:
+            self.buf = torch.empty(n)
+        return self.buf[:n].view(rows, cols)
+
+
+_scratch = _Scratch()
+
+
+class DenseLinear:
+    kind = "dense"
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight.contiguous()
+        self.out_features, self.in_features = self.weight.shape
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ W.T; with `out`, adds into it in place (residual connections)."""
+        if out is None:
+            return F.linear(x, self.weight)
+        return out.addmm_(x, self.weight.t())
+
+    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.weight.to(dtype)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+
+class _PackedLinear:
+    """Shared logic of the reduced-size kinds: native kernel for few rows, else expand."""
+
+    kind = "packed"
+    out_features: int
+    in_features: int
+
+    def _native(self, x: torch.Tensor, y: torch.Tensor, accumulate: bool) -> None:
+        raise NotImplementedError
+
+    def expand_into(self, buf: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        rows = x.shape[0]
+        lib = native.lib()
+        if lib is not None and rows <= NATIVE_MAX_ROWS and x.dtype == torch.float32:
+            if x.stride(-1) != 1:
+                x = x.contiguous()
+            y = out if out is not None else torch.empty(rows, self.out_features)
+            self._native(x, y, out is not None)
+            return y
+        w = self.expand_into(_scratch.get(self.out_features, self.in_features)).to(x.dtype)
+        if out is None:
+            return F.linear(x, w)
+        return out.addmm_(x, w.t())
+
+    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.expand_into(torch.empty(self.out_features, self.in_features)).to(dtype)
+
+
+class Float16Linear(_PackedLinear):
+    kind = "f16"
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight.to(torch.float16).contiguous()
+        self.out_features, self.in_features = self.weight.shape
+        self._w = self.weight.data_ptr()
+
+    def _native(self, x, y, accumulate):
+        native.lib().tl_linear_f16(x.data_ptr(), x.stride(0), self._w, y.data_ptr(), y.stride(0),
+                                   x.shape[0], self.out_features, self.in_features,
+                                   int(accumulate), native.num_threads())
+
+    def expand_into(self, buf: torch.Tensor) -> torch.Tensor:
+        return buf.copy_(self.weight)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight).float()
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.numel() * 2
+
+
+class Q8Linear(_PackedLinear):
+    """Q8_0: int8 codes [out, in] and float32 scales [out, in/32] (value = code * scale)."""
+
+    kind = "q8_0"
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor):
+        self.codes = codes.to(torch.int8).contiguous()
+        self.scales = scales.to(torch.float32).contiguous()
+        self.out_features, self.in_features = self.codes.shape
+        if self.in_features % 32 or tuple(self.scales.shape) != (self.out_features, self.in_features // 32):
+            raise ValueError(f"Q8_0 codes {tuple(self.codes.shape)} and scales "
+                             f"{tuple(self.scales.shape)} do not match")
+        self._w, self._d = self.codes.data_ptr(), self.scales.data_ptr()
+
+    @classmethod
+    def from_blocks(cls, blocks: torch.Tensor, rows: int, cols: int) -> "Q8Linear":
+        """From raw GGML Q8_0 bytes [rows, cols/32 * 34]: fp16 scale + 32 int8 per block."""
+        b = blocks.reshape(rows * (cols // 32), 34)
+        scales = b[:, :2].contiguous().view(torch.float16).float().reshape(rows, cols // 32)
+        codes = b[:, 2:].contiguous().view(torch.int8).reshape(rows, cols)
+        return cls(codes, scales)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor) -> "Q8Linear":
+        """Q8_0-quantize a float weight like ggml does (scale = absmax/127 in float16)."""
+        rows, cols = weight.shape
+        b = weight.float().reshape(rows, cols // 32, 32)
+        d = (b.abs().amax(-1) / 127.0).half().float()
+        inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+        codes = torch.round(b * inv.unsqueeze(-1)).clamp(-127, 127).to(torch.int8)
+        return cls(codes.reshape(rows, cols), d)
+
+    def _native(self, x, y, accumulate):
+        native.lib().tl_linear_q8_0(x.data_ptr(), x.stride(0), self._w, self._d, y.data_ptr(),
+                                    y.stride(0), x.shape[0], self.out_features, self.in_features,
+                                    int(accumulate), native.num_threads())
+
+    def expand_into(self, buf: torch.Tensor) -> torch.Tensor:
+        lib = native.lib()
+        if lib is not None:
+            lib.tl_dequant_q8_0(self._w, self._d, buf.data_ptr(), self.out_features,
+                                self.in_features, native.num_threads())
+            return buf
+        view = buf.view(self.out_features, -1, 32)
+        view.copy_(self.codes.view(self.out_features, -1, 32))
+        return buf.mul_(self.scales.repeat_interleave(32, dim=1))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        codes = self.codes[ids].float()
+        return codes * self.scales[ids].repeat_interleave(32, dim=-1)
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.numel() + self.scales.numel() * 4
+
+
+Linear = DenseLinear | Float16Linear | Q8Linear
+
+
+def concat(parts: list[Linear]) -> Linear:
+    """Fuse linears that read the same input (q|k|v, gate|up) by stacking output rows."""
+    kinds = {p.kind for p in parts}
+    if kinds == {"f16"}:
+        return Float16Linear(torch.cat([p.weight for p in parts]))
+    if kinds == {"q8_0"}:
+        return Q8Linear(torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts]))
+    if kinds == {"dense"}:
+        return DenseLinear(torch.cat([p.weight for p in parts]))
+    # mixed kinds (a GGUF file may store q and v differently): widen to float32
+    return DenseLinear(torch.cat([p.dense() for p in parts]))

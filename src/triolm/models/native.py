@@ -1,0 +1,132 @@
+"""Build (once, cached on disk) and call triolm's native CPU kernels.
+
+The library is compiled from `native_src.SOURCE` with the system C++ compiler for this
+very CPU (`-march=native`) into ~/.cache/triolm/kernels/, keyed by a hash of the
+source, flags, compiler and CPU flags; later starts load it in milliseconds. Set
+TRIOLM_NATIVE=0 to disable it. When it cannot be built (no compiler, not x86/Linux),
+`lib()` returns None and the model uses its pure-torch paths: same results, slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from triolm.models.native_src import SOURCE
+
+log = logging.getLogger(__name__)
+
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17",
+          "-fno-math-errno", "-Wall"] + os.environ.get("TRIOLM_NATIVE_FLAGS", "").split()
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+_i64, _int, _float, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+_SIGNATURES = {
+    "tl_has_avx512": ([], _int),
+    "tl_linear_f16": ([_ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _i64, _int, _int], None),
+    "tl_linear_q8_0": ([_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _int, _int], None),
+    "tl_dequant_q8_0": ([_ptr, _ptr, _ptr, _i64, _i64, _int], None),
+    "tl_silu_mul": ([_ptr, _ptr, _i64, _i64], None),
+    "tl_decode_attention": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr,
+                             _ptr, _ptr, _int, _ptr, _i64, _i64, _i64, _i64, _i64, _float, _int],
+                            None),
+}
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("TRIOLM_KERNEL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "triolm" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build(cxx: str) -> Path:
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE, " ".join(_FLAGS), version, _cpu_flags()]).encode())
+    out = cache_dir() / f"triolm_kernels_{key.hexdigest()[:16]}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".build.lock", "a+") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        try:
+            if out.exists():
+                return out
+            with tempfile.TemporaryDirectory() as tmp:
+                src = Path(tmp) / "kernels.cpp"
+                src.write_text(SOURCE)
+                target = Path(tmp) / out.name
+                proc = subprocess.run([cxx, *_FLAGS, str(src), "-o", str(target)],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"compiling the native kernels failed:\n{proc.stderr[-2000:]}")
+                os.replace(target, out)
+        finally:
+            fcntl.flock(lockf, fcntl.LOCK_UN)
+    return out
+
+
+def lib() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None when disabled or unbuildable (logged once)."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        _tried = True
+        if os.environ.get("TRIOLM_NATIVE", "1") in ("0", "false", "no", "off"):
+            return None
+        if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+            return None
+        cxx = _compiler()
+        if cxx is None:
+            log.warning("no C++ compiler found: using the slower pure-torch kernels")
+            return None
+        try:
+            path = _build(cxx)
+            dll = ctypes.CDLL(str(path))
+            for name, (args, res) in _SIGNATURES.items():
+                fn = getattr(dll, name)
+                fn.argtypes, fn.restype = args, res
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            log.warning("native kernels unavailable (%s): using the slower pure-torch kernels", exc)
+            return None
+        _lib = dll
+        return _lib
+
+
+def available() -> bool:
+    return lib() is not None
+
+
+def num_threads() -> int:
+    return torch.get_num_threads()

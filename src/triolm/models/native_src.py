@@ -1,0 +1,360 @@
+"""C++ source of triolm's CPU kernels (built at run time by `triolm.models.native`).
+
+Why native code: on CPU, torch's float16 GEMV converts weights slower than memory
+streams them (measured here: no faster than float32 at batch 1), and its int8 paths
+re-quantize weights or activations. These kernels read weights exactly as the file
+stores them (float16, or Q8_0 int8 codes with one scale per 32), convert them in
+registers and compute in float32 — so results equal the dequantized float32 model up
+to summation order. Decode attention reads the paged KV cache in place (no per-layer
+gather), applies RoPE and writes the new key/value in the same pass.
+
+No torch headers: the library builds in about a second and is called through ctypes.
+OpenMP threads come from the libgomp torch already loaded (same soname), so there is
+one thread pool in the process.
+"""
+
+SOURCE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define TL_AVX512 1
+#else
+#define TL_AVX512 0
+#endif
+
+typedef int64_t i64;
+
+static inline float h2f(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
+    if (e == 0) {
+        if (m == 0) { u = s; }
+        else { e = 127 - 15 + 1; while (!(m & 0x400)) { m <<= 1; e--; } m &= 0x3ff; u = s | (e << 23) | (m << 13); }
+    } else if (e == 31) { u = s | 0x7f800000u | (m << 13); }
+    else { u = s | ((e + 127 - 15) << 23) | (m << 13); }
+    float f; memcpy(&f, &u, 4); return f;
+#endif
+}
+
+extern "C" int tl_has_avx512(void) { return TL_AVX512; }
+
+/* ------------------------------------------------------------------ linear layers
+   y[m, n] (+)= sum_k x[m, k] * W[n, k], x float32 [M, K] (row stride ldx), y float32
+   [M, N] (row stride ldy). Weights: float16 [N, K], or Q8_0 as int8 codes [N, K] plus
+   float32 scales [N, K/32]. Work is split over chunks of output rows; inside a chunk
+   a register tile of up to 4 x-rows by 4 weight rows streams each weight once. */
+
+#define NCHUNK 64
+#ifndef PF_AHEAD
+#define PF_AHEAD 0
+#endif
+
+#if TL_AVX512
+static inline __m512 load_w_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+}
+static inline __m512 load_w_f16_mask(const uint16_t* p, __mmask16 mk) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, p));
+}
+static inline __m512 load_w_q8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+
+template <int MR, int NR>
+static void tile_f16(const float* x, i64 ldx, const uint16_t* w, i64 K, float* y, i64 ldy, int accumulate) {
+    __m512 acc[MR][NR];
+    for (int m = 0; m < MR; m++) for (int n = 0; n < NR; n++) acc[m][n] = _mm512_setzero_ps();
+    i64 k = 0;
+    const char* pf = (const char*)(w + NR * K) + PF_AHEAD;
+    for (; k + 16 <= K; k += 16) {
+        __m512 wv[NR];
+        if ((k & 31) == 0)
+            for (int n = 0; n < NR; n++) _mm_prefetch(pf + 2 * (n * K + k), _MM_HINT_T0);
+        for (int n = 0; n < NR; n++) wv[n] = load_w_f16(w + n * K + k);
+        for (int m = 0; m < MR; m++) {
+            __m512 xv = _mm512_loadu_ps(x + m * ldx + k);
+            for (int n = 0; n < NR; n++) acc[m][n] = _mm512_fmadd_ps(wv[n], xv, acc[m][n]);
+        }
+    }
+    if (k < K) {
+        __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
+        __m512 wv[NR];
+        for (int n = 0; n < NR; n++) wv[n] = load_w_f16_mask(w + n * K + k, mk);
+        for (int m = 0; m < MR; m++) {
+            __m512 xv = _mm512_maskz_loadu_ps(mk, x + m * ldx + k);
+            for (int n = 0; n < NR; n++) acc[m][n] = _mm512_fmadd_ps(wv[n], xv, acc[m][n]);
+        }
+    }
+    for (int m = 0; m < MR; m++)
+        for (int n = 0; n < NR; n++) {
+            float s = _mm512_reduce_add_ps(acc[m][n]);
+            y[m * ldy + n] = accumulate ? y[m * ldy + n] + s : s;
+        }
+}
+
+template <int MR, int NR>
+static void tile_q8(const float* x, i64 ldx, const int8_t* w, const float* d, i64 K, float* y, i64 ldy, int accumulate) {
+    /* K is a multiple of 32 (Q8_0 blocks). Weights are dequantized in registers
+       (code * scale is exact in float32), then used like float weights. */
+    __m512 acc[MR][NR];
+    const i64 nb = K / 32;
+    for (int m = 0; m < MR; m++) for (int n = 0; n < NR; n++) acc[m][n] = _mm512_setzero_ps();
+    const char* pf = (const char*)(w + NR * K) + PF_AHEAD;
+    for (i64 b = 0; b < nb; b++) {
+        __m512 dv[NR];
+        for (int n = 0; n < NR; n++) _mm_prefetch(pf + n * K + b * 32, _MM_HINT_T0);
+        for (int n = 0; n < NR; n++) dv[n] = _mm512_set1_ps(d[n * nb + b]);
+        for (int half = 0; half < 2; half++) {
+            const i64 k = b * 32 + half * 16;
+            __m512 wv[NR];
+            for (int n = 0; n < NR; n++) wv[n] = _mm512_mul_ps(load_w_q8(w + n * K + k), dv[n]);
+            for (int m = 0; m < MR; m++) {
+                __m512 xv = _mm512_loadu_ps(x + m * ldx + k);
+                for (int n = 0; n < NR; n++) acc[m][n] = _mm512_fmadd_ps(wv[n], xv, acc[m][n]);
+            }
+        }
+    }
+    for (int m = 0; m < MR; m++)
+        for (int n = 0; n < NR; n++) {
+            float s = _mm512_reduce_add_ps(acc[m][n]);
+            y[m * ldy + n] = accumulate ? y[m * ldy + n] + s : s;
+        }
+}
+#else
+template <int MR, int NR>
+static void tile_f16(const float* x, i64 ldx, const uint16_t* w, i64 K, float* y, i64 ldy, int accumulate) {
+    for (int m = 0; m < MR; m++)
+        for (int n = 0; n < NR; n++) {
+            float s = 0.f;
+            for (i64 k = 0; k < K; k++) s += h2f(w[n * K + k]) * x[m * ldx + k];
+            y[m * ldy + n] = accumulate ? y[m * ldy + n] + s : s;
+        }
+}
+template <int MR, int NR>
+static void tile_q8(const float* x, i64 ldx, const int8_t* w, const float* d, i64 K, float* y, i64 ldy, int accumulate) {
+    const i64 nb = K / 32;
+    for (int m = 0; m < MR; m++)
+        for (int n = 0; n < NR; n++) {
+            float s = 0.f;
+            for (i64 k = 0; k < K; k++) s += ((float)w[n * K + k] * d[n * nb + k / 32]) * x[m * ldx + k];
+            y[m * ldy + n] = accumulate ? y[m * ldy + n] + s : s;
+        }
+}
+#endif
+
+typedef void (*tile_f16_fn)(const float*, i64, const uint16_t*, i64, float*, i64, int);
+typedef void (*tile_q8_fn)(const float*, i64, const int8_t*, const float*, i64, float*, i64, int);
+
+static const tile_f16_fn TILES_F16[4][4] = {
+    {tile_f16<1, 1>, tile_f16<1, 2>, tile_f16<1, 3>, tile_f16<1, 4>},
+    {tile_f16<2, 1>, tile_f16<2, 2>, tile_f16<2, 3>, tile_f16<2, 4>},
+    {tile_f16<3, 1>, tile_f16<3, 2>, tile_f16<3, 3>, tile_f16<3, 4>},
+    {tile_f16<4, 1>, tile_f16<4, 2>, tile_f16<4, 3>, tile_f16<4, 4>},
+};
+static const tile_q8_fn TILES_Q8[4][4] = {
+    {tile_q8<1, 1>, tile_q8<1, 2>, tile_q8<1, 3>, tile_q8<1, 4>},
+    {tile_q8<2, 1>, tile_q8<2, 2>, tile_q8<2, 3>, tile_q8<2, 4>},
+    {tile_q8<3, 1>, tile_q8<3, 2>, tile_q8<3, 3>, tile_q8<3, 4>},
+    {tile_q8<4, 1>, tile_q8<4, 2>, tile_q8<4, 3>, tile_q8<4, 4>},
+};
+
+extern "C" void tl_linear_f16(const float* x, i64 ldx, const uint16_t* w, float* y, i64 ldy,
+                              i64 M, i64 N, i64 K, int accumulate, int nthreads) {
+    const i64 nchunks = (N + NCHUNK - 1) / NCHUNK;
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (i64 c = 0; c < nchunks; c++) {
+        const i64 n0 = c * NCHUNK, n1 = n0 + NCHUNK < N ? n0 + NCHUNK : N;
+        for (i64 m0 = 0; m0 < M; m0 += 4) {
+            const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
+            for (i64 n = n0; n < n1; n += 4) {
+                const int nr = n1 - n < 4 ? (int)(n1 - n) : 4;
+                TILES_F16[mr - 1][nr - 1](x + m0 * ldx, ldx, w + n * K, K, y + m0 * ldy + n, ldy, accumulate);
+            }
+        }
+    }
+}
+
+extern "C" void tl_linear_q8_0(const float* x, i64 ldx, const int8_t* w, const float* d, float* y, i64 ldy,
+                               i64 M, i64 N, i64 K, int accumulate, int nthreads) {
+    const i64 nchunks = (N + NCHUNK - 1) / NCHUNK, nb = K / 32;
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (i64 c = 0; c < nchunks; c++) {
+        const i64 n0 = c * NCHUNK, n1 = n0 + NCHUNK < N ? n0 + NCHUNK : N;
+        for (i64 m0 = 0; m0 < M; m0 += 4) {
+            const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
+            for (i64 n = n0; n < n1; n += 4) {
+                const int nr = n1 - n < 4 ? (int)(n1 - n) : 4;
+                TILES_Q8[mr - 1][nr - 1](x + m0 * ldx, ldx, w + n * K, d + n * nb, K, y + m0 * ldy + n, ldy, accumulate);
+            }
+        }
+    }
+}
+
+/* Dequantize Q8_0 codes [N, K] with scales [N, K/32] into float32 (for prefill GEMMs). */
+extern "C" void tl_dequant_q8_0(const int8_t* w, const float* d, float* out, i64 N, i64 K, int nthreads) {
+    const i64 nb = K / 32;
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (i64 n = 0; n < N; n++)
+        for (i64 k = 0; k < K; k++) out[n * K + k] = (float)w[n * K + k] * d[n * nb + k / 32];
+}
+
+#if TL_AVX512
+static inline __m512 exp512(__m512 x);
+#endif
+
+/* out[m, j] = silu(gu[m, j]) * gu[m, I + j]: the gated MLP activation in one pass. */
+extern "C" void tl_silu_mul(const float* gu, float* out, i64 M, i64 I) {
+    for (i64 m = 0; m < M; m++) {
+        const float* g = gu + m * 2 * I;
+        const float* u = g + I;
+        float* o = out + m * I;
+        i64 j = 0;
+#if TL_AVX512
+        const __m512 one = _mm512_set1_ps(1.0f);
+        for (; j + 16 <= I; j += 16) {
+            __m512 a = _mm512_loadu_ps(g + j);
+            __m512 sig = _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), a)));
+            _mm512_storeu_ps(o + j, _mm512_mul_ps(_mm512_div_ps(a, sig), _mm512_loadu_ps(u + j)));
+        }
+#endif
+        for (; j < I; j++) { float a = g[j]; o[j] = a / (1.0f + expf(-a)) * u[j]; }
+    }
+}
+
+/* ------------------------------------------------------------------ decode attention
+   One new token per sequence. For each (sequence, kv head): rotate the new key and
+   the group's queries (HF rotate-half RoPE), write key/value into the sequence's slot,
+   then attend over its context by walking its block table in the flat slot cache
+   [slots, kv_heads, head_dim]. Scores are kept per group in a small buffer; softmax in
+   float32 with a vectorized exp. */
+
+#if TL_AVX512
+static inline __m512 exp512(__m512 x) {
+    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 ln2hi = _mm512_set1_ps(0.693359375f), ln2lo = _mm512_set1_ps(-2.12194440e-4f);
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, ln2hi, x);
+    r = _mm512_fnmadd_ps(n, ln2lo, r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline float dot_f32(const float* a, const float* b, int D) {
+    __m512 acc = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= D; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    if (i < D) {
+        __mmask16 mk = (__mmask16)((1u << (D - i)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + i), _mm512_maskz_loadu_ps(mk, b + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+/* s[t] = exp(s[t] - mx); returns the sum. */
+static inline float exp_sum(float* s, i64 L, float mx) {
+    __m512 sum = _mm512_setzero_ps(), m = _mm512_set1_ps(mx);
+    i64 t = 0;
+    for (; t + 16 <= L; t += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + t), m));
+        _mm512_storeu_ps(s + t, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    float total = _mm512_reduce_add_ps(sum);
+    for (; t < L; t++) { s[t] = expf(s[t] - mx); total += s[t]; }
+    return total;
+}
+
+static inline void axpy(float* y, float a, const float* x, int D) {
+    __m512 av = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= D; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < D; i++) y[i] += a * x[i];
+}
+#else
+static inline float dot_f32(const float* a, const float* b, int D) {
+    float s = 0.f;
+    for (int i = 0; i < D; i++) s += a[i] * b[i];
+    return s;
+}
+static inline float exp_sum(float* s, i64 L, float mx) {
+    float total = 0.f;
+    for (i64 t = 0; t < L; t++) { s[t] = expf(s[t] - mx); total += s[t]; }
+    return total;
+}
+static inline void axpy(float* y, float a, const float* x, int D) {
+    for (int i = 0; i < D; i++) y[i] += a * x[i];
+}
+#endif
+
+static inline void rope_rotate(const float* x, float* out, const float* cs, const float* sn, int D) {
+    const int h = D / 2;
+    for (int i = 0; i < h; i++) out[i] = x[i] * cs[i] + (-x[i + h]) * sn[i];
+    for (int i = h; i < D; i++) out[i] = x[i] * cs[i] + x[i - h] * sn[i];
+}
+
+extern "C" void tl_decode_attention(
+        const float* q, i64 ldq, const float* k_new, i64 ldk, const float* v_new, i64 ldv,
+        float* k_cache, float* v_cache,
+        const int32_t* block_tables, i64 max_blocks, const int32_t* seq_lens,
+        const float* cos_table, const float* sin_table, int rope,
+        float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads) {
+    const i64 G = H / KVH;
+    const i64 slot_stride = KVH * D;
+    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+    for (i64 task = 0; task < B * KVH; task++) {
+        const i64 b = task / KVH, kh = task % KVH;
+        const i64 L = seq_lens[b], pos = L - 1;
+        const int32_t* bt = block_tables + b * max_blocks;
+        const float* cs = cos_table + pos * D;
+        const float* sn = sin_table + pos * D;
+        const i64 new_slot = (i64)bt[pos / block_size] * block_size + pos % block_size;
+        float* kdst = k_cache + new_slot * slot_stride + kh * D;
+        float* vdst = v_cache + new_slot * slot_stride + kh * D;
+        const float* ksrc = k_new + b * ldk + kh * D;
+        if (rope) rope_rotate(ksrc, kdst, cs, sn, (int)D); else memcpy(kdst, ksrc, D * sizeof(float));
+        memcpy(vdst, v_new + b * ldv + kh * D, D * sizeof(float));
+
+        float* buf = (float*)malloc(sizeof(float) * (G * D + G * L));
+        float* qr = buf;
+        float* scores = buf + G * D;
+        for (i64 g = 0; g < G; g++) {
+            const float* qsrc = q + b * ldq + (kh * G + g) * D;
+            if (rope) rope_rotate(qsrc, qr + g * D, cs, sn, (int)D); else memcpy(qr + g * D, qsrc, D * sizeof(float));
+        }
+        for (i64 t = 0; t < L; t++) {
+            const i64 slot = (i64)bt[t / block_size] * block_size + t % block_size;
+            const float* kr = k_cache + slot * slot_stride + kh * D;
+            for (i64 g = 0; g < G; g++) scores[g * L + t] = dot_f32(qr + g * D, kr, (int)D) * scale;
+        }
+        for (i64 g = 0; g < G; g++) {
+            float* s = scores + g * L;
+            float mx = s[0];
+            for (i64 t = 1; t < L; t++) mx = s[t] > mx ? s[t] : mx;
+            const float inv = 1.0f / exp_sum(s, L, mx);
+            for (i64 t = 0; t < L; t++) s[t] *= inv;
+            float* o = out + (b * H + kh * G + g) * D;
+            memset(o, 0, D * sizeof(float));
+        }
+        for (i64 t = 0; t < L; t++) {
+            const i64 slot = (i64)bt[t / block_size] * block_size + t % block_size;
+            const float* vr = v_cache + slot * slot_stride + kh * D;
+            for (i64 g = 0; g < G; g++) axpy(out + (b * H + kh * G + g) * D, scores[g * L + t], vr, (int)D);
+        }
+        free(buf);
+    }
+}
+"""
