@@ -277,3 +277,21 @@ def test_OAI_ERR_006_no_input_makes_a_500(http, caplog, path, base):
             r = http.post(path, content=raw, headers={"content-type": "application/json"})
             assert r.status_code in (400, 200), raw
     assert http.post(path, json=base).status_code == 200
+
+
+def test_OAI_ERR_007_prompt_larger_than_the_kv_cache_is_400(make_server, served_model):
+    """The engine refuses a prompt its KV cache can never hold: a 400, streaming or not,
+    for one generation or several, never a 500."""
+    c = served_model.config
+    bytes_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4
+    srv = make_server(kv_cache_memory=bytes_per_token * 16 * 16)  # 256 tokens of cache
+    prompt = list(range(2000, 2300))  # 300 tokens: fits the context, not the cache
+    with httpx.Client(base_url=srv.base_url, timeout=30) as http:
+        for n in (1, 2):
+            err = assert_error(http.post(COMP, json={"prompt": prompt, "max_tokens": 2, "n": n}), 400)
+            assert "KV cache" in err["message"]
+        with http.stream("POST", COMP, json={"prompt": prompt, "max_tokens": 2, "stream": True}) as r:
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[0])["error"]["type"] == "invalid_request_error"
+        assert http.post(COMP, json={"prompt": prompt[:100], "max_tokens": 2}).status_code == 200

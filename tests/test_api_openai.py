@@ -295,3 +295,38 @@ async def test_async_client_concurrent_requests(async_client, served_model):
                                                   max_tokens=5, temperature=0,
                                                   extra_body={"ignore_eos": True})
     assert alone.choices[0].text == results[3].choices[0].text
+
+
+def test_OAI_STREAM_002_utf8_safe_deltas(http, served_model):
+    """A character split over two byte tokens is never streamed half (no U+FFFD): the
+    delta of the first byte is empty, the second carries the whole character."""
+    tok = served_model.tokenizer
+    byte_ids = {}
+    for i in range(served_model.config.vocab_size):
+        b = tok.token_bytes(i)
+        if len(b) == 1 and b[0] >= 0x80:
+            byte_ids.setdefault(b[0], i)
+    lead = byte_ids[0xC3]
+
+    def split_char(path: str, base: dict) -> tuple[dict, int, str]:
+        # Force two tokens out of {lead, cont}; the repetition penalty makes the second
+        # differ from the first. Find a continuation byte the model ranks below the lead.
+        for cont in range(0x80, 0xC0):
+            body = {**base, "max_tokens": 2, "temperature": 0, "ignore_eos": True, "repetition_penalty": 100,
+                    "logit_bias": {str(lead): 100, str(byte_ids[cont]): 100}}
+            choice = http.post(path, json=body).json()["choices"][0]
+            char = bytes([0xC3, cont]).decode()
+            if choice.get("text", (choice.get("message") or {}).get("content")) == char:
+                return body, byte_ids[cont], char
+        raise AssertionError("no continuation byte follows the lead byte")
+
+    body, cont_id, char = split_char("/v1/completions", {"prompt": "x"})
+    events = sse_events(http, "/v1/completions", {**body, "stream": True, "logprobs": 0,
+                                                 "return_tokens_as_token_ids": True})
+    chunks = [json.loads(e)["choices"][0] for e in events[:-1]]
+    assert [c["logprobs"]["tokens"] for c in chunks] == [[f"token_id:{lead}"], [f"token_id:{cont_id}"]]
+    assert [c["text"] for c in chunks] == ["", char]
+    body, _, char = split_char("/v1/chat/completions", {"messages": MSGS})
+    events = sse_events(http, "/v1/chat/completions", {**body, "stream": True})
+    contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
+    assert [c for c in contents if c] == [char]

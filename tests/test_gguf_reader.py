@@ -196,7 +196,7 @@ def test_every_supported_type_in_one_mixed_file(tmp_path):
         assert float(rel) < 0.45, (name, overrides[name], float(rel))
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q6_K"])
 def test_torch_kernels_bit_equal_to_reference_on_random_blocks(qtype):
     """Any bytes (NaN/inf scales included) decode exactly as gguf.quants does."""
     t = T[qtype]

@@ -112,7 +112,10 @@ def test_10_message_agentic_conversation_is_one_node(api):
     messages += [{"role": "assistant", "content": None, "tool_calls": tc1},
                  {"role": "tool", "tool_call_id": tc1[0]["id"], "content": "72°F and sunny"}]
     data, node, rendered = step(api, uid, messages, tools, seed=11)
-    assert rendered["prompt_text"].count("<tool_call>") == 2  # the call re-rendered (+ the system text)
+    # the call sent back re-renders exactly as the model wrote it
+    args = json.loads(tc1[0]["function"]["arguments"])
+    assert args["city"] in ("SF", "NYC")
+    assert "<|im_start|>assistant\n" + raw_call("get_weather", args) + "<|im_end|>" in rendered["prompt_text"]
     out2 = said(data)
     lengths.append(len(node["tokens"]))
     messages += [{"role": "assistant", "content": out2}, {"role": "user", "content": "Yes please, get the forecast"}]
@@ -131,9 +134,9 @@ def test_10_message_agentic_conversation_is_one_node(api):
     messages += [{"role": "assistant", "content": None, "tool_calls": tc5},
                  {"role": "tool", "tool_call_id": tc5[0]["id"], "content": "55°F and cloudy"}]
     data, node, _ = step(api, uid, messages, tools, seed=15)
-    said(data)
+    messages.append({"role": "assistant", "content": said(data)})
     lengths.append(len(node["tokens"]))
-    assert len(messages) == 12
+    assert len(messages) == 12  # user → call → result → text → user → … → text
     [final] = api.nodes(uid)
     assert_well_formed(final)
     assert final["metadata"]["num_steps"] == 6

@@ -102,9 +102,12 @@ class ChatRun:
             Generation(driver, plan.served.tokenizer, plan.prompt.token_ids,
                        build_sampling_params(body, plan.max_tokens, logprobs, seed_offset=i,
                                              constraint=plan.constraint),
-                       stop=plan.stops, skip_special_tokens=body.skip_special_tokens)
+                       stop=plan.stops,
+                       # tool markup may be special tokens ([TOOL_CALLS], <|python_tag|>)
+                       skip_special_tokens=body.skip_special_tokens and plan.tool_parser is None)
             for i in range(body.n)
         ]
+        self.tool_names = [t.get("function", {}).get("name") for t in (body.tools or [])] or None
         self.start = trio.current_time()
 
     def _observe(self) -> None:
@@ -138,7 +141,7 @@ class ChatRun:
             if p.tool_parser is not None:
                 from triolm.api.tool_calls import parse_tool_calls
 
-                content, calls = parse_tool_calls(p.tool_parser, r.text)
+                content, calls = parse_tool_calls(p.tool_parser, r.text, self.tool_names)
                 if calls:
                     message = {"role": "assistant", "content": content, "tool_calls": calls}
                     finish = "tool_calls"
@@ -168,7 +171,8 @@ class ChatRun:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         from triolm.api.tool_calls import ToolCallStreamer
 
-        streamers = [ToolCallStreamer(p.tool_parser) if p.tool_parser else None for _ in self.gens]
+        streamers = [ToolCallStreamer(p.tool_parser, self.tool_names) if p.tool_parser else None
+                     for _ in self.gens]
         finished = [False] * len(self.gens)
         for i in range(len(self.gens)):
             yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""},

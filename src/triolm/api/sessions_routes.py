@@ -217,15 +217,14 @@ async def _plan(state: AppState, session: Session, body: ChatCompletionRequest,
 
 
 def _stop_text(plan: ChatPlan, token_ids: list[int], finish_reason: str, stop_reason) -> str | None:
-    """The text of the stop token ending a generation, when the returned text skipped it."""
+    """The text of the stop token (EOS or a stop_token_ids entry) that ended a generation:
+    the response text never includes it (serving.generation), the node's tokens do."""
     if finish_reason != "stop" or not token_ids or isinstance(stop_reason, str):
         return None
     last = token_ids[-1]
-    tokenizer = plan.served.tokenizer
-    stop_ids = set(plan.served.eos_token_ids) | set(plan.body.stop_token_ids or ())
-    if last not in stop_ids or not plan.body.skip_special_tokens or last not in tokenizer.special_token_ids:
+    if last not in set(plan.served.eos_token_ids) | set(plan.body.stop_token_ids or ()):
         return None
-    return tokenizer.decode([last], skip_special_tokens=False) or None
+    return plan.served.tokenizer.decode([last], skip_special_tokens=False) or None
 
 
 def _record(registry: SessionRegistry, prepared: _Prepared, plan: ChatPlan, run: ChatRun) -> None:

@@ -1,9 +1,16 @@
-"""Which constraint (grammar) and which tool-call parsing a chat request asks for."""
+"""Which grammar constraint and which tool-call parsing a request asks for.
+
+Grammars are compiled (and cached) by the model's GrammarCompiler off the event loop:
+a first compile of a large schema is CPU work."""
 
 from __future__ import annotations
 
+import functools
+
 from triolm.api.errors import bad_request
 from triolm.api.schemas import ChatCompletionRequest, SamplingFields
+from triolm.errors import InvalidRequestError
+from triolm.serving.prompts import run_off_loop
 from triolm.serving.served_model import ServedModel
 
 
@@ -14,20 +21,38 @@ def tool_parsing_mode(served: ServedModel, body: ChatCompletionRequest) -> str |
     return served.tool_parser
 
 
-async def constraint_for_chat(state, served: ServedModel, body: ChatCompletionRequest):
-    forced_tools = body.tools and (body.tool_choice == "required" or isinstance(body.tool_choice, dict))
-    if not forced_tools and not _wants_structure(body):
-        return None
-    raise bad_request("structured output is not available yet", param="response_format")
-
-
 def _wants_structure(body: SamplingFields) -> bool:
     rf = body.response_format
     return bool((rf and rf.get("type") not in (None, "text")) or body.guided_choice
                 or body.guided_regex or body.guided_json)
 
 
+async def _compile(state, served: ServedModel, **request):
+    try:
+        return await run_off_loop(state.tokenize_limiter,
+                                  functools.partial(served.grammar.from_request, **request))
+    except InvalidRequestError as exc:
+        raise bad_request(exc.message, param=exc.param) from None
+
+
+async def constraint_for_chat(state, served: ServedModel, body: ChatCompletionRequest):
+    forced_tools = bool(body.tools) and (body.tool_choice == "required" or isinstance(body.tool_choice, dict))
+    if not forced_tools and not _wants_structure(body):
+        return None
+    if isinstance(body.tool_choice, (str, dict)) and body.tool_choice not in ("none", "auto") and not body.tools:
+        raise bad_request("tool_choice requires tools", param="tool_choice")
+    tools = body.tools if body.tool_choice != "none" else None
+    return await _compile(
+        state, served, response_format=body.response_format, guided_choice=body.guided_choice,
+        guided_regex=body.guided_regex, guided_json=body.guided_json, tools=tools,
+        tool_choice=body.tool_choice if tools else None,
+        tool_parser=served.tool_parser if tools else None,
+        parallel_tool_calls=body.parallel_tool_calls is not False)
+
+
 async def constraint_for_completion(state, served: ServedModel, body: SamplingFields):
     if not _wants_structure(body):
         return None
-    raise bad_request("structured output is not available yet", param="response_format")
+    return await _compile(state, served, response_format=body.response_format,
+                          guided_choice=body.guided_choice, guided_regex=body.guided_regex,
+                          guided_json=body.guided_json)

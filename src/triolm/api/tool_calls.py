@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+from triolm.chat.tool_parsers import get_tool_parser
 
-def parse_tool_calls(parser_name: str, text: str) -> tuple[str | None, list[dict]]:
-    return text, []
+
+def parse_tool_calls(parser_name: str, text: str, tool_names=None) -> tuple[str | None, list[dict]]:
+    """(content outside the calls, OpenAI tool_calls). Malformed markup stays content."""
+    parsed = get_tool_parser(parser_name, tool_names).parse(text)
+    return parsed.content, [call.to_openai() for call in parsed.tool_calls]
 
 
 class ToolCallStreamer:
-    def __init__(self, parser_name: str):
+    """Turns text deltas into OpenAI `delta` dicts: content, then per call its header
+    (index, id, type, name) and argument fragments."""
+
+    def __init__(self, parser_name: str, tool_names=None):
+        self.parser = get_tool_parser(parser_name, tool_names).streaming()
         self.saw_tool_call = False
 
+    def _convert(self, events) -> list[dict]:
+        out = []
+        for event in events:
+            if not event.is_content:
+                self.saw_tool_call = True
+            elif not event.content:
+                continue
+            out.append(event.to_openai())
+        return out
+
     def push(self, text: str) -> list[dict]:
-        return [{"content": text}] if text else []
+        return self._convert(self.parser.push(text)) if text else []
 
     def finish(self) -> list[dict]:
-        return []
+        return self._convert(self.parser.finish())

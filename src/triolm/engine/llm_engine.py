@@ -127,10 +127,10 @@ class LLMEngine:
 
     def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
         p = seq.params
+        if seq.matcher is not None and seq.matcher.is_terminated():
+            return "stop"  # the grammar is complete: only EOS could follow
         if seq.num_generated >= p.min_tokens:
             if (not p.ignore_eos and token_id in self.eos_token_ids) or token_id in p.stop_token_ids:
-                return "stop"
-            if seq.matcher is not None and seq.matcher.is_terminated():
                 return "stop"
         if seq.num_generated >= p.max_tokens or len(seq) >= self.config.max_model_len:
             return "length"

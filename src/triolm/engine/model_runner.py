@@ -51,7 +51,19 @@ class ModelRunner:
         return self.model.logits(hidden[torch.tensor(last_rows)])
 
     def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        ids = torch.tensor([s.last_token for s in seqs], dtype=torch.long)
         lengths = [len(s) for s in seqs]
+        if self.model.native_decode:
+            # The kernel walks block tables itself: one small int32 tensor per step.
+            self.model.rope.ensure(max(lengths))
+            width = max(len(s.block_table) for s in seqs)
+            tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in seqs],
+                                  dtype=torch.int32)
+            meta = AttentionMetadata(False, torch.empty(0, dtype=torch.long), block_tables=tables,
+                                     seq_lens=torch.tensor(lengths, dtype=torch.int32),
+                                     block_size=self.block_size)
+            hidden = self.model.forward(ids, torch.tensor(lengths) - 1, self.kv_cache, meta)
+            return self.model.logits(hidden)
         longest = max(lengths)
         context = torch.zeros(len(seqs), longest, dtype=torch.long)
         for row, seq in enumerate(seqs):
@@ -61,6 +73,5 @@ class ModelRunner:
         positions = lens - 1
         slot_mapping = context[torch.arange(len(seqs)), positions]
         meta = AttentionMetadata(False, slot_mapping, decode_slots=context, decode_mask=mask)
-        ids = torch.tensor([s.last_token for s in seqs], dtype=torch.long)
         hidden = self.model.forward(ids, positions, self.kv_cache, meta)
         return self.model.logits(hidden)

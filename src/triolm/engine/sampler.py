@@ -11,6 +11,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from triolm.engine.constraint import allocate_token_bitmask, apply_token_bitmask_, fill_token_bitmasks
 from triolm.engine.sequence import Sequence
 
 
@@ -38,6 +39,11 @@ class Sampler:
             for row, seq in enumerate(seqs):
                 if _needs_processing(seq):
                     self._process_row(processed[row], seq)
+            constrained = [row for row, s in enumerate(seqs) if s.matcher is not None]
+            if constrained:
+                bitmask = allocate_token_bitmask(len(seqs), processed.shape[-1])
+                fill_token_bitmasks([s.matcher for s in seqs], bitmask)
+                apply_token_bitmask_(processed, bitmask, rows=constrained)
         out = []
         for row, seq in enumerate(seqs):
             token = self._sample_row(processed[row], seq)
@@ -65,15 +71,10 @@ class Sampler:
             ids = torch.tensor(list(seq.generated_counts.keys()), dtype=torch.long)
             counts = torch.tensor(list(seq.generated_counts.values()), dtype=row.dtype)
             row[ids] -= p.frequency_penalty * counts + p.presence_penalty
-        if seq.num_generated < p.min_tokens:
+        if seq.num_generated < p.min_tokens and seq.matcher is None:  # a grammar decides its own end
             hidden = list(p.stop_token_ids) + ([] if p.ignore_eos else list(self.eos_token_ids))
             if hidden:
                 row[torch.tensor(hidden, dtype=torch.long)] = float("-inf")
-        if seq.matcher is not None:
-            mask = seq.matcher.allowed_tokens_mask()
-            n = min(mask.shape[0], row.shape[0])
-            row[:n].masked_fill_(~mask[:n], float("-inf"))
-            row[n:] = float("-inf")
 
     def _sample_row(self, row: torch.Tensor, seq: Sequence) -> int:
         p = seq.params

@@ -3,6 +3,10 @@
 The cache of one layer is a flat tensor of slots `[num_slots, kv_heads, head_dim]`
 (slot = block * block_size + offset). A step writes its new keys/values into their
 slots, then each sequence attends over the slots its block table names.
+
+This module is the torch path (prefill, and decode when the native kernels are not
+built). Native decode (`native_src.tl_decode_attention`) walks the block tables in
+place instead of gathering each context every layer.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class AttentionMetadata:
     # decode: one token per sequence
     decode_slots: torch.Tensor | None = None  # [B, Lmax] slots of each context (padded)
     decode_mask: torch.Tensor | None = None  # [B, 1, 1, Lmax] True where attended
+    # decode through the native kernel: the block tables themselves, no gathered slots
+    block_tables: torch.Tensor | None = None  # [B, max_blocks] int32 (padded with 0)
+    seq_lens: torch.Tensor | None = None  # [B] int32, context length including the new token
+    block_size: int = 16
 
 
 def write_kv(cache_k: torch.Tensor, cache_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -1,139 +1,242 @@
 """The llama-family decoder (llama, mistral, qwen2, qwen3) as plain tensors and functions.
 
-Weights are fused where that saves kernel launches (q|k|v, gate|up); the forward pass
-takes a flat batch of tokens, so prefill and batched decode share one code path.
+Weights are fused where that saves kernel launches (q|k|v, gate|up) and kept in the
+representation the file gives them (see `linear.py`: float32, float16, Q8_0). The
+forward pass takes a flat batch of tokens, so prefill and batched decode share one
+torch code path; decode steps of a float32-activation model take a leaner path through
+the native kernels (fused RoPE + KV write + paged attention, GEMV on packed weights,
+residual adds folded into the projections).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from triolm.errors import ModelLoadError
+from triolm.models import linear as lin
+from triolm.models import native
 from triolm.models.attention import AttentionMetadata, paged_attention
 from triolm.models.config import ModelConfig
 from triolm.models.rope import RotaryEmbedding
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    variance = x.pow(2).mean(-1, keepdim=True)
-    return x * torch.rsqrt(variance + eps) * weight
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
 class DecoderLayer:
-    def __init__(self, config: ModelConfig, w: dict[str, torch.Tensor]):
+    def __init__(self, config: ModelConfig, w: dict[str, Any]):
         self.config = config
         self.input_norm = w["input_layernorm"]
         self.post_attn_norm = w["post_attention_layernorm"]
-        self.qkv = w["qkv"]
+        self.qkv: lin.Linear = w["qkv"]
         self.qkv_bias = w.get("qkv_bias")
-        self.o_proj = w["o_proj"]
-        self.gate_up = w["gate_up"]
-        self.down = w["down"]
+        self.o_proj: lin.Linear = w["o_proj"]
+        self.gate_up: lin.Linear = w["gate_up"]
+        self.down: lin.Linear = w["down"]
         self.q_norm = w.get("q_norm")
         self.k_norm = w.get("k_norm")
         h, kvh, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         self.q_size, self.kv_size = h * d, kvh * d
         self.scale = d ** -0.5
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
-                cache_k: torch.Tensor, cache_v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor):
         c = self.config
         h = rms_norm(x, self.input_norm, c.rms_norm_eps)
-        qkv = F.linear(h, self.qkv, self.qkv_bias)
+        qkv = self.qkv(h)
+        if self.qkv_bias is not None:
+            qkv += self.qkv_bias
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(-1, c.num_attention_heads, c.head_dim)
-        k = k.view(-1, c.num_key_value_heads, c.head_dim)
-        v = v.view(-1, c.num_key_value_heads, c.head_dim)
         if self.q_norm is not None:
-            q = rms_norm(q, self.q_norm, c.rms_norm_eps)
-            k = rms_norm(k, self.k_norm, c.rms_norm_eps)
-        q = rope.apply(q, positions)
-        k = rope.apply(k, positions)
+            q = rms_norm(q.reshape(-1, c.num_attention_heads, c.head_dim), self.q_norm, c.rms_norm_eps)
+            k = rms_norm(k.reshape(-1, c.num_key_value_heads, c.head_dim), self.k_norm, c.rms_norm_eps)
+            q, k = q.reshape(-1, self.q_size), k.reshape(-1, self.kv_size)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
+                cache_k: torch.Tensor, cache_v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Generic torch path (prefill; decode without native kernels). Updates x in place."""
+        c = self.config
+        q, k, v = self._qkv(x)
+        q = rope.apply(q.reshape(-1, c.num_attention_heads, c.head_dim), positions)
+        k = rope.apply(k.reshape(-1, c.num_key_value_heads, c.head_dim), positions)
+        v = v.reshape(-1, c.num_key_value_heads, c.head_dim)
         attn = paged_attention(q, k, v, cache_k, cache_v, meta, self.scale)
-        x = x + F.linear(attn.reshape(-1, self.q_size), self.o_proj)
-        h = rms_norm(x, self.post_attn_norm, c.rms_norm_eps)
-        gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, self.down)
+        self.o_proj(attn.reshape(-1, self.q_size), out=x)
+        self._mlp(x)
+        return x
+
+    def _mlp(self, x: torch.Tensor) -> None:
+        h = rms_norm(x, self.post_attn_norm, self.config.rms_norm_eps)
+        gate_up = self.gate_up(h)
+        lib = native.lib()
+        if lib is not None and gate_up.dtype == torch.float32:
+            act = torch.empty(x.shape[0], self.config.intermediate_size)
+            lib.tl_silu_mul(gate_up.data_ptr(), act.data_ptr(), x.shape[0], self.config.intermediate_size)
+        else:
+            gate, up = gate_up.chunk(2, dim=-1)
+            act = F.silu(gate) * up
+        self.down(act, out=x)
+
+    def decode_native(self, x: torch.Tensor, rope: RotaryEmbedding, cache_k: torch.Tensor,
+                      cache_v: torch.Tensor, meta: AttentionMetadata) -> None:
+        """One token per sequence through the native kernels. Updates x in place."""
+        c = self.config
+        q, k, v = self._qkv(x)
+        batch = x.shape[0]
+        attn = torch.empty(batch, self.q_size)
+        native.lib().tl_decode_attention(
+            q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
+            cache_k.data_ptr(), cache_v.data_ptr(),
+            meta.block_tables.data_ptr(), meta.block_tables.shape[1], meta.seq_lens.data_ptr(),
+            rope.cos.data_ptr(), rope.sin.data_ptr(), 1, attn.data_ptr(),
+            batch, c.num_attention_heads, c.num_key_value_heads, c.head_dim, meta.block_size,
+            self.scale, native.num_threads())
+        self.o_proj(attn, out=x)
+        self._mlp(x)
 
 
 class LlamaModel:
-    """Forward pass of a llama-family causal LM over a paged KV cache."""
+    """Forward pass of a llama-family causal LM over a paged KV cache.
 
-    def __init__(self, config: ModelConfig, weights: Mapping[str, torch.Tensor],
+    `weights` maps HF names to float tensors, or (for GGUF files read with
+    keep_quantized) to quantized tensors exposing `qtype`, `shape`, `data` and
+    `dequantize()`. With dtype float32, float16 tensors and Q8_0 blocks keep their
+    compact form (computed in float32); with dtype float16/bfloat16 every weight is
+    converted to that dtype and the torch path computes in it."""
+
+    def __init__(self, config: ModelConfig, weights: Mapping[str, Any],
                  dtype: torch.dtype = torch.float32, max_positions: int | None = None):
         self.config = config
         self.dtype = dtype
         fused = fuse_weights(config, weights, dtype)
-        self.embed = fused["embed"]
+        self.lm_head: lin.Linear = fused["lm_head"]
+        self.embed: lin.Linear = fused["embed"]
         self.norm = fused["norm"]
-        self.lm_head = fused["lm_head"]
         self.layers = [DecoderLayer(config, fused["layers"][i]) for i in range(config.num_hidden_layers)]
         self.rope = RotaryEmbedding(config, max_positions or config.max_position_embeddings, dtype)
+
+    @property
+    def native_decode(self) -> bool:
+        """Decode steps go through the native kernels (float32 activations, library built)."""
+        return self.dtype == torch.float32 and native.available()
+
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of weights as held in memory (tied embeddings counted once)."""
+        seen: set[int] = set()
+        total = 0
+        parts = [self.embed, self.lm_head]
+        for layer in self.layers:
+            parts += [layer.qkv, layer.o_proj, layer.gate_up, layer.down]
+        for p in parts:
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.nbytes
+        return total
+
+    def weight_kinds(self) -> dict[str, int]:
+        """How many projection matrices use each representation (for logs and benchmarks)."""
+        kinds: dict[str, int] = {}
+        for layer in self.layers:
+            for p in (layer.qkv, layer.o_proj, layer.gate_up, layer.down):
+                kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        kinds["lm_head:" + self.lm_head.kind] = 1
+        return kinds
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states [T, hidden] for a flat batch. kv_cache: [layers, 2, slots, kvh, d]."""
-        x = F.embedding(input_ids, self.embed)
+        x = self.embed.rows(input_ids).to(self.dtype)
+        if not meta.is_prefill and meta.block_tables is not None and self.native_decode:
+            for i, layer in enumerate(self.layers):
+                layer.decode_native(x, self.rope, kv_cache[i, 0], kv_cache[i, 1], meta)
+            return x
         for i, layer in enumerate(self.layers):
-            x = layer.forward(x, positions, self.rope, kv_cache[i, 0], kv_cache[i, 1], meta)
+            layer.forward(x, positions, self.rope, kv_cache[i, 0], kv_cache[i, 1], meta)
         return x
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits for the given rows of hidden states."""
         h = rms_norm(hidden, self.norm, self.config.rms_norm_eps)
-        return F.linear(h, self.lm_head).float()
+        return self.lm_head(h).float()
 
 
-def _take(weights: Mapping[str, torch.Tensor], name: str, shape: tuple[int, ...],
-          dtype: torch.dtype) -> torch.Tensor:
+# ------------------------------------------------------------------------ weights
+
+def _shape_of(t: Any) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _take(weights: Mapping[str, Any], name: str, shape: tuple[int, ...]) -> Any:
     if name not in weights:
         raise ModelLoadError(f"missing tensor {name!r}")
     t = weights[name]
-    if tuple(t.shape) != shape:
-        raise ModelLoadError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
+    if _shape_of(t) != shape:
+        raise ModelLoadError(f"tensor {name!r} has shape {_shape_of(t)}, expected {shape}")
+    return t
+
+
+def _vector(weights: Mapping[str, Any], name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    t = _take(weights, name, shape)
+    if not isinstance(t, torch.Tensor):
+        t = t.dequantize(torch.float32)
     return t.to(dtype).contiguous()
 
 
-def fuse_weights(config: ModelConfig, weights: Mapping[str, torch.Tensor],
-                 dtype: torch.dtype) -> dict:
+def make_linear(t: Any, dtype: torch.dtype) -> lin.Linear:
+    """The representation of one weight matrix (see module `linear`)."""
+    if not isinstance(t, torch.Tensor):  # a quantized GGUF tensor
+        if dtype == torch.float32 and t.qtype == "Q8_0":
+            rows, cols = t.shape
+            return lin.Q8Linear.from_blocks(t.data, rows, cols)
+        return lin.DenseLinear(t.dequantize(torch.float32).to(dtype))
+    if dtype == torch.float32 and t.dtype == torch.float16:
+        return lin.Float16Linear(t)
+    return lin.DenseLinear(t.to(dtype))
+
+
+def fuse_weights(config: ModelConfig, weights: Mapping[str, Any], dtype: torch.dtype) -> dict:
     """Check every tensor's presence and shape, then fuse q|k|v and gate|up."""
     c = config
     hid, inter = c.hidden_size, c.intermediate_size
     qd, kvd = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-    embed = _take(weights, "model.embed_tokens.weight", (c.vocab_size, hid), dtype)
+    embed = make_linear(_take(weights, "model.embed_tokens.weight", (c.vocab_size, hid)), dtype)
     if "lm_head.weight" in weights and not c.tie_word_embeddings:
-        lm_head = _take(weights, "lm_head.weight", (c.vocab_size, hid), dtype)
-    elif c.tie_word_embeddings or "lm_head.weight" not in weights:
+        lm_head = make_linear(_take(weights, "lm_head.weight", (c.vocab_size, hid)), dtype)
+    else:
         lm_head = embed
     layers = []
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
-        q = _take(weights, p + "self_attn.q_proj.weight", (qd, hid), dtype)
-        k = _take(weights, p + "self_attn.k_proj.weight", (kvd, hid), dtype)
-        v = _take(weights, p + "self_attn.v_proj.weight", (kvd, hid), dtype)
+
+        def mat(name: str, shape: tuple[int, int]) -> lin.Linear:
+            return make_linear(_take(weights, p + name, shape), dtype)
+
         layer = {
-            "input_layernorm": _take(weights, p + "input_layernorm.weight", (hid,), dtype),
-            "post_attention_layernorm": _take(weights, p + "post_attention_layernorm.weight", (hid,), dtype),
-            "qkv": torch.cat([q, k, v], dim=0),
-            "o_proj": _take(weights, p + "self_attn.o_proj.weight", (hid, qd), dtype),
-            "gate_up": torch.cat([
-                _take(weights, p + "mlp.gate_proj.weight", (inter, hid), dtype),
-                _take(weights, p + "mlp.up_proj.weight", (inter, hid), dtype)], dim=0),
-            "down": _take(weights, p + "mlp.down_proj.weight", (hid, inter), dtype),
+            "input_layernorm": _vector(weights, p + "input_layernorm.weight", (hid,), dtype),
+            "post_attention_layernorm": _vector(weights, p + "post_attention_layernorm.weight", (hid,), dtype),
+            "qkv": lin.concat([mat("self_attn.q_proj.weight", (qd, hid)),
+                               mat("self_attn.k_proj.weight", (kvd, hid)),
+                               mat("self_attn.v_proj.weight", (kvd, hid))]),
+            "o_proj": mat("self_attn.o_proj.weight", (hid, qd)),
+            "gate_up": lin.concat([mat("mlp.gate_proj.weight", (inter, hid)),
+                                   mat("mlp.up_proj.weight", (inter, hid))]),
+            "down": mat("mlp.down_proj.weight", (hid, inter)),
         }
         if c.attention_bias:
             layer["qkv_bias"] = torch.cat([
-                _take(weights, p + "self_attn.q_proj.bias", (qd,), dtype),
-                _take(weights, p + "self_attn.k_proj.bias", (kvd,), dtype),
-                _take(weights, p + "self_attn.v_proj.bias", (kvd,), dtype)])
+                _vector(weights, p + "self_attn.q_proj.bias", (qd,), dtype),
+                _vector(weights, p + "self_attn.k_proj.bias", (kvd,), dtype),
+                _vector(weights, p + "self_attn.v_proj.bias", (kvd,), dtype)])
         if c.qk_norm:
-            layer["q_norm"] = _take(weights, p + "self_attn.q_norm.weight", (c.head_dim,), dtype)
-            layer["k_norm"] = _take(weights, p + "self_attn.k_norm.weight", (c.head_dim,), dtype)
+            layer["q_norm"] = _vector(weights, p + "self_attn.q_norm.weight", (c.head_dim,), dtype)
+            layer["k_norm"] = _vector(weights, p + "self_attn.k_norm.weight", (c.head_dim,), dtype)
         layers.append(layer)
-    norm = _take(weights, "model.norm.weight", (hid,), dtype)
+    norm = _vector(weights, "model.norm.weight", (hid,), dtype)
     return {"embed": embed, "lm_head": lm_head, "norm": norm, "layers": layers}

@@ -52,7 +52,7 @@ extern "C" int tl_has_avx512(void) { return TL_AVX512; }
 
 #define NCHUNK 64
 #ifndef PF_AHEAD
-#define PF_AHEAD 0
+#define PF_AHEAD 4096
 #endif
 
 #if TL_AVX512
@@ -167,7 +167,7 @@ static const tile_q8_fn TILES_Q8[4][4] = {
 extern "C" void tl_linear_f16(const float* x, i64 ldx, const uint16_t* w, float* y, i64 ldy,
                               i64 M, i64 N, i64 K, int accumulate, int nthreads) {
     const i64 nchunks = (N + NCHUNK - 1) / NCHUNK;
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
     for (i64 c = 0; c < nchunks; c++) {
         const i64 n0 = c * NCHUNK, n1 = n0 + NCHUNK < N ? n0 + NCHUNK : N;
         for (i64 m0 = 0; m0 < M; m0 += 4) {
@@ -183,7 +183,7 @@ extern "C" void tl_linear_f16(const float* x, i64 ldx, const uint16_t* w, float*
 extern "C" void tl_linear_q8_0(const float* x, i64 ldx, const int8_t* w, const float* d, float* y, i64 ldy,
                                i64 M, i64 N, i64 K, int accumulate, int nthreads) {
     const i64 nchunks = (N + NCHUNK - 1) / NCHUNK, nb = K / 32;
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
     for (i64 c = 0; c < nchunks; c++) {
         const i64 n0 = c * NCHUNK, n1 = n0 + NCHUNK < N ? n0 + NCHUNK : N;
         for (i64 m0 = 0; m0 < M; m0 += 4) {

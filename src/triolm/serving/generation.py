@@ -108,7 +108,10 @@ class Generation:
         r.token_times.append(now)
         info = TokenInfo(out.token_id, out.logprob, out.top_logprobs)
         r.tokens.append(info)
-        piece = self.detokenizer.push(out.token_id)
+        # The token that ends generation (EOS, a stop token id) is never part of the text.
+        ends = out.finish_reason == "stop" and (
+            out.token_id in self.driver.engine.eos_token_ids or out.token_id in self.params.stop_token_ids)
+        piece = "" if ends else self.detokenizer.push(out.token_id)
         if out.finish_reason is not None:
             piece += self.detokenizer.flush()
         text = self.stops.feed(piece)

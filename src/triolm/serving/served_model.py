@@ -39,6 +39,7 @@ class ServedModel:
     max_model_len: int
     weights_bytes: int
     card: str = ""
+    grammar: object | None = None  # triolm.chat.grammar.GrammarCompiler for this tokenizer
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -76,10 +77,10 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
         config, tensors, tokenizer, template_source = _load_gguf(path)
     else:
         config, tensors, tokenizer, template_source = _load_directory(path, settings, progress)
-    weights_bytes = sum(t.numel() for t in tensors.values()) * dtype.itemsize
     progress("building the model", 0.7)
     max_len = _max_model_len(settings, config)
     model = LlamaModel(config, tensors, dtype=dtype, max_positions=max_len + 1)
+    weights_bytes = model.weights_bytes
     del tensors
     progress("tokenizer and chat template", 0.9)
     mistral_tok = _maybe_mistral_tokenizer(path, settings, config)
@@ -98,8 +99,12 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     name = settings.served_model_name or (path.stem if path.is_file() else path.name)
     if settings.model is None:
         name = settings.served_model_name or "triolm-default"
+    progress("grammar compiler", 0.95)
+    from triolm.chat.grammar import GrammarCompiler
+
+    grammar = GrammarCompiler(tokenizer, vocab_size=config.vocab_size)
     progress("ready", 1.0)
-    return ServedModel(name=name, path=str(path), config=config, model=model, tokenizer=tokenizer,
+    return ServedModel(grammar=grammar, name=name, path=str(path), config=config, model=model, tokenizer=tokenizer,
                        chat_template=template, mistral_tokenizer=mistral_tok,
                        tool_parser=tool_parser, max_model_len=max_len,
                        weights_bytes=weights_bytes, card=card)
@@ -116,10 +121,10 @@ def _max_model_len(settings: ServerSettings, config: ModelConfig) -> int:
 
 
 def _load_gguf(path: Path):
-    from triolm.models.gguf_reader import read_gguf
+    from triolm.models.gguf_weights import read_gguf_for_engine
     from triolm.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
 
-    gguf = read_gguf(path)
+    gguf, _ = read_gguf_for_engine(path)  # F16 / Q8_0 matrices stay compact
     try:
         tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
     except ModelLoadError:

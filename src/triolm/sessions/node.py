@@ -26,9 +26,9 @@ class Node:
     masked_tokens: list[int]
     logprobs: list[float]
     full_text: str  # the prompt text + the generated text as the client received it
-    # Text of the stop token the node ends with when `full_text` leaves it out (an EOS
-    # skipped as a special token): a template may render exactly that text after the
-    # turn, and the generated token then stands for it (see `find_extension`).
+    # Text of the stop token (EOS, stop_token_ids) that ended the node's last generation:
+    # `full_text` leaves it out, as the response text does, but a template may render
+    # exactly that text after the turn; the generated token then stands for it.
     stop_text: str | None = None
     metadata: dict = attrs.Factory(dict)
 

@@ -1,0 +1,37 @@
+"""GGUF weights in the form the engine computes with.
+
+`read_gguf` dequantizes to one dtype; the engine would rather keep what the file
+stores: F16 matrices as float16 and Q8_0 matrices as their blocks (see `linear.py`),
+which halves (F16) or quarters (Q8_0) the bytes each decode step streams. Other
+quantized types stay as raw blocks too; the model dequantizes those it has no kernel
+for.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import torch
+
+from triolm.models.gguf_reader import GGUFModel, read_gguf
+
+
+def read_gguf_for_engine(path: str | os.PathLike) -> tuple[GGUFModel, dict[str, Any]]:
+    """The parsed file and its weights: float32 vectors, float16 F16 matrices,
+    quantized matrices as `QuantizedTensor` blocks."""
+    params = inspect.signature(read_gguf).parameters
+    if "keep_float16" in params:  # the reader can hand F16 over without a float32 detour
+        gguf = read_gguf(path, torch.float32, keep_quantized=True, keep_float16=True)
+    else:
+        gguf = read_gguf(path, torch.float32, keep_quantized=True)
+    tensors: dict[str, Any] = {}
+    for name in list(gguf.tensors):
+        t = gguf.tensors.pop(name)
+        if gguf.tensor_types.get(name) == "F16" and t.dim() == 2 and t.dtype != torch.float16:
+            t = t.half()  # exact: these values were float16 in the file
+        tensors[name] = t
+    tensors.update(gguf.quantized)
+    gguf.tensors = tensors
+    return gguf, tensors
