@@ -330,3 +330,27 @@ def test_OAI_STREAM_002_utf8_safe_deltas(http, served_model):
     events = sse_events(http, "/v1/chat/completions", {**body, "stream": True})
     contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
     assert [c for c in contents if c] == [char]
+
+
+def test_OAI_TOOLS_001_arguments_is_a_json_string(http, served_model):
+    """On the wire `function.arguments` is a JSON *string* (not an object), streamed as
+    string fragments that concatenate to the same string."""
+    tool = {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"]}}}
+    body = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [tool], "seed": 1,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "max_tokens": 300}
+    choice = http.post("/v1/chat/completions", json=body).json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    (call,) = choice["message"]["tool_calls"]
+    arguments = call["function"]["arguments"]
+    assert isinstance(arguments, str) and isinstance(json.loads(arguments), dict)
+    fragments = []
+    for e in sse_events(http, "/v1/chat/completions", {**body, "stream": True})[:-1]:
+        for c in json.loads(e)["choices"]:
+            for tc in c["delta"].get("tool_calls") or ():
+                piece = (tc.get("function") or {}).get("arguments")
+                if piece is not None:
+                    assert isinstance(piece, str)
+                    fragments.append(piece)
+    assert "".join(fragments) == arguments

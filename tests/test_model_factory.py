@@ -95,9 +95,12 @@ def test_cache_is_reused_and_extended(tmp_path):
     assert read_hf_config(sdir) == first.config
 
 
-def test_unknown_arch_and_size():
+def test_unknown_arch_and_size(tmp_path):
     with pytest.raises(ValueError, match="unknown arch"):
-        make_test_model("/nonexistent", arch="gpt2")
+        make_test_model(tmp_path, arch="gpt2")
+    with pytest.raises(ValueError, match="use arch='llama'"):
+        make_test_model(tmp_path, arch="qwen2", size="smollm-135m")
+    assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="unknown size"):
         model_config("llama", "huge", 32000, 1, (2,))
     with pytest.raises(ValueError, match="use arch='llama'"):

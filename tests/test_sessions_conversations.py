@@ -292,13 +292,13 @@ def test_max_sessions(make_server):
 
 
 def test_idle_sessions_expire(make_server):
-    srv = make_server(session_idle_timeout=1.5)
+    srv = make_server(session_idle_timeout=2.0)
     http = httpx.Client(base_url=srv.base_url, timeout=30)
     idle = http.post("/sessions/create", json={}).json()["uuid"]
     used = http.post("/sessions/create", json={}).json()["uuid"]
-    time.sleep(0.9)
+    time.sleep(1.2)
     assert http.get(f"/{used}/nodes").status_code == 200  # restarts its idle clock
-    time.sleep(0.9)  # idle: 1.8 s > 1.5 s; used: 0.9 s
+    time.sleep(1.2)  # idle: 2.4 s > 2 s; used: 1.2 s
     r = http.get(f"/{idle}/nodes")
     assert r.status_code == 404 and "expired" in r.json()["error"]["message"]
     assert http.get(f"/{used}/nodes").status_code == 200

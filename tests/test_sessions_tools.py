@@ -88,7 +88,7 @@ def test_nodes_preserve_raw_text(api, served_model):
     assert served_model.tokenizer.decode(generated, skip_special_tokens=True) == expected
 
 
-def test_10_message_agentic_conversation_is_one_node(api):
+def test_10_message_agentic_conversation_is_one_node(api, served_model):
     uid = api.create()
     tools = [tool("get_weather", city=["SF", "NYC"]), tool("get_forecast", city=["SF"])]
     messages = [{"role": "user", "content": "What's the weather in SF?"}]
@@ -141,14 +141,23 @@ def test_10_message_agentic_conversation_is_one_node(api):
     assert_well_formed(final)
     assert final["metadata"]["num_steps"] == 6
     assert lengths == sorted(lengths) and len(set(lengths)) == 6  # each step extended the last
-    assert [s["extended_node"] is not None for s in final["metadata"]["steps"]] == [False] + [True] * 5
+    steps = final["metadata"]["steps"]
+    assert [s["extended_node"] is not None for s in steps] == [False] + [True] * 5
+    for previous_len, s in zip(lengths, steps[1:]):  # each step prefilled only what was new
+        uncomputed = s["num_prompt_tokens"] - (previous_len - 1)
+        assert uncomputed <= s["num_prefilled_tokens"] < uncomputed + 16
     masked = sum(1 for t in final["masked_tokens"] if t == MASK)
     assert 0 < masked < len(final["tokens"])
-    # the three calls are in the node as the model wrote them, unmasked
+    # the three calls are in the node once each, as the model wrote them, unmasked
     assert final["full_text"].count('<tool_call>\n{"name": "get_weather", "arguments": {"city": ') == 2
+    engine_text = served_model.tokenizer.decode(final["tokens"], skip_special_tokens=False)
+    assert engine_text.count('<tool_call>\n{"name": "get_weather"') == 2
+    assert engine_text.count('<tool_call>\n{"name": "get_forecast"') == 1
+    unmasked = served_model.tokenizer.decode([t for t in final["masked_tokens"] if t != MASK])
+    assert unmasked.count("<tool_call>") == 3
 
 
-def test_tool_then_plain_then_tool_one_node(api):
+def test_tool_then_plain_then_tool_one_node(api, served_model):
     uid = api.create()
     messages = [{"role": "user", "content": "Search for cats"}]
     data, _, _ = step(api, uid, messages, SEARCH, force="search", seed=20)
@@ -167,3 +176,5 @@ def test_tool_then_plain_then_tool_one_node(api):
     assert len(messages) == 9
     assert node["metadata"]["num_steps"] == 5
     assert len(api.nodes(uid)) == 1
+    engine_text = served_model.tokenizer.decode(node["tokens"], skip_special_tokens=False)
+    assert engine_text.count('<tool_call>\n{"name": "search", "arguments": {"query": "cats"}}\n</tool_call>') == 2

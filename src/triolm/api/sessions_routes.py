@@ -15,6 +15,7 @@ feeds the engine that node's tokens + the tokens of the new text only, through t
 from __future__ import annotations
 
 import json
+import secrets
 
 import attrs
 from quart import Blueprint, jsonify, request
@@ -22,6 +23,7 @@ from quart import Blueprint, jsonify, request
 from triolm.api import openai_format as fmt
 from triolm.api.chat import ChatPlan, ChatRun, prepare_chat, render_for_request
 from triolm.api.errors import APIError, bad_request, error_response
+from triolm.api.routes import sse_response
 from triolm.api.schemas import ChatCompletionRequest, parse_body
 from triolm.api.state import AppState
 from triolm.errors import InvalidRequestError
@@ -70,8 +72,6 @@ def register_sessions(app, state: AppState) -> None:
 
     @bp.before_request
     async def check_api_key():
-        import secrets
-
         key = state.settings.api_key
         if not key:
             return None
@@ -148,8 +148,6 @@ def register_sessions(app, state: AppState) -> None:
         return jsonify(data)
 
     async def _stream(session: Session, body: ChatCompletionRequest):
-        from triolm.api.routes import sse_response
-
         with registry.using(session):
             prepared = await _prepare(state, session, body)
             plan = await _plan(state, session, body, prepared)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 import uuid as uuidlib
 from collections import OrderedDict
-from typing import Callable, Iterator
 from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from triolm.sessions.session import Session
 

@@ -309,6 +309,7 @@ def make_test_model(out_dir: str | os.PathLike | None = None, arch: str = "llama
     kind, template, _, _ = _ARCH_SPEC.get(arch, (None, None, None, None))
     if kind is None:
         raise ValueError(f"unknown arch {arch!r} (known: {', '.join(ARCHS)})")
+    model_config(arch, size, 1, None, ())  # refuse bad arch/size before touching the disk
     root = base / f"{arch}-{size}-seed{seed}-{_source_digest()}"
     hf_dir = root / "hf"
     with _locked(base / f".{root.name}.lock"):
