@@ -217,6 +217,17 @@ def test_dtype_option(tmp_path):
         assert torch.equal(t, f32.tensors[name].to(torch.bfloat16)), name
 
 
+def test_keep_float16(tmp_path):
+    path, _, weights = write_small(tmp_path, file_type="F16")
+    model = read_gguf(path, keep_float16=True)
+    for name, w in weights.items():
+        t = model.tensors[name]
+        if w.ndim == 2:
+            assert t.dtype == torch.float16 and torch.equal(t, w.half()), name
+        else:
+            assert t.dtype == torch.float32 and torch.equal(t, w), name
+
+
 def test_keep_quantized_returns_raw_blocks_in_hf_row_order(tmp_path):
     path, config, _ = write_small(tmp_path, file_type="Q4_0")
     full = read_gguf(path)

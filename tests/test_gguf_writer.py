@@ -306,11 +306,11 @@ def test_llama_cpp_decodes_our_quantized_blocks_as_we_do(tiny_model, tmp_path):
     hf_cfg = transformers.LlamaConfig(**{k: v for k, v in hf_config_dict(config, "llama").items()
                                          if k not in ("architectures", "model_type")})
     ids = [1] + [(7919 * i) % 31000 + 100 for i in range(1, 40)]
+    model = transformers.LlamaForCausalLM(hf_cfg)
     big = {"token_embd.weight": "F16", "output.weight": "F16"}  # 32k rows: keep them quick
     for ft in ("Q4_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):  # the K packers are ours
         path = write_gguf(tmp_path / f"{ft}.gguf", config, weights, meta, ft, name="k",
                           type_overrides=big)
-        model = transformers.LlamaForCausalLM(hf_cfg)
         model.load_state_dict(read_gguf(path).tensors, strict=True)
         with torch.no_grad():
             want = model(torch.tensor([ids])).logits[0].numpy()

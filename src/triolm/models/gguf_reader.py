@@ -322,11 +322,12 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
 
 
 def read_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
-              keep_quantized: bool = False) -> GGUFModel:
+              keep_quantized: bool = False, keep_float16: bool = False) -> GGUFModel:
     """Read a llama/mistral/qwen2/qwen3 GGUF file into HF-named tensors of `dtype`.
 
     keep_quantized: leave block-quantized weights (Q8_0, Q4_K ...) as raw blocks in
-    `GGUFModel.quantized` (rows in HF order) instead of dequantizing them."""
+    `GGUFModel.quantized` (rows in HF order) instead of dequantizing them.
+    keep_float16: F16 matrices come back as float16 tensors whatever `dtype` is."""
     path = Path(path)
     reader = _open(path)
     meta = reader.metadata
@@ -347,7 +348,7 @@ def read_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
 
     model = GGUFModel(config=config, tensors={}, metadata=meta, tensor_types={}, path=path)
     with _one_torch_thread():
-        _read_tensors(path, model, by_name, dtype, keep_quantized)
+        _read_tensors(path, model, by_name, dtype, keep_quantized, keep_float16)
     return model
 
 
@@ -379,7 +380,7 @@ _threads_saved = 1
 
 
 def _read_tensors(path: Path, model: GGUFModel, by_name: dict, dtype: torch.dtype,
-                  keep_quantized: bool) -> None:
+                  keep_quantized: bool, keep_float16: bool) -> None:
     config = model.config
     for hf, shape in layout.expected_shapes(config).items():
         name = layout.gguf_name(hf)
@@ -404,7 +405,8 @@ def _read_tensors(path: Path, model: GGUFModel, by_name: dict, dtype: torch.dtyp
             raw = layout.unpermute_rows(raw, heads) if heads else raw.clone()
             model.quantized[hf] = QuantizedTensor(qname, (rows, cols), raw.contiguous())
             continue
-        w = gguf_quants.dequantize(t.data, t.tensor_type, rows, cols, dtype).reshape(shape)
+        as_dtype = torch.float16 if keep_float16 and qname == "F16" and len(shape) == 2 else dtype
+        w = gguf_quants.dequantize(t.data, t.tensor_type, rows, cols, as_dtype).reshape(shape)
         if heads:
             w = layout.unpermute_rows(w, heads).contiguous()
         model.tensors[hf] = w
