@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import random
 import threading
 import time
@@ -49,6 +50,16 @@ def wait_for(predicate, within: float = 10.0, what: str = "condition") -> None:
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
 
+
+
+@pytest.fixture(autouse=True)
+def no_framework_errors(caplog):
+    """A response that crashed inside the ASGI framework (a stream cut short) is logged
+    by the test server, never seen by the client as an error: fail on it here."""
+    yield
+    crashed = [r for r in caplog.get_records("call") if r.name == "triolm.testing.hypercorn"
+               and r.levelno >= logging.ERROR]
+    assert not crashed, crashed[0].getMessage()
 
 @pytest.fixture
 def http(server):

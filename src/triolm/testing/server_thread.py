@@ -3,6 +3,7 @@ and benchmarks. Several servers can share one loaded model (each has its own eng
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -56,7 +57,11 @@ class ServerThread:
         config.bind = [f"127.0.0.1:{self.port}"]
         config.graceful_timeout = self.settings.graceful_timeout
         config.accesslog = None
-        config.errorlog = None
+        # Through Python logging (WARNING and up), so a test sees "Error in ASGI Framework"
+        # — e.g. a response stream that crashed — in its captured logs and caplog.
+        errorlog = logging.getLogger("triolm.testing.hypercorn")
+        errorlog.setLevel(logging.WARNING)
+        config.errorlog = errorlog
         await serve(self.app, config, shutdown_trigger=self._stop.wait)
 
     def start(self, timeout: float = 120.0) -> "ServerThread":
