@@ -151,10 +151,6 @@ def test_OAI_ERR_001_bad_input_gets_the_error_object(http, name, path, body, sta
     assert counter.opened <= 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "api/sessions_routes.py registers DELETE /<session_id> at the root, so every unknown "
-    "one-segment path (GET /nope) matches it and answers 405 instead of 404; the sessions "
-    "routes want a prefix"))
 def test_OAI_ERR_002_unknown_one_segment_route_is_404(http):
     assert_error(http.get("/nope"), 404)
 

@@ -18,6 +18,7 @@ import httpx
 import openai
 import psutil
 import pytest
+import trio
 
 from triolm.testing.server_thread import ServerThread
 
@@ -255,10 +256,6 @@ def big_prompt(nbytes: int = 500_000) -> str:
     return text.encode()[:nbytes].decode("utf-8", errors="ignore")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "tokenizers/hf.py: HFTokenizer.encode calls tokenizers' Tokenizer.encode, which holds the GIL "
-    "for the whole text (~0.3 s for 500 KB), so the event loop thread cannot run; "
-    "encode_batch([text])[0] releases it (measured: worst /livez 6 ms instead of 324 ms)"))
 def test_OAI_CONC_005_livez_answers_within_100ms_while_a_500KB_prompt_is_tokenized(server, http):
     """8 streams generate while a 500 KB prompt is tokenized (/tokenize and a chat request);
     /livez, timed from another thread, answers within 100 ms every time, and the
@@ -387,3 +384,148 @@ def test_engine_failure_fails_the_requests_in_flight_and_keeps_serving(make_serv
         assert c.get("/readyz").status_code == 200
         ok = c.post(COMP, json={"prompt": "x", "max_tokens": 3})
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
+
+
+# -- fan-out unit level: keep-alive ticks, the deadline, errors of one generation ----------------------
+class FakeGeneration:
+    """Stands in for serving.generation.Generation: deltas() after delays, or an error."""
+
+    def __init__(self, delays: list[float], error: Exception | None = None):
+        self.delays, self.error = delays, error
+        self.closed = False
+
+    async def deltas(self):
+        from triolm.serving.generation import Delta
+
+        try:
+            for i, delay in enumerate(self.delays):
+                await trio.sleep(delay)
+                yield Delta(f"t{i}", (), "length" if i == len(self.delays) - 1 else None)
+            if self.error is not None:
+                raise self.error
+        finally:
+            self.closed = True  # where the real one aborts its engine sequence
+
+    async def run_to_end(self):
+        async for _ in self.deltas():
+            pass
+
+
+async def _collect(gens, timeout, keepalive):
+    from triolm.serving.fanout import merged_deltas
+
+    async with merged_deltas(gens, timeout, keepalive) as events:
+        return [e async for e in events]
+
+
+async def test_fanout_ticks_while_idle_and_merges_by_index():
+    from triolm.serving.fanout import Tick
+
+    gens = [FakeGeneration([0.25]), FakeGeneration([0.0, 0.3])]
+    events = await _collect(gens, timeout=5, keepalive=0.05)
+    assert sum(isinstance(e, Tick) for e in events) >= 3
+    deltas = [(i, d.text) for i, d in (e for e in events if not isinstance(e, Tick))]
+    assert sorted(deltas) == [(0, "t0"), (1, "t0"), (1, "t1")]
+    assert all(g.closed for g in gens)
+
+
+async def test_fanout_deadline_yields_timed_out_and_closes_generations():
+    from triolm.serving.fanout import TimedOut
+
+    gens = [FakeGeneration([0.0, 10.0]), FakeGeneration([10.0])]
+    with trio.fail_after(3):
+        events = await _collect(gens, timeout=0.2, keepalive=0.05)
+    assert isinstance(events[-1], TimedOut)
+    assert all(g.closed for g in gens)
+
+
+async def test_fanout_and_run_all_raise_the_failing_generations_error_not_a_group():
+    from triolm.serving.engine_driver import OverloadedError
+    from triolm.serving.fanout import run_all
+
+    with pytest.raises(OverloadedError):
+        await _collect([FakeGeneration([10.0]), FakeGeneration([], OverloadedError("full"))], 5, 1)
+    with pytest.raises(ValueError):
+        await run_all([FakeGeneration([10.0]), FakeGeneration([], ValueError("too long"))], 5)
+    with pytest.raises(trio.TooSlowError):
+        await run_all([FakeGeneration([10.0])], 0.1)
+
+
+async def test_fanout_deadline_while_the_consumer_is_slow():
+    """The deadline passes while the producer waits at a `yield` for a slow consumer (an
+    SSE client reading slowly): still exactly one TimedOut at the end, no error."""
+    from triolm.serving.fanout import TimedOut, merged_deltas
+
+    gens = [FakeGeneration([0.005] * 1000)]
+    events = []
+    with trio.fail_after(5):
+        async with merged_deltas(gens, 0.3, 1.0) as stream:
+            async for event in stream:
+                events.append(event)
+                await trio.sleep(0.03)
+    assert isinstance(events[-1], TimedOut) and sum(isinstance(e, TimedOut) for e in events) == 1
+    assert gens[0].closed
+
+
+class FakeEngine:
+    """Just enough of LLMEngine for the driver: one token per step for each request."""
+
+    def __init__(self):
+        self.requests: dict[str, int] = {}
+        self.aborted: list[str] = []
+        self.fail_next_step = False
+
+    num_waiting = 0
+
+    @property
+    def num_running(self):
+        return len(self.requests)
+
+    def has_unfinished(self):
+        return bool(self.requests)
+
+    def add_request(self, request_id, prompt_ids, params):
+        self.requests[request_id] = 0
+
+    def abort(self, request_id):
+        self.aborted.append(request_id)
+        return self.requests.pop(request_id, None) is not None
+
+    def step(self):
+        from triolm.engine.llm_engine import StepOutput
+
+        if self.fail_next_step:
+            self.fail_next_step = False
+            raise RuntimeError("simulated")
+        time.sleep(0.001)
+        return [StepOutput(r, 5, -1.0, None, None, 1, 0, 1) for r in self.requests]
+
+
+async def test_driver_survives_a_request_that_stopped_listening_before_its_abort():
+    """A request closes its end of the channel (at a checkpoint) before its abort
+    arrives: the driver forgets it and keeps going instead of dying of BrokenResourceError."""
+    from triolm.engine.sampling_params import SamplingParams
+    from triolm.serving.engine_driver import EngineDriver, EngineFailure
+
+    engine = FakeEngine()
+    driver = EngineDriver(engine, max_queue=8)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        gone = driver.submit("gone", [1], SamplingParams())
+        alive = driver.submit("alive", [1], SamplingParams())
+        await gone.aclose()  # no driver.abort("gone")
+        with trio.fail_after(5):
+            for _ in range(3):
+                assert (await alive.receive()).request_id == "alive"
+        assert "gone" in engine.aborted and "gone" not in driver._channels
+        engine.fail_next_step = True  # a failing step fails who is in flight, the driver lives on
+        with trio.fail_after(5):
+            while True:
+                item = await alive.receive()
+                if isinstance(item, Exception):
+                    break
+        assert isinstance(item, EngineFailure) and not driver._channels
+        again = driver.submit("again", [1], SamplingParams())
+        with trio.fail_after(5):
+            assert (await again.receive()).request_id == "again"
+        nursery.cancel_scope.cancel()

@@ -121,6 +121,9 @@ def _install_error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(HTTPException)
     async def handle_http(err: HTTPException):
         code = err.code or 500
+        allowed = set(getattr(err, "valid_methods", None) or ())
+        if code == 405 and allowed and allowed <= {"DELETE", "OPTIONS"} and request.path.count("/") == 1:
+            code = 404  # only the session route DELETE /<uuid> matched: for GET /nope that is "no route"
         messages = {404: f"no route for {request.method} {request.path}",
                     405: f"method {request.method} not allowed on {request.path}",
                     413: f"request body larger than the limit of {app.config['MAX_CONTENT_LENGTH']} bytes"}

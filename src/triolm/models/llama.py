@@ -24,7 +24,19 @@ from triolm.models.rope import RotaryEmbedding
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    """HF's RMSNorm in float32. torch's CPU rms_norm is a chain of small ops (~50 us a
+    call here), so float32 rows go through one native call when available."""
+    lib = native.lib()
+    if lib is None or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    n = x.shape[-1]
+    rows = x.reshape(-1, n)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape)
+    lib.tl_rms_norm(rows.data_ptr(), rows.stride(0), weight.data_ptr(), out.data_ptr(), n,
+                    rows.shape[0], n, eps)
+    return out.view(x.shape)
 
 
 class DecoderLayer:
@@ -152,13 +164,22 @@ class LlamaModel:
                 kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states [T, hidden] for a flat batch. kv_cache: [layers, 2, slots, kvh, d]."""
         x = self.embed.rows(input_ids).to(self.dtype)
+        caches = self._layer_caches(kv_cache)
         if not meta.is_prefill and meta.block_tables is not None and self.native_decode:
-            for i, layer in enumerate(self.layers):
-                layer.decode_native(x, self.rope, kv_cache[i, 0], kv_cache[i, 1], meta)
+            for layer, (k, v) in zip(self.layers, caches):
+                layer.decode_native(x, self.rope, k, v, meta)
             return x
-        for i, layer in enumerate(self.layers):
-            layer.forward(x, positions, self.rope, kv_cache[i, 0], kv_cache[i, 1], meta)
+        for layer, (k, v) in zip(self.layers, caches):
+            layer.forward(x, positions, self.rope, k, v, meta)
         return x
+
+    def _layer_caches(self, kv_cache: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (k, v) views of the cache, made once rather than every step."""
+        key = (kv_cache.data_ptr(), tuple(kv_cache.shape))
+        if getattr(self, "_caches_key", None) != key:
+            self._caches = [(kv_cache[i, 0], kv_cache[i, 1]) for i in range(kv_cache.shape[0])]
+            self._caches_key = key
+        return self._caches
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

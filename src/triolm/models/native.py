@@ -40,6 +40,7 @@ _SIGNATURES = {
     "tl_linear_q8_0": ([_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _int, _int], None),
     "tl_dequant_q8_0": ([_ptr, _ptr, _ptr, _i64, _i64, _int], None),
     "tl_silu_mul": ([_ptr, _ptr, _i64, _i64], None),
+    "tl_rms_norm": ([_ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _float], None),
     "tl_decode_attention": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr,
                              _ptr, _ptr, _int, _ptr, _i64, _i64, _i64, _i64, _i64, _float, _int],
                             None),

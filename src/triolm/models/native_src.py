@@ -227,6 +227,25 @@ extern "C" void tl_silu_mul(const float* gu, float* out, i64 M, i64 I) {
     }
 }
 
+/* out[m, :] = x[m, :] / sqrt(mean(x[m, :]^2) + eps) * w: RMSNorm over rows of length N. */
+extern "C" void tl_rms_norm(const float* x, i64 ldx, const float* w, float* out, i64 ldo,
+                            i64 M, i64 N, float eps) {
+    for (i64 m = 0; m < M; m++) {
+        const float* xr = x + m * ldx;
+        float* o = out + m * ldo;
+        i64 j = 0;
+        float ss = 0.f;
+#if TL_AVX512
+        __m512 acc = _mm512_setzero_ps();
+        for (; j + 16 <= N; j += 16) { __m512 v = _mm512_loadu_ps(xr + j); acc = _mm512_fmadd_ps(v, v, acc); }
+        ss = _mm512_reduce_add_ps(acc);
+#endif
+        for (; j < N; j++) ss += xr[j] * xr[j];
+        const float r = 1.0f / sqrtf(ss / (float)N + eps);
+        for (j = 0; j < N; j++) o[j] = (xr[j] * r) * w[j];
+    }
+}
+
 /* ------------------------------------------------------------------ decode attention
    One new token per sequence. For each (sequence, kv head): rotate the new key and
    the group's queries (HF rotate-half RoPE), write key/value into the sequence's slot,

@@ -30,7 +30,10 @@ class ServerSettings:
     max_n: int = 16
     graceful_timeout: float = 5.0
     shutdown_delay: float = 1.0  # after SIGTERM: /readyz 503 while still accepting, then drain
-    tokenizer_threads: int = 2
+    # Worker threads for tokenization/template rendering. One: mistral-common and Jinja are
+    # mostly GIL-bound Python, and a second thread only adds a GIL waiter the event loop
+    # competes with (bench-results/tokenization.json, docs/tokenization-benchmark.md).
+    tokenizer_threads: int = 1
     max_sessions: int = 1024
     session_idle_timeout: float = 3600.0
     seed: int | None = None
