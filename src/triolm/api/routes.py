@@ -207,7 +207,6 @@ async def health():
         "model_card": st.served.card if st.served else None,
         "requests_running": driver.num_running if driver else 0,
         "requests_waiting": driver.num_waiting if driver else 0,
-        "requests_in_flight": st.in_flight,
         "kv_cache_usage": driver.engine.kv_cache_usage if driver else 0.0,
         "sessions": len(st.sessions) if st.sessions is not None else 0,
         "uptime_seconds": round(trio.current_time() and (__import__("time").time() - st.started_at), 3),

@@ -28,7 +28,6 @@ class AppState:
     fatal: trio.Event | None = None
     sessions: object | None = None  # triolm.sessions.registry.SessionRegistry
     started_at: float = attrs.Factory(time.time)
-    in_flight: int = 0
 
     @property
     def ready(self) -> bool:

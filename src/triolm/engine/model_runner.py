@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import torch
 
 from triolm.engine.sequence import Sequence
@@ -14,9 +16,9 @@ class ModelRunner:
         c = model.config
         self.model = model
         self.block_size = block_size
-        self.kv_cache = torch.zeros(
-            c.num_hidden_layers, 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim,
-            dtype=model.dtype)
+        self.kv_cache = _lazy_zeros(
+            (c.num_hidden_layers, 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim),
+            model.dtype)
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -75,3 +77,19 @@ class ModelRunner:
         meta = AttentionMetadata(False, slot_mapping, decode_slots=context, decode_mask=mask)
         hidden = self.model.forward(ids, positions, self.kv_cache, meta)
         return self.model.logits(hidden)
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero tensor whose memory is committed page by page as it is written.
+
+    The cache is sized for max_num_seqs x max_model_len, usually far more than is in
+    use; torch.zeros would touch (and count in RSS) every page at start-up. An anonymous
+    mapping is zero-filled by the kernel on first touch."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+    if nbytes < 1 << 20:
+        return torch.zeros(shape, dtype=dtype)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)

@@ -27,7 +27,7 @@ from triolm.models.native_src import SOURCE
 
 log = logging.getLogger(__name__)
 
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17",
+_FLAGS = ["-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c++17",
           "-fno-math-errno", "-Wall"] + os.environ.get("TRIOLM_NATIVE_FLAGS", "").split()
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -36,9 +36,11 @@ _tried = False
 _i64, _int, _float, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
 _SIGNATURES = {
     "tl_has_avx512": ([], _int),
+    "tl_set_spin_us": ([_int], None),
     "tl_linear_f16": ([_ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _i64, _int, _int], None),
     "tl_linear_q8_0": ([_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _int, _int], None),
     "tl_dequant_q8_0": ([_ptr, _ptr, _ptr, _i64, _i64, _int], None),
+    "tl_f16_to_f32": ([_ptr, _ptr, _i64, _int], None),
     "tl_silu_mul": ([_ptr, _ptr, _i64, _i64], None),
     "tl_rms_norm": ([_ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _float], None),
     "tl_decode_attention": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr,

@@ -140,6 +140,9 @@ def _load_directory(path: Path, settings: ServerSettings, progress: Progress):
     from triolm.models.safetensors_loader import read_safetensors
 
     if (path / "params.json").exists() and not (path / "config.json").exists():
+        if settings.tokenizer_mode == "hf":
+            raise ModelLoadError(f"{path}: a model in Mistral's native layout (params.json) has no Hugging "
+                                 "Face tokenizer; use --tokenizer-mode auto or mistral")
         from triolm.models.mistral_native import read_mistral_native
 
         config, tensors = read_mistral_native(path)
