@@ -13,6 +13,7 @@ import attrs
 import trio
 
 from triolm.api import openai_format as fmt
+from triolm.api.generations_run import GenerationsRun
 from triolm.api.errors import APIError, bad_request
 from triolm.api.sampling import (build_sampling_params, check_context, requested_max_tokens,
                                  stop_strings, validate_common)
@@ -21,7 +22,7 @@ from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_chat, tool_parsing_mode
 from triolm.errors import InvalidRequestError
 from triolm.serving.engine_driver import EngineFailure, OverloadedError
-from triolm.serving.fanout import Tick, TimedOut, merged_deltas, run_all
+from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
 from triolm.serving.prompts import RenderedPrompt, check_tool_definitions, render_chat_prompt, run_off_loop
 from triolm.serving.served_model import ServedModel
@@ -84,12 +85,15 @@ async def prepare_chat(state: AppState, body: ChatCompletionRequest,
                     constraint=constraint)
 
 
-class ChatRun:
+class ChatRun(GenerationsRun):
     """The n generations of one chat request, and their OpenAI shapes."""
+
+    chunk_object = "chat.completion.chunk"
 
     def __init__(self, state: AppState, plan: ChatPlan):
         self.state = state
         self.plan = plan
+        self.request_id, self.created, self.model_name = plan.request_id, plan.created, plan.served.name
         body = plan.body
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         self.namer = fmt.TokenNamer(plan.served.tokenizer, body.return_tokens_as_token_ids)
@@ -110,25 +114,9 @@ class ChatRun:
         self.tool_names = [t.get("function", {}).get("name") for t in (body.tools or [])] or None
         self.start = trio.current_time()
 
-    def _observe(self) -> None:
-        end = trio.current_time()
-        for g in self.gens:
-            if g.result.finish_reason is not None:
-                self.state.metrics.observe_generation(g.result, self.start, end)
-
     # -- non-streaming ----------------------------------------------------------------
     async def complete(self) -> dict:
-        try:
-            await run_all(self.gens, self.state.settings.request_timeout)
-        except trio.TooSlowError:
-            raise APIError(504, f"request timed out after {self.state.settings.request_timeout} s",
-                           code="timeout") from None
-        except OverloadedError as exc:
-            raise APIError(429, str(exc), code="overloaded") from None
-        except ValueError as exc:
-            raise bad_request(str(exc)) from None
-        finally:
-            self._observe()
+        await self._run_to_end()
         return self.response_json()
 
     def response_json(self) -> dict:
@@ -157,14 +145,6 @@ class ChatRun:
                 "usage": fmt.usage(len(p.prompt.token_ids), completion_tokens, cached)}
 
     # -- streaming --------------------------------------------------------------------
-    def _chunk(self, choices: list[dict], usage: dict | None = None) -> bytes:
-        p = self.plan
-        data = {"id": p.request_id, "object": "chat.completion.chunk", "created": p.created,
-                "model": p.served.name, "choices": choices}
-        if usage is not None:
-            data["usage"] = usage
-        return fmt.sse(data)
-
     async def stream(self) -> AsyncIterator[bytes]:
         p = self.plan
         body = p.body

@@ -7,6 +7,7 @@ from typing import AsyncIterator
 import trio
 
 from triolm.api import openai_format as fmt
+from triolm.api.generations_run import GenerationsRun
 from triolm.api.errors import APIError, bad_request
 from triolm.api.sampling import (build_sampling_params, check_context, requested_max_tokens,
                                  stop_strings, validate_common)
@@ -14,7 +15,7 @@ from triolm.api.schemas import CompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_completion
 from triolm.serving.engine_driver import EngineFailure, OverloadedError
-from triolm.serving.fanout import Tick, TimedOut, merged_deltas, run_all
+from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
 from triolm.serving.prompts import encode_text, run_off_loop
 
@@ -48,11 +49,13 @@ async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[lis
     return ids
 
 
-class CompletionRun:
+class CompletionRun(GenerationsRun):
+    chunk_object = "text_completion"
+
     def __init__(self, state: AppState, body: CompletionRequest, prompts: list[list[int]], constraint=None):
         served, driver = state.require_ready()
         self.state, self.body, self.served, self.prompts = state, body, served, prompts
-        self.request_id, self.created = fmt.new_id("cmpl"), fmt.now()
+        self.request_id, self.created, self.model_name = fmt.new_id("cmpl"), fmt.now(), served.name
         self.namer = fmt.TokenNamer(served.tokenizer, body.return_tokens_as_token_ids)
         stops = stop_strings(body)
         self.gens: list[Generation] = []
@@ -76,28 +79,12 @@ class CompletionRun:
         return self.served.tokenizer.decode(self.prompts[self.prompt_index[index]],
                                             skip_special_tokens=self.body.skip_special_tokens)
 
-    def _observe(self) -> None:
-        end = trio.current_time()
-        for g in self.gens:
-            if g.result.finish_reason is not None:
-                self.state.metrics.observe_generation(g.result, self.start, end)
-
     def _usage(self) -> dict:
         prompt_tokens = sum(len(p) for p in self.prompts)
         return fmt.usage(prompt_tokens, sum(len(g.result.tokens) for g in self.gens))
 
     async def complete(self) -> dict:
-        try:
-            await run_all(self.gens, self.state.settings.request_timeout)
-        except trio.TooSlowError:
-            raise APIError(504, f"request timed out after {self.state.settings.request_timeout} s",
-                           code="timeout") from None
-        except OverloadedError as exc:
-            raise APIError(429, str(exc), code="overloaded") from None
-        except ValueError as exc:
-            raise bad_request(str(exc)) from None
-        finally:
-            self._observe()
+        await self._run_to_end()
         choices = []
         for i, g in enumerate(self.gens):
             r = g.result
@@ -109,13 +96,6 @@ class CompletionRun:
             choices.append(choice)
         return {"id": self.request_id, "object": "text_completion", "created": self.created,
                 "model": self.served.name, "choices": choices, "usage": self._usage()}
-
-    def _chunk(self, choices: list[dict], usage: dict | None = None) -> bytes:
-        data = {"id": self.request_id, "object": "text_completion", "created": self.created,
-                "model": self.served.name, "choices": choices}
-        if usage is not None:
-            data["usage"] = usage
-        return fmt.sse(data)
 
     async def stream(self) -> AsyncIterator[bytes]:
         body = self.body

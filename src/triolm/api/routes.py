@@ -15,7 +15,7 @@ from triolm.api.errors import APIError, bad_request
 from triolm.api.schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                 TokenizeRequest, parse_body)
 from triolm.api.state import AppState
-from triolm.serving.prompts import encode_text, render_chat_prompt, run_off_loop
+from triolm.serving.prompts import encode_text, run_off_loop
 
 bp = Blueprint("triolm", __name__)
 

@@ -1,0 +1,50 @@
+"""What chat and text completions share: running a request's generations to the end
+(errors mapped to their HTTP statuses), metrics, and the chunk envelope."""
+
+from __future__ import annotations
+
+import trio
+
+from triolm.api import openai_format as fmt
+from triolm.api.errors import APIError, bad_request
+from triolm.api.state import AppState
+from triolm.serving.engine_driver import OverloadedError
+from triolm.serving.fanout import run_all
+from triolm.serving.generation import Generation
+
+
+class GenerationsRun:
+    """Subclasses set `gens`, `request_id`, `created`, `model_name` and `chunk_object`."""
+
+    state: AppState
+    gens: list[Generation]
+    request_id: str
+    created: int
+    model_name: str
+    chunk_object: str
+
+    def _observe(self) -> None:
+        end = trio.current_time()
+        for g in self.gens:
+            if g.result.finish_reason is not None:
+                self.state.metrics.observe_generation(g.result, self.start, end)
+
+    async def _run_to_end(self) -> None:
+        try:
+            await run_all(self.gens, self.state.settings.request_timeout)
+        except trio.TooSlowError:
+            raise APIError(504, f"request timed out after {self.state.settings.request_timeout} s",
+                           code="timeout") from None
+        except OverloadedError as exc:
+            raise APIError(429, str(exc), code="overloaded") from None
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        finally:
+            self._observe()
+
+    def _chunk(self, choices: list[dict], usage: dict | None = None) -> bytes:
+        data = {"id": self.request_id, "object": self.chunk_object, "created": self.created,
+                "model": self.model_name, "choices": choices}
+        if usage is not None:
+            data["usage"] = usage
+        return fmt.sse(data)
