@@ -3,7 +3,10 @@ served model, and real hypercorn servers on 127.0.0.1 driven by the official cli
 
 from __future__ import annotations
 
+import logging
+
 import attrs
+import httpx
 import openai
 import pytest
 
@@ -69,3 +72,20 @@ def client(server):
 @pytest.fixture
 def async_client(server):
     return openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(autouse=True)
+def no_framework_errors(caplog):
+    """A response that crashed inside the ASGI framework (a stream cut short) is logged
+    by the test server, never seen by the client as an error: fail on it here."""
+    yield
+    crashed = [r for r in caplog.get_records("call") if r.name == "triolm.testing.hypercorn"
+               and r.levelno >= logging.ERROR]
+    assert not crashed, crashed[0].getMessage()
+
+
+@pytest.fixture
+def http(server):
+    """httpx on the shared server (keeps its connection: keep-alive tests rely on it)."""
+    with httpx.Client(base_url=server.base_url, timeout=60) as c:
+        yield c

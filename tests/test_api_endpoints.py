@@ -7,11 +7,9 @@ Clause ids (OAI-…) refer to contracts/openai-compat.md.
 from __future__ import annotations
 
 import json
-import logging
 import time
 
 import httpx
-import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,22 +17,6 @@ from triolm.server import create_app
 from triolm.serving.settings import ServerSettings
 
 MSGS = [{"role": "user", "content": "Hello there"}]
-
-
-
-@pytest.fixture(autouse=True)
-def no_framework_errors(caplog):
-    """A response that crashed inside the ASGI framework (a stream cut short) is logged
-    by the test server, never seen by the client as an error: fail on it here."""
-    yield
-    crashed = [r for r in caplog.get_records("call") if r.name == "triolm.testing.hypercorn"
-               and r.levelno >= logging.ERROR]
-    assert not crashed, crashed[0].getMessage()
-
-@pytest.fixture
-def http(server):
-    with httpx.Client(base_url=server.base_url, timeout=60) as c:
-        yield c
 
 
 # -- tokenize / detokenize ---------------------------------------------------------------------

@@ -51,22 +51,6 @@ class ConnectionCounter:
             self.opened += 1
 
 
-
-@pytest.fixture(autouse=True)
-def no_framework_errors(caplog):
-    """A response that crashed inside the ASGI framework (a stream cut short) is logged
-    by the test server, never seen by the client as an error: fail on it here."""
-    yield
-    crashed = [r for r in caplog.get_records("call") if r.name == "triolm.testing.hypercorn"
-               and r.levelno >= logging.ERROR]
-    assert not crashed, crashed[0].getMessage()
-
-@pytest.fixture
-def http(server):
-    with httpx.Client(base_url=server.base_url, timeout=30) as c:
-        yield c
-
-
 def big_vocab_id(served_model) -> int:
     return served_model.config.vocab_size
 

@@ -2,18 +2,26 @@
 real server: hypercorn on 127.0.0.1 serving the tiny Mistral-architecture model in
 Mistral tokenizer mode (mistral-common's v3 tokenizer, chosen by `auto`).
 
-While a 500 KB Mistral chat request and 500 KB `/tokenize` requests are processed,
-another thread polls `/health` and `/livez` every ~20 ms over the whole processing;
-every probe must answer within 2 s (the contract) and within 100 ms (triolm's
-bound). The server's own loop-lag metric (`triolm:event_loop_lag_seconds`) is
-scraped and bounded too. A control runs the same chat request with the prompt
-rendered on the event loop and requires the probes to see it — so the
-measurement itself can fail.
+While a 500 KB Mistral chat request and 500 KB `/tokenize` requests are processed
+(one after the other, then a chat and a /tokenize at once), another thread polls
+`/health` and `/livez` every ~20 ms over the whole processing. Bounds:
+- every probe answers, within 2 s wall clock (the contract) — every probe, every run;
+- every probe within 100 ms (triolm's bound) once host CPU starvation is taken out:
+  the test reads, from the kernel (/proc/<pid>/task/<tid>/schedstat), how long the
+  server's loop thread and the probing thread sat runnable in a run queue during
+  each probe, and subtracts it. On this shared 2-core VM other processes starve
+  both for 100-700 ms at times (measured), which says nothing about the server;
+  work done on, or a GIL held against, the event loop is not subtracted (the loop
+  thread is running, or sleeping on the GIL, not queued). One re-run is allowed.
+- the server's loop-lag metric (`triolm:event_loop_lag_seconds`) is scraped:
+  reported, and bounded by 2 s.
+A control renders the same chat prompt on the event loop (what vLLM did) and
+requires both instruments to see it, so the measurement itself can fail.
 
 The server runs in its own process: in-process, the probing thread would compete
 for the test process's GIL with the server's tokenizer thread, and its own waits
-would be counted against the server (measured: worst probe up to ~170 ms
-in-process while the server's loop lag stayed ≤ 75 ms).
+would be counted against the server (measured in-process: worst probe ~170 ms while
+the server's own loop lag stayed ≤ 75 ms).
 
 The 500 KB chat prompt (~170k tokens) is beyond the model's 2048-token context:
 the server must reject it with a 400 naming its token count and the limit.
@@ -21,7 +29,6 @@ the server must reject it with a 400 naming its token count and the limit.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import subprocess
@@ -360,5 +367,6 @@ def test_EL_001_4_probes_detect_a_blocked_loop(mistral_server, payload):
     blocked = window[1] - window[0]
     print(f"\ncontrol: request {blocked * 1000:.0f} ms, worst probe {worst.latency * 1000:.0f} ms "
           f"({worst.server_latency * 1000:.0f} ms less CPU wait), loop lag max ≤ {lag_bound * 1000:g} ms")
-    assert worst.server_latency > max(PROBE_BOUND_S, 0.5 * blocked)
+    # ~250-300 ms of encoding on the loop thread; its CPU starvation is not subtracted away
+    assert worst.server_latency > 1.5 * PROBE_BOUND_S
     assert lag_bound > LOOP_LAG_BOUND_S

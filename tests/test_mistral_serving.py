@@ -11,10 +11,11 @@ Weights are random: tool calls only come out right through constrained decoding.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+from pathlib import Path
 
-import attrs
 import httpx
 import jsonschema
 import openai
@@ -184,13 +185,13 @@ def test_auto_mode_picks_mistral_common_for_both_layouts(server, native_server):
         assert isinstance(served.tokenizer, MistralTokenizerAdapter)
         assert served.mistral_tokenizer is not None and served.tool_parser == "mistral"
     assert (native_server.served.path.endswith("native")
-            and {p for p in __import__("os").listdir(native_server.served.path)}
+            and set(os.listdir(native_server.served.path))
             == {"params.json", "consolidated.safetensors", "tokenizer.model.v3"})
 
 
 def test_auto_mode_keeps_hf_for_a_non_mistral_model_with_tekken_json(served_model):
     """The qwen2 test model ships tekken.json too; it is not a Mistral model."""
-    assert (__import__("pathlib").Path(served_model.path) / "tekken.json").exists()
+    assert (Path(served_model.path) / "tekken.json").exists()
     assert served_model.mistral_tokenizer is None and isinstance(served_model.tokenizer, HFTokenizer)
 
 
