@@ -40,14 +40,17 @@ def start_triolm(model_path: Path, max_num_seqs: int, threads: int | None) -> tu
         env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "triolm.cli", "serve", str(model_path), "--port", str(port),
            "--max-num-seqs", str(max_num_seqs), "--max-model-len", "2048", "--log-level", "warning"]
+    bc.RESULTS.mkdir(parents=True, exist_ok=True)
+    log_path = bc.RESULTS / f"triolm-server-{model_path.stem}.log"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(log_path, "w") as log_file:  # not a pipe: a full pipe would block the server
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         bc.wait_ready(url + "/readyz", 300, proc)
-    except Exception:
+    except Exception as exc:
         bc.stop_process(proc)
-        raise RuntimeError(f"triolm server failed to start: {proc.stderr.read()[-2000:]}")
+        raise RuntimeError(f"triolm server failed to start ({exc}); log: {log_path}") from exc
     return proc, url, time.perf_counter() - t0
 
 

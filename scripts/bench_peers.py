@@ -145,7 +145,10 @@ def llamacpp_server(kind: str, args) -> dict:
         cmd += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
     bc.log(f"llama.cpp server {kind}: starting")
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_path = bc.RESULTS / f"llamacpp-server-{kind}.log"
+    bc.RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log_file:  # a pipe would fill up and block the server
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         bc.wait_ready(url + "/v1/models", 300, proc)
@@ -155,9 +158,9 @@ def llamacpp_server(kind: str, args) -> dict:
         res["startup_s"] = startup
         res["peak_rss_mb"] = bc.peak_rss_mb(proc.pid)
     except Exception as exc:
+        raise RuntimeError(f"llama.cpp server {kind} failed: {exc}; log: {log_path}") from exc
+    finally:
         bc.stop_process(proc)
-        raise RuntimeError(f"llama.cpp server {kind} failed: {exc}; stderr: {proc.stderr.read()[-1500:]}")
-    bc.stop_process(proc)
     res["kind"] = kind
     return res
 

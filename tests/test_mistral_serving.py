@@ -260,6 +260,19 @@ def test_chat_prompt_is_mistral_commons_encoding(client, server, mistral):
     assert with_tools.usage.prompt_tokens == len(apply_mistral_chat_template(mistral, MESSAGES, [WEATHER]))
 
 
+def test_streamed_text_equals_the_full_decode(client, server):
+    """The incremental detokenizer over the adapter: byte-fallback pieces and the
+    SentencePiece leading space come out the same streamed and whole."""
+    kwargs = dict(model=server.served.name, messages=MESSAGES, max_tokens=40, seed=11, temperature=1.0)
+    full = client.chat.completions.create(logprobs=True, extra_body={"return_tokens_as_token_ids": True},
+                                          **kwargs).choices[0]
+    ids = [int(t.token.split(":")[1]) for t in full.logprobs.content]
+    assert full.message.content == server.served.tokenizer.decode(ids)
+    streamed = "".join(c.choices[0].delta.content or "" for c in
+                       client.chat.completions.create(stream=True, **kwargs) if c.choices)
+    assert streamed == full.message.content
+
+
 def test_tokenize_returns_mistral_commons_tokens(server, mistral):
     raw = mistral.instruct_tokenizer.tokenizer
     for text in ("Hello world", "[INST] not a control token", "日本語 🙂\n\ttabs", " "):

@@ -34,7 +34,7 @@ def make_native_mistral_model(paths: TestModelPaths | None = None, seed: int = 0
     if paths.arch != "mistral":
         raise ValueError(f"the native layout is Mistral's; got a {paths.arch!r} test model")
     out = paths.root / NATIVE_DIR
-    with _locked(paths.root.parent / f".{paths.root.name}.native.lock"):
+    with _locked(paths.root / ".native.lock"):
         if all((out / name).exists() for name in _FILES) and _tokenizer_files(out):
             return out
         tmp = paths.root / (NATIVE_DIR + ".tmp")
