@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
     s.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request (504 after)")
     s.add_argument("--tokenizer-mode", choices=["auto", "hf", "mistral"], default="auto")
+    s.add_argument("--tokenizer-threads", type=int, default=1,
+                   help="worker threads for chat templates and tokenization (measured: 1 is best here)")
     s.add_argument("--chat-template", default=None, help="jinja file overriding the model's chat template")
     s.add_argument("--tool-call-parser", default=None, help="hermes | mistral | llama3_json (default: detected)")
     s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")

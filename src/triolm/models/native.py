@@ -37,8 +37,7 @@ _i64, _int, _float, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.
 _SIGNATURES = {
     "tl_has_avx512": ([], _int),
     "tl_set_spin_us": ([_int], None),
-    "tl_linear_f16": ([_ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _i64, _int, _int], None),
-    "tl_linear_q8_0": ([_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _int, _int], None),
+    "tl_linear": ([_int, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64, _i64, _i64, _int, _int], None),
     "tl_dequant_q8_0": ([_ptr, _ptr, _ptr, _i64, _i64, _int], None),
     "tl_f16_to_f32": ([_ptr, _ptr, _i64, _int], None),
     "tl_silu_mul": ([_ptr, _ptr, _i64, _i64], None),
@@ -46,6 +45,7 @@ _SIGNATURES = {
     "tl_decode_attention": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr,
                              _ptr, _ptr, _int, _ptr, _i64, _i64, _i64, _i64, _i64, _float, _int],
                             None),
+    "tl_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float, _int], None),
 }
 
 
@@ -133,3 +133,7 @@ def available() -> bool:
 
 def num_threads() -> int:
     return torch.get_num_threads()
+
+
+#: Weight formats understood by the kernels (`tl_linear`, `tl_decode_step`).
+W_F32, W_F16, W_Q8_0 = 0, 1, 2

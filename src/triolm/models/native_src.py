@@ -155,9 +155,14 @@ extern "C" void tl_set_spin_us(int us) { pool()->spin_ns.store((int64_t)us * 100
 
 /* ------------------------------------------------------------------ linear layers
    y[m, n] (+)= sum_k x[m, k] * W[n, k], x float32 [M, K] (row stride ldx), y float32
-   [M, N] (row stride ldy). Weights: float16 [N, K], or Q8_0 as int8 codes [N, K] plus
-   float32 scales [N, K/32]. Work is split over chunks of output rows; inside a chunk
-   a register tile of up to 4 x-rows by 4 weight rows streams each weight once. */
+   [M, N] (row stride ldy). Weights: float32 or float16 [N, K], or Q8_0 as int8 codes
+   [N, K] plus float32 scales [N, K/32]. Work is split over chunks of output rows; inside
+   a chunk a register tile (4 x-rows by 4 weight rows, or 8 by 2 for batches of 8+, where
+   each converted weight vector then feeds 8 FMAs) streams each weight once, with a
+   software prefetch of the next tile (rows are short: hardware prefetch alone left
+   a third of the memory bandwidth unused). */
+
+enum { W_F32 = 0, W_F16 = 1, W_Q8_0 = 2 };
 
 #define NCHUNK 64
 #ifndef PF_AHEAD
@@ -168,24 +173,27 @@ extern "C" void tl_set_spin_us(int us) { pool()->spin_ns.store((int64_t)us * 100
 static inline __m512 load_w_f16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
 }
-static inline __m512 load_w_f16_mask(const uint16_t* p, __mmask16 mk) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, p));
-}
 static inline __m512 load_w_q8(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
 }
+static inline __m512 wload(const float* p) { return _mm512_loadu_ps(p); }
+static inline __m512 wload(const uint16_t* p) { return load_w_f16(p); }
+static inline __m512 wload_mask(const float* p, __mmask16 mk) { return _mm512_maskz_loadu_ps(mk, p); }
+static inline __m512 wload_mask(const uint16_t* p, __mmask16 mk) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, p));
+}
 
-template <int MR, int NR>
-static void tile_f16(const float* x, i64 ldx, const uint16_t* w, i64 K, float* y, i64 ldy, int accumulate) {
+template <int MR, int NR, class T>
+static void tile_fp(const float* x, i64 ldx, const T* w, i64 K, float* y, i64 ldy, int accumulate) {
     __m512 acc[MR][NR];
     for (int m = 0; m < MR; m++) for (int n = 0; n < NR; n++) acc[m][n] = _mm512_setzero_ps();
     i64 k = 0;
     const char* pf = (const char*)(w + NR * K) + PF_AHEAD;
     for (; k + 16 <= K; k += 16) {
         __m512 wv[NR];
-        if ((k & 31) == 0)
-            for (int n = 0; n < NR; n++) _mm_prefetch(pf + 2 * (n * K + k), _MM_HINT_T0);
-        for (int n = 0; n < NR; n++) wv[n] = load_w_f16(w + n * K + k);
+        if (((k * (i64)sizeof(T)) & 63) == 0)
+            for (int n = 0; n < NR; n++) _mm_prefetch(pf + sizeof(T) * (n * K + k), _MM_HINT_T0);
+        for (int n = 0; n < NR; n++) wv[n] = wload(w + n * K + k);
         for (int m = 0; m < MR; m++) {
             __m512 xv = _mm512_loadu_ps(x + m * ldx + k);
             for (int n = 0; n < NR; n++) acc[m][n] = _mm512_fmadd_ps(wv[n], xv, acc[m][n]);
@@ -194,7 +202,7 @@ static void tile_f16(const float* x, i64 ldx, const uint16_t* w, i64 K, float* y
     if (k < K) {
         __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
         __m512 wv[NR];
-        for (int n = 0; n < NR; n++) wv[n] = load_w_f16_mask(w + n * K + k, mk);
+        for (int n = 0; n < NR; n++) wv[n] = wload_mask(w + n * K + k, mk);
         for (int m = 0; m < MR; m++) {
             __m512 xv = _mm512_maskz_loadu_ps(mk, x + m * ldx + k);
             for (int n = 0; n < NR; n++) acc[m][n] = _mm512_fmadd_ps(wv[n], xv, acc[m][n]);
@@ -236,12 +244,14 @@ static void tile_q8(const float* x, i64 ldx, const int8_t* w, const float* d, i6
         }
 }
 #else
-template <int MR, int NR>
-static void tile_f16(const float* x, i64 ldx, const uint16_t* w, i64 K, float* y, i64 ldy, int accumulate) {
+static inline float to_f(float v) { return v; }
+static inline float to_f(uint16_t v) { return h2f(v); }
+template <int MR, int NR, class T>
+static void tile_fp(const float* x, i64 ldx, const T* w, i64 K, float* y, i64 ldy, int accumulate) {
     for (int m = 0; m < MR; m++)
         for (int n = 0; n < NR; n++) {
             float s = 0.f;
-            for (i64 k = 0; k < K; k++) s += h2f(w[n * K + k]) * x[m * ldx + k];
+            for (i64 k = 0; k < K; k++) s += to_f(w[n * K + k]) * x[m * ldx + k];
             y[m * ldy + n] = accumulate ? y[m * ldy + n] + s : s;
         }
 }
@@ -257,29 +267,33 @@ static void tile_q8(const float* x, i64 ldx, const int8_t* w, const float* d, i6
 }
 #endif
 
-/* Tiles of 8 x-rows by 2 weight rows: for batches of 8+, each converted weight vector
-   feeds 8 FMAs (vs 4 in a 4x4 tile), so conversion takes a smaller share of the ports. */
-typedef void (*tile_f16_fn)(const float*, i64, const uint16_t*, i64, float*, i64, int);
-typedef void (*tile_q8_fn)(const float*, i64, const int8_t*, const float*, i64, float*, i64, int);
-
-static const tile_f16_fn TILES_F16[4][4] = {
-    {tile_f16<1, 1>, tile_f16<1, 2>, tile_f16<1, 3>, tile_f16<1, 4>},
-    {tile_f16<2, 1>, tile_f16<2, 2>, tile_f16<2, 3>, tile_f16<2, 4>},
-    {tile_f16<3, 1>, tile_f16<3, 2>, tile_f16<3, 3>, tile_f16<3, 4>},
-    {tile_f16<4, 1>, tile_f16<4, 2>, tile_f16<4, 3>, tile_f16<4, 4>},
-};
-static const tile_q8_fn TILES_Q8[4][4] = {
-    {tile_q8<1, 1>, tile_q8<1, 2>, tile_q8<1, 3>, tile_q8<1, 4>},
-    {tile_q8<2, 1>, tile_q8<2, 2>, tile_q8<2, 3>, tile_q8<2, 4>},
-    {tile_q8<3, 1>, tile_q8<3, 2>, tile_q8<3, 3>, tile_q8<3, 4>},
-    {tile_q8<4, 1>, tile_q8<4, 2>, tile_q8<4, 3>, tile_q8<4, 4>},
+/* One weight matrix in any format, seen through a uniform tile call. */
+struct WeightRef {
+    int kind;
+    const void* w;
+    const float* d;  // Q8_0 scales
+    i64 K;
 };
 
-static const tile_f16_fn TILES_F16_8[2] = {tile_f16<8, 1>, tile_f16<8, 2>};
-static const tile_q8_fn TILES_Q8_8[2] = {tile_q8<8, 1>, tile_q8<8, 2>};
+template <int MR, int NR>
+static inline void tile_any(const WeightRef& W, i64 n, const float* x, i64 ldx, float* y, i64 ldy, int acc) {
+    const i64 K = W.K;
+    if (W.kind == W_F16) tile_fp<MR, NR>(x, ldx, (const uint16_t*)W.w + n * K, K, y, ldy, acc);
+    else if (W.kind == W_Q8_0) tile_q8<MR, NR>(x, ldx, (const int8_t*)W.w + n * K, W.d + n * (K / 32), K, y, ldy, acc);
+    else tile_fp<MR, NR>(x, ldx, (const float*)W.w + n * K, K, y, ldy, acc);
+}
 
-extern "C" void tl_linear_f16(const float* x, i64 ldx, const uint16_t* w, float* y, i64 ldy,
-                              i64 M, i64 N, i64 K, int accumulate, int nthreads) {
+typedef void (*tile_fn)(const WeightRef&, i64, const float*, i64, float*, i64, int);
+static const tile_fn TILES[4][4] = {
+    {tile_any<1, 1>, tile_any<1, 2>, tile_any<1, 3>, tile_any<1, 4>},
+    {tile_any<2, 1>, tile_any<2, 2>, tile_any<2, 3>, tile_any<2, 4>},
+    {tile_any<3, 1>, tile_any<3, 2>, tile_any<3, 3>, tile_any<3, 4>},
+    {tile_any<4, 1>, tile_any<4, 2>, tile_any<4, 3>, tile_any<4, 4>},
+};
+static const tile_fn TILES_8[2] = {tile_any<8, 1>, tile_any<8, 2>};
+
+static void linear(const WeightRef& W, const float* x, i64 ldx, float* y, i64 ldy, i64 M, i64 N,
+                   int accumulate, int nthreads) {
     const i64 nchunks = (N + NCHUNK - 1) / NCHUNK;
     parallel_for(nchunks, nthreads, [&](i64 c) {
         const i64 n0 = c * NCHUNK, n1 = n0 + NCHUNK < N ? n0 + NCHUNK : N;
@@ -287,37 +301,21 @@ extern "C" void tl_linear_f16(const float* x, i64 ldx, const uint16_t* w, float*
         for (; m0 + 8 <= M; m0 += 8)
             for (i64 n = n0; n < n1; n += 2) {
                 const int nr = n1 - n < 2 ? (int)(n1 - n) : 2;
-                TILES_F16_8[nr - 1](x + m0 * ldx, ldx, w + n * K, K, y + m0 * ldy + n, ldy, accumulate);
+                TILES_8[nr - 1](W, n, x + m0 * ldx, ldx, y + m0 * ldy + n, ldy, accumulate);
             }
         for (; m0 < M; m0 += 4) {
             const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
             for (i64 n = n0; n < n1; n += 4) {
                 const int nr = n1 - n < 4 ? (int)(n1 - n) : 4;
-                TILES_F16[mr - 1][nr - 1](x + m0 * ldx, ldx, w + n * K, K, y + m0 * ldy + n, ldy, accumulate);
+                TILES[mr - 1][nr - 1](W, n, x + m0 * ldx, ldx, y + m0 * ldy + n, ldy, accumulate);
             }
         }
     });
 }
 
-extern "C" void tl_linear_q8_0(const float* x, i64 ldx, const int8_t* w, const float* d, float* y, i64 ldy,
-                               i64 M, i64 N, i64 K, int accumulate, int nthreads) {
-    const i64 nchunks = (N + NCHUNK - 1) / NCHUNK, nb = K / 32;
-    parallel_for(nchunks, nthreads, [&](i64 c) {
-        const i64 n0 = c * NCHUNK, n1 = n0 + NCHUNK < N ? n0 + NCHUNK : N;
-        i64 m0 = 0;
-        for (; m0 + 8 <= M; m0 += 8)
-            for (i64 n = n0; n < n1; n += 2) {
-                const int nr = n1 - n < 2 ? (int)(n1 - n) : 2;
-                TILES_Q8_8[nr - 1](x + m0 * ldx, ldx, w + n * K, d + n * nb, K, y + m0 * ldy + n, ldy, accumulate);
-            }
-        for (; m0 < M; m0 += 4) {
-            const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
-            for (i64 n = n0; n < n1; n += 4) {
-                const int nr = n1 - n < 4 ? (int)(n1 - n) : 4;
-                TILES_Q8[mr - 1][nr - 1](x + m0 * ldx, ldx, w + n * K, d + n * nb, K, y + m0 * ldy + n, ldy, accumulate);
-            }
-        }
-    });
+extern "C" void tl_linear(int kind, const void* w, const float* d, const float* x, i64 ldx, float* y,
+                          i64 ldy, i64 M, i64 N, i64 K, int accumulate, int nthreads) {
+    linear(WeightRef{kind, w, d, K}, x, ldx, y, ldy, M, N, accumulate, nthreads);
 }
 
 /* Expand weights into float32 (for the GEMMs of long prefills). */
@@ -522,5 +520,62 @@ extern "C" void tl_decode_attention(
         }
         free(buf);
     });
+}
+
+/* ------------------------------------------------------------------ whole decode step
+   Every layer of one decode step in one call, so the Python interpreter (and the GIL)
+   is out of the loop: at 30 layers x ~8 operations, per-call overhead was ~15% of a
+   step. `plan` is an int64 array written once by the model (llama.py, _DecodePlan):
+
+     header: n_layers, hidden, intermediate, heads, kv_heads, head_dim, cos*, sin*
+     per layer (PLAN_LAYER slots): input_norm*, post_norm*, qkv kind, qkv w*, qkv d*,
+       qkv bias* (0 = none), q_norm* (0 = none), k_norm*, o kind, o w*, o d*, gate_up
+       kind, w*, d*, down kind, w*, d*, k_cache*, v_cache*
+
+   x [B, hidden] holds the token embeddings and receives the last hidden states. */
+
+#define PLAN_HEADER 8
+#define PLAN_LAYER 19
+
+extern "C" void tl_decode_step(const i64* plan, float* x, i64 B, const int32_t* block_tables,
+                               i64 max_blocks, const int32_t* seq_lens, i64 block_size,
+                               float eps, float scale, int nthreads) {
+    const i64 n_layers = plan[0], hid = plan[1], inter = plan[2], H = plan[3], KVH = plan[4], D = plan[5];
+    const float* cos_t = (const float*)plan[6];
+    const float* sin_t = (const float*)plan[7];
+    const i64 qd = H * D, kvd = KVH * D, qkvd = qd + 2 * kvd;
+    thread_local std::vector<float> scratch;
+    const size_t need = (size_t)(B * (hid + qkvd + qd + 3 * inter));
+    if (scratch.size() < need) scratch.resize(need);
+    float* h = scratch.data();
+    float* qkv = h + B * hid;
+    float* attn = qkv + B * qkvd;
+    float* gu = attn + B * qd;
+    float* act = gu + B * 2 * inter;
+    for (i64 l = 0; l < n_layers; l++) {
+        const i64* p = plan + PLAN_HEADER + l * PLAN_LAYER;
+        tl_rms_norm(x, hid, (const float*)p[0], h, hid, B, hid, eps);
+        linear(WeightRef{(int)p[2], (const void*)p[3], (const float*)p[4], hid}, h, hid, qkv, qkvd, B, qkvd, 0, nthreads);
+        if (p[5]) {
+            const float* bias = (const float*)p[5];
+            for (i64 b = 0; b < B; b++)
+                for (i64 j = 0; j < qkvd; j++) qkv[b * qkvd + j] += bias[j];
+        }
+        if (p[6]) {
+            for (i64 b = 0; b < B; b++) {
+                float* q = qkv + b * qkvd;
+                tl_rms_norm(q, D, (const float*)p[6], q, D, H, D, eps);
+                tl_rms_norm(q + qd, D, (const float*)p[7], q + qd, D, KVH, D, eps);
+            }
+        }
+        tl_decode_attention(qkv, qkvd, qkv + qd, qkvd, qkv + qd + kvd, qkvd, (float*)p[17], (float*)p[18],
+                            block_tables, max_blocks, seq_lens, cos_t, sin_t, 1, attn, B, H, KVH, D,
+                            block_size, scale, nthreads);
+        linear(WeightRef{(int)p[8], (const void*)p[9], (const float*)p[10], qd}, attn, qd, x, hid, B, hid, 1, nthreads);
+        tl_rms_norm(x, hid, (const float*)p[1], h, hid, B, hid, eps);
+        linear(WeightRef{(int)p[11], (const void*)p[12], (const float*)p[13], hid}, h, hid, gu, 2 * inter, B, 2 * inter, 0, nthreads);
+        tl_silu_mul(gu, act, B, inter);
+        linear(WeightRef{(int)p[14], (const void*)p[15], (const float*)p[16], inter}, act, inter, x, hid, B, hid, 1, nthreads);
+    }
 }
 """
