@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import json
-import random
 import threading
 import time
 
@@ -19,13 +18,14 @@ import psutil
 import pytest
 import trio
 
+from triolm.testing.loop_probe import CONTRACT_BOUND_S, Measurement, ServerProcess, large_text
 from triolm.testing.server_thread import ServerThread
 
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"
 MSGS = [{"role": "user", "content": "Tell me everything"}]
 LONG = {"max_tokens": 1500, "ignore_eos": True}  # ~30 s of decoding if nothing stops it
-LIVEZ_BOUND_S = 0.100  # the contract's bound (OAI-CONC-005)
+LIVEZ_BOUND_S = 0.100  # the contract's bound (OAI-CONC-005, OAI-CONC-006)
 
 
 def health(http: httpx.Client) -> dict:
@@ -219,86 +219,109 @@ class LivezProber(threading.Thread):
         self.join(10)
 
 
-def lag_histogram(http: httpx.Client) -> dict[str, float]:
-    """Bucket -> cumulative count of triolm:event_loop_lag_seconds, plus '_count'."""
-    out = {}
-    for line in http.get("/metrics").text.splitlines():
-        if line.startswith("triolm:event_loop_lag_seconds_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            out[le] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("triolm:event_loop_lag_seconds_count"):
-            out["_count"] = float(line.rsplit(" ", 1)[1])
-    return out
+# OAI-CONC-005 runs the server in its own process and takes host CPU starvation out of
+# what it measures: how and why in triolm.testing.loop_probe (shared with EL-001.4).
+LOOP_LAG_BOUND_S = 0.100  # every observation of the server's loop-lag metric, less CPU wait
+STREAMS = 8
+ATTEMPTS = 2  # one re-run when the shared host starves the server; a real block fails both
+JSON = {"content-type": "application/json"}
 
 
-def big_prompt(nbytes: int = 500_000) -> str:
-    words = ("the of and to in is that for it as with was on be by this are at from or have an which "
-             "cat dog river mountain café naïve Größe 東京 данные 🙂 1234 3.14 foo_bar()").split()
-    rng = random.Random(0)
-    text = " ".join(rng.choice(words) for _ in range(nbytes // 4))
-    return text.encode()[:nbytes].decode("utf-8", errors="ignore")
+@pytest.fixture(scope="module")
+def server_process(tiny_model):
+    """The tiny qwen2 model (the `server` fixture's) served from a process of its own."""
+    with ServerProcess(str(tiny_model("qwen2").hf_dir), max_num_seqs=STREAMS) as srv:
+        yield srv
 
 
-def test_OAI_CONC_005_livez_answers_within_100ms_while_a_500KB_prompt_is_tokenized(server, http):
-    """8 streams generate while a 500 KB prompt is tokenized (/tokenize and a chat request);
-    /livez, timed from another thread, answers within 100 ms every time, and the
-    event-loop lag metric measured throughout and saw no stall of 250 ms."""
-    prompt = big_prompt()
-    assert len(prompt.encode()) >= 490_000
-    lag_before = lag_histogram(http)
-    streamed = [0] * 8
-    done = [False] * 8
+class Streams(threading.Thread):
+    """STREAMS completions streaming at once, all from this one thread (one Trio loop,
+    one client: little of the test process's GIL taken from the prober); records when
+    each stream's first and last token chunk arrived (perf_counter)."""
 
-    async def stream(c: httpx.AsyncClient, i: int) -> None:
-        async with c.stream("POST", COMP, json={"prompt": f"stream {i}", "max_tokens": 120,
-                                                "ignore_eos": True, "stream": True}) as r:
+    def __init__(self, base_url: str, max_tokens: int = 120):
+        super().__init__(daemon=True, name="streams")
+        self.base_url, self.max_tokens = base_url, max_tokens
+        self.chunks = [0] * STREAMS
+        self.first: list[float | None] = [None] * STREAMS
+        self.last: list[float | None] = [None] * STREAMS
+        self.done = [False] * STREAMS
+
+    def run(self) -> None:
+        trio.run(self._all)
+
+    async def _all(self) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=60) as c, trio.open_nursery() as n:
+            for i in range(STREAMS):
+                n.start_soon(self._one, c, i)
+
+    async def _one(self, c: httpx.AsyncClient, i: int) -> None:
+        body = {"prompt": f"stream {i}", "max_tokens": self.max_tokens, "ignore_eos": True, "stream": True}
+        async with c.stream("POST", COMP, json=body) as r:
             async for line in r.aiter_lines():
                 if line.startswith("data: {"):
-                    streamed[i] += 1
-                if line == "data: [DONE]":
-                    done[i] = True
+                    self.chunks[i] += 1
+                    self.last[i] = time.perf_counter()
+                    if self.first[i] is None:
+                        self.first[i] = self.last[i]
+                elif line == "data: [DONE]":
+                    self.done[i] = True
 
-    async def eight_streams() -> None:  # one client thread for all 8: little GIL taken from the server
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as c, trio.open_nursery() as n:
-            for i in range(8):
-                n.start_soon(stream, c, i)
+    def generating_throughout(self, window: tuple[float, float]) -> bool:
+        """Every stream had a token before the window and another after it."""
+        return all(f is not None and f < window[0] for f in self.first) and \
+            all(t is not None and t > window[1] for t in self.last)
 
-    streams = threading.Thread(target=trio.run, args=(eight_streams,), daemon=True)
-    with LivezProber(server.base_url) as prober:
-        streams.start()
-        wait_for(lambda: all(streamed), what="all 8 streams under way")
-        during = len(prober.latencies)
-        tok = http.post("/tokenize", json={"prompt": prompt})
+
+def test_OAI_CONC_005_livez_answers_within_100ms_while_a_500KB_prompt_is_tokenized(server_process):
+    """8 streams generate while a 500 KB prompt is tokenized (/tokenize, then a chat request
+    refused for its length); /livez, timed from another thread, answers within 100 ms
+    every time and the loop-lag metric records no observation over 100 ms, both less the
+    time host CPU starvation kept the threads involved in a run queue (raw: under 2 s)."""
+    srv = server_process
+    prompt = large_text(500)
+    tokenize = json.dumps({"prompt": prompt})  # serialized outside the measured run
+    chat = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": 5})
+    attempts: list[Measurement] = []
+    for _ in range(ATTEMPTS):
+        streams = Streams(srv.base_url)
+        with httpx.Client(base_url=srv.base_url, timeout=60, headers=JSON) as http, Measurement(srv) as m:
+            streams.start()
+            wait_for(lambda: all(streams.chunks), what="all 8 streams under way")
+            m.request("tokenize", lambda: http.post("/tokenize", content=tokenize))
+            m.request("chat", lambda: http.post(CHAT, content=chat))
+            streams.join(120)
+        attempts.append(m)
+        tok, refused = m.results["tokenize"], m.results["chat"]
         assert tok.status_code == 200 and tok.json()["count"] > 50_000
-        chat = http.post(CHAT, json={"messages": [{"role": "user", "content": prompt}], "max_tokens": 5})
-        assert chat.status_code == 400 and chat.json()["error"]["code"] == "context_length_exceeded"
-        busy_probes = len(prober.latencies) - during
-        streams.join(60)
-    assert all(done) and min(streamed) >= 100
-    assert busy_probes >= 5, "the probes did not overlap the tokenization"
-    worst = max(prober.latencies)
-    assert worst < LIVEZ_BOUND_S, f"/livez took {worst * 1000:.0f} ms"
-    lag_after = lag_histogram(http)
-    observed = lag_after["_count"] - lag_before["_count"]
-    # The metric reports the lag; its bound has more margin than /livez's, because this
-    # in-process server shares the test process's garbage collector and GIL (a GC pause
-    # while the prober sleeps shows here but in no probe).
-    within = lag_after["0.25"] - lag_before["0.25"]
-    assert observed > 50, "the lag monitor kept measuring"
-    assert within == observed, f"{observed - within} loop stalls over 250 ms"
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+        assert all(streams.done) and min(streams.chunks) >= 100, streams.chunks
+        for name in ("tokenize", "chat"):
+            assert streams.generating_throughout(m.windows[name]), f"streams not generating during {name}"
+            assert len(m.inside(name)) >= 5, f"the probes did not overlap {name}: {m.summary()}"
+        assert all(p.status == 200 for p in m.probes), [p for p in m.probes if p.status != 200]
+        assert m.worst.latency < CONTRACT_BOUND_S, m.summary()
+        # the lag metric kept measuring, and the account is of its observations
+        assert m.lag_observations > 50 and m.lag_bound <= CONTRACT_BOUND_S, m.summary()
+        assert m.lag.count > 50 and m.lag.raw_max <= m.lag_bound, m.summary()
+        if m.within(LIVEZ_BOUND_S, LOOP_LAG_BOUND_S):
+            break
+    print("\nOAI-CONC-005: " + "\n  retried: ".join(a.summary() for a in attempts))
+    assert attempts[-1].within(LIVEZ_BOUND_S, LOOP_LAG_BOUND_S), "\n".join(a.summary() for a in attempts)
 
 
-def test_OAI_CONC_005_probe_and_lag_metric_see_a_blocked_loop(make_server):
-    """The two instruments above can fail: block the server's loop on purpose."""
-    srv = make_server()
-    with httpx.Client(base_url=srv.base_url, timeout=10) as http:
-        before = lag_histogram(http)
-        with LivezProber(srv.base_url) as prober:
-            srv._token.run_sync_soon(time.sleep, 0.3)  # runs ON the server's event loop
-            time.sleep(0.6)
-        after = lag_histogram(http)
-    assert max(prober.latencies) > 0.2
-    assert (after["_count"] - before["_count"]) - (after["0.25"] - before["0.25"]) >= 1
+def test_OAI_CONC_005_probe_and_lag_metric_see_a_blocked_loop(server_process):
+    """The instruments above can fail: the server's loop burns 300 ms of its own CPU time
+    at once, which no subtraction of host CPU wait may excuse."""
+    srv = server_process
+    with Measurement(srv) as m:
+        time.sleep(0.1)
+        srv.stall(0.3)  # returns when the stall is over
+        time.sleep(0.1)
+    print(f"\ncontrol: {m.summary()}")
+    assert not m.within(LIVEZ_BOUND_S, LOOP_LAG_BOUND_S)
+    assert m.worst_server.server_latency > 0.2, m.summary()
+    assert m.lag.adjusted_max > 0.25 and m.lag_bound > 0.25, m.summary()
 
 
 # -- work off the loop, bounded by limiters ---------------------------------------------------------------

@@ -65,6 +65,12 @@ class DenseLinear:
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)
 
+    def native_ref(self) -> tuple[int, int, int] | None:
+        """(format, weight pointer, scale pointer) for the native kernels, if they can."""
+        if self.weight.dtype != torch.float32:
+            return None
+        return native.W_F32, self.weight.data_ptr(), 0
+
     @property
     def nbytes(self) -> int:
         return self.weight.numel() * self.weight.element_size()
@@ -112,9 +118,12 @@ class Float16Linear(_PackedLinear):
         self._w = self.weight.data_ptr()
 
     def _native(self, x, y, accumulate):
-        native.lib().tl_linear_f16(x.data_ptr(), x.stride(0), self._w, y.data_ptr(), y.stride(0),
-                                   x.shape[0], self.out_features, self.in_features,
-                                   int(accumulate), native.num_threads())
+        native.lib().tl_linear(native.W_F16, self._w, None, x.data_ptr(), x.stride(0), y.data_ptr(),
+                               y.stride(0), x.shape[0], self.out_features, self.in_features,
+                               int(accumulate), native.num_threads())
+
+    def native_ref(self) -> tuple[int, int, int]:
+        return native.W_F16, self._w, 0
 
     def expand_into(self, buf: torch.Tensor) -> torch.Tensor:
         lib = native.lib()
@@ -165,9 +174,12 @@ class Q8Linear(_PackedLinear):
         return cls(codes.reshape(rows, cols), d)
 
     def _native(self, x, y, accumulate):
-        native.lib().tl_linear_q8_0(x.data_ptr(), x.stride(0), self._w, self._d, y.data_ptr(),
-                                    y.stride(0), x.shape[0], self.out_features, self.in_features,
-                                    int(accumulate), native.num_threads())
+        native.lib().tl_linear(native.W_Q8_0, self._w, self._d, x.data_ptr(), x.stride(0), y.data_ptr(),
+                               y.stride(0), x.shape[0], self.out_features, self.in_features,
+                               int(accumulate), native.num_threads())
+
+    def native_ref(self) -> tuple[int, int, int]:
+        return native.W_Q8_0, self._w, self._d
 
     def expand_into(self, buf: torch.Tensor) -> torch.Tensor:
         lib = native.lib()

@@ -93,23 +93,6 @@ class DecoderLayer:
             act = F.silu(gate) * up
         self.down(act, out=x)
 
-    def decode_native(self, x: torch.Tensor, rope: RotaryEmbedding, cache_k: torch.Tensor,
-                      cache_v: torch.Tensor, meta: AttentionMetadata) -> None:
-        """One token per sequence through the native kernels. Updates x in place."""
-        c = self.config
-        q, k, v = self._qkv(x)
-        batch = x.shape[0]
-        attn = torch.empty(batch, self.q_size)
-        native.lib().tl_decode_attention(
-            q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0),
-            cache_k.data_ptr(), cache_v.data_ptr(),
-            meta.block_tables.data_ptr(), meta.block_tables.shape[1], meta.seq_lens.data_ptr(),
-            rope.cos.data_ptr(), rope.sin.data_ptr(), 1, attn.data_ptr(),
-            batch, c.num_attention_heads, c.num_key_value_heads, c.head_dim, meta.block_size,
-            self.scale, native.num_threads())
-        self.o_proj(attn, out=x)
-        self._mlp(x)
-
 
 class LlamaModel:
     """Forward pass of a llama-family causal LM over a paged KV cache.
@@ -130,11 +113,20 @@ class LlamaModel:
         self.norm = fused["norm"]
         self.layers = [DecoderLayer(config, fused["layers"][i]) for i in range(config.num_hidden_layers)]
         self.rope = RotaryEmbedding(config, max_positions or config.max_position_embeddings, dtype)
+        self._native_ok: bool | None = None
+        self._plan: tuple | None = None
+        if dtype == torch.float32:
+            native.lib()  # build/load the kernels now (start-up), not in the first request
 
     @property
     def native_decode(self) -> bool:
-        """Decode steps go through the native kernels (float32 activations, library built)."""
-        return self.dtype == torch.float32 and native.available()
+        """Decode steps run as one native call (float32 activations, library built, every
+        weight in a format the kernels read)."""
+        if self._native_ok is None:
+            refs = [p.native_ref() for layer in self.layers
+                    for p in (layer.qkv, layer.o_proj, layer.gate_up, layer.down)]
+            self._native_ok = self.dtype == torch.float32 and all(r is not None for r in refs)
+        return self._native_ok and native.available()
 
     @property
     def weights_bytes(self) -> int:
@@ -166,12 +158,38 @@ class LlamaModel:
         x = self.embed.rows(input_ids).to(self.dtype)
         caches = self._layer_caches(kv_cache)
         if not meta.is_prefill and meta.block_tables is not None and self.native_decode:
-            for layer, (k, v) in zip(self.layers, caches):
-                layer.decode_native(x, self.rope, k, v, meta)
+            c = self.config
+            x = x.contiguous()
+            native.lib().tl_decode_step(
+                self._decode_plan(kv_cache, caches).data_ptr(), x.data_ptr(), x.shape[0],
+                meta.block_tables.data_ptr(), meta.block_tables.shape[1], meta.seq_lens.data_ptr(),
+                meta.block_size, c.rms_norm_eps, c.head_dim ** -0.5, native.num_threads())
             return x
         for layer, (k, v) in zip(self.layers, caches):
             layer.forward(x, positions, self.rope, k, v, meta)
         return x
+
+    def _decode_plan(self, kv_cache: torch.Tensor, caches) -> torch.Tensor:
+        """The int64 table `tl_decode_step` walks (layout in native_src), built once per
+        KV cache. It holds raw pointers: the tensors stay referenced by this model."""
+        key = (kv_cache.data_ptr(), tuple(kv_cache.shape))
+        if self._plan is not None and self._plan[0] == key:
+            return self._plan[1]
+        c = self.config
+
+        def ptr(t: torch.Tensor | None) -> int:
+            return 0 if t is None else t.data_ptr()
+
+        plan = [c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
+                c.num_key_value_heads, c.head_dim, self.rope.cos.data_ptr(), self.rope.sin.data_ptr()]
+        for layer, (k, v) in zip(self.layers, caches):
+            plan += [ptr(layer.input_norm), ptr(layer.post_attn_norm), *layer.qkv.native_ref(),
+                     ptr(layer.qkv_bias), ptr(layer.q_norm), ptr(layer.k_norm),
+                     *layer.o_proj.native_ref(), *layer.gate_up.native_ref(), *layer.down.native_ref(),
+                     k.data_ptr(), v.data_ptr()]
+        table = torch.tensor(plan, dtype=torch.int64)
+        self._plan = (key, table)
+        return table
 
     def _layer_caches(self, kv_cache: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer (k, v) views of the cache, made once rather than every step."""

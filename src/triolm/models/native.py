@@ -37,6 +37,7 @@ _i64, _int, _float, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.
 _SIGNATURES = {
     "tl_has_avx512": ([], _int),
     "tl_set_spin_us": ([_int], None),
+    "tl_set_expand_min_rows": ([_i64], None),
     "tl_linear": ([_int, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64, _i64, _i64, _int, _int], None),
     "tl_dequant_q8_0": ([_ptr, _ptr, _ptr, _i64, _i64, _int], None),
     "tl_f16_to_f32": ([_ptr, _ptr, _i64, _int], None),
