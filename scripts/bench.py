@@ -210,23 +210,47 @@ def main(argv: list[str] | None = None) -> int:
         res = run_server_suite(args.url, args.style, args.model_name, args, args.url,
                                metrics=args.style == "triolm")
         report["servers"].append(res)
-    else:
+    elif not args.all:
         paths = bc.bench_model(tuple(k for k in args.kinds if k != "hf"))
         for kind in args.kinds:
             report["servers"].append(bench_triolm(kind, args, paths))
-        if args.all:
-            import bench_peers
+    else:
+        # Interleaved per weight file: engine-only, our server, llama.cpp in process, its
+        # server, back to back, so each comparison sees the same machine load (which
+        # drifts by tens of percent over minutes when the machine is shared).
+        import bench_peers
 
-            report["engine"] = bench_peers.engine_figures(args, paths)
-            if not args.no_peers:
-                peers = bench_peers.run_peers(args, paths)
-                report["peers"] = peers
-                report["servers"].extend(peers.get("servers", []))
+        paths = bc.bench_model(tuple(k for k in args.kinds if k != "hf"))
+        report["engine"] = {"results": []}
+        report["peers"] = {"inproc": [], "servers": []}
+        report["load"] = []
+        peer_servers = []
+        for kind in args.kinds:
+            report["load"].append((kind, "start", os.getloadavg()[0]))
+            eng = bench_peers.engine_figures(args, [kind])
+            if eng:
+                report["engine"]["results"] += eng["results"]
+            report["servers"].append(bench_triolm(kind, args, paths))
+            if not args.no_peers and kind != "hf":
+                r = bench_peers.llamacpp_inproc(kind, args)
+                if r:
+                    report["peers"]["inproc"].append(r)
+                r = bench_peers.llamacpp_server_safe(kind, args)
+                if r:
+                    peer_servers.append(r)
+                    report["peers"]["servers"].append(r)
+            report["load"].append((kind, "end", os.getloadavg()[0]))
+        if not args.no_peers:
+            r = bench_peers.transformers_inproc(args)
+            if r:
+                report["peers"]["inproc"].append(r)
+        report["servers"].extend(peer_servers)
     report["elapsed_s"] = time.perf_counter() - t_start
 
     json_path = bc.save_json(f"bench-{stamp}.json", report)
     png = plot(report, bc.RESULTS / f"bench-{stamp}.png")
     md = [f"# triolm benchmark {stamp}", "", f"machine: {report['machine']}", "",
+          f"1-minute load average per segment: {report.get('load', [])}", "",
           "## Servers under load", "", server_table(report), "", server_summary_table(report), ""]
     if args.all:
         import bench_peers

@@ -186,7 +186,10 @@ def completion_body(style: str, model: str, prompt: list[int], max_tokens: int) 
     return body
 
 
-async def stream_one(client, url: str, body: dict, prompt_tokens: int) -> RequestResult:
+async def stream_one(client, url: str, body: dict, prompt_tokens: int,
+                     trailing_finish_chunk: bool = False) -> RequestResult:
+    """Stream one completion, timestamping every token. trailing_finish_chunk: the server
+    ends with an extra chunk (empty text + finish_reason) that carries no token."""
     r = RequestResult(prompt_tokens=prompt_tokens, start=time.perf_counter())
     try:
         async with client.stream("POST", url, json=body) as resp:
@@ -206,6 +209,8 @@ async def stream_one(client, url: str, body: dict, prompt_tokens: int) -> Reques
                     break
                 choices = chunk.get("choices") or []
                 if not choices:
+                    continue
+                if trailing_finish_chunk and choices[0].get("finish_reason") and not choices[0].get("text"):
                     continue
                 # one chunk per generated token (both servers stream token by token)
                 r.tokens += 1
@@ -233,7 +238,8 @@ async def run_load(base_url: str, style: str, model: str, prompts: list[list[int
         async def worker() -> None:
             while queue:
                 p = queue.pop(0)
-                results.append(await stream_one(client, url, completion_body(style, model, p, max_tokens), len(p)))
+                body = completion_body(style, model, p, max_tokens)
+                results.append(await stream_one(client, url, body, len(p), style == "llamacpp"))
 
         t0 = time.perf_counter()
         async with trio.open_nursery() as nursery:

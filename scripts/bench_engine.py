@@ -14,9 +14,12 @@ Results: a markdown table on stdout, JSON in bench-results/engine-*.json.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `triolm serve` does (cli.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -140,7 +140,9 @@ def llamacpp_server(kind: str, args) -> dict:
     port = bc.free_port()
     code = LLAMACPP_PATCH + "\nimport sys\nfrom llama_cpp.server.__main__ import main\nsys.exit(main())\n"
     cmd = [sys.executable, "-c", code, "--model", str(paths.model_path(kind)), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048", "--model_alias", "model"]
+           "--port", str(port), "--n_ctx", "2048", "--model_alias", "model",
+           # by default a new request interrupts the running one: serve them in turn instead
+           "--interrupt_requests", "False"]
     if args.threads:
         cmd += ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]
     bc.log(f"llama.cpp server {kind}: starting")
@@ -184,48 +186,61 @@ def _common_argv(args) -> list[str]:
     return argv
 
 
-def engine_figures(args, paths) -> dict | None:
+def engine_figures(args, kinds: list[str]) -> dict | None:
     """bench_engine.py in a subprocess, same kinds/concurrency as the HTTP runs."""
     out = f"engine-for-bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     cmd = [sys.executable, str(Path(__file__).resolve().parent / "bench_engine.py"),
-           "--kinds", *args.kinds, "--concurrency", *map(str, args.concurrency),
+           "--kinds", *kinds, "--concurrency", *map(str, args.concurrency),
            "--prompt-lens", *map(str, args.prompt_lens), "--gen", str(args.gen),
            "--repeat", str(getattr(args, "repeat", 2)), "--out", out]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    bc.log("engine-only figures (bench_engine.py)")
+    bc.log(f"engine-only figures {' '.join(kinds)} (bench_engine.py)")
     if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
         return None
     return json.loads((bc.RESULTS / out).read_text())
 
 
+def llamacpp_inproc(kind: str, args) -> dict | None:
+    if not have("llama_cpp"):
+        bc.log("llama-cpp-python not installed (pip install -e '.[bench]'): no llama.cpp figures")
+        return None
+    bc.log(f"llama.cpp in-process {kind}")
+    return _subprocess_json(["--peer", "llamacpp", "--kind", kind, *_common_argv(args)])
+
+
+def llamacpp_server_safe(kind: str, args) -> dict | None:
+    if not (have("llama_cpp") and have("uvicorn") and have("sse_starlette")):
+        bc.log("llama-cpp-python[server] missing: no llama.cpp server figures")
+        return None
+    try:
+        return llamacpp_server(kind, args)
+    except Exception as exc:
+        bc.log(str(exc))
+        return None
+
+
+def transformers_inproc(args) -> dict | None:
+    if not have("transformers"):
+        return None
+    bc.log("transformers generate (float32, HF directory)")
+    return _subprocess_json(["--peer", "transformers", "--kind", "hf", *_common_argv(args)])
+
+
 def run_peers(args, paths) -> dict:
     result: dict = {"inproc": [], "servers": []}
-    if have("llama_cpp"):
-        for kind in args.kinds:
-            if kind == "hf":
-                continue
-            bc.log(f"llama.cpp in-process {kind}")
-            r = _subprocess_json(["--peer", "llamacpp", "--kind", kind, *_common_argv(args)])
-            if r:
-                result["inproc"].append(r)
-        if have("uvicorn") and have("sse_starlette"):
-            for kind in args.kinds:
-                if kind == "hf":
-                    continue
-                try:
-                    result["servers"].append(llamacpp_server(kind, args))
-                except Exception as exc:
-                    bc.log(str(exc))
-        else:
-            bc.log("llama-cpp-python[server] extras missing: no llama.cpp server figures")
-    else:
-        bc.log("llama-cpp-python not installed (pip install -e '.[bench]'): no llama.cpp figures")
-    if have("transformers"):
-        bc.log("transformers generate (float32, HF directory)")
-        r = _subprocess_json(["--peer", "transformers", "--kind", "hf", *_common_argv(args)])
+    for kind in args.kinds:
+        if kind == "hf":
+            continue
+        r = llamacpp_inproc(kind, args)
         if r:
             result["inproc"].append(r)
+        r = llamacpp_server_safe(kind, args)
+        if r:
+            result["servers"].append(r)
+    r = transformers_inproc(args)
+    if r:
+        result["inproc"].append(r)
     return result
 
 

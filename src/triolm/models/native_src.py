@@ -522,6 +522,9 @@ static inline void rope_rotate(const float* x, float* out, const float* cs, cons
     for (int i = h; i < D; i++) out[i] = x[i] * cs[i] + x[i - h] * sn[i];
 }
 
+static i64 g_att_chunk = 256;
+extern "C" void tl_set_att_chunk(i64 n) { g_att_chunk = n; }
+
 extern "C" void tl_decode_attention(
         const float* q, i64 ldq, const float* k_new, i64 ldk, const float* v_new, i64 ldv,
         float* k_cache, float* v_cache,
@@ -532,13 +535,13 @@ extern "C" void tl_decode_attention(
        context into chunks of ATT_CHUNK positions (so one long sequence still spreads
        over all threads) and keeps per chunk the running max, the exp-sum and the
        unnormalized value sum; pass 3 merges the chunks of each head. */
-    const i64 ATT_CHUNK = 256;
+    const i64 ATT_CHUNK = g_att_chunk;
     const i64 G = H / KVH;
     const i64 slot_stride = KVH * D;
     i64 lmax = 1;
     for (i64 b = 0; b < B; b++) lmax = seq_lens[b] > lmax ? seq_lens[b] : lmax;
     const i64 nch = (lmax + ATT_CHUNK - 1) / ATT_CHUNK;
-    const i64 part_len = D + 2;  // max, sum, acc[D]
+    const i64 part_len = (D + 2 + 15) / 16 * 16;  // max, sum, acc[D]; padded to 64 bytes
     thread_local std::vector<float> qbuf_v, part_v;
     if ((i64)qbuf_v.size() < B * H * D) qbuf_v.resize(B * H * D);
     if ((i64)part_v.size() < B * H * nch * part_len) part_v.resize(B * H * nch * part_len);
@@ -575,9 +578,12 @@ extern "C" void tl_decode_attention(
             return;
         }
         const i64 n = t1 - t0;
-        thread_local std::vector<float> sc_v;
+        thread_local std::vector<float> sc_v, acc_v;
         if ((i64)sc_v.size() < G * ATT_CHUNK) sc_v.resize(G * ATT_CHUNK);
+        if ((i64)acc_v.size() < G * D) acc_v.resize(G * D);
         float* scores = sc_v.data();
+        float* accs = acc_v.data();  // accumulate privately: chunks of one head are neighbours in `part`
+        memset(accs, 0, G * D * sizeof(float));
         const int32_t* bt = block_tables + b * max_blocks;
         const float* qr = qbuf + (b * H + kh * G) * D;
         // walk block by block: no division per position
@@ -595,15 +601,15 @@ extern "C" void tl_decode_attention(
             float* pg = pbase + g * nch * part_len;
             pg[0] = mx;
             pg[1] = exp_sum(sg, n, mx);
-            memset(pg + 2, 0, D * sizeof(float));
         }
         for (i64 t = t0; t < t1;) {
             const i64 blk = t / block_size, off = t % block_size;
             const i64 run = block_size - off < t1 - t ? block_size - off : t1 - t;
             const float* vr = v_cache + ((i64)bt[blk] * block_size + off) * slot_stride + kh * D;
             for (i64 i = 0; i < run; i++, t++, vr += slot_stride)
-                for (i64 g = 0; g < G; g++) axpy(pbase + g * nch * part_len + 2, scores[g * ATT_CHUNK + (t - t0)], vr, (int)D);
+                for (i64 g = 0; g < G; g++) axpy(accs + g * D, scores[g * ATT_CHUNK + (t - t0)], vr, (int)D);
         }
+        for (i64 g = 0; g < G; g++) memcpy(pbase + g * nch * part_len + 2, accs + g * D, D * sizeof(float));
     });
 
     for (i64 bh = 0; bh < B * H; bh++) {
