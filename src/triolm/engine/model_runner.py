@@ -19,6 +19,7 @@ class ModelRunner:
         self.kv_cache = _lazy_zeros(
             (c.num_hidden_layers, 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim),
             model.dtype)
+        self.cache_state = model.cache_state(self.kv_cache)
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -49,7 +50,7 @@ class ModelRunner:
             last_rows.append(offset - 1)
         meta = AttentionMetadata(True, torch.cat(slots), meta_seqs)
         hidden = self.model.forward(torch.tensor(ids, dtype=torch.long), torch.cat(positions),
-                                    self.kv_cache, meta)
+                                    self.kv_cache, meta, self.cache_state)
         return self.model.logits(hidden[torch.tensor(last_rows)])
 
     def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
@@ -64,7 +65,7 @@ class ModelRunner:
             meta = AttentionMetadata(False, torch.empty(0, dtype=torch.long), block_tables=tables,
                                      seq_lens=torch.tensor(lengths, dtype=torch.int32),
                                      block_size=self.block_size)
-            hidden = self.model.forward(ids, torch.tensor(lengths) - 1, self.kv_cache, meta)
+            hidden = self.model.forward(ids, torch.tensor(lengths) - 1, self.kv_cache, meta, self.cache_state)
             return self.model.logits(hidden)
         longest = max(lengths)
         context = torch.zeros(len(seqs), longest, dtype=torch.long)
@@ -75,7 +76,7 @@ class ModelRunner:
         positions = lens - 1
         slot_mapping = context[torch.arange(len(seqs)), positions]
         meta = AttentionMetadata(False, slot_mapping, decode_slots=context, decode_mask=mask)
-        hidden = self.model.forward(ids, positions, self.kv_cache, meta)
+        hidden = self.model.forward(ids, positions, self.kv_cache, meta, self.cache_state)
         return self.model.logits(hidden)
 
 

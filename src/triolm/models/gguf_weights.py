@@ -15,12 +15,14 @@ from typing import Any
 
 import torch
 
+from triolm.models import native
 from triolm.models.gguf_reader import GGUFModel, read_gguf
 
 
 def read_gguf_for_engine(path: str | os.PathLike) -> tuple[GGUFModel, dict[str, Any]]:
     """The parsed file and its weights: float32 vectors, float16 F16 matrices,
     quantized matrices as `QuantizedTensor` blocks."""
+    native.prepare_async()  # compile the kernels (first run only) while the file is read
     params = inspect.signature(read_gguf).parameters
     if "keep_float16" in params:  # the reader can hand F16 over without a float32 detour
         gguf = read_gguf(path, torch.float32, keep_quantized=True, keep_float16=True)

@@ -39,7 +39,8 @@ class _Scratch:
     def get(self, rows: int, cols: int) -> torch.Tensor:
         n = rows * cols
         if self.buf.numel() < n:
-            self.buf = torch.empty(n)
+            with torch.inference_mode(False):  # usable in and out of inference mode
+                self.buf = torch.empty(n)
         return self.buf[:n].view(rows, cols)
 
 

@@ -114,7 +114,6 @@ class LlamaModel:
         self.layers = [DecoderLayer(config, fused["layers"][i]) for i in range(config.num_hidden_layers)]
         self.rope = RotaryEmbedding(config, max_positions or config.max_position_embeddings, dtype)
         self._native_ok: bool | None = None
-        self._plan: tuple | None = None
         if dtype == torch.float32:
             native.lib()  # build/load the kernels now (start-up), not in the first request
 
@@ -151,17 +150,26 @@ class LlamaModel:
         kinds["lm_head:" + self.lm_head.kind] = 1
         return kinds
 
+    def cache_state(self, kv_cache: torch.Tensor) -> "CacheState":
+        """Per-cache things worth making once: layer views and the native decode plan.
+        The engine's runner keeps one for its cache; a model may serve several engines."""
+        return CacheState(self, kv_cache)
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+                kv_cache: torch.Tensor, meta: AttentionMetadata,
+                state: "CacheState | None" = None) -> torch.Tensor:
         """Hidden states [T, hidden] for a flat batch. kv_cache: [layers, 2, slots, kvh, d]."""
         x = self.embed.rows(input_ids).to(self.dtype)
-        caches = self._layer_caches(kv_cache)
+        if state is None or state.kv_cache is not kv_cache:
+            state = CacheState(self, kv_cache)
+        caches = state.layers
         if not meta.is_prefill and meta.block_tables is not None and self.native_decode:
             c = self.config
             x = x.contiguous()
+            plan = state.decode_plan()
             native.lib().tl_decode_step(
-                self._decode_plan(kv_cache, caches).data_ptr(), x.data_ptr(), x.shape[0],
+                plan.data_ptr(), x.data_ptr(), x.shape[0],
                 meta.block_tables.data_ptr(), meta.block_tables.shape[1], meta.seq_lens.data_ptr(),
                 meta.block_size, c.rms_norm_eps, c.head_dim ** -0.5, native.num_threads())
             return x
@@ -169,41 +177,40 @@ class LlamaModel:
             layer.forward(x, positions, self.rope, k, v, meta)
         return x
 
-    def _decode_plan(self, kv_cache: torch.Tensor, caches) -> torch.Tensor:
-        """The int64 table `tl_decode_step` walks (layout in native_src), built once per
-        KV cache. It holds raw pointers: the tensors stay referenced by this model."""
-        key = (kv_cache.data_ptr(), tuple(kv_cache.shape))
-        if self._plan is not None and self._plan[0] == key:
-            return self._plan[1]
-        c = self.config
-
-        def ptr(t: torch.Tensor | None) -> int:
-            return 0 if t is None else t.data_ptr()
-
-        plan = [c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
-                c.num_key_value_heads, c.head_dim, self.rope.cos.data_ptr(), self.rope.sin.data_ptr()]
-        for layer, (k, v) in zip(self.layers, caches):
-            plan += [ptr(layer.input_norm), ptr(layer.post_attn_norm), *layer.qkv.native_ref(),
-                     ptr(layer.qkv_bias), ptr(layer.q_norm), ptr(layer.k_norm),
-                     *layer.o_proj.native_ref(), *layer.gate_up.native_ref(), *layer.down.native_ref(),
-                     k.data_ptr(), v.data_ptr()]
-        table = torch.tensor(plan, dtype=torch.int64)
-        self._plan = (key, table)
-        return table
-
-    def _layer_caches(self, kv_cache: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer (k, v) views of the cache, made once rather than every step."""
-        key = (kv_cache.data_ptr(), tuple(kv_cache.shape))
-        if getattr(self, "_caches_key", None) != key:
-            self._caches = [(kv_cache[i, 0], kv_cache[i, 1]) for i in range(kv_cache.shape[0])]
-            self._caches_key = key
-        return self._caches
-
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits for the given rows of hidden states."""
         h = rms_norm(hidden, self.norm, self.config.rms_norm_eps)
         return self.lm_head(h).float()
+
+
+class CacheState:
+    """Per-layer (k, v) views of one KV cache, and the int64 table `tl_decode_step`
+    walks (layout in native_src). The table holds raw pointers: the model's weights and
+    this cache stay referenced by the model and by this object."""
+
+    def __init__(self, model: LlamaModel, kv_cache: torch.Tensor):
+        self.model = model
+        self.kv_cache = kv_cache
+        self.layers = [(kv_cache[i, 0], kv_cache[i, 1]) for i in range(kv_cache.shape[0])]
+        self._plan: torch.Tensor | None = None
+
+    def decode_plan(self) -> torch.Tensor:
+        if self._plan is None:
+            m, c = self.model, self.model.config
+
+            def ptr(t: torch.Tensor | None) -> int:
+                return 0 if t is None else t.data_ptr()
+
+            plan = [c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
+                    c.num_key_value_heads, c.head_dim, m.rope.cos.data_ptr(), m.rope.sin.data_ptr()]
+            for layer, (k, v) in zip(m.layers, self.layers):
+                plan += [ptr(layer.input_norm), ptr(layer.post_attn_norm), *layer.qkv.native_ref(),
+                         ptr(layer.qkv_bias), ptr(layer.q_norm), ptr(layer.k_norm),
+                         *layer.o_proj.native_ref(), *layer.gate_up.native_ref(),
+                         *layer.down.native_ref(), k.data_ptr(), v.data_ptr()]
+            self._plan = torch.tensor(plan, dtype=torch.int64)
+        return self._plan
 
 
 # ------------------------------------------------------------------------ weights

@@ -3,7 +3,8 @@
 The library is compiled from `native_src.SOURCE` with the system C++ compiler for this
 very CPU (`-march=native`) into ~/.cache/triolm/kernels/, keyed by a hash of the
 source, flags, compiler and CPU flags; later starts load it in milliseconds. Set
-TRIOLM_NATIVE=0 to disable it. When it cannot be built (no compiler, not x86/Linux),
+TRIOLM_NATIVE=0 to disable it (TRIOLM_NATIVE_FLAGS adds compiler flags, e.g.
+-DPF_AHEAD=8192 to try another prefetch distance; TRIOLM_KERNEL_CACHE moves the cache). When it cannot be built (no compiler, not x86/Linux),
 `lib()` returns None and the model uses its pure-torch paths: same results, slower.
 """
 
@@ -38,6 +39,7 @@ _SIGNATURES = {
     "tl_has_avx512": ([], _int),
     "tl_set_spin_us": ([_int], None),
     "tl_set_expand_min_rows": ([_i64], None),
+    "tl_set_att_chunk": ([_i64], None),
     "tl_linear": ([_int, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64, _i64, _i64, _int, _int], None),
     "tl_dequant_q8_0": ([_ptr, _ptr, _ptr, _i64, _i64, _int], None),
     "tl_f16_to_f32": ([_ptr, _ptr, _i64, _int], None),
@@ -130,6 +132,14 @@ def lib() -> ctypes.CDLL | None:
 
 def available() -> bool:
     return lib() is not None
+
+
+def prepare_async() -> None:
+    """Start building/loading the library in a background thread (a first build takes a
+    few seconds of compiler time; overlapping it with reading weights keeps start-up
+    short). `lib()` waits for it."""
+    if not _tried:
+        threading.Thread(target=lib, name="triolm-kernels-build", daemon=True).start()
 
 
 def num_threads() -> int:
