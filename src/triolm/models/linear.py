@@ -78,18 +78,14 @@ class DenseLinear:
 
 
 class _PackedLinear:
-    """Shared logic of the reduced-size kinds: native kernel for few rows, else expand."""
+    """Shared logic of the reduced-size kinds: native kernel for few rows, else expand.
+    Subclasses define `_native(x, y, accumulate)` (the kernel call) and
+    `expand_into(buf) -> Tensor` (the float32 weight, for many rows)."""
 
     kind = "packed"
     native_max_rows = 16
     out_features: int
     in_features: int
-
-    def _native(self, x: torch.Tensor, y: torch.Tensor, accumulate: bool) -> None:
-        raise NotImplementedError
-
-    def expand_into(self, buf: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         rows = x.shape[0]

@@ -431,6 +431,20 @@ class StreamingToolParser(abc.ABC):
             self._after_call = True
 
     # marker scanning --------------------------------------------------------------------
+
+    def _content_until(self, marker: str, final: bool) -> bool:
+        """Emit pending text up to `marker` as content and consume the marker: True.
+        Without the marker: emit what cannot start it, keep the rest, False (wait)."""
+        i = self._pending.find(marker)
+        if i == -1:
+            cut = len(self._pending) - self._hold(self._pending, (marker,), final)
+            self._content(self._pending[:cut])
+            self._pending = self._pending[cut:]
+            return False
+        self._content(self._pending[:i])
+        self._pending = self._pending[i + len(marker):]
+        return True
+
     @staticmethod
     def _hold(buf: str, markers: Sequence[str], final: bool) -> int:
         """Length of buf's suffix that could start a marker (kept back unless final)."""

@@ -51,15 +51,8 @@ class HermesStream(StreamingToolParser):
         while True:
             st = self._state
             if st == "out":
-                i = self._pending.find(OPEN)
-                if i == -1:
-                    keep = self._hold(self._pending, (OPEN,), final)
-                    cut = len(self._pending) - keep
-                    self._content(self._pending[:cut])
-                    self._pending = self._pending[cut:]
+                if not self._content_until(OPEN, final):
                     return
-                self._content(self._pending[:i])
-                self._pending = self._pending[i + len(OPEN) :]
                 self._open_call(OPEN, JsonStream(require_object=True))
                 self._state = "json"
             elif st == "json":

@@ -64,15 +64,8 @@ class Llama3JsonStream(StreamingToolParser):
                 else:
                     self._state = "content"
             elif st == "content":
-                i = self._pending.find(PYTHON_TAG)
-                if i == -1:
-                    keep = self._hold(self._pending, (PYTHON_TAG,), final)
-                    cut = len(self._pending) - keep
-                    self._content(self._pending[:cut])
-                    self._pending = self._pending[cut:]
+                if not self._content_until(PYTHON_TAG, final):
                     return
-                self._content(self._pending[:i])
-                self._pending = self._pending[i + len(PYTHON_TAG) :]
                 self._open_call(PYTHON_TAG, JsonStream(require_object=True))
                 self._state = "json"
             elif st == "json":

@@ -87,15 +87,8 @@ class MistralStream(StreamingToolParser):
         while True:
             st = self._state
             if st == "out":
-                i = self._pending.find(TOOL_CALLS)
-                if i == -1:
-                    keep = self._hold(self._pending, (TOOL_CALLS,), final)
-                    cut = len(self._pending) - keep
-                    self._content(self._pending[:cut])
-                    self._pending = self._pending[cut:]
+                if not self._content_until(TOOL_CALLS, final):
                     return
-                self._content(self._pending[:i])
-                self._pending = self._pending[i + len(TOOL_CALLS) :]
                 self._block = TOOL_CALLS
                 self._block_ws = self._ws
                 self._ws = ""
