@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from triolm.api import openai_format as fmt
-from triolm.api.generations_run import GenerationsRun
+from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, stream_error_event
 from triolm.api.errors import APIError, bad_request
 from triolm.api.sampling import (build_sampling_params, check_context, requested_max_tokens,
                                  stop_strings, validate_common)
@@ -21,7 +21,7 @@ from triolm.api.schemas import ChatCompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_chat, tool_parsing_mode
 from triolm.errors import InvalidRequestError
-from triolm.serving.engine_driver import EngineFailure, OverloadedError
+from triolm.serving.engine_driver import OverloadedError
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
 from triolm.serving.prompts import RenderedPrompt, check_tool_definitions, render_chat_prompt, run_off_loop
@@ -189,12 +189,8 @@ class ChatRun(GenerationsRun):
                         yield self._chunk([{"index": i, "delta": {}, "logprobs": None,
                                             "finish_reason": finish,
                                             "stop_reason": delta.stop_reason}])
-        except OverloadedError as exc:
-            yield fmt.sse({"error": APIError(429, str(exc), code="overloaded").body()["error"]})
-        except ValueError as exc:
-            yield fmt.sse({"error": bad_request(str(exc)).body()["error"]})
-        except EngineFailure as exc:
-            yield fmt.sse({"error": APIError(500, str(exc)).body()["error"]})
+        except STREAM_ERRORS as exc:
+            yield stream_error_event(exc)
         finally:
             self._observe()
         if include_usage:

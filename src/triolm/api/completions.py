@@ -7,14 +7,14 @@ from typing import AsyncIterator
 import trio
 
 from triolm.api import openai_format as fmt
-from triolm.api.generations_run import GenerationsRun
+from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, stream_error_event
 from triolm.api.errors import APIError, bad_request
 from triolm.api.sampling import (build_sampling_params, check_context, requested_max_tokens,
                                  stop_strings, validate_common)
 from triolm.api.schemas import CompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_completion
-from triolm.serving.engine_driver import EngineFailure, OverloadedError
+from triolm.serving.engine_driver import OverloadedError
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
 from triolm.serving.prompts import encode_text, run_off_loop
@@ -129,12 +129,8 @@ class CompletionRun(GenerationsRun):
                     yield self._chunk([{"index": i, "text": delta.text, "logprobs": logprobs,
                                         "finish_reason": delta.finish_reason,
                                         "stop_reason": delta.stop_reason}])
-        except OverloadedError as exc:
-            yield fmt.sse({"error": APIError(429, str(exc), code="overloaded").body()["error"]})
-        except ValueError as exc:
-            yield fmt.sse({"error": bad_request(str(exc)).body()["error"]})
-        except EngineFailure as exc:
-            yield fmt.sse({"error": APIError(500, str(exc)).body()["error"]})
+        except STREAM_ERRORS as exc:
+            yield stream_error_event(exc)
         finally:
             self._observe()
         if include_usage:

@@ -8,7 +8,7 @@ import trio
 from triolm.api import openai_format as fmt
 from triolm.api.errors import APIError, bad_request
 from triolm.api.state import AppState
-from triolm.serving.engine_driver import OverloadedError
+from triolm.serving.engine_driver import EngineFailure, OverloadedError
 from triolm.serving.fanout import run_all
 from triolm.serving.generation import Generation
 
@@ -48,3 +48,17 @@ class GenerationsRun:
         if usage is not None:
             data["usage"] = usage
         return fmt.sse(data)
+
+
+# Failures that can surface after a stream's 200 has been sent: told as an SSE error event.
+STREAM_ERRORS = (OverloadedError, ValueError, EngineFailure)
+
+
+def stream_error_event(exc: Exception) -> bytes:
+    if isinstance(exc, OverloadedError):
+        err = APIError(429, str(exc), code="overloaded")
+    elif isinstance(exc, EngineFailure):
+        err = APIError(500, str(exc))
+    else:
+        err = bad_request(str(exc))
+    return fmt.sse({"error": err.body()["error"]})
