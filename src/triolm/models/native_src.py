@@ -183,6 +183,41 @@ static inline __m512 wload_mask(const uint16_t* p, __mmask16 mk) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, p));
 }
 
+/* Sixteen dot products at once: lane i of the result is the sum of the lanes of s[i].
+   A transpose-and-add tree (45 shuffles/adds) instead of 16 separate horizontal
+   reductions (~8 dependent operations each), which dominated decode attention. */
+static inline __m512 hsum16(const __m512* s) {
+    __m512 x[8], z[4];
+    for (int i = 0; i < 8; i++)
+        x[i] = _mm512_add_ps(_mm512_unpacklo_ps(s[2 * i], s[2 * i + 1]), _mm512_unpackhi_ps(s[2 * i], s[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        z[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(z[2], z[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                     _mm512_shuffle_f32x4(z[2], z[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* Write a register tile's sums to y (or add them): 16 accumulators go through hsum16. */
+template <int MR, int NR>
+static inline void store_tile(__m512 (&acc)[MR][NR], float* y, i64 ldy, int accumulate) {
+    if (MR * NR == 16) {
+        alignas(64) float r[16];
+        _mm512_store_ps(r, hsum16(&acc[0][0]));
+        for (int m = 0; m < MR; m++)
+            for (int n = 0; n < NR; n++) y[m * ldy + n] = accumulate ? y[m * ldy + n] + r[m * NR + n] : r[m * NR + n];
+        return;
+    }
+    for (int m = 0; m < MR; m++)
+        for (int n = 0; n < NR; n++) {
+            float s = _mm512_reduce_add_ps(acc[m][n]);
+            y[m * ldy + n] = accumulate ? y[m * ldy + n] + s : s;
+        }
+}
+
 template <int MR, int NR, class T>
 static void tile_fp(const float* x, i64 ldx, const T* w, i64 K, float* y, i64 ldy, int accumulate) {
     __m512 acc[MR][NR];
@@ -208,11 +243,7 @@ static void tile_fp(const float* x, i64 ldx, const T* w, i64 K, float* y, i64 ld
             for (int n = 0; n < NR; n++) acc[m][n] = _mm512_fmadd_ps(wv[n], xv, acc[m][n]);
         }
     }
-    for (int m = 0; m < MR; m++)
-        for (int n = 0; n < NR; n++) {
-            float s = _mm512_reduce_add_ps(acc[m][n]);
-            y[m * ldy + n] = accumulate ? y[m * ldy + n] + s : s;
-        }
+    store_tile<MR, NR>(acc, y, ldy, accumulate);
 }
 
 template <int MR, int NR>
@@ -237,11 +268,7 @@ static void tile_q8(const float* x, i64 ldx, const int8_t* w, const float* d, i6
             }
         }
     }
-    for (int m = 0; m < MR; m++)
-        for (int n = 0; n < NR; n++) {
-            float s = _mm512_reduce_add_ps(acc[m][n]);
-            y[m * ldy + n] = accumulate ? y[m * ldy + n] + s : s;
-        }
+    store_tile<MR, NR>(acc, y, ldy, accumulate);
 }
 #else
 static inline float to_f(float v) { return v; }
@@ -517,24 +544,6 @@ static inline void axpy(float* y, float a, const float* x, int D) {
 #endif
 
 #if TL_AVX512
-/* Sixteen dot products at once: lane i of the result is the sum of the lanes of s[i].
-   A transpose-and-add tree (45 shuffles/adds) instead of 16 separate horizontal
-   reductions (~8 dependent operations each), which dominated decode attention. */
-static inline __m512 hsum16(const __m512* s) {
-    __m512 x[8], z[4];
-    for (int i = 0; i < 8; i++)
-        x[i] = _mm512_add_ps(_mm512_unpacklo_ps(s[2 * i], s[2 * i + 1]), _mm512_unpackhi_ps(s[2 * i], s[2 * i + 1]));
-    for (int i = 0; i < 4; i++)
-        z[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-    const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                     _mm512_shuffle_f32x4(z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(z[2], z[3], _MM_SHUFFLE(2, 0, 2, 0)),
-                                     _mm512_shuffle_f32x4(z[2], z[3], _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
 /* scores[g * stride + i] = scale * q_g . rows[i] for i < n, heads g < G; D = 16 * DV. */
 template <int DV>
 static void attn_scores(const float* q, int G, const float* const* rows, i64 n, float scale,
