@@ -542,3 +542,31 @@ async def test_driver_survives_a_request_that_stopped_listening_before_its_abort
         with trio.fail_after(5):
             assert (await again.receive()).request_id == "again"
         nursery.cancel_scope.cancel()
+
+
+async def test_driver_cancellation_returns_only_after_the_engine_thread_stopped():
+    """The engine thread lives exactly as long as the driver task: once `run` has
+    returned (cancelled), the engine is never stepped again."""
+    from triolm.engine.sampling_params import SamplingParams
+    from triolm.serving.engine_driver import EngineDriver
+
+    class CountingEngine(FakeEngine):
+        steps = 0
+
+        def step(self):
+            self.steps += 1
+            time.sleep(0.005)  # a step in flight when the cancel arrives
+            return super().step()
+
+    engine = CountingEngine()
+    driver = EngineDriver(engine, max_queue=8)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        channel = driver.submit("busy", [1], SamplingParams())
+        with trio.fail_after(5):
+            for _ in range(3):
+                await channel.receive()
+        nursery.cancel_scope.cancel()
+    stopped_at = engine.steps
+    await trio.sleep(0.1)
+    assert engine.steps == stopped_at >= 3
