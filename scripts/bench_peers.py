@@ -295,12 +295,14 @@ def report_sections(report: dict) -> list[str]:
         hf_dec = ((hf or {}).get("summary", {}).get("128") or {}).get("decode_tps")
         agg16 = _lv(ours[kind], 16).get("aggregate_tps")
         peer16 = _lv(peers_srv.get(kind, {}), 16).get("aggregate_tps")
+        agg1 = _lv(ours[kind], 1).get("aggregate_tps")
         ratio_rows.append([kind, _ratio(e, peer), _ratio(http, peer), _ratio(e, hf_dec),
-                           _ratio(agg16, peer16), _ratio(agg16, http)])
+                           _ratio(agg16, peer16), _ratio(agg16, agg1), _ratio(agg16, http)])
     lines += ["## Ratios", "",
               bc.markdown_table(["weights", "decode vs llama.cpp (engine)", "decode vs llama.cpp (HTTP)",
                                  "decode vs transformers", "16-stream aggregate vs llama-cpp-python server",
-                                 "16-stream aggregate vs own single stream"], ratio_rows), ""]
+                                 "16-stream aggregate vs own 1-stream aggregate (both with prompts)",
+                                 "16-stream aggregate vs own single-stream decode tok/s"], ratio_rows), ""]
 
     over_rows = []
     for kind in ours:

@@ -7,6 +7,7 @@ Clause ids (OAI-CONC-…) refer to contracts/openai-compat.md.
 from __future__ import annotations
 
 import gc
+from contextlib import asynccontextmanager
 import json
 import threading
 import time
@@ -418,6 +419,33 @@ class FakeGeneration:
                 raise self.error
         finally:
             self.closed = True  # where the real one aborts its engine sequence
+
+    @asynccontextmanager
+    async def stream(self):
+        """Like Generation.stream: a cancel-safe next_delta() (the i-th delta is due
+        at a fixed time, and only counted once returned)."""
+        from triolm.serving.generation import Delta
+
+        due, t = [], trio.current_time()
+        for delay in self.delays:
+            t += delay
+            due.append(t)
+        i = 0
+
+        async def next_delta():
+            nonlocal i
+            if i == len(due):
+                if self.error is not None:
+                    raise self.error
+                return None
+            await trio.sleep_until(due[i])
+            i += 1
+            return Delta(f"t{i - 1}", (), "length" if i == len(due) else None)
+
+        try:
+            yield next_delta
+        finally:
+            self.closed = True
 
     async def run_to_end(self):
         async for _ in self.deltas():

@@ -7,8 +7,8 @@ Whatever ends the consumer — finished, stop string, timeout, client disconnect
 from __future__ import annotations
 
 import itertools
-from contextlib import aclosing
-from typing import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from typing import AsyncIterator, Awaitable, Callable
 
 import attrs
 import trio
@@ -75,28 +75,46 @@ class Generation:
         self.result = GenerationResult(num_prompt_tokens=len(prompt_ids))
         self.start_time = trio.current_time()
 
-    async def deltas(self) -> AsyncIterator[Delta]:
+    @asynccontextmanager
+    async def stream(self) -> AsyncIterator[Callable[[], Awaitable[Delta | None]]]:
+        """Submit the request and give an awaitable `next_delta()`, None once finished.
+
+        `next_delta` is cancel-safe (a cancelled wait loses no token), so a caller may
+        wait under a deadline without a task of its own. Leaving the block before the
+        end aborts the engine sequence."""
         channel = self.driver.submit(self.request_id, self.prompt_ids, self.params)
         finished = False
-        async with channel:
+
+        async def next_delta() -> Delta | None:
+            nonlocal finished
+            if finished:
+                return None
             try:
-                async for item in channel:
-                    if isinstance(item, Exception):
-                        raise item
-                    delta = self._on_output(item)
-                    if delta.finish_reason is not None:
-                        finished = True
-                    yield delta
-                    if finished:
-                        return
+                item = await channel.receive()
+            except trio.EndOfChannel:
                 # the channel closed without a finishing token: aborted from elsewhere
                 finished = True
                 self.result.finish_reason = self.result.finish_reason or "abort"
+                return None
+            if isinstance(item, Exception):
+                raise item
+            delta = self._on_output(item)
+            finished = delta.finish_reason is not None
+            return delta
+
+        async with channel:
+            try:
+                yield next_delta
             finally:
                 # before our end of the channel closes (a checkpoint), so the driver
                 # never delivers to a closed channel
                 if not finished:
                     self.driver.abort(self.request_id)
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        async with self.stream() as next_delta:
+            while (delta := await next_delta()) is not None:
+                yield delta
 
     def _on_output(self, out: StepOutput) -> Delta:
         r = self.result
