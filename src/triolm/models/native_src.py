@@ -668,6 +668,7 @@ extern "C" void tl_decode_attention(
     parallel_for(B * KVH, nthreads, [&](i64 task) {
         const i64 b = task / KVH, kh = task % KVH;
         const i64 pos = seq_lens[b] - 1;
+        if (pos < 0 || pos / block_size >= max_blocks) return;  // no slot for it: never write out of bounds
         const int32_t* bt = block_tables + b * max_blocks;
         const float* cs = cos_table + pos * D;
         const float* sn = sin_table + pos * D;
