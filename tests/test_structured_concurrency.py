@@ -143,7 +143,7 @@ def test_OAI_CONC_003_disconnect_repeated_100_times_without_growth(server):
         growth = proc.memory_info().rss - before
     driver = server.state.driver
     assert driver.num_running == 0 and driver.num_waiting == 0
-    assert not driver._channels, "the driver still holds channels of gone requests"
+    assert not driver._streams, "the driver still holds channels of gone requests"
     assert growth < 64 * 1024 * 1024, f"RSS grew by {growth / 2**20:.1f} MiB over 100 disconnects"
 
 
@@ -542,9 +542,9 @@ class FakeEngine:
         return [StepOutput(r, 5, -1.0, None, None, 1, 0, 1) for r in self.requests]
 
 
-async def test_driver_survives_a_request_that_stopped_listening_before_its_abort():
-    """A request closes its end of the channel (at a checkpoint) before its abort
-    arrives: the driver forgets it and keeps going instead of dying of BrokenResourceError."""
+async def test_driver_forgets_a_request_whose_stream_was_closed_without_an_abort():
+    """A request that closes its token stream (no driver.abort) is aborted in the engine
+    and never signalled again; the other requests and the driver keep going."""
     from triolm.engine.sampling_params import SamplingParams
     from triolm.serving.engine_driver import EngineDriver, EngineFailure
 
@@ -554,18 +554,27 @@ async def test_driver_survives_a_request_that_stopped_listening_before_its_abort
         await nursery.start(driver.run)
         gone = driver.submit("gone", [1], SamplingParams())
         alive = driver.submit("alive", [1], SamplingParams())
-        await gone.aclose()  # no driver.abort("gone")
+        with trio.fail_after(5):
+            assert (await gone.receive()).request_id == "gone"  # running in the engine
+        await gone.aclose()
         with trio.fail_after(5):
             for _ in range(3):
                 assert (await alive.receive()).request_id == "alive"
-        assert "gone" in engine.aborted and "gone" not in driver._channels
+        assert "gone" in engine.aborted and "gone" not in engine.requests
+        assert "gone" not in driver._streams
+        never = driver.submit("never", [1], SamplingParams())
+        await never.aclose()  # before the engine thread took it: never added at all
+        with trio.fail_after(5):
+            for _ in range(3):
+                assert (await alive.receive()).request_id == "alive"
+        assert "never" not in engine.requests and "never" not in driver._streams
         engine.fail_next_step = True  # a failing step fails who is in flight, the driver lives on
         with trio.fail_after(5):
             while True:
                 item = await alive.receive()
                 if isinstance(item, Exception):
                     break
-        assert isinstance(item, EngineFailure) and not driver._channels
+        assert isinstance(item, EngineFailure) and not driver._streams
         again = driver.submit("again", [1], SamplingParams())
         with trio.fail_after(5):
             assert (await again.receive()).request_id == "again"

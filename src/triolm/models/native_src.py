@@ -77,7 +77,12 @@ class Pool {
     std::atomic<uint32_t> job_id{0};
     std::atomic<int> sleeping{0};
     std::atomic<int64_t> spin_ns{150000};
-    Job job{nullptr, nullptr, 0};
+    /* Two slots, job `id` in slot id & 1. A worker that wakes late may copy its slot
+       while the caller already writes the next job; with one slot that copy could be
+       torn (fn of one job, n of the next) and still claim a chunk of the old ticket.
+       Slot id & 1 is rewritten only for job id + 2, which is published after the ticket
+       has moved past `id`, so a copy made before a successful claim is always whole. */
+    Job jobs[2] = {{nullptr, nullptr, 0}, {nullptr, nullptr, 0}};
     std::mutex mu, run_mu;
     std::condition_variable cv;
     int workers = 0;
@@ -113,7 +118,7 @@ class Pool {
                 start = std::chrono::steady_clock::now();
             }
             seen = id;
-            Job j = job;  // consistent whenever a chunk of `id` can still be claimed
+            Job j = jobs[id & 1];  // whole whenever a chunk of `id` can still be claimed
             run_chunks(id, j);
         }
     }
@@ -126,7 +131,7 @@ class Pool {
         }
         ensure(nthreads - 1);
         const uint32_t id = job_id.load() + 1;
-        job = Job{fn, ctx, n};
+        jobs[id & 1] = Job{fn, ctx, n};
         done.store(0, std::memory_order_relaxed);
         ticket.store((uint64_t)id << 32, std::memory_order_release);
         job_id.store(id, std::memory_order_seq_cst);
@@ -134,7 +139,7 @@ class Pool {
             std::lock_guard<std::mutex> lk(mu);
             cv.notify_all();
         }
-        run_chunks(id, job);
+        run_chunks(id, jobs[id & 1]);
         while (done.load(std::memory_order_acquire) < n) cpu_relax();
     }
 };

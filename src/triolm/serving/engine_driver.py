@@ -4,16 +4,15 @@ Requests never touch the engine directly: `submit`, `abort` and `call_soon` queu
 wish, which the engine thread applies between steps (so the engine only ever runs in one
 thread). The driver task runs that thread for exactly its own lifetime: one
 `trio.to_thread.run_sync` call that steps the engine back to back while there is work and
-sleeps when there is none. Each step's tokens go back to the event loop with
-`TrioToken.run_sync_soon`, so the engine never waits for the loop: handing every step to
-a fresh worker call and back cost ~0.55 ms per step (5 % of a decode step) here. Every new
-token goes to the owning request over its own memory channel.
+sleeps when there is none, so the engine never waits for the loop: handing every step to
+a fresh worker call and back cost ~0.55 ms per step (5 % of a decode step) here. The
+engine thread puts each new token straight into the owning request's `TokenStream`,
+which wakes the request's task without a hop through the loop's system task.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 
@@ -22,6 +21,7 @@ import trio
 
 from triolm.engine.llm_engine import LLMEngine, StepOutput
 from triolm.engine.sampling_params import SamplingParams
+from triolm.serving.token_stream import TokenStream
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ class EngineDriver:
         self._aborts: set[str] = set()
         self._calls: list = []
         self._stopping = False
-        # Event loop only.
-        self._channels: dict[str, trio.MemorySendChannel] = {}
+        self._streams: dict[str, TokenStream] = {}  # requests still listening
         self.stats = StepStats()
 
     # -- called by requests (on the event loop) ----------------------------------------
@@ -79,27 +78,28 @@ class EngineDriver:
             raise OverloadedError(f"server overloaded: {self.num_waiting} requests waiting "
                                   f"(limit {self.max_queue})")
 
-    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams
-               ) -> trio.MemoryReceiveChannel:
-        """Queue a request; its StepOutputs (or one exception) arrive on the returned channel."""
+    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> TokenStream:
+        """Queue a request; its StepOutputs (or one exception) arrive on the returned stream.
+        Closing the stream before its last output aborts the request."""
         if self.num_waiting >= self.max_queue:
             raise OverloadedError(f"server overloaded: {self.num_waiting} requests waiting")
         # Unbounded per request: the engine never waits for a slow client; the stream is
         # bounded anyway by max_tokens.
-        send, recv = trio.open_memory_channel(math.inf)
-        self._channels[request_id] = send
+        stream = TokenStream(on_close=lambda: self.abort(request_id))
         with self._work:
+            self._streams[request_id] = stream
             self._adds.append(_Pending(request_id, prompt_ids, params))
             self._work.notify()
-        return recv
+        return stream
 
     def abort(self, request_id: str) -> None:
         """Forget a request (client gone, stop string, timeout). Cheap and synchronous."""
-        channel = self._channels.pop(request_id, None)
-        if channel is None:
-            return
-        channel.close()
-        self._forget([request_id])
+        with self._work:
+            stream = self._streams.pop(request_id, None)
+            if stream is None:
+                return  # finished, failed or already aborted
+            stream.end()  # a reader still waiting gets EndOfChannel
+            self._forget_locked([request_id])
 
     def call_soon(self, fn) -> None:
         """Run `fn(engine)` on the engine between two steps (e.g. forgetting cached prefixes)."""
@@ -107,26 +107,24 @@ class EngineDriver:
             self._calls.append(fn)
             self._work.notify()
 
-    def _forget(self, request_ids: list[str]) -> None:
+    def _forget_locked(self, request_ids: list[str]) -> None:
         """Drop requests not yet added; queue an engine abort for the others."""
-        with self._work:
-            for request_id in request_ids:
-                pending = [p for p in self._adds if p.request_id == request_id]
-                if pending:
-                    self._adds.remove(pending[0])
-                else:
-                    self._aborts.add(request_id)
-            self._work.notify()
+        for request_id in request_ids:
+            pending = [p for p in self._adds if p.request_id == request_id]
+            if pending:
+                self._adds.remove(pending[0])
+            else:
+                self._aborts.add(request_id)
+        self._work.notify()
 
     # -- the driver task ---------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run the engine thread until cancelled; cancellation stops it after its current
         step and returns only once it has."""
-        token = trio.lowlevel.current_trio_token()
         with self._work:
             self._stopping = False
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._run_thread, token)
+            nursery.start_soon(self._run_thread)
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -135,12 +133,12 @@ class EngineDriver:
                     self._stopping = True
                     self._work.notify()
 
-    async def _run_thread(self, token: trio.lowlevel.TrioToken) -> None:
+    async def _run_thread(self) -> None:
         # Not abandoned on cancel: the nursery waits for the thread to see _stopping.
-        await trio.to_thread.run_sync(self._engine_thread, token, limiter=self._limiter)
+        await trio.to_thread.run_sync(self._engine_thread, limiter=self._limiter)
 
     # -- the engine thread ---------------------------------------------------------------
-    def _engine_thread(self, token: trio.lowlevel.TrioToken) -> None:
+    def _engine_thread(self) -> None:
         while True:
             with self._work:
                 while not (self._stopping or self._adds or self._aborts or self._calls
@@ -151,7 +149,7 @@ class EngineDriver:
                 adds, self._adds = self._adds, []
                 aborts, self._aborts = self._aborts, set()
                 calls, self._calls = self._calls, []
-            self._apply(token, adds, aborts, calls)
+            self._apply(adds, aborts, calls)
             if not self.engine.has_unfinished():
                 continue
             start = time.perf_counter()
@@ -161,16 +159,15 @@ class EngineDriver:
                 # Which sequence caused it is unknown: fail every request in flight (each
                 # gets an error, not a hang) and keep serving the next ones.
                 log.exception("engine step failed; aborting the requests in flight")
-                token.run_sync_soon(self._fail_all, EngineFailure(
-                    f"engine step failed: {type(exc).__name__}: {exc}"))
+                self._fail_all(EngineFailure(f"engine step failed: {type(exc).__name__}: {exc}"))
                 continue
             elapsed = time.perf_counter() - start
             self.stats.steps += 1
             self.stats.busy_seconds += elapsed
             self.stats.last_step_seconds = elapsed
-            token.run_sync_soon(self._deliver, outputs)
+            self._deliver(outputs)
 
-    def _apply(self, token, adds: list[_Pending], aborts: set[str], calls: list) -> None:
+    def _apply(self, adds: list[_Pending], aborts: set[str], calls: list) -> None:
         for request_id in aborts:
             self.engine.abort(request_id)
         for fn in calls:
@@ -189,43 +186,27 @@ class EngineDriver:
                     exc = EngineFailure(f"engine refused the request: {type(exc).__name__}: {exc}")
                 refused.append((p.request_id, exc))
         if refused:
-            token.run_sync_soon(self._refuse, refused)
-
-    # -- back on the event loop (run_sync_soon callbacks must never raise) --------------
-    def _refuse(self, refused: list[tuple[str, Exception]]) -> None:
-        for request_id, exc in refused:
-            channel = self._channels.pop(request_id, None)
-            if channel is not None:
-                _send_last(channel, exc)
+            with self._work:
+                for request_id, exc in refused:
+                    stream = self._streams.pop(request_id, None)
+                    if stream is not None:
+                        stream.put(exc, last=True)
 
     def _fail_all(self, exc: Exception) -> None:
-        ids = list(self._channels)
-        for channel in self._channels.values():
-            _send_last(channel, exc)
-        self._channels.clear()
-        self._forget(ids)
+        with self._work:
+            ids = list(self._streams)
+            for stream in self._streams.values():
+                stream.put(exc, last=True)
+            self._streams.clear()
+            self._forget_locked(ids)
 
     def _deliver(self, outputs: list[StepOutput]) -> None:
-        for out in outputs:
-            channel = self._channels.get(out.request_id)
-            if channel is None:
-                continue  # aborted while the step ran; the engine abort is queued
-            try:
-                channel.send_nowait(out)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                # The request stopped listening and its abort has not arrived yet (it
-                # closes its end at a checkpoint): forget it now; never die of it.
-                self.abort(out.request_id)
-                continue
-            if out.finish_reason is not None:
-                del self._channels[out.request_id]
-                channel.close()
-
-
-def _send_last(channel: trio.MemorySendChannel, item) -> None:
-    """Send a request its final item (an exception) and close; it may be gone already."""
-    try:
-        channel.send_nowait(item)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    channel.close()
+        with self._work:
+            for out in outputs:
+                stream = self._streams.get(out.request_id)
+                if stream is None:
+                    continue  # aborted while the step ran; the engine abort is queued
+                last = out.finish_reason is not None
+                if last:
+                    del self._streams[out.request_id]
+                stream.put(out, last=last)

@@ -1,15 +1,16 @@
 """Run n generations of one request together and merge their deltas into one stream.
 
-The producer is a `trio.as_safe_channel` generator: its nursery, its deadline (the
-request timeout) and its keep-alive ticks live in its own task, so the consumer — an
-HTTP response body — can stop at any point (client gone) and everything is cancelled
-and cleaned up in order.
+With several generations the producer is a `trio.as_safe_channel` generator: its
+nursery, its deadline (the request timeout) and its keep-alive ticks live in its own
+task, so the consumer — an HTTP response body — can stop at any point (client gone) and
+everything is cancelled and cleaned up in order. One generation needs none of that: the
+consumer waits on it directly.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 
 import attrs
 import trio
@@ -54,30 +55,49 @@ async def _pump(index: int, gen: Generation, send: trio.MemorySendChannel) -> No
             await send.send((index, delta))
 
 
-@trio.as_safe_channel
-async def merged_deltas(gens: list[Generation], timeout: float | None, keepalive: float = 15.0):
-    """Yields (index, Delta) pairs, Tick() while idle, and TimedOut() once at a deadline."""
+def merged_deltas(gens: list[Generation], timeout: float | None, keepalive: float = 15.0):
+    """An async context manager giving an async iterator of (index, Delta) pairs, Tick()
+    while idle, and TimedOut() once at a deadline. Leaving it early (client gone) aborts
+    every generation still running."""
     # The deadline is checked around each receive, never a cancel scope around a
-    # `yield`: a deadline firing while this generator waits at a yield would be
-    # delivered outside it (PEP 789) and lose the TimedOut event.
+    # `yield`: a deadline firing while a generator waits at a yield would be delivered
+    # outside it (PEP 789) and lose the TimedOut event.
     deadline = trio.current_time() + timeout if timeout else math.inf
     if len(gens) == 1:
-        # One generation (n=1, the common case): wait on it directly, no pump task and
-        # no second channel — one task switch less per token.
-        async with gens[0].stream() as next_delta:
-            while True:
-                with trio.move_on_at(min(deadline, trio.current_time() + keepalive)) as waited:
-                    delta = await next_delta()
-                if waited.cancelled_caught:
-                    if trio.current_time() >= deadline:
-                        break  # leaving the block aborts the sequence
-                    yield Tick()
-                    continue
-                if delta is None:
-                    return
-                yield 0, delta
-        yield TimedOut()
-        return
+        return _one_generation(gens[0], deadline, keepalive)
+    return _merged(gens, deadline, keepalive)
+
+
+@asynccontextmanager
+async def _one_generation(gen: Generation, deadline: float, keepalive: float):
+    """One generation (n=1, the common case) needs no task of its own: the consumer's task
+    waits on it directly, with no channel between — three task steps less per token."""
+    events = _one_generation_events(gen, deadline, keepalive)
+    async with aclosing(events):
+        yield events
+
+
+async def _one_generation_events(gen: Generation, deadline: float, keepalive: float):
+    # No cancel scope or nursery spans a yield here, so a plain async generator is safe.
+    async with gen.stream() as next_delta:
+        while True:
+            with trio.move_on_at(min(deadline, trio.current_time() + keepalive)) as waited:
+                delta = await next_delta()
+            if waited.cancelled_caught:
+                if trio.current_time() >= deadline:
+                    break  # leaving the block aborts the sequence
+                yield Tick()
+                continue
+            if delta is None:
+                return
+            yield 0, delta
+    yield TimedOut()
+
+
+@trio.as_safe_channel
+async def _merged(gens: list[Generation], deadline: float, keepalive: float):
+    """n > 1: one pump task per generation feeds a channel; the deadline and keep-alive
+    ticks live in this producer task (as_safe_channel), never around the consumer."""
     timed_out = False
     send, recv = trio.open_memory_channel(math.inf)
     try:

@@ -82,7 +82,7 @@ class Generation:
         `next_delta` is cancel-safe (a cancelled wait loses no token), so a caller may
         wait under a deadline without a task of its own. Leaving the block before the
         end aborts the engine sequence."""
-        channel = self.driver.submit(self.request_id, self.prompt_ids, self.params)
+        stream = self.driver.submit(self.request_id, self.prompt_ids, self.params)
         finished = False
 
         async def next_delta() -> Delta | None:
@@ -90,9 +90,9 @@ class Generation:
             if finished:
                 return None
             try:
-                item = await channel.receive()
+                item = await stream.receive()
             except trio.EndOfChannel:
-                # the channel closed without a finishing token: aborted from elsewhere
+                # the stream ended without a finishing token: aborted from elsewhere
                 finished = True
                 self.result.finish_reason = self.result.finish_reason or "abort"
                 return None
@@ -102,14 +102,8 @@ class Generation:
             finished = delta.finish_reason is not None
             return delta
 
-        async with channel:
-            try:
-                yield next_delta
-            finally:
-                # before our end of the channel closes (a checkpoint), so the driver
-                # never delivers to a closed channel
-                if not finished:
-                    self.driver.abort(self.request_id)
+        async with stream:  # closing it before the last token aborts the sequence
+            yield next_delta
 
     async def deltas(self) -> AsyncIterator[Delta]:
         async with self.stream() as next_delta:

@@ -1,0 +1,82 @@
+"""TokenStream: the engine thread's outputs reach the request's task in order, a cancelled
+wait loses nothing, and a closed stream is unregistered before its descriptor goes."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+import trio
+
+from triolm.serving.token_stream import TokenStream
+
+
+async def test_items_put_from_another_thread_arrive_in_order():
+    stream = TokenStream(on_close=lambda: None)
+
+    def producer():
+        for i in range(200):
+            stream.put(i, last=i == 199)
+
+    async with stream:
+        thread = threading.Thread(target=producer)
+        thread.start()
+        got = []
+        with trio.fail_after(10):
+            while True:
+                try:
+                    got.append(await stream.receive())
+                except trio.EndOfChannel:
+                    break
+        thread.join()
+    assert got == list(range(200))
+
+
+async def test_a_cancelled_wait_loses_no_item():
+    stream = TokenStream(on_close=lambda: None)
+    async with stream:
+        with trio.move_on_after(0.05) as waited:
+            await stream.receive()
+        assert waited.cancelled_caught
+        threading.Thread(target=stream.put, args=("token",)).start()
+        with trio.fail_after(5):
+            assert await stream.receive() == "token"
+
+
+async def test_end_is_seen_after_the_items_before_it():
+    stream = TokenStream(on_close=lambda: None)
+    async with stream:
+        stream.put("a")
+        stream.put("b")
+        stream.end()
+        assert [await stream.receive(), await stream.receive()] == ["a", "b"]
+        with pytest.raises(trio.EndOfChannel):
+            await stream.receive()
+
+
+async def test_end_wakes_a_waiting_reader():
+    stream = TokenStream(on_close=lambda: None)
+    async with stream:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_end_soon, stream)
+            with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+                await stream.receive()
+
+
+async def _end_soon(stream: TokenStream) -> None:
+    await trio.sleep(0.05)
+    threading.Thread(target=stream.end).start()
+
+
+async def test_close_unregisters_once_then_receive_refuses():
+    calls = []
+    stream = TokenStream(on_close=lambda: calls.append("unregistered"))
+    fd = stream._fd
+    await stream.aclose()
+    await stream.aclose()
+    assert calls == ["unregistered"]
+    with pytest.raises(OSError):
+        os.fstat(fd)  # the eventfd is closed, not leaked
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.receive()
