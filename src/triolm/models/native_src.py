@@ -169,7 +169,9 @@ extern "C" void tl_set_spin_us(int us) { pool()->spin_ns.store((int64_t)us * 100
 
 enum { W_F32 = 0, W_F16 = 1, W_Q8_0 = 2 };
 
+#ifndef NCHUNK
 #define NCHUNK 64
+#endif
 #ifndef PF_AHEAD
 #define PF_AHEAD 4096
 #endif
