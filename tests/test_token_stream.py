@@ -39,9 +39,11 @@ async def test_a_cancelled_wait_loses_no_item():
         with trio.move_on_after(0.05) as waited:
             await stream.receive()
         assert waited.cancelled_caught
-        threading.Thread(target=stream.put, args=("token",)).start()
+        thread = threading.Thread(target=stream.put, args=("token",))
+        thread.start()
         with trio.fail_after(5):
             assert await stream.receive() == "token"
+        thread.join()  # (the driver's lock orders put and close; here the test does)
 
 
 async def test_end_is_seen_after_the_items_before_it():
@@ -66,13 +68,15 @@ async def test_end_wakes_a_waiting_reader():
 
 async def _end_soon(stream: TokenStream) -> None:
     await trio.sleep(0.05)
-    threading.Thread(target=stream.end).start()
+    thread = threading.Thread(target=stream.end)
+    thread.start()
+    await trio.to_thread.run_sync(thread.join)
 
 
 async def test_close_unregisters_once_then_receive_refuses():
     calls = []
     stream = TokenStream(on_close=lambda: calls.append("unregistered"))
-    fd = stream._fd
+    fd = stream._bell.fd
     await stream.aclose()
     await stream.aclose()
     assert calls == ["unregistered"]
@@ -80,3 +84,21 @@ async def test_close_unregisters_once_then_receive_refuses():
         os.fstat(fd)  # the eventfd is closed, not leaked
     with pytest.raises(trio.ClosedResourceError):
         await stream.receive()
+
+
+async def test_the_socket_pair_doorbell_works_where_there_is_no_eventfd(monkeypatch):
+    monkeypatch.delattr(os, "eventfd")
+    stream = TokenStream(on_close=lambda: None)
+    assert stream._bell._pair is not None
+    async with stream:
+        thread = threading.Thread(target=lambda: [stream.put(i, last=i == 2) for i in range(3)])
+        thread.start()
+        got = []
+        with trio.fail_after(5):
+            while True:
+                try:
+                    got.append(await stream.receive())
+                except trio.EndOfChannel:
+                    break
+        thread.join()
+    assert got == [0, 1, 2]

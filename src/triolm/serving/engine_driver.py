@@ -194,11 +194,10 @@ class EngineDriver:
 
     def _fail_all(self, exc: Exception) -> None:
         with self._work:
-            ids = list(self._streams)
-            for stream in self._streams.values():
+            streams, self._streams = self._streams, {}
+            self._forget_locked(list(streams))
+            for stream in streams.values():  # last: whoever wakes sees the driver settled
                 stream.put(exc, last=True)
-            self._streams.clear()
-            self._forget_locked(ids)
 
     def _deliver(self, outputs: list[StepOutput]) -> None:
         with self._work:

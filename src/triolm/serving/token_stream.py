@@ -3,9 +3,9 @@
 Why not a Trio memory channel fed through `TrioToken.run_sync_soon`: every token then
 hops through Trio's system task before the reader is even scheduled — one more task step
 and one more scheduler pass per streamed token, ~15 % of the event loop's work per token
-measured here. Instead the engine thread appends to a deque and signals an eventfd; the
-reading task waits on that fd with `trio.lowlevel.wait_readable`, so epoll wakes it
-directly.
+measured here. Instead the engine thread appends to a deque and rings a doorbell (an
+eventfd; a socket pair where there is none); the reading task waits on it with
+`trio.lowlevel.wait_readable`, so epoll wakes it directly.
 
 Thread rules: `put` and `end` run under the driver's lock and only while the stream is
 registered with the driver (`put` on the engine thread); everything else runs on the
@@ -18,9 +18,51 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 from typing import Callable
 
 import trio
+
+
+class _Doorbell:
+    """A file descriptor that becomes readable when rung from any thread: an eventfd
+    on Linux, a socket pair elsewhere."""
+
+    def __init__(self) -> None:
+        if hasattr(os, "eventfd"):
+            self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._pair = None
+        else:
+            self._pair = socket.socketpair()
+            for sock in self._pair:
+                sock.setblocking(False)
+            self.fd = self._pair[0].fileno()
+
+    def ring(self) -> None:
+        if self._pair is None:
+            os.eventfd_write(self.fd, 1)
+            return
+        try:
+            self._pair[1].send(b"\0")
+        except BlockingIOError:
+            pass  # the buffer is full of rings already: the reader will wake
+
+    def reset(self) -> None:
+        try:
+            if self._pair is None:
+                os.eventfd_read(self.fd)
+            else:
+                while self._pair[0].recv(4096):
+                    pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        if self._pair is None:
+            os.close(self.fd)
+        else:
+            for sock in self._pair:
+                sock.close()
 
 
 class TokenStream:
@@ -31,19 +73,19 @@ class TokenStream:
         self._items: collections.deque = collections.deque()
         self._ended = False  # set by the engine thread after the last item
         self._on_close = on_close
-        self._fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._bell: _Doorbell | None = _Doorbell()
 
     # -- engine thread (under the driver's lock) ------------------------------------------
     def put(self, item, last: bool = False) -> None:
         self._items.append(item)
         if last:
             self._ended = True  # after the append: a reader that sees it also sees the item
-        os.eventfd_write(self._fd, 1)
+        self._bell.ring()
 
     def end(self) -> None:
         """No more items (the request was aborted)."""
         self._ended = True
-        os.eventfd_write(self._fd, 1)
+        self._bell.ring()
 
     # -- event loop ------------------------------------------------------------------------
     async def receive(self):
@@ -52,7 +94,7 @@ class TokenStream:
         An item already there is returned at a cancel point without a schedule point
         (the reader sends each item to a socket, which yields anyway)."""
         while True:
-            if self._fd is None:
+            if self._bell is None:
                 raise trio.ClosedResourceError("the token stream was closed")
             ended = self._ended  # read before the deque (see put)
             if self._items:
@@ -61,19 +103,16 @@ class TokenStream:
             if ended:
                 await trio.lowlevel.checkpoint()
                 raise trio.EndOfChannel
-            await trio.lowlevel.wait_readable(self._fd)
-            try:
-                os.eventfd_read(self._fd)  # reset the counter; the deque holds the items
-            except BlockingIOError:
-                pass
+            await trio.lowlevel.wait_readable(self._bell.fd)
+            self._bell.reset()  # the deque holds the items
 
     def close(self) -> None:
-        if self._fd is None:
+        if self._bell is None:
             return
-        self._on_close()  # the driver unregisters it: the engine thread stops signalling
-        fd, self._fd = self._fd, None
-        trio.lowlevel.notify_closing(fd)
-        os.close(fd)
+        self._on_close()  # the driver unregisters it: the engine thread stops ringing
+        bell, self._bell = self._bell, None
+        trio.lowlevel.notify_closing(bell.fd)
+        bell.close()
 
     async def aclose(self) -> None:
         self.close()
