@@ -9,9 +9,8 @@ eventfd; a socket pair where there is none); the reading task waits on it with
 
 Thread rules: `put` and `end` run under the driver's lock and only while the stream is
 registered with the driver (`put` on the engine thread); everything else runs on the
-event loop. The
-driver unregisters a stream (under the same lock) before it is closed, so the engine
-thread never signals a closed (possibly reused) file descriptor.
+event loop. The driver unregisters a stream (under the same lock) before it is closed,
+so the engine thread never rings a closed (possibly reused) file descriptor.
 """
 
 from __future__ import annotations
