@@ -135,15 +135,16 @@ def test_OAI_CONC_003_disconnect_repeated_100_times_without_growth(server):
             _disconnect_mid_stream(http, COMP, {"prompt": "warm up"})
             wait_idle(http)
         gc.collect()
-        before = proc.memory_info().rss
+        before, fds_before = proc.memory_info().rss, proc.num_fds()
         for i in range(100):
             _disconnect_mid_stream(http, COMP, {"prompt": f"disconnect {i % 7}"})
             wait_idle(http, within=1.0)
         gc.collect()
-        growth = proc.memory_info().rss - before
+        growth, fd_growth = proc.memory_info().rss - before, proc.num_fds() - fds_before
     driver = server.state.driver
     assert driver.num_running == 0 and driver.num_waiting == 0
-    assert not driver._streams, "the driver still holds channels of gone requests"
+    assert not driver._streams, "the driver still holds token streams of gone requests"
+    assert fd_growth < 20, f"{fd_growth} more file descriptors open after 100 disconnects"
     assert growth < 64 * 1024 * 1024, f"RSS grew by {growth / 2**20:.1f} MiB over 100 disconnects"
 
 
