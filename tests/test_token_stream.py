@@ -12,6 +12,17 @@ import trio
 from triolm.serving.token_stream import TokenStream
 
 
+async def _receive_all(stream: TokenStream) -> list:
+    """Every item until the stream ends."""
+    got = []
+    with trio.fail_after(10):
+        while True:
+            try:
+                got.append(await stream.receive())
+            except trio.EndOfChannel:
+                return got
+
+
 async def test_items_put_from_another_thread_arrive_in_order():
     stream = TokenStream(on_close=lambda: None)
 
@@ -22,13 +33,7 @@ async def test_items_put_from_another_thread_arrive_in_order():
     async with stream:
         thread = threading.Thread(target=producer)
         thread.start()
-        got = []
-        with trio.fail_after(10):
-            while True:
-                try:
-                    got.append(await stream.receive())
-                except trio.EndOfChannel:
-                    break
+        got = await _receive_all(stream)
         thread.join()
     assert got == list(range(200))
 
@@ -93,12 +98,6 @@ async def test_the_socket_pair_doorbell_works_where_there_is_no_eventfd(monkeypa
     async with stream:
         thread = threading.Thread(target=lambda: [stream.put(i, last=i == 2) for i in range(3)])
         thread.start()
-        got = []
-        with trio.fail_after(5):
-            while True:
-                try:
-                    got.append(await stream.receive())
-                except trio.EndOfChannel:
-                    break
+        got = await _receive_all(stream)
         thread.join()
     assert got == [0, 1, 2]
