@@ -192,6 +192,43 @@ def test_OAI_CONC_004_full_queue_answers_429_at_once(make_server, served_model):
         assert c.post(COMP, json={"prompt": "room again", "max_tokens": 2}).status_code == 200
 
 
+
+def test_a_client_that_stops_reading_gets_every_chunk_whole_and_in_order(server, served_model):
+    """A stream whose client stops reading (its receive window and the server's send
+    buffer fill, so sends block part-way) arrives complete: every SSE event parses,
+    one per token, indices in order, then [DONE]."""
+    import socket
+
+    host, port = server.base_url.split("//", 1)[1].split(":")
+    body = json.dumps({"model": served_model.name, "prompt": "fill the pipe", "max_tokens": 600,
+                       "ignore_eos": True, "logprobs": 5, "stream": True}).encode()
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(1.5)  # not reading: the generation runs ahead of the socket
+        raw = b""
+        while data := sock.recv(65536):
+            raw += data
+    head, _, chunked = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    payload = b""
+    while True:  # undo the chunked transfer encoding
+        size_line, _, rest = chunked.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        payload, chunked = payload + rest[:size], rest[size + 2:]
+    events = [line[6:] for line in payload.decode().split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    tokens = [c for c in chunks if c["choices"] and c["choices"][0]["logprobs"]]
+    assert len(tokens) == 600
+    offsets = [c["choices"][0]["logprobs"]["text_offset"][0] for c in tokens]
+    assert offsets == sorted(offsets)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
 # -- the event loop never blocks ---------------------------------------------------------------------------
 class LivezProber(threading.Thread):
     """Times GET /livez every ~20 ms from its own thread and connection."""
