@@ -58,8 +58,10 @@ async def serve(settings: ServerSettings) -> int:
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
+    from triolm import fast_send
     from triolm.server import create_app
 
+    fast_send.install()
     app = create_app(settings)
     state = app.config["TRIOLM_STATE"]
     state.fatal = trio.Event()

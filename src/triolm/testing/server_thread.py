@@ -48,7 +48,10 @@ class ServerThread:
         from hypercorn.config import Config
         from hypercorn.trio import serve
 
+        from triolm import fast_send
         from triolm.server import create_app
+
+        fast_send.install()  # as `triolm serve` does
 
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
