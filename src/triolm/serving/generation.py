@@ -1,7 +1,7 @@
 """One generation's lifetime on the event loop: submit, stream text deltas, stop, clean up.
 
-Whatever ends the consumer — finished, stop string, timeout, client disconnect — the
-`finally` aborts the engine sequence, so its KV cache is freed before the next step.
+Whatever ends the consumer — finished, stop string, timeout, client disconnect — closing
+its token stream aborts the engine sequence, so its KV cache is freed before the next step.
 """
 
 from __future__ import annotations
