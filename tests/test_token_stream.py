@@ -101,3 +101,23 @@ async def test_the_socket_pair_doorbell_works_where_there_is_no_eventfd(monkeypa
         got = await _receive_all(stream)
         thread.join()
     assert got == [0, 1, 2]
+
+
+async def test_reader_waiting_is_true_only_while_a_task_sleeps_in_receive():
+    """The engine thread reads it to lend the loop a core before a wake-up (loop_core)."""
+    stream = TokenStream(on_close=lambda: None)
+    async with stream, trio.open_nursery() as nursery:
+        assert not stream.reader_waiting
+        got = []
+
+        async def reader():
+            got.append(await stream.receive())
+
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.reader_waiting
+        stream.put("token")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == ["token"] and not stream.reader_waiting
+        stream.put("ready")  # an item already there: no wait at all
+        assert await stream.receive() == "ready" and not stream.reader_waiting

@@ -23,6 +23,7 @@ from triolm.api.state import AppState
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.errors import ModelLoadError
 from triolm.serving.engine_driver import EngineDriver
+from triolm.serving.loop_core import LoopBusyInstrument
 from triolm.serving.loop_lag import monitor_loop_lag
 from triolm.serving.metrics import Metrics
 from triolm.serving.served_model import ServedModel, load_served_model
@@ -41,6 +42,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     app.config["BODY_TIMEOUT"] = 60
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.graceful_timeout
     state = AppState(settings=settings, metrics=Metrics(lambda: None))
+    loop_busy = LoopBusyInstrument()  # lends the loop a kernel core while it has work
     app.config["TRIOLM_STATE"] = state
     app.register_blueprint(bp)
     _install_error_handlers(app)
@@ -56,10 +58,12 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
             state.fatal = trio.Event()
         app.nursery.start_soon(monitor_loop_lag, state.metrics)
         app.nursery.start_soon(_load_and_drive, state, served)
+        trio.lowlevel.add_instrument(loop_busy)
 
     @app.after_serving
     async def stop_background() -> None:
         state.shutting_down = True
+        loop_busy.remove()
 
     return app
 

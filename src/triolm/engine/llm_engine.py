@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from typing import Callable
 
 import attrs
 import torch
@@ -93,6 +94,11 @@ class LLMEngine:
     # -- stepping ---------------------------------------------------------------------
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
+
+    def call_before_layers(self, fn: Callable[[], None] | None) -> None:
+        """Run `fn` in every step once the inputs are ready, right before the model's layers
+        (see `ModelRunner.before_layers`)."""
+        self.runner.before_layers = fn
 
     def step(self) -> list[StepOutput]:
         seqs, is_prefill = self.scheduler.schedule()

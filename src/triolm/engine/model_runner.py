@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+from typing import Callable
 
 import torch
 
@@ -20,6 +21,11 @@ class ModelRunner:
             (c.num_hidden_layers, 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim),
             model.dtype)
         self.cache_state = model.cache_state(self.kv_cache)
+        # Called once per forward, inputs ready, just before the layers: the server hands
+        # out the previous step's tokens there, so the event loop's Python runs while this
+        # thread is in the kernels with the GIL released (at step end it would contend
+        # with this thread's own Python for the GIL and stall it).
+        self.before_layers: Callable[[], None] | None = None
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -50,7 +56,8 @@ class ModelRunner:
             last_rows.append(offset - 1)
         meta = AttentionMetadata(True, torch.cat(slots), meta_seqs)
         hidden = self.model.forward(torch.tensor(ids, dtype=torch.long), torch.cat(positions),
-                                    self.kv_cache, meta, self.cache_state)
+                                    self.kv_cache, meta, self.cache_state,
+                                    before_layers=self.before_layers)
         return self.model.logits(hidden[torch.tensor(last_rows)])
 
     def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
@@ -65,7 +72,8 @@ class ModelRunner:
             meta = AttentionMetadata(False, torch.empty(0, dtype=torch.long), block_tables=tables,
                                      seq_lens=torch.tensor(lengths, dtype=torch.int32),
                                      block_size=self.block_size)
-            hidden = self.model.forward(ids, torch.tensor(lengths) - 1, self.kv_cache, meta, self.cache_state)
+            hidden = self.model.forward(ids, torch.tensor(lengths) - 1, self.kv_cache, meta,
+                                        self.cache_state, before_layers=self.before_layers)
             return self.model.logits(hidden)
         longest = max(lengths)
         context = torch.zeros(len(seqs), longest, dtype=torch.long)
@@ -76,7 +84,8 @@ class ModelRunner:
         positions = lens - 1
         slot_mapping = context[torch.arange(len(seqs)), positions]
         meta = AttentionMetadata(False, slot_mapping, decode_slots=context, decode_mask=mask)
-        hidden = self.model.forward(ids, positions, self.kv_cache, meta, self.cache_state)
+        hidden = self.model.forward(ids, positions, self.kv_cache, meta, self.cache_state,
+                                    before_layers=self.before_layers)
         return self.model.logits(hidden)
 
 

@@ -10,7 +10,7 @@ residual adds folded into the projections).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -158,8 +158,12 @@ class LlamaModel:
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_cache: torch.Tensor, meta: AttentionMetadata,
-                state: "CacheState | None" = None) -> torch.Tensor:
-        """Hidden states [T, hidden] for a flat batch. kv_cache: [layers, 2, slots, kvh, d]."""
+                state: "CacheState | None" = None,
+                before_layers: Callable[[], None] | None = None) -> torch.Tensor:
+        """Hidden states [T, hidden] for a flat batch. kv_cache: [layers, 2, slots, kvh, d].
+
+        `before_layers` runs once the inputs are ready, right before the layers (the
+        native decode call releases the GIL for its whole duration)."""
         x = self.embed.rows(input_ids).to(self.dtype)
         if state is None or state.kv_cache is not kv_cache:
             state = CacheState(self, kv_cache)
@@ -168,11 +172,15 @@ class LlamaModel:
             c = self.config
             x = x.contiguous()
             plan = state.decode_plan()
+            if before_layers is not None:
+                before_layers()
             native.lib().tl_decode_step(
                 plan.data_ptr(), x.data_ptr(), x.shape[0],
                 meta.block_tables.data_ptr(), meta.block_tables.shape[1], meta.seq_lens.data_ptr(),
                 meta.block_size, c.rms_norm_eps, c.head_dim ** -0.5, native.num_threads())
             return x
+        if before_layers is not None:
+            before_layers()
         for layer, (k, v) in zip(self.layers, caches):
             layer.forward(x, positions, self.rope, k, v, meta)
         return x

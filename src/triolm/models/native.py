@@ -101,33 +101,43 @@ def _build(cxx: str) -> Path:
 
 
 def lib() -> ctypes.CDLL | None:
-    """The loaded kernel library, or None when disabled or unbuildable (logged once)."""
-    global _lib, _tried
-    if _tried:
+    """The loaded kernel library, or None when disabled or unbuildable (logged once).
+    A call during a build (`prepare_async`) waits for it."""
+    if _tried:  # set only once the outcome is known
         return _lib
     with _lock:
-        if _tried:
-            return _lib
-        _tried = True
-        if os.environ.get("TRIOLM_NATIVE", "1") in ("0", "false", "no", "off"):
-            return None
-        if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-            return None
-        cxx = _compiler()
-        if cxx is None:
-            log.warning("no C++ compiler found: using the slower pure-torch kernels")
-            return None
-        try:
-            path = _build(cxx)
-            dll = ctypes.CDLL(str(path))
-            for name, (args, res) in _SIGNATURES.items():
-                fn = getattr(dll, name)
-                fn.argtypes, fn.restype = args, res
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            log.warning("native kernels unavailable (%s): using the slower pure-torch kernels", exc)
-            return None
-        _lib = dll
+        if not _tried:
+            _load()
         return _lib
+
+
+def _load() -> None:
+    global _lib, _tried
+    try:
+        _lib = _build_and_open()
+    finally:
+        _tried = True
+
+
+def _build_and_open() -> ctypes.CDLL | None:
+    if os.environ.get("TRIOLM_NATIVE", "1") in ("0", "false", "no", "off"):
+        return None
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    cxx = _compiler()
+    if cxx is None:
+        log.warning("no C++ compiler found: using the slower pure-torch kernels")
+        return None
+    try:
+        path = _build(cxx)
+        dll = ctypes.CDLL(str(path))
+        for name, (args, res) in _SIGNATURES.items():
+            fn = getattr(dll, name)
+            fn.argtypes, fn.restype = args, res
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("native kernels unavailable (%s): using the slower pure-torch kernels", exc)
+        return None
+    return dll
 
 
 def available() -> bool:
@@ -140,6 +150,13 @@ def prepare_async() -> None:
     short). `lib()` waits for it."""
     if not _tried:
         threading.Thread(target=lib, name="triolm-kernels-build", daemon=True).start()
+
+
+def loop_busy_flag() -> ctypes.c_int | None:
+    """The kernels' `tl_loop_busy` flag (see serving/loop_core.py); None while the library
+    is not loaded (this never builds it)."""
+    dll = _lib if _tried else None
+    return None if dll is None else ctypes.c_int.in_dll(dll, "tl_loop_busy")
 
 
 def num_threads() -> int:

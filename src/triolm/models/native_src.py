@@ -63,6 +63,12 @@ static inline void cpu_relax() {
 #endif
 }
 
+/* Nonzero while the server's event loop has work (serving/loop_core.py sets and clears
+   it). Parallel loops then run on the calling thread alone and an idle worker sleeps at
+   once: the loop gets the other core rather than preempting a kernel thread in the
+   middle of a chunk, which stalled the whole step for as long as the loop ran. */
+extern "C" { std::atomic<int> tl_loop_busy{0}; }
+
 namespace {
 struct Job {
     void (*fn)(void*, i64);
@@ -110,7 +116,8 @@ class Pool {
             while ((id = job_id.load(std::memory_order_seq_cst)) == seen) {
                 cpu_relax();
                 if (++spins % 64) continue;
-                if (std::chrono::steady_clock::now() - start < std::chrono::nanoseconds(spin_ns.load())) continue;
+                if (!tl_loop_busy.load(std::memory_order_relaxed) &&
+                    std::chrono::steady_clock::now() - start < std::chrono::nanoseconds(spin_ns.load())) continue;
                 std::unique_lock<std::mutex> lk(mu);
                 sleeping.fetch_add(1, std::memory_order_seq_cst);
                 cv.wait(lk, [&] { return job_id.load(std::memory_order_seq_cst) != seen; });
@@ -125,7 +132,7 @@ class Pool {
 
     void run(i64 n, int nthreads, void (*fn)(void*, i64), void* ctx) {
         std::unique_lock<std::mutex> guard(run_mu, std::try_to_lock);
-        if (nthreads <= 1 || n <= 1 || !guard.owns_lock()) {
+        if (nthreads <= 1 || n <= 1 || tl_loop_busy.load(std::memory_order_relaxed) || !guard.owns_lock()) {
             for (i64 i = 0; i < n; i++) fn(ctx, i);
             return;
         }

@@ -16,11 +16,29 @@ so the engine thread never rings a closed (possibly reused) file descriptor.
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import socket
 from typing import Callable
 
 import trio
+
+
+def _eventfd_write_holding_gil() -> Callable[[int, int], int] | None:
+    """glibc's eventfd_write called through ctypes.PyDLL, which keeps the GIL.
+
+    `os.eventfd_write` releases the GIL for its syscall; on the engine thread that is an
+    opening for the reader it just woke to take the GIL and make the engine thread wait
+    for the reader's whole task step."""
+    try:
+        fn = ctypes.PyDLL(None).eventfd_write
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_uint64], ctypes.c_int
+    return fn
+
+
+_ring_eventfd = _eventfd_write_holding_gil()
 
 
 class _Doorbell:
@@ -39,7 +57,8 @@ class _Doorbell:
 
     def ring(self) -> None:
         if self._pair is None:
-            os.eventfd_write(self.fd, 1)
+            if _ring_eventfd is None or _ring_eventfd(self.fd, 1) != 0:
+                os.eventfd_write(self.fd, 1)  # (and raises what the first one hit)
             return
         try:
             self._pair[1].send(b"\0")
@@ -73,6 +92,7 @@ class TokenStream:
         self._ended = False  # set by the engine thread after the last item
         self._on_close = on_close
         self._bell: _Doorbell | None = _Doorbell()
+        self.reader_waiting = False  # a task sleeps in receive() (read by the engine thread)
 
     # -- engine thread (under the driver's lock) ------------------------------------------
     def put(self, item, last: bool = False) -> None:
@@ -102,7 +122,11 @@ class TokenStream:
             if ended:
                 await trio.lowlevel.checkpoint()
                 raise trio.EndOfChannel
-            await trio.lowlevel.wait_readable(self._bell.fd)
+            self.reader_waiting = True
+            try:
+                await trio.lowlevel.wait_readable(self._bell.fd)
+            finally:
+                self.reader_waiting = False
             self._bell.reset()  # the deque holds the items
 
     def close(self) -> None:
