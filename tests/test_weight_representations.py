@@ -35,7 +35,7 @@ def _weight(rows, cols, seed):
     return torch.randn(rows, cols, generator=g) / cols ** 0.5
 
 
-@pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 9, 16, 17, 40, 80])
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 9, 16, 17, 20, 24, 40, 80])  # Q8_0: 24 expands first
 @pytest.mark.parametrize("kind", ["f16", "q8_0"])
 def test_linear_matches_dequantized_float32(kind, rows):
     cols = 96 if kind == "q8_0" else 72  # 72: a float16 row tail that is not a multiple of 16

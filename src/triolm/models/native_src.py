@@ -380,10 +380,13 @@ static void expand_rows(const WeightRef& W, i64 n0, i64 n1, float* out) {
     }
 }
 
-/* Q8_0 only: measured on a 3072x576 matrix (us, one thread), expand vs in-register:
-   8 rows 491/436, 16 rows 753/874. Float16 converts cheaply in registers (16 rows:
-   528 in-register vs 843 expanded), so it never takes this path. */
-static i64 g_expand_min_rows = 12;
+/* Q8_0 only. On one 3072x576 matrix (us, one thread), expand vs in-register: 8 rows
+   491/436, 16 rows 753/874 — but in whole decode steps of the benchmark model (both
+   threads, every matrix) in-register wins up to 20 rows: 12 rows 29.5 vs 35.2 ms,
+   16 rows 43.6 vs 49.5, 20 rows 54.1 vs 57.0; at 24 rows expanding is 2 % ahead.
+   Float16 converts cheaply in registers (16 rows: 528 in-register vs 843 expanded),
+   so it never takes this path. */
+static i64 g_expand_min_rows = 24;
 extern "C" void tl_set_expand_min_rows(i64 rows) { g_expand_min_rows = rows; }
 
 static void linear(const WeightRef& W, const float* x, i64 ldx, float* y, i64 ldy, i64 M, i64 N,
