@@ -13,7 +13,7 @@ from triolm.models import linear as lin
 from triolm.models import native
 from triolm.serving import loop_core
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="needs the native kernels (a C++ compiler)")
+pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler: the native kernels cannot exist here")
 
 
 def _flag():

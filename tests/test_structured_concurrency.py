@@ -570,12 +570,19 @@ class FakeEngine:
         self.aborted.append(request_id)
         return self.requests.pop(request_id, None) is not None
 
+    before_layers = None
+
+    def call_before_layers(self, fn):
+        self.before_layers = fn
+
     def step(self):
         from triolm.engine.llm_engine import StepOutput
 
         if self.fail_next_step:
             self.fail_next_step = False
             raise RuntimeError("simulated")
+        if self.before_layers is not None:
+            self.before_layers()  # as the real engine does, right before its layers
         time.sleep(0.001)
         return [StepOutput(r, 5, -1.0, None, None, 1, 0, 1) for r in self.requests]
 

@@ -142,10 +142,7 @@ class EngineDriver:
     # -- the engine thread ---------------------------------------------------------------
     def _engine_thread(self) -> None:
         held = _HeldOutputs(self._deliver)
-        set_hook = getattr(self.engine, "call_before_layers", None)  # (test fakes lack it)
-
-        if set_hook is not None:
-            set_hook(held.hand_out)
+        self.engine.call_before_layers(held.hand_out)
         try:
             while (work := self._wait_for_work(held)) is not None:
                 self._apply(*work)
@@ -153,8 +150,7 @@ class EngineDriver:
                     held.hold(self._step(held))
         finally:
             held.hand_out()
-            if set_hook is not None:
-                set_hook(None)
+            self.engine.call_before_layers(None)
 
     def _wait_for_work(self, held: "_HeldOutputs") -> tuple | None:
         """(adds, aborts, calls) to apply before the next step; None once stopping."""

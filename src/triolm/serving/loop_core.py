@@ -6,8 +6,10 @@ the middle of a chunk; the other finished its share and then spun at the barrier
 the preempted one ran again — the whole step stalled for as long as the loop ran.
 Instead, a flag in the native kernels says "the loop is busy": parallel loops then run on
 the calling thread alone and an idle worker sleeps at once, so the loop runs on the core
-it freed. Measured here on the Q8_0 benchmark model: aggregate tok/s of 16 streams
-+13 %, single-stream inter-token latency -2 % (paired server-vs-server rounds).
+it freed. Measured here on the Q8_0 benchmark model in paired server-vs-server rounds:
+single-stream inter-token latency -1.9 % with the flag (11 of 14 pairs); with the early
+hand-out of small steps' tokens (engine_driver) as well, -2.5 % and +2.7 % aggregate
+tok/s of 16 streams against the code before both.
 
 Who sets it: the loop itself when it wakes (a Trio instrument), and the engine thread
 just before it wakes a reader with a token, so the worker is already gone when the
@@ -56,7 +58,10 @@ class LoopBusyInstrument(trio.abc.Instrument):
 
     def remove(self) -> None:
         """Uninstall from the current loop and leave the flag down."""
-        trio.lowlevel.remove_instrument(self)
+        try:
+            trio.lowlevel.remove_instrument(self)
+        except KeyError:
+            pass  # never installed (start-up failed before it)
         flag = _the_flag()
         if flag is not None:
             flag.value = 0
