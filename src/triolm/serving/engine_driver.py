@@ -216,6 +216,7 @@ class EngineDriver:
                 stream.put(exc, last=True)
 
     def _deliver(self, outputs: list[StepOutput]) -> None:
+        marked = False
         with self._work:
             for out in outputs:
                 stream = self._streams.get(out.request_id)
@@ -224,8 +225,9 @@ class EngineDriver:
                 last = out.finish_reason is not None
                 if last:
                     del self._streams[out.request_id]
-                if stream.reader_waiting:
-                    loop_core.mark_busy()  # before the wake-up: the worker makes room
+                if not marked and stream.reader_waiting:
+                    loop_core.mark_busy()  # before the first wake-up: the worker makes room
+                    marked = True
                 stream.put(out, last=last)
 
 

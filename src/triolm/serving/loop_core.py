@@ -28,18 +28,18 @@ from triolm.models import native
 _flag: ctypes.c_int | None = None
 
 
-def _the_flag() -> ctypes.c_int | None:
+def _set(value: int) -> None:
     global _flag
     if _flag is None:
         _flag = native.loop_busy_flag()  # None until the kernels are loaded
-    return _flag
+        if _flag is None:
+            return
+    _flag.value = value
 
 
 def mark_busy() -> None:
     """The loop is about to get work (called from the engine thread before a wake-up)."""
-    flag = _the_flag()
-    if flag is not None:
-        flag.value = 1
+    _set(1)
 
 
 class LoopBusyInstrument(trio.abc.Instrument):
@@ -47,14 +47,10 @@ class LoopBusyInstrument(trio.abc.Instrument):
 
     def before_io_wait(self, timeout: float) -> None:
         if timeout > 0:  # (0: a poll between runnable tasks, the loop goes on)
-            flag = _the_flag()
-            if flag is not None:
-                flag.value = 0
+            _set(0)
 
     def after_io_wait(self, timeout: float) -> None:
-        flag = _the_flag()
-        if flag is not None:
-            flag.value = 1
+        _set(1)
 
     def remove(self) -> None:
         """Uninstall from the current loop and leave the flag down."""
@@ -62,6 +58,4 @@ class LoopBusyInstrument(trio.abc.Instrument):
             trio.lowlevel.remove_instrument(self)
         except KeyError:
             pass  # never installed (start-up failed before it)
-        flag = _the_flag()
-        if flag is not None:
-            flag.value = 0
+        _set(0)
