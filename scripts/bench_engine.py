@@ -78,7 +78,7 @@ def run_requests(engine, prompts: list[list[int]], max_tokens: int, tag: str) ->
 def bench_kind(kind: str, args, paths) -> dict:
     import torch
 
-    from triolm.models import native
+    from triolm.kernels import native
 
     path = paths.model_path(kind)
     bc.log(f"engine {kind}: loading {path.name}")

@@ -33,7 +33,7 @@ def best_rate(fn, nbytes: int, reps: int = 5) -> float:
 def main() -> int:
     import torch
 
-    from triolm.models import native
+    from triolm.kernels import native
 
     n = 1 << 28  # 1 GiB of float32
     a = torch.ones(n)

@@ -10,7 +10,7 @@ import torch
 import trio
 
 from triolm.models import linear as lin
-from triolm.models import native
+from triolm.kernels import native
 from triolm.serving import loop_core
 
 pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler: the native kernels cannot exist here")

@@ -10,7 +10,7 @@ import ctypes
 import pytest
 import torch
 
-from triolm.models import native
+from triolm.kernels import native
 
 pytestmark = pytest.mark.skipif(native._compiler() is None,
                                 reason="no C++ compiler on this machine: the native kernels cannot exist here")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from triolm.models import native
+from triolm.kernels import native
 
 
 @pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler: the native kernels cannot exist here")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
 from triolm.models import linear as lin
-from triolm.models import native
+from triolm.kernels import native
 from triolm.models.gguf_reader import read_gguf
 from triolm.models.gguf_weights import read_gguf_for_engine
 from triolm.models.llama import LlamaModel

@@ -102,7 +102,7 @@ async def serve(settings: ServerSettings) -> int:
 def main(argv: list[str] | None = None) -> int:
     # Before torch loads: idle OpenMP threads (torch/MKL ops, e.g. prefill GEMMs) sleep
     # instead of spinning. On a machine shared with other processes, spinning barriers
-    # made steps 10x slower; the decode kernels use their own pool (models/native_src).
+    # made steps 10x slower; the decode kernels use their own pool (kernels/triolm_kernels.cpp).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     if args.command == "serve" and args.model is not None and not Path(args.model).exists():

@@ -5,7 +5,7 @@ The cache of one layer is a flat tensor of slots `[num_slots, kv_heads, head_dim
 slots, then each sequence attends over the slots its block table names.
 
 This module is the torch path (prefill, and decode when the native kernels are not
-built). Native decode (`native_src.tl_decode_attention`) walks the block tables in
+built). Native decode (`tl_decode_attention` in kernels/triolm_kernels.cpp) walks the block tables in
 place instead of gathering each context every layer.
 """
 

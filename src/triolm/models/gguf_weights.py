@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from triolm.models import native
+from triolm.kernels import native
 from triolm.models.gguf_reader import GGUFModel, read_gguf
 
 

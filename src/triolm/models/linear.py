@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from triolm.models import native
+from triolm.kernels import native
 
 #: Rows up to which the native weight-streaming kernel beats expand + MKL GEMM, measured
 #: here on a 3072x576 matrix, one thread (us per call, native vs expand+GEMM):

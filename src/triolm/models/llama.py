@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from triolm.errors import ModelLoadError
 from triolm.models import linear as lin
-from triolm.models import native
+from triolm.kernels import native
 from triolm.models.attention import AttentionMetadata, paged_attention
 from triolm.models.config import ModelConfig
 from triolm.models.rope import RotaryEmbedding
@@ -194,7 +194,7 @@ class LlamaModel:
 
 class CacheState:
     """Per-layer (k, v) views of one KV cache, and the int64 table `tl_decode_step`
-    walks (layout in native_src). The table holds raw pointers: the model's weights and
+    walks (layout in kernels/triolm_kernels.cpp). The table holds raw pointers: the model's weights and
     this cache stay referenced by the model and by this object."""
 
     def __init__(self, model: LlamaModel, kv_cache: torch.Tensor):

@@ -23,7 +23,7 @@ import ctypes
 
 import trio
 
-from triolm.models import native
+from triolm.kernels import native
 
 _flag: ctypes.c_int | None = None
 

@@ -1,8 +1,8 @@
 """Build (once, cached on disk) and call triolm's native CPU kernels.
 
-The library is compiled from `native_src.SOURCE` with the system C++ compiler for this
-very CPU (`-march=native`) into ~/.cache/triolm/kernels/, keyed by a hash of the
-source, flags, compiler and CPU flags; later starts load it in milliseconds. Set
+The library is compiled from the `.cpp` files beside this module with the system C++
+compiler for this very CPU (`-march=native`) into ~/.cache/triolm/kernels/, keyed by a
+hash of the sources, flags, compiler and CPU flags; later starts load it in milliseconds. Set
 TRIOLM_NATIVE=0 to disable it (TRIOLM_NATIVE_FLAGS adds compiler flags, e.g.
 -DPF_AHEAD=8192 to try another prefetch distance; TRIOLM_KERNEL_CACHE moves the cache). When it cannot be built (no compiler, not x86/Linux),
 `lib()` returns None and the model uses its pure-torch paths: same results, slower.
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from triolm.models.native_src import SOURCE
 
 log = logging.getLogger(__name__)
+
+_SOURCE_DIR = Path(__file__).parent
 
 _FLAGS = ["-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c++17",
           "-fno-math-errno", "-Wall"] + os.environ.get("TRIOLM_NATIVE_FLAGS", "").split()
@@ -74,9 +75,15 @@ def _compiler() -> str | None:
     return None
 
 
+def _sources() -> list[Path]:
+    """Every C++ file of the library; headers count towards the cache key too."""
+    return sorted(p for p in _SOURCE_DIR.iterdir() if p.suffix in (".cpp", ".h"))
+
+
 def _build(cxx: str) -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE, " ".join(_FLAGS), version, _cpu_flags()]).encode())
+    texts = [f"{p.name}\0{p.read_text()}" for p in _sources()]
+    key = hashlib.sha256("\0".join([*texts, " ".join(_FLAGS), version, _cpu_flags()]).encode())
     out = cache_dir() / f"triolm_kernels_{key.hexdigest()[:16]}.so"
     if out.exists():
         return out
@@ -87,10 +94,9 @@ def _build(cxx: str) -> Path:
             if out.exists():
                 return out
             with tempfile.TemporaryDirectory() as tmp:
-                src = Path(tmp) / "kernels.cpp"
-                src.write_text(SOURCE)
                 target = Path(tmp) / out.name
-                proc = subprocess.run([cxx, *_FLAGS, str(src), "-o", str(target)],
+                units = [str(p) for p in _sources() if p.suffix == ".cpp"]
+                proc = subprocess.run([cxx, *_FLAGS, *units, "-o", str(target)],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise RuntimeError(f"compiling the native kernels failed:\n{proc.stderr[-2000:]}")

@@ -1,19 +1,17 @@
-"""C++ source of triolm's CPU kernels (built at run time by `triolm.models.native`).
+/* triolm's CPU kernels, built at run time by triolm/kernels/native.py.
 
-Why native code: on CPU, torch's float16 GEMV converts weights slower than memory
-streams them (measured here: no faster than float32 at batch 1), and its int8 paths
-re-quantize weights or activations. These kernels read weights exactly as the file
-stores them (float16, or Q8_0 int8 codes with one scale per 32), convert them in
-registers and compute in float32 — so results equal the dequantized float32 model up
-to summation order. Decode attention reads the paged KV cache in place (no per-layer
-gather), applies RoPE and writes the new key/value in the same pass.
+   Why native code: on CPU, torch's float16 GEMV converts weights slower than memory
+   streams them (measured here: no faster than float32 at batch 1), and its int8 paths
+   re-quantize weights or activations. These kernels read weights exactly as the file
+   stores them (float16, or Q8_0 int8 codes with one scale per 32), convert them in
+   registers and compute in float32 — so results equal the dequantized float32 model up
+   to summation order. Decode attention reads the paged KV cache in place (no per-layer
+   gather), applies RoPE and writes the new key/value in the same pass.
 
-No torch headers: the library builds in a few seconds and is called through ctypes
-(which releases the GIL during each call). Its own small thread pool (see below) stays
-fast on a machine shared with other processes, where OpenMP barriers stall.
-"""
+   No torch headers: the library builds in a few seconds and is called through ctypes
+   (which releases the GIL during each call). Its own small thread pool (see below) stays
+   fast on a machine shared with other processes, where OpenMP barriers stall. */
 
-SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -815,7 +813,7 @@ extern "C" void tl_decode_attention(
 /* ------------------------------------------------------------------ whole decode step
    Every layer of one decode step in one call, so the Python interpreter (and the GIL)
    is out of the loop: at 30 layers x ~8 operations, per-call overhead was ~15% of a
-   step. `plan` is an int64 array written once by the model (llama.py, _DecodePlan):
+   step. `plan` is an int64 array written once by the model (model/llama.py, CacheState.decode_plan):
 
      header: n_layers, hidden, intermediate, heads, kv_heads, head_dim, cos*, sin*
      per layer (PLAN_LAYER slots): input_norm*, post_norm*, qkv kind, qkv w*, qkv d*,
@@ -868,4 +866,3 @@ extern "C" void tl_decode_step(const i64* plan, float* x, i64 B, const int32_t* 
         linear(WeightRef{(int)p[14], (const void*)p[15], (const float*)p[16], inter}, act, inter, x, hid, B, hid, 1, nthreads);
     }
 }
-"""
