@@ -17,6 +17,7 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
+from triolm.api.auth import api_key_error
 from triolm.api.errors import APIError, error_response
 from triolm.api.routes import bp
 from triolm.api.state import AppState
@@ -150,15 +151,11 @@ def _install_error_handlers(app: QuartTrio) -> None:
 def _install_auth(app: QuartTrio, state: AppState) -> None:
     @app.before_request
     async def check_api_key():
-        key = state.settings.api_key
-        if not key or not request.path.startswith("/v1/"):
+        err = api_key_error(state.settings.api_key, request)
+        if err is None:
             return None
-        given = request.headers.get("Authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
-            await request.get_data()  # drain the body: keep the keep-alive connection usable
-            return error_response(APIError(401, "invalid or missing API key (Authorization: Bearer …)",
-                                           code="invalid_api_key"))
-        return None
+        await request.get_data()  # drain the body: keep the keep-alive connection usable
+        return error_response(err)
 
 
 class _HTTPConnection(TrioASGIHTTPConnection):

@@ -6,25 +6,24 @@ own prompt tokens and record what was generated.
 
 from __future__ import annotations
 
-import json
 from typing import AsyncIterator
 
 import attrs
 import trio
 
 from triolm.api import openai_format as fmt
-from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, stream_error_event
-from triolm.api.errors import APIError, bad_request
+from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
+from triolm.api.errors import bad_request
 from triolm.api.sampling import (build_sampling_params, check_context, requested_max_tokens,
                                  stop_strings, validate_common)
 from triolm.api.schemas import ChatCompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_chat, tool_parsing_mode
+from triolm.api.tool_calls import ToolCallStreamer, parse_tool_calls, tool_calls_finish_reason
 from triolm.errors import InvalidRequestError
-from triolm.serving.engine_driver import OverloadedError
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
-from triolm.serving.prompts import RenderedPrompt, check_tool_definitions, render_chat_prompt, run_off_loop
+from triolm.serving.prompts import RenderedPrompt, render_chat_prompt, run_off_loop
 from triolm.serving.served_model import ServedModel
 
 
@@ -43,12 +42,7 @@ class ChatPlan:
 
 async def render_for_request(state: AppState, served: ServedModel, body: ChatCompletionRequest
                              ) -> RenderedPrompt:
-    reserved = sorted(set(body.chat_template_kwargs or ()) & _RESERVED_TEMPLATE_VARIABLES)
-    if reserved:
-        raise bad_request(f"chat_template_kwargs must not set {', '.join(reserved)} (use the request "
-                          "fields)", param="chat_template_kwargs")
     try:
-        check_tool_definitions(body.tools)
         return await run_off_loop(
             state.tokenize_limiter, render_chat_prompt, served, body.messages, body.tools,
             body.add_generation_prompt, body.continue_final_message, body.chat_template_kwargs)
@@ -66,9 +60,6 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
         raise bad_request(mapped.message, param=mapped.param or "messages") from None
 
 
-_RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt"})
-
-
 async def prepare_chat(state: AppState, body: ChatCompletionRequest,
                        prompt: RenderedPrompt | None = None) -> ChatPlan:
     served, _ = state.require_ready()
@@ -78,7 +69,8 @@ async def prepare_chat(state: AppState, body: ChatCompletionRequest,
         raise bad_request("top_logprobs requires logprobs: true", param="top_logprobs")
     if prompt is None:
         prompt = await render_for_request(state, served, body)
-    max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), served.max_model_len)
+    max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), served.max_model_len,
+                               min_tokens=body.min_tokens)
     constraint = await constraint_for_chat(state, served, body)
     return ChatPlan(body=body, served=served, prompt=prompt, max_tokens=max_tokens,
                     stops=stop_strings(body), tool_parser=tool_parsing_mode(served, body),
@@ -98,10 +90,7 @@ class ChatRun(GenerationsRun):
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         self.namer = fmt.TokenNamer(plan.served.tokenizer, body.return_tokens_as_token_ids)
         _, driver = state.require_ready()
-        try:
-            driver.check_room(body.n)
-        except OverloadedError as exc:
-            raise APIError(429, str(exc), code="overloaded") from None
+        admit(driver, body.n, param="n")
         self.gens = [
             Generation(driver, plan.served.tokenizer, plan.prompt.token_ids,
                        build_sampling_params(body, plan.max_tokens, logprobs, seed_offset=i,
@@ -127,12 +116,12 @@ class ChatRun(GenerationsRun):
             message = {"role": "assistant", "content": r.text}
             finish = r.finish_reason
             if p.tool_parser is not None:
-                from triolm.api.tool_calls import parse_tool_calls
-
-                content, calls = parse_tool_calls(p.tool_parser, r.text, self.tool_names)
+                content, calls = parse_tool_calls(p.tool_parser, r.text, self.tool_names,
+                                                  cut_short=finish == "length")
+                message = {"role": "assistant", "content": content}
                 if calls:
-                    message = {"role": "assistant", "content": content, "tool_calls": calls}
-                    finish = "tool_calls"
+                    message["tool_calls"] = calls
+                    finish = tool_calls_finish_reason(finish)
             choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish,
                       "stop_reason": r.stop_reason}
             if p.body.logprobs:
@@ -149,8 +138,6 @@ class ChatRun(GenerationsRun):
         p = self.plan
         body = p.body
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        from triolm.api.tool_calls import ToolCallStreamer
-
         streamers = [ToolCallStreamer(p.tool_parser, self.tool_names) if p.tool_parser else None
                      for _ in self.gens]
         finished = [False] * len(self.gens)
@@ -175,7 +162,7 @@ class ChatRun(GenerationsRun):
                     deltas = streamer.push(delta.text) if streamer else (
                         [{"content": delta.text}] if delta.text else [])
                     if delta.finish_reason is not None and streamer is not None:
-                        deltas += streamer.finish()
+                        deltas += streamer.finish(cut_short=delta.finish_reason == "length")
                     logprobs = fmt.chat_logprobs(delta.tokens, self.namer) if body.logprobs else None
                     for j, d in enumerate(deltas or ([{}] if logprobs else [])):
                         yield self._chunk([{"index": i, "delta": d,
@@ -185,7 +172,7 @@ class ChatRun(GenerationsRun):
                         finished[i] = True
                         finish = delta.finish_reason
                         if streamer is not None and streamer.saw_tool_call:
-                            finish = "tool_calls"
+                            finish = tool_calls_finish_reason(finish)
                         yield self._chunk([{"index": i, "delta": {}, "logprobs": None,
                                             "finish_reason": finish,
                                             "stop_reason": delta.stop_reason}])
@@ -198,7 +185,3 @@ class ChatRun(GenerationsRun):
             yield self._chunk([], fmt.usage(len(p.prompt.token_ids), completion_tokens,
                                             self.gens[0].result.num_cached_prompt_tokens))
         yield fmt.SSE_DONE
-
-
-def dumps(data: dict) -> str:
-    return json.dumps(data, ensure_ascii=False)

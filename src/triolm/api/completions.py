@@ -7,14 +7,13 @@ from typing import AsyncIterator
 import trio
 
 from triolm.api import openai_format as fmt
-from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, stream_error_event
-from triolm.api.errors import APIError, bad_request
+from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
+from triolm.api.errors import bad_request
 from triolm.api.sampling import (build_sampling_params, check_context, requested_max_tokens,
                                  stop_strings, validate_common)
 from triolm.api.schemas import CompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_completion
-from triolm.serving.engine_driver import OverloadedError
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
 from triolm.serving.prompts import encode_text, run_off_loop
@@ -49,6 +48,13 @@ async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[lis
     return ids
 
 
+def _num_prompts(prompt) -> int:
+    """How many prompts a `prompt` field holds (a string or a list of ids is one)."""
+    if isinstance(prompt, list) and prompt and not all(isinstance(p, int) for p in prompt):
+        return len(prompt)
+    return 1
+
+
 class CompletionRun(GenerationsRun):
     chunk_object = "text_completion"
 
@@ -62,17 +68,14 @@ class CompletionRun(GenerationsRun):
         self.prompt_index: list[int] = []
         for p_index, prompt in enumerate(prompts):
             max_tokens = check_context(len(prompt), requested_max_tokens(body) or 16, served.max_model_len,
-                                       prompt_param="prompt")
+                                       prompt_param="prompt", min_tokens=body.min_tokens)
             for i in range(body.n):
                 params = build_sampling_params(body, max_tokens, body.logprobs, seed_offset=i,
                                                constraint=constraint)
                 self.gens.append(Generation(driver, served.tokenizer, prompt, params, stop=stops,
                                             skip_special_tokens=body.skip_special_tokens))
                 self.prompt_index.append(p_index)
-        try:
-            driver.check_room(len(self.gens))
-        except OverloadedError as exc:
-            raise APIError(429, str(exc), code="overloaded") from None
+        admit(driver, len(self.gens), param="n")
         self.start = trio.current_time()
 
     def _echo_text(self, index: int) -> str:
@@ -144,8 +147,9 @@ async def prepare_completion(state: AppState, body: CompletionRequest) -> Comple
     validate_common(body, served.config.vocab_size, state.settings.max_n)
     if body.suffix:
         raise bad_request("suffix is not supported", param="suffix")
+    _, driver = state.require_ready()
+    # A request that can never be queued is refused before its prompts are tokenized.
+    admit(driver, _num_prompts(body.prompt) * body.n, param="n")
     prompts = await tokenize_prompts(state, body)
-    if len(prompts) * body.n > state.settings.max_n * 8:
-        raise bad_request("too many prompts × n in one request", param="prompt")
     constraint = await constraint_for_completion(state, served, body)
     return CompletionRun(state, body, prompts, constraint)

@@ -8,7 +8,7 @@ import trio
 from triolm.api import openai_format as fmt
 from triolm.api.errors import APIError, bad_request
 from triolm.api.state import AppState
-from triolm.serving.engine_driver import EngineFailure, OverloadedError
+from triolm.serving.engine_driver import EngineDriver, EngineFailure, OverloadedError
 from triolm.serving.fanout import run_all
 from triolm.serving.generation import Generation
 
@@ -62,3 +62,17 @@ def stream_error_event(exc: Exception) -> bytes:
     else:
         err = bad_request(str(exc))
     return fmt.sse({"error": err.body()["error"]})
+
+
+def admit(driver: EngineDriver, count: int, param: str) -> None:
+    """Check that `count` generations may be queued now: a request that can never fit the
+    waiting queue is a 400 naming the limit (retrying cannot help); one that does not fit
+    *now* is a retryable 429."""
+    if count > driver.max_queue:
+        raise bad_request(f"this request asks for {count} generations, more than the server "
+                          f"ever queues at once (--max-queue {driver.max_queue})", param=param,
+                          code="request_too_large")
+    try:
+        driver.check_room(count)
+    except OverloadedError as exc:
+        raise APIError(429, str(exc), code="overloaded") from None

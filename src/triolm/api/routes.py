@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import re
-
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, jsonify, request
 
+from triolm.api.body import read_json_object
 from triolm.api.chat import ChatRun, prepare_chat
 from triolm.api.completions import prepare_completion
 from triolm.api.errors import APIError, bad_request
@@ -24,56 +22,9 @@ def state() -> AppState:
     return current_app.config["TRIOLM_STATE"]
 
 
-_PARSE_OFF_LOOP_BYTES = 1 << 20  # parsing a few MB of JSON takes tens of ms: not on the loop
-
-
 async def json_body() -> dict:
     """The request's JSON object, or a 400 naming what is wrong with it."""
-    raw = await request.get_data(cache=False)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad_request("request body is not valid UTF-8") from None
-    try:
-        if not text.strip():
-            data = None
-        elif len(raw) > _PARSE_OFF_LOOP_BYTES:
-            data = await trio.to_thread.run_sync(json.loads, text)
-        else:
-            data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise bad_request(f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
-    except RecursionError:
-        raise bad_request("request body is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise bad_request("request body must be a JSON object")
-    if _SURROGATE_ESCAPE.search(text):  # only \\uD800-\\uDFFF escapes can make one
-        _reject_lone_surrogates(data)
-    return data
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _reject_lone_surrogates(data: dict) -> None:
-    """JSON may spell a lone UTF-16 surrogate (\\udc80); it is not text any tokenizer
-    can take. Say which field holds one instead of failing deep inside a tokenizer."""
-    stack: list[tuple[object, str]] = [(data, "")]
-    while stack:
-        value, where = stack.pop()
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                param = where.split(".")[0].split("[")[0] or None
-                raise bad_request(f"'{where}' contains a lone UTF-16 surrogate, which is not valid "
-                                  "Unicode text", param=param) from None
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                stack.append((key, where))
-                stack.append((item, f"{where}.{key}" if where else str(key)))
-        elif isinstance(value, list):
-            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+    return await read_json_object(await request.get_data(cache=False))
 
 
 def sse_response(body) -> Response:
@@ -110,7 +61,7 @@ async def list_models():
     data = []
     if st.served is not None:
         data.append({"id": st.served.name, "object": "model", "created": int(st.started_at),
-                     "owned_by": "triolm", "root": st.served.path,
+                     "owned_by": "triolm", "root": st.served.name,
                      "max_model_len": st.served.max_model_len})
     return jsonify({"object": "list", "data": data})
 

@@ -15,14 +15,20 @@ def requested_max_tokens(body: SamplingFields) -> int | None:
 
 
 def check_context(num_prompt_tokens: int, max_tokens: int | None, max_model_len: int,
-                  prompt_param: str = "messages") -> int:
-    """The effective max_tokens; 400 when the prompt (plus max_tokens) exceeds the context."""
+                  prompt_param: str = "messages", min_tokens: int = 0) -> int:
+    """The effective max_tokens; 400 when the prompt (plus max_tokens, or plus min_tokens)
+    exceeds the context."""
     if num_prompt_tokens >= max_model_len:
         raise bad_request(
             f"This model's maximum context length is {max_model_len} tokens. However, your "
             f"prompt has {num_prompt_tokens} tokens, which leaves no room for a completion.",
             param=prompt_param, code="context_length_exceeded")
     room = max_model_len - num_prompt_tokens
+    if min_tokens > room:
+        raise bad_request(
+            f"min_tokens is {min_tokens}, but this model's maximum context length of {max_model_len} "
+            f"tokens leaves room for {room} after the {num_prompt_tokens}-token prompt.",
+            param="min_tokens", code="context_length_exceeded")
     if max_tokens is None:
         return room
     if max_tokens > room:
@@ -31,6 +37,9 @@ def check_context(num_prompt_tokens: int, max_tokens: int | None, max_model_len:
             f"requested {num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the "
             f"prompt, {max_tokens} in the completion). Reduce the prompt or max_tokens.",
             param="max_tokens", code="context_length_exceeded")
+    if min_tokens > max_tokens:
+        raise bad_request(f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens})",
+                          param="min_tokens")
     return max_tokens
 
 

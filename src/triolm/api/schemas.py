@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from triolm.api.errors import APIError
+from triolm.errors import InvalidRequestError
+from triolm.serving.prompts import check_tool_definitions
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+# What the chat template renderer itself binds (triolm.chat.template): a request's
+# chat_template_kwargs may add variables, never replace these.
+RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token",
+                                         "eos_token", "raise_exception", "strftime_now"})
 
 
 class StreamOptions(BaseModel):
@@ -81,6 +87,31 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: Optional[dict[str, Any]] = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, v):
+        try:
+            check_tool_definitions(v)
+        except InvalidRequestError as exc:
+            raise ValueError(exc.message) from None
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_needs_tools(cls, v, info: ValidationInfo):
+        if (v == "required" or isinstance(v, dict)) and not info.data.get("tools"):
+            raise ValueError(f"tool_choice {v!r} requires a non-empty 'tools' list")
+        return v
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, v):
+        reserved = sorted(set(v or ()) & RESERVED_TEMPLATE_VARIABLES)
+        if reserved:
+            raise ValueError(f"must not set the template's own variable(s) {', '.join(reserved)} "
+                             "(use the request's fields)")
+        return v
 
     @field_validator("messages")
     @classmethod

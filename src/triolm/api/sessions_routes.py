@@ -14,41 +14,24 @@ feeds the engine that node's tokens + the tokens of the new text only, through t
 
 from __future__ import annotations
 
-import json
-import secrets
-
 import attrs
 from quart import Blueprint, jsonify, request
 
 from triolm.api import openai_format as fmt
 from triolm.api.chat import ChatPlan, ChatRun, prepare_chat, render_for_request
-from triolm.api.errors import APIError, bad_request, error_response
+from triolm.api.body import read_json_object
+from triolm.api.errors import APIError, bad_request
 from triolm.api.routes import sse_response
 from triolm.api.schemas import ChatCompletionRequest, parse_body
 from triolm.api.state import AppState
+from triolm.chat.tool_parsers import TOOL_PARSERS
 from triolm.errors import InvalidRequestError
-from triolm.serving.prompts import RenderedPrompt, check_tool_definitions, render_chat_text, run_off_loop
+from triolm.serving.prompts import RenderedPrompt, render_chat_text, run_off_loop
 from triolm.sessions.node import Extension, Generated, Node, build_node, find_extension, find_token_extension
 from triolm.sessions.registry import SessionNotFound, SessionRegistry, TooManySessions
 from triolm.sessions.session import Session
 
 DEFAULT_TOOL_PARSER = "hermes"
-_FALLBACK_PARSERS = ("hermes", "mistral", "llama3_json", "pythonic")
-
-
-def known_tool_parsers() -> tuple[str, ...]:
-    """Parser names a session may ask for: the chat layer's registry when it has one."""
-    try:
-        from triolm.chat import tool_parsers
-    except ImportError:
-        return _FALLBACK_PARSERS
-    for attr in ("TOOL_PARSERS", "PARSERS", "available_tool_parsers", "tool_parser_names"):
-        names = getattr(tool_parsers, attr, None)
-        if callable(names):
-            names = names()
-        if names:
-            return tuple(names)
-    return _FALLBACK_PARSERS
 
 
 @attrs.frozen
@@ -70,18 +53,6 @@ def register_sessions(app, state: AppState) -> None:
         except SessionNotFound as exc:
             raise APIError(404, str(exc), param="session_id", code="session_not_found") from None
 
-    @bp.before_request
-    async def check_api_key():
-        key = state.settings.api_key
-        if not key:
-            return None
-        given = request.headers.get("Authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
-            await request.get_data()
-            return error_response(APIError(401, "invalid or missing API key (Authorization: Bearer …)",
-                                           code="invalid_api_key"))
-        return None
-
     @bp.post("/sessions/create")
     async def create_session():
         data = await _json_object(allow_empty=True)
@@ -89,7 +60,7 @@ def register_sessions(app, state: AppState) -> None:
         parser = data.get("tool_parser")
         if parser is None:
             parser = served.tool_parser or DEFAULT_TOOL_PARSER
-        known = known_tool_parsers()
+        known = TOOL_PARSERS
         if not isinstance(parser, str) or parser not in known:
             raise bad_request(f"unknown tool_parser {parser!r} (known: {', '.join(known)})",
                               param="tool_parser")
@@ -166,20 +137,7 @@ def register_sessions(app, state: AppState) -> None:
 
 
 async def _json_object(allow_empty: bool = False) -> dict:
-    raw = await request.get_data(cache=False)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad_request("request body is not valid UTF-8") from None
-    if not text.strip() and allow_empty:
-        return {}
-    try:
-        data = json.loads(text) if text.strip() else None
-    except json.JSONDecodeError as exc:
-        raise bad_request(f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
-    if not isinstance(data, dict):
-        raise bad_request("request body must be a JSON object")
-    return data
+    return await read_json_object(await request.get_data(cache=False), allow_empty)
 
 
 async def _prepare(state: AppState, session: Session, body: ChatCompletionRequest) -> _Prepared:
@@ -192,7 +150,6 @@ async def _prepare(state: AppState, session: Session, body: ChatCompletionReques
         parent, new_ids = find_token_extension(session.nodes, prompt.token_ids)
         return _Prepared(session, Extension(parent, ""), prompt, new_ids)
     try:
-        check_tool_definitions(body.tools)
         text = await run_off_loop(limiter, render_chat_text, served, body.messages, body.tools,
                                   body.add_generation_prompt, body.continue_final_message,
                                   body.chat_template_kwargs)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from triolm.chat.tool_parsers import get_tool_parser
 
 
-def parse_tool_calls(parser_name: str, text: str, tool_names=None) -> tuple[str | None, list[dict]]:
-    """(content outside the calls, OpenAI tool_calls). Malformed markup stays content."""
-    parsed = get_tool_parser(parser_name, tool_names).parse(text)
+def parse_tool_calls(parser_name: str, text: str, tool_names=None,
+                     cut_short: bool = False) -> tuple[str | None, list[dict]]:
+    """(content outside the calls, OpenAI tool_calls). Malformed markup stays content;
+    `cut_short` (max_tokens): an unfinished call or marker at the end is dropped."""
+    parsed = get_tool_parser(parser_name, tool_names).parse(text, cut_short=cut_short)
     return parsed.content, [call.to_openai() for call in parsed.tool_calls]
 
 
@@ -32,5 +34,11 @@ class ToolCallStreamer:
     def push(self, text: str) -> list[dict]:
         return self._convert(self.parser.push(text)) if text else []
 
-    def finish(self) -> list[dict]:
-        return self._convert(self.parser.finish())
+    def finish(self, cut_short: bool = False) -> list[dict]:
+        return self._convert(self.parser.finish(cut_short=cut_short))
+
+
+def tool_calls_finish_reason(generation_finish: str) -> str:
+    """A reply holding calls finishes with "tool_calls", unless max_tokens cut it short:
+    then "length" says that more (calls or text) was coming."""
+    return "length" if generation_finish == "length" else "tool_calls"

@@ -208,8 +208,14 @@ class ToolParser(abc.ABC):
     def streaming(self) -> "StreamingToolParser":
         """A fresh incremental parser for one response."""
 
-    def parse(self, text: str) -> ParsedToolCalls:
+    def parse(self, text: str, cut_short: bool = False) -> ParsedToolCalls:
+        """`cut_short`: the generation stopped mid-text (max_tokens); complete calls are
+        kept, an unfinished call or marker at the end is dropped, never made content."""
         stream = self.streaming()
+        if cut_short:  # no incremental commit: only complete calls become calls
+            stream._pending = text
+            stream._run(final=False)
+            return aggregate(stream._take() + stream.finish(cut_short=True))
         events = stream._consume(text, final=True) + stream.finish()
         return aggregate(events)
 
@@ -255,9 +261,12 @@ class StreamingToolParser(abc.ABC):
     def push(self, delta_text: str) -> list[DeltaEvent]:
         return self._consume(delta_text, final=False)
 
-    def finish(self) -> list[DeltaEvent]:
-        self._run(final=True)
-        self._end_of_text()
+    def finish(self, cut_short: bool = False) -> list[DeltaEvent]:
+        """`cut_short`: the text stopped mid-way (max_tokens); what is still undecided at
+        its end (a marker's first characters, an unfinished call) is markup cut off, and
+        dropped rather than sent as content."""
+        self._run(final=not cut_short)
+        self._end_of_text(cut_short)
         if self._ws and not self._after_call:
             self._emit_content(self._ws)
         self._ws = ""
@@ -268,14 +277,19 @@ class StreamingToolParser(abc.ABC):
     def _run(self, final: bool) -> None:
         """Consume as much of self._pending as can be decided."""
 
-    def _end_of_text(self) -> None:
+    def _end_of_text(self, cut_short: bool = False) -> None:
         """The text ended: a call still open is truncated."""
         call = self._call
         if call is None:
+            if cut_short:
+                self._pending = ""  # the first characters of a marker
             return
         if self._complete_at_end(call):
             if not self._complete_call(call):
                 self._abandon_call(call, self._pending)
+        elif cut_short and not call.committed:  # an unfinished call: dropped
+            self._call = None
+            self._ws = call.ws_before + self._ws
         elif not call.committed:
             self._abandon_call(call, self._pending)
         else:  # a streamed call cut short: it stays as sent
