@@ -47,7 +47,11 @@ def test_required_tool_choice_calls_an_allowed_tool(client, served_model):
         r = client.chat.completions.create(model=served_model.name, messages=MESSAGES, seed=seed,
                                            tools=[WEATHER, SEARCH], tool_choice="required", max_tokens=300)
         calls = r.choices[0].message.tool_calls
-        assert r.choices[0].finish_reason == "tool_calls" and calls
+        assert calls
+        # parallel calls may run into max_tokens: then the reply was cut short ("length"),
+        # and the calls completed before the cut are kept
+        cut = r.usage.completion_tokens == 300
+        assert r.choices[0].finish_reason == ("length" if cut else "tool_calls")
         for call in calls:
             jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
 

@@ -14,12 +14,12 @@ import trio
 from triolm.api import openai_format as fmt
 from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
 from triolm.api.errors import bad_request
-from triolm.api.sampling import (build_sampling_params, check_context, requested_max_tokens,
-                                 stop_strings, validate_common)
+from triolm.api.sampling import build_sampling_params, check_context, stop_strings
 from triolm.api.schemas import ChatCompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_chat, tool_parsing_mode
 from triolm.api.tool_calls import ToolCallStreamer, parse_tool_calls, tool_calls_finish_reason
+from triolm.api.validation import check_against_model, request_limits, requested_max_tokens
 from triolm.errors import InvalidRequestError
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
@@ -64,9 +64,7 @@ async def prepare_chat(state: AppState, body: ChatCompletionRequest,
                        prompt: RenderedPrompt | None = None) -> ChatPlan:
     served, _ = state.require_ready()
     state.check_model_name(body.model)
-    validate_common(body, served.config.vocab_size, state.settings.max_n)
-    if body.logprobs is False and body.top_logprobs:
-        raise bad_request("top_logprobs requires logprobs: true", param="top_logprobs")
+    check_against_model(body, request_limits(state))
     if prompt is None:
         prompt = await render_for_request(state, served, body)
     max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), served.max_model_len,
@@ -90,7 +88,7 @@ class ChatRun(GenerationsRun):
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         self.namer = fmt.TokenNamer(plan.served.tokenizer, body.return_tokens_as_token_ids)
         _, driver = state.require_ready()
-        admit(driver, body.n, param="n")
+        admit(driver, body.n)
         self.gens = [
             Generation(driver, plan.served.tokenizer, plan.prompt.token_ids,
                        build_sampling_params(body, plan.max_tokens, logprobs, seed_offset=i,

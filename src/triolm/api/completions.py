@@ -9,11 +9,11 @@ import trio
 from triolm.api import openai_format as fmt
 from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
 from triolm.api.errors import bad_request
-from triolm.api.sampling import (build_sampling_params, check_context, requested_max_tokens,
-                                 stop_strings, validate_common)
+from triolm.api.sampling import build_sampling_params, check_context, stop_strings
 from triolm.api.schemas import CompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_completion
+from triolm.api.validation import check_against_model, request_limits, requested_max_tokens
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
 from triolm.serving.prompts import encode_text, run_off_loop
@@ -48,13 +48,6 @@ async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[lis
     return ids
 
 
-def _num_prompts(prompt) -> int:
-    """How many prompts a `prompt` field holds (a string or a list of ids is one)."""
-    if isinstance(prompt, list) and prompt and not all(isinstance(p, int) for p in prompt):
-        return len(prompt)
-    return 1
-
-
 class CompletionRun(GenerationsRun):
     chunk_object = "text_completion"
 
@@ -75,7 +68,7 @@ class CompletionRun(GenerationsRun):
                 self.gens.append(Generation(driver, served.tokenizer, prompt, params, stop=stops,
                                             skip_special_tokens=body.skip_special_tokens))
                 self.prompt_index.append(p_index)
-        admit(driver, len(self.gens), param="n")
+        admit(driver, len(self.gens))
         self.start = trio.current_time()
 
     def _echo_text(self, index: int) -> str:
@@ -144,12 +137,9 @@ class CompletionRun(GenerationsRun):
 async def prepare_completion(state: AppState, body: CompletionRequest) -> CompletionRun:
     served, _ = state.require_ready()
     state.check_model_name(body.model)
-    validate_common(body, served.config.vocab_size, state.settings.max_n)
+    check_against_model(body, request_limits(state))
     if body.suffix:
         raise bad_request("suffix is not supported", param="suffix")
-    _, driver = state.require_ready()
-    # A request that can never be queued is refused before its prompts are tokenized.
-    admit(driver, _num_prompts(body.prompt) * body.n, param="n")
     prompts = await tokenize_prompts(state, body)
     constraint = await constraint_for_completion(state, served, body)
     return CompletionRun(state, body, prompts, constraint)

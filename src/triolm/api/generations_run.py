@@ -64,14 +64,9 @@ def stream_error_event(exc: Exception) -> bytes:
     return fmt.sse({"error": err.body()["error"]})
 
 
-def admit(driver: EngineDriver, count: int, param: str) -> None:
-    """Check that `count` generations may be queued now: a request that can never fit the
-    waiting queue is a 400 naming the limit (retrying cannot help); one that does not fit
-    *now* is a retryable 429."""
-    if count > driver.max_queue:
-        raise bad_request(f"this request asks for {count} generations, more than the server "
-                          f"ever queues at once (--max-queue {driver.max_queue})", param=param,
-                          code="request_too_large")
+def admit(driver: EngineDriver, count: int) -> None:
+    """Queue room for `count` generations now, or a retryable 429. (A request that can
+    never fit was refused as a 400 by `validation.check_against_model`.)"""
     try:
         driver.check_room(count)
     except OverloadedError as exc:

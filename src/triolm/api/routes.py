@@ -13,6 +13,7 @@ from triolm.api.errors import APIError, bad_request
 from triolm.api.schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                 TokenizeRequest, parse_body)
 from triolm.api.state import AppState
+from triolm.api.validation import parse_request
 from triolm.serving.prompts import encode_text, run_off_loop
 
 bp = Blueprint("triolm", __name__)
@@ -38,7 +39,7 @@ def sse_response(body) -> Response:
 # -- OpenAI -----------------------------------------------------------------------------
 @bp.post("/v1/chat/completions")
 async def chat_completions():
-    body = parse_body(ChatCompletionRequest, await json_body())
+    body = parse_request(ChatCompletionRequest, await json_body())
     plan = await prepare_chat(state(), body)
     run = ChatRun(state(), plan)
     if body.stream:
@@ -48,7 +49,7 @@ async def chat_completions():
 
 @bp.post("/v1/completions")
 async def completions():
-    body = parse_body(CompletionRequest, await json_body())
+    body = parse_request(CompletionRequest, await json_body())
     run = await prepare_completion(state(), body)
     if body.stream:
         return sse_response(run.stream())

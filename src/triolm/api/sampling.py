@@ -1,17 +1,10 @@
-"""Request body -> SamplingParams, checked against the served model (vocab, context)."""
+"""A checked request -> SamplingParams, and the prompt-length check of the context."""
 
 from __future__ import annotations
 
 from triolm.api.errors import bad_request
 from triolm.api.schemas import SamplingFields
 from triolm.engine.sampling_params import SamplingParams
-
-
-def requested_max_tokens(body: SamplingFields) -> int | None:
-    value = getattr(body, "max_completion_tokens", None)
-    if value is None:
-        value = body.max_tokens
-    return value
 
 
 def check_context(num_prompt_tokens: int, max_tokens: int | None, max_model_len: int,
@@ -41,30 +34,6 @@ def check_context(num_prompt_tokens: int, max_tokens: int | None, max_model_len:
         raise bad_request(f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens})",
                           param="min_tokens")
     return max_tokens
-
-
-def validate_common(body: SamplingFields, vocab_size: int, max_n: int) -> None:
-    """Checks that do not need the prompt: n, max_tokens sign, ids inside the vocabulary."""
-    if body.n < 1 or body.n > max_n:
-        raise bad_request(f"n must be between 1 and {max_n}, got {body.n}", param="n")
-    max_tokens = requested_max_tokens(body)
-    if max_tokens is not None and max_tokens < 1:
-        param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
-        raise bad_request(f"{param} must be at least 1, got {max_tokens}", param=param)
-    if body.logit_bias:
-        for key in body.logit_bias:
-            try:
-                token_id = int(key)
-            except ValueError:
-                raise bad_request(f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
-            if not 0 <= token_id < vocab_size:
-                raise bad_request(f"logit_bias token id {token_id} is outside the vocabulary "
-                                  f"(0..{vocab_size - 1})", param="logit_bias")
-    for token_id in body.stop_token_ids or ():
-        if not 0 <= token_id < vocab_size:
-            raise bad_request(f"stop_token_ids: {token_id} is outside the vocabulary", param="stop_token_ids")
-    if body.min_tokens and (requested_max_tokens(body) or 1 << 30) < body.min_tokens:
-        raise bad_request("min_tokens must not exceed max_tokens", param="min_tokens")
 
 
 def stop_strings(body: SamplingFields) -> list[str]:

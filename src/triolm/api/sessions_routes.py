@@ -22,8 +22,9 @@ from triolm.api.chat import ChatPlan, ChatRun, prepare_chat, render_for_request
 from triolm.api.body import read_json_object
 from triolm.api.errors import APIError, bad_request
 from triolm.api.routes import sse_response
-from triolm.api.schemas import ChatCompletionRequest, parse_body
+from triolm.api.schemas import ChatCompletionRequest
 from triolm.api.state import AppState
+from triolm.api.validation import parse_request
 from triolm.chat.tool_parsers import TOOL_PARSERS
 from triolm.errors import InvalidRequestError
 from triolm.serving.prompts import RenderedPrompt, render_chat_text, run_off_loop
@@ -96,7 +97,7 @@ def register_sessions(app, state: AppState) -> None:
     @bp.post("/<session_id>/v1/chat/completions/render")
     async def render(session_id: str):
         session = lookup(session_id)
-        body = parse_body(ChatCompletionRequest, await _json_object())
+        body = parse_request(ChatCompletionRequest, await _json_object())
         with registry.using(session):
             prepared = await _prepare(state, session, body)
         parent = prepared.extension.parent
@@ -107,7 +108,7 @@ def register_sessions(app, state: AppState) -> None:
     @bp.post("/<session_id>/v1/chat/completions")
     async def chat(session_id: str):
         session = lookup(session_id)
-        body = parse_body(ChatCompletionRequest, await _json_object())
+        body = parse_request(ChatCompletionRequest, await _json_object())
         if body.stream:
             return await _stream(session, body)
         with registry.using(session):
