@@ -42,16 +42,24 @@ def parse_request(kind: type[Request], data: Any) -> Request:
     return parse_body(kind, data)
 
 
+def _max_tokens_field(body: SamplingFields) -> str:
+    """The field that sets the length: chat's max_completion_tokens wins over max_tokens."""
+    if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
 def requested_max_tokens(body: SamplingFields) -> int | None:
-    value = getattr(body, "max_completion_tokens", None)
-    if value is None:
-        value = body.max_tokens
-    return value
+    if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
+        return body.max_completion_tokens
+    return body.max_tokens
 
 
 def num_prompts(body: SamplingFields) -> int:
     """How many prompts a request holds (a chat, a string or a list of ids is one)."""
-    prompt = getattr(body, "prompt", None)
+    if not isinstance(body, CompletionRequest):
+        return 1
+    prompt = body.prompt
     if isinstance(prompt, list) and prompt and not all(isinstance(p, int) for p in prompt):
         return len(prompt)
     return 1
@@ -67,7 +75,7 @@ def check_against_model(body: SamplingFields, limits: RequestLimits) -> None:
                           f"ever queues at once (--max-queue {limits.max_queue})", param="n",
                           code="request_too_large")
     max_tokens = requested_max_tokens(body)
-    max_param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
+    max_param = _max_tokens_field(body)
     if max_tokens is not None and max_tokens < 1:
         raise bad_request(f"{max_param} must be at least 1, got {max_tokens}", param=max_param)
     if body.min_tokens >= limits.max_model_len:
