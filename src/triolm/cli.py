@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from triolm.serving.random_tiny import RANDOM_TINY_NAME
 from triolm.serving.settings import ServerSettings
 
 
@@ -19,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve a model over the OpenAI-compatible HTTP API")
     s.add_argument("model", nargs="?", default=None,
-                   help=".gguf file or Hugging Face model directory (default: the embedded random-weight model)")
+                   help=".gguf file, Hugging Face model directory or 'random-tiny' (a tiny random-weight "
+                        "model); default: SmolLM2-135M-Instruct, downloaded once into the user cache")
+    s.add_argument("--model", dest="model_option", default=None, metavar="MODEL", help="the same as MODEL")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--served-model-name", default=None, help="model id clients use (default: file/dir name)")
@@ -50,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    values = {k: v for k, v in vars(args).items() if k != "command"}
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "model_option")}
+    values["model"] = args.model or args.model_option
     return ServerSettings.from_env(**values)
 
 
@@ -105,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     # made steps 10x slower; the decode kernels use their own pool (kernels/triolm_kernels.cpp).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    if args.command == "serve" and args.model is not None and not Path(args.model).exists():
+    model = args.model or args.model_option if args.command == "serve" else None
+    if model is not None and model != RANDOM_TINY_NAME and not Path(model).exists():
         # Fail before binding a port, with the reason on stderr.
-        print(f"triolm serve: error: model {args.model!r}: no such file or directory", file=sys.stderr)
+        print(f"triolm serve: error: model {model!r}: no such file or directory", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

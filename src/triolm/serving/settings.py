@@ -11,7 +11,7 @@ ENV_PREFIX = "TRIOLM_"
 
 @attrs.frozen
 class ServerSettings:
-    model: str | None = None  # .gguf file or model directory; None: the embedded default model
+    model: str | None = None  # .gguf file, model directory or "random-tiny"; None: the default model
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_name: str | None = None
