@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from triolm.chat.reasoning import REASONING_PARSERS
 from triolm.serving.random_tiny import RANDOM_TINY_NAME
 from triolm.serving.settings import ServerSettings
 
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker threads for chat templates and tokenization (measured: 1 is best here)")
     s.add_argument("--chat-template", default=None, help="jinja file overriding the model's chat template")
     s.add_argument("--tool-call-parser", default=None, help="hermes | mistral | llama3_json (default: detected)")
+    s.add_argument("--reasoning-parser", default=None, choices=REASONING_PARSERS,
+                   help="split thinking into reasoning_content (default: detected from the chat template; "
+                        "'none' keeps it in content)")
     s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     s.add_argument("--kv-cache-memory", type=int, default=2 << 30, help="KV cache budget in bytes")
     s.add_argument("--max-body-size", type=int, default=16 * 1024 * 1024, help="bytes; larger bodies get 413")

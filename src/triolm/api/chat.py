@@ -14,6 +14,7 @@ import trio
 
 from triolm.api import openai_format as fmt
 from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, stream_error_event
+from triolm.api.chat_output import make_streamer, shape_message
 from triolm.api.errors import APIError, bad_request
 from triolm.api.sampling import (build_sampling_params, check_context, requested_max_tokens,
                                  stop_strings, validate_common)
@@ -107,8 +108,9 @@ class ChatRun(GenerationsRun):
                        build_sampling_params(body, plan.max_tokens, logprobs, seed_offset=i,
                                              constraint=plan.constraint),
                        stop=plan.stops,
-                       # tool markup may be special tokens ([TOOL_CALLS], <|python_tag|>)
-                       skip_special_tokens=body.skip_special_tokens and plan.tool_parser is None)
+                       # tool and thinking markup may be special tokens ([TOOL_CALLS], [THINK])
+                       skip_special_tokens=body.skip_special_tokens and plan.tool_parser is None
+                       and plan.served.reasoning is None)
             for i in range(body.n)
         ]
         self.tool_names = [t.get("function", {}).get("name") for t in (body.tools or [])] or None
@@ -124,15 +126,9 @@ class ChatRun(GenerationsRun):
         choices = []
         for i, g in enumerate(self.gens):
             r = g.result
-            message = {"role": "assistant", "content": r.text}
-            finish = r.finish_reason
-            if p.tool_parser is not None:
-                from triolm.api.tool_calls import parse_tool_calls
-
-                content, calls = parse_tool_calls(p.tool_parser, r.text, self.tool_names)
-                if calls:
-                    message = {"role": "assistant", "content": content, "tool_calls": calls}
-                    finish = "tool_calls"
+            message, called = shape_message(r.text, tool_parser=p.tool_parser, tool_names=self.tool_names,
+                                            reasoning=p.served.reasoning, prompt_text=p.prompt.text)
+            finish = "tool_calls" if called else r.finish_reason
             choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish,
                       "stop_reason": r.stop_reason}
             if p.body.logprobs:
@@ -149,9 +145,8 @@ class ChatRun(GenerationsRun):
         p = self.plan
         body = p.body
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        from triolm.api.tool_calls import ToolCallStreamer
-
-        streamers = [ToolCallStreamer(p.tool_parser, self.tool_names) if p.tool_parser else None
+        streamers = [make_streamer(tool_parser=p.tool_parser, tool_names=self.tool_names,
+                                   reasoning=p.served.reasoning, prompt_text=p.prompt.text)
                      for _ in self.gens]
         finished = [False] * len(self.gens)
         for i in range(len(self.gens)):

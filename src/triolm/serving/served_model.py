@@ -13,6 +13,8 @@ from typing import Callable
 import attrs
 import torch
 
+from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
+from triolm.chat.reasoning import ReasoningFormat, reasoning_format_for
 from triolm.errors import ModelLoadError
 from triolm.models.config import ModelConfig
 from triolm.models.llama import LlamaModel
@@ -41,6 +43,7 @@ class ServedModel:
     weights_bytes: int
     card: str = ""
     grammar: object | None = None  # triolm.chat.grammar.GrammarCompiler for this tokenizer
+    reasoning: ReasoningFormat | None = None  # thinking markers split off the answer
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -100,6 +103,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
                             bos_token=getattr(tokenizer, "bos_token", None) or "",
                             eos_token=getattr(tokenizer, "eos_token", None) or "")
     tool_parser = settings.tool_call_parser or _detect_tool_parser(template_source, config, mistral_tok)
+    reasoning = reasoning_format_for(settings.reasoning_parser, template.source)
     name = settings.served_model_name or builtin_name or (path.stem if path.is_file() else path.name)
     progress("grammar compiler", 0.95)
     from triolm.chat.grammar import GrammarCompiler
@@ -109,7 +113,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     return ServedModel(grammar=grammar, name=name, path=str(path), config=config, model=model, tokenizer=tokenizer,
                        chat_template=template, mistral_tokenizer=mistral_tok,
                        tool_parser=tool_parser, max_model_len=max_len,
-                       weights_bytes=weights_bytes, card=card)
+                       weights_bytes=weights_bytes, card=card, reasoning=reasoning)
 
 
 def _max_model_len(settings: ServerSettings, config: ModelConfig) -> int:
@@ -186,11 +190,8 @@ def _maybe_mistral_tokenizer(path: Path, settings: ServerSettings, config: Model
     return load_mistral_tokenizer(path)
 
 
-def _detect_tool_parser(template: str | None, config: ModelConfig, mistral_tok) -> str | None:
+def _detect_tool_parser(template: str | None, config: ModelConfig, mistral_tok) -> str:
+    """The template's own tool-call format, else the generic JSON format."""
     if mistral_tok is not None:
         return "mistral"
-    try:
-        from triolm.chat.tool_parsers import detect_tool_parser
-    except ImportError:
-        return None
-    return detect_tool_parser(template, config.architecture)
+    return detect_tool_parser(template, config.architecture) or GENERIC_TOOL_PARSER

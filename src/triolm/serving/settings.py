@@ -23,6 +23,7 @@ class ServerSettings:
     tokenizer_mode: str = "auto"  # auto | hf | mistral
     chat_template: str | None = None  # path of a jinja file overriding the model's template
     tool_call_parser: str | None = None
+    reasoning_parser: str | None = None  # None: detected from the chat template; "none": off
     log_level: str = "info"
     max_body_size: int = 16 * 1024 * 1024
     dtype: str = "float32"
