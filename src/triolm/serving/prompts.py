@@ -41,6 +41,8 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
             m["content"] = "".join(part.get("text", "") for part in content)
         if m.get("role") == "developer":
             m["role"] = "system"
+        if m.get("role") == "assistant" and content is None and m.get("tool_calls"):
+            m["content"] = ""  # as clients send calls back; templates (Qwen3) call string methods on it
         out.append(m)
     return out
 
