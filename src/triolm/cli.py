@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer-threads", type=int, default=1,
                    help="worker threads for chat templates and tokenization (measured: 1 is best here)")
     s.add_argument("--chat-template", default=None, help="jinja file overriding the model's chat template")
-    s.add_argument("--tool-call-parser", default=None, help="hermes | mistral | llama3_json (default: detected)")
+    s.add_argument("--tool-call-parser", default=None,
+                   help="hermes | mistral | llama3_json | generic (default: detected; generic when the "
+                        "chat template has no tool support)")
     s.add_argument("--reasoning-parser", default=None, choices=REASONING_PARSERS,
                    help="split thinking into reasoning_content (default: detected from the chat template; "
                         "'none' keeps it in content)")
