@@ -163,14 +163,17 @@ def _call_message(message) -> dict:
 
 def test_gtc_008_calls_and_results_sent_back_render_as_generated(plain_served):
     calls = [{"id": "call_1", "type": "function",
-              "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+              "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+             {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "CET"}'}}]
     history = [*ASK, {"role": "assistant", "content": None, "tool_calls": calls},
                {"role": "tool", "tool_call_id": "call_1", "content": "22 C, sunny"},
+               {"role": "tool", "tool_call_id": "call_2", "content": "12:00"},
                {"role": "assistant", "content": 'It is "sunny".'}, {"role": "user", "content": "Thanks"}]
     text = render_chat_text(plain_served, history, TOOLS)
-    assert ('<|im_start|>assistant\n{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
-            '<|im_end|>') in text
-    assert '<|im_start|>user\n{"tool_response": {"name": "get_weather", "content": "22 C, sunny"}}<|im_end|>' in text
+    assert ('<|im_start|>assistant\n{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+            '{"name": "get_time", "arguments": {"zone": "CET"}}]}<|im_end|>') in text
+    assert ('<|im_start|>user\n{"tool_response": {"name": "get_weather", "content": "22 C, sunny"}}\n'
+            '{"tool_response": {"name": "get_time", "content": "12:00"}}<|im_end|>') in text  # one turn
     assert '<|im_start|>assistant\n{"response": "It is \\"sunny\\"."}<|im_end|>' in text
 
 

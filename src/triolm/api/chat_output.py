@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from triolm.api.tool_calls import ToolCallStreamer, parse_tool_calls
 from triolm.chat.reasoning import ReasoningFormat, ReasoningSplitter, prompt_opens_thinking
+from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER
 
 
 def _splitter(reasoning: ReasoningFormat | None, prompt_text: str) -> ReasoningSplitter | None:
@@ -28,10 +29,11 @@ def shape_message(text: str, *, tool_parser: str | None, tool_names, reasoning: 
                    "reasoning_content": thinking or None}
     if tool_parser is not None:
         content, calls = parse_tool_calls(tool_parser, text, tool_names)
-        message["content"] = content if content or message["content"] is not None else None
         if calls:
-            message["tool_calls"] = calls
+            message.update(content=content, tool_calls=calls)
             return message, True
+        if tool_parser == GENERIC_TOOL_PARSER:  # the answer is the envelope's decoded string
+            message["content"] = content
     return message, False
 
 

@@ -59,10 +59,22 @@ def _calls_text(calls: list) -> str:
 
 def generic_tool_messages(messages: list[dict], tools: Sequence[dict] | None) -> list[dict]:
     """`messages` (normalized: string contents) rewritten for the generic format."""
-    names: dict[str, str] = {}
+    names: dict[str, str] = {}  # tool_call_id -> function name, for the results
     out: list[dict] = []
+    results_turn: dict | None = None  # the user turn collecting consecutive tool results
     for m in messages:
         role = m.get("role")
+        if role == "tool":
+            line = json.dumps({"tool_response": {
+                "name": m.get("name") or names.get(m.get("tool_call_id") or "", ""),
+                "content": m.get("content") or ""}}, ensure_ascii=False)
+            if results_turn is None:
+                results_turn = {"role": "user", "content": line}
+                out.append(results_turn)
+            else:
+                results_turn["content"] += "\n" + line
+            continue
+        results_turn = None
         if role == "assistant" and m.get("tool_calls"):
             for call in m["tool_calls"]:
                 if isinstance(call, dict) and call.get("id"):
@@ -70,18 +82,8 @@ def generic_tool_messages(messages: list[dict], tools: Sequence[dict] | None) ->
             out.append({"role": "assistant", "content": _calls_text(m["tool_calls"])})
         elif role == "assistant" and tools and isinstance(m.get("content"), str):
             out.append({**m, "content": render_response(m["content"])})
-        elif role == "tool":
-            line = json.dumps({"tool_response": {
-                "name": m.get("name") or names.get(m.get("tool_call_id") or "", ""),
-                "content": m.get("content") or ""}}, ensure_ascii=False)
-            if out and out[-1].get("_tool_results"):
-                out[-1]["content"] += "\n" + line
-            else:
-                out.append({"role": "user", "content": line, "_tool_results": True})
         else:
             out.append(dict(m))
-    for m in out:
-        m.pop("_tool_results", None)
     if tools:
         block = describe_tools(tools)
         if out and out[0].get("role") == "system" and isinstance(out[0].get("content"), str):
