@@ -17,6 +17,7 @@ import pytest
 from test_sessions_support import SessionsAPI
 from triolm.chat.reasoning import ReasoningSplitter, detect_reasoning_parser, get_reasoning_format
 from triolm.cli import build_parser, settings_from_args
+from triolm.errors import ModelLoadError
 from triolm.serving.served_model import load_served_model
 from triolm.serving.settings import ServerSettings
 from triolm.testing.server_thread import ServerThread
@@ -66,6 +67,8 @@ def test_rsn_001_detected_from_the_template_and_overridden_by_the_flag(thinking_
     assert detect_reasoning_parser((TEMPLATES / "smollm2.jinja").read_text()) is None
     assert detect_reasoning_parser("{{ '<｜Assistant｜><think>\\n' }}…</think>") == "deepseek_r1"
     assert qwen3_served(tiny_model, reasoning_parser="none").reasoning is None
+    with pytest.raises(ModelLoadError, match="unknown reasoning parser 'nope'"):  # e.g. from TRIOLM_REASONING_PARSER
+        qwen3_served(tiny_model, reasoning_parser="nope")
     args = build_parser().parse_args(["serve", "m.gguf", "--reasoning-parser", "deepseek_r1"])
     assert settings_from_args(args).reasoning_parser == "deepseek_r1"
     with pytest.raises(SystemExit):

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     # made steps 10x slower; the decode kernels use their own pool (kernels/triolm_kernels.cpp).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    model = args.model or args.model_option if args.command == "serve" else None
+    model = (args.model or args.model_option) if args.command == "serve" else None
     if model is not None and model != RANDOM_TINY_NAME and not Path(model).exists():
         # Fail before binding a port, with the reason on stderr.
         print(f"triolm serve: error: model {model!r}: no such file or directory", file=sys.stderr)

@@ -13,8 +13,8 @@ import attrs
 import trio
 
 from triolm.api import openai_format as fmt
-from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, stream_error_event
 from triolm.api.chat_output import make_streamer, shape_message
+from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, stream_error_event
 from triolm.api.errors import APIError, bad_request
 from triolm.api.sampling import (build_sampling_params, check_context, requested_max_tokens,
                                  stop_strings, validate_common)

@@ -13,8 +13,8 @@ from typing import Callable
 import attrs
 import torch
 
-from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
 from triolm.chat.reasoning import ReasoningFormat, reasoning_format_for
+from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
 from triolm.errors import ModelLoadError
 from triolm.models.config import ModelConfig
 from triolm.models.llama import LlamaModel
@@ -103,7 +103,10 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
                             bos_token=getattr(tokenizer, "bos_token", None) or "",
                             eos_token=getattr(tokenizer, "eos_token", None) or "")
     tool_parser = settings.tool_call_parser or _detect_tool_parser(template_source, config, mistral_tok)
-    reasoning = reasoning_format_for(settings.reasoning_parser, template.source)
+    try:
+        reasoning = reasoning_format_for(settings.reasoning_parser, template.source)
+    except ValueError as exc:  # an unknown name from TRIOLM_REASONING_PARSER
+        raise ModelLoadError(str(exc)) from None
     name = settings.served_model_name or builtin_name or (path.stem if path.is_file() else path.name)
     progress("grammar compiler", 0.95)
     from triolm.chat.grammar import GrammarCompiler
