@@ -15,6 +15,8 @@ import openai
 import pytest
 
 from test_sessions_support import SessionsAPI
+from triolm.api.chat_output import shape_message
+from triolm.chat.grammar.generic_tools import generic_tools_grammar
 from triolm.chat.reasoning import ReasoningSplitter, detect_reasoning_parser, get_reasoning_format
 from triolm.cli import build_parser, settings_from_args
 from triolm.errors import ModelLoadError
@@ -192,3 +194,38 @@ def test_rsn_008_session_over_a_thinking_model_is_one_node(thinking_server, thin
     finally:
         api.delete_all()
         api.close()
+
+
+# -- thinking before the generic JSON tool format (templates without tool support) -----------
+GENERIC_CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
+
+
+@pytest.mark.parametrize("prompt_end, output, allowed", [
+    ("assistant\n<think>\n", 'a { "b" < </thin\n</think>\n\n' + GENERIC_CALL, True),  # the prompt opened it
+    ("assistant\n<think>\n", GENERIC_CALL, False),  # still inside the thinking: no end yet
+    ("assistant\n", "<think>\nhmm\n</think>\n\n" + GENERIC_CALL, True),  # may think first
+    ("assistant\n", GENERIC_CALL, True),  # or not
+    ("assistant\n<think>\n\n</think>\n\n", "<think>x</think>" + GENERIC_CALL, False),  # thinking turned off
+    ("assistant\n<think>\n\n</think>\n\n", GENERIC_CALL, True),
+])
+def test_rsn_009_generic_tool_grammar_leaves_room_for_thinking(served_model, prompt_end, output, allowed):
+    """Real llguidance matcher, real tokenizer: which outputs the required-call grammar takes."""
+    fmt = get_reasoning_format("qwen3")
+    grammar = generic_tools_grammar(served_model.grammar, [WEATHER], "required", reasoning=fmt,
+                                    prompt_text="<|im_start|>" + prompt_end)
+    matcher = grammar.new_matcher()
+    try:
+        for token in served_model.tokenizer.encode(output, add_special_tokens=False):
+            matcher.accept_token(token)
+        taken = matcher.is_terminated()
+    except ValueError:
+        taken = False
+    assert taken == allowed
+
+
+def test_rsn_010_thinking_then_a_generic_call_parses():
+    fmt = get_reasoning_format("qwen3")
+    message, called = shape_message("hmm\n</think>\n\n" + GENERIC_CALL, tool_parser="generic", tool_names=None,
+                                    reasoning=fmt, prompt_text="<|im_start|>assistant\n<think>\n")
+    assert called and message["reasoning_content"] == "hmm" and message["content"] is None
+    assert [c["function"]["name"] for c in message["tool_calls"]] == ["get_weather"]

@@ -80,7 +80,7 @@ async def prepare_chat(state: AppState, body: ChatCompletionRequest,
     if prompt is None:
         prompt = await render_for_request(state, served, body)
     max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), served.max_model_len)
-    constraint = await constraint_for_chat(state, served, body)
+    constraint = await constraint_for_chat(state, served, body, prompt.text)
     return ChatPlan(body=body, served=served, prompt=prompt, max_tokens=max_tokens,
                     stops=stop_strings(body), tool_parser=tool_parsing_mode(served, body),
                     constraint=constraint)

@@ -41,9 +41,9 @@ async def _compile(state, served: ServedModel, **request):
         raise bad_request(exc.message, param=exc.param) from None
 
 
-async def constraint_for_chat(state, served: ServedModel, body: ChatCompletionRequest):
+async def constraint_for_chat(state, served: ServedModel, body: ChatCompletionRequest, prompt_text: str = ""):
     if body.tools and served.tool_parser == GENERIC_TOOL_PARSER:
-        return await generic_tools_constraint(state, served, body)
+        return await generic_tools_constraint(state, served, body, prompt_text)
     forced_tools = bool(body.tools) and (body.tool_choice == "required" or isinstance(body.tool_choice, dict))
     if not forced_tools and not _wants_structure(body):
         return None
@@ -66,8 +66,9 @@ async def constraint_for_completion(state, served: ServedModel, body: SamplingFi
                           guided_json=body.guided_json)
 
 
-async def generic_tools_constraint(state, served: ServedModel, body: ChatCompletionRequest):
-    """The reply in the generic JSON tool format (the template has no tool support)."""
+async def generic_tools_constraint(state, served: ServedModel, body: ChatCompletionRequest, prompt_text: str):
+    """The reply in the generic JSON tool format (the template has no tool support), after
+    the thinking of a reasoning model (the prompt tells whether it may think)."""
     if _wants_structure(body):
         raise bad_request("response_format and guided_* cannot be combined with tools on this model: its "
                           "chat template has no tool-call format, so replies use the generic JSON tool "
@@ -75,6 +76,7 @@ async def generic_tools_constraint(state, served: ServedModel, body: ChatComplet
     try:
         return await run_off_loop(state.tokenize_limiter, functools.partial(
             generic_tools_grammar, served.grammar, body.tools, body.tool_choice,
-            parallel_tool_calls=body.parallel_tool_calls is not False))
+            parallel_tool_calls=body.parallel_tool_calls is not False, reasoning=served.reasoning,
+            prompt_text=prompt_text))
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param) from None
