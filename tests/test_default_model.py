@@ -25,8 +25,11 @@ from triolm.testing.server_thread import free_port
 
 BIN = Path(sys.executable).parent
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
-#: SmolLM2-135M-Instruct Q4_1's greedy answer (the dequantized weights in float32),
-#: the same text llama.cpp's llama-server gives for this prompt.
+#: SmolLM2-135M-Instruct Q4_1's greedy answer with the dequantized weights (float32). Its
+#: first token is a near tie: "The" -1.883 vs "L" -1.965 (log-probabilities); llama.cpp's
+#: llama-server, which quantizes activations to 8 bits for its dot products, tips to
+#: "L'Étoile, la Marseillaise, …" (-2.094 vs -1.852). Summation order alone does not move
+#: 0.08 nats; lossy arithmetic would, and this test would say so.
 EXPECTED_ANSWER = "The capital of France is Paris."
 
 
