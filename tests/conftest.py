@@ -89,3 +89,16 @@ def http(server):
     """httpx on the shared server (keeps its connection: keep-alive tests rely on it)."""
     with httpx.Client(base_url=server.base_url, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def default_served():
+    """The real default model, SmolLM2-135M-Instruct (downloaded once into the user cache,
+    as `triolm serve` does on a first run)."""
+    return load_served_model(ServerSettings())
+
+
+@pytest.fixture(scope="session")
+def default_server(default_served):
+    with ServerThread(ServerSettings(max_num_seqs=4), default_served) as srv:
+        yield srv

@@ -175,16 +175,18 @@ def test_hypercorn_with_triolm_environment(procs, model_dir):
     assert p.popen.wait(30) == 0, p.output()
 
 
-def test_default_embedded_model(procs):
-    """No MODEL argument: the embedded random-weight model, whose card says so."""
+def test_default_model_is_a_real_one(procs, default_served):
+    """No MODEL argument: SmolLM2-135M-Instruct (cached by the fixture), which answers for real."""
     p = procs([str(BIN / "triolm"), "serve", "--port", "{port}"])
     p.wait_ready(timeout=300)
     models = httpx.get(p.base_url + "/v1/models").json()["data"]
-    assert [m["id"] for m in models] == ["triolm-default"]
-    card = httpx.get(p.base_url + "/health").json()["model_card"]
-    assert "RANDOM" in card
+    assert [m["id"] for m in models] == ["SmolLM2-135M-Instruct"]
+    assert "SmolLM2-135M-Instruct" in httpx.get(p.base_url + "/health").json()["model_card"]
+    assert "serving the default model SmolLM2-135M-Instruct" in p.output()
     client = openai.OpenAI(base_url=p.base_url + "/v1", api_key="x", max_retries=0)
-    assert client.chat.completions.create(model="triolm-default", messages=MSGS, max_tokens=3).choices
+    r = client.chat.completions.create(model="SmolLM2-135M-Instruct", temperature=0, max_tokens=20,
+                                       messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert r.choices[0].message.content == "The capital of France is Paris."
     p.popen.send_signal(signal.SIGINT)
     assert p.popen.wait(30) == 0, p.output()
 

@@ -329,7 +329,7 @@ def test_detect_tool_parser():
 
 
 def test_registry():
-    assert set(TOOL_PARSERS) == {"hermes", "llama3_json", "mistral"}
+    assert set(TOOL_PARSERS) == {"hermes", "llama3_json", "mistral", "generic"}
     for name in TOOL_PARSERS:
         parser = get_tool_parser(name)
         assert parser.name == name and parser.format.parser == name

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import trio
 
+from triolm.chat.reasoning import REASONING_PARSERS
+from triolm.serving.random_tiny import RANDOM_TINY_NAME
 from triolm.serving.settings import ServerSettings
 
 
@@ -19,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve a model over the OpenAI-compatible HTTP API")
     s.add_argument("model", nargs="?", default=None,
-                   help=".gguf file or Hugging Face model directory (default: the embedded random-weight model)")
+                   help=".gguf file, Hugging Face model directory or 'random-tiny' (a tiny random-weight "
+                        "model); default: SmolLM2-135M-Instruct, downloaded once into the user cache")
+    s.add_argument("--model", dest="model_option", default=None, metavar="MODEL", help="the same as MODEL")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--served-model-name", default=None, help="model id clients use (default: file/dir name)")
@@ -33,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer-threads", type=int, default=1,
                    help="worker threads for chat templates and tokenization (measured: 1 is best here)")
     s.add_argument("--chat-template", default=None, help="jinja file overriding the model's chat template")
-    s.add_argument("--tool-call-parser", default=None, help="hermes | mistral | llama3_json (default: detected)")
+    s.add_argument("--tool-call-parser", default=None,
+                   help="hermes | mistral | llama3_json | generic (default: detected; generic when the "
+                        "chat template has no tool support)")
+    s.add_argument("--reasoning-parser", default=None, choices=REASONING_PARSERS,
+                   help="split thinking into reasoning_content (default: detected from the chat template; "
+                        "'none' keeps it in content)")
     s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     s.add_argument("--kv-cache-memory", type=int, default=2 << 30, help="KV cache budget in bytes")
     s.add_argument("--max-body-size", type=int, default=16 * 1024 * 1024, help="bytes; larger bodies get 413")
@@ -50,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    values = {k: v for k, v in vars(args).items() if k != "command"}
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "model_option")}
+    values["model"] = args.model or args.model_option
     return ServerSettings.from_env(**values)
 
 
@@ -105,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     # made steps 10x slower; the decode kernels use their own pool (kernels/triolm_kernels.cpp).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    if args.command == "serve" and args.model is not None and not Path(args.model).exists():
+    model = (args.model or args.model_option) if args.command == "serve" else None
+    if model is not None and model != RANDOM_TINY_NAME and not Path(model).exists():
         # Fail before binding a port, with the reason on stderr.
-        print(f"triolm serve: error: model {args.model!r}: no such file or directory", file=sys.stderr)
+        print(f"triolm serve: error: model {model!r}: no such file or directory", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

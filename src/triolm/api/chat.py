@@ -12,13 +12,14 @@ import attrs
 import trio
 
 from triolm.api import openai_format as fmt
+from triolm.api.chat_output import make_streamer, shape_message
 from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
 from triolm.api.errors import bad_request
 from triolm.api.sampling import build_sampling_params, check_context, stop_strings
 from triolm.api.schemas import ChatCompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_chat, tool_parsing_mode
-from triolm.api.tool_calls import ToolCallStreamer, parse_tool_calls, tool_calls_finish_reason
+from triolm.api.tool_calls import tool_calls_finish_reason
 from triolm.api.validation import check_against_model, request_limits, requested_max_tokens
 from triolm.errors import InvalidRequestError
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas
@@ -69,7 +70,7 @@ async def prepare_chat(state: AppState, body: ChatCompletionRequest,
         prompt = await render_for_request(state, served, body)
     max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), served.max_model_len,
                                min_tokens=body.min_tokens)
-    constraint = await constraint_for_chat(state, served, body)
+    constraint = await constraint_for_chat(state, served, body, prompt.text)
     return ChatPlan(body=body, served=served, prompt=prompt, max_tokens=max_tokens,
                     stops=stop_strings(body), tool_parser=tool_parsing_mode(served, body),
                     constraint=constraint)
@@ -94,8 +95,9 @@ class ChatRun(GenerationsRun):
                        build_sampling_params(body, plan.max_tokens, logprobs, seed_offset=i,
                                              constraint=plan.constraint),
                        stop=plan.stops,
-                       # tool markup may be special tokens ([TOOL_CALLS], <|python_tag|>)
-                       skip_special_tokens=body.skip_special_tokens and plan.tool_parser is None)
+                       # tool and thinking markup may be special tokens ([TOOL_CALLS], [THINK])
+                       skip_special_tokens=body.skip_special_tokens and plan.tool_parser is None
+                       and plan.served.reasoning is None)
             for i in range(body.n)
         ]
         self.tool_names = [t.get("function", {}).get("name") for t in (body.tools or [])] or None
@@ -111,15 +113,10 @@ class ChatRun(GenerationsRun):
         choices = []
         for i, g in enumerate(self.gens):
             r = g.result
-            message = {"role": "assistant", "content": r.text}
-            finish = r.finish_reason
-            if p.tool_parser is not None:
-                content, calls = parse_tool_calls(p.tool_parser, r.text, self.tool_names,
-                                                  cut_short=finish == "length")
-                message = {"role": "assistant", "content": content}
-                if calls:
-                    message["tool_calls"] = calls
-                    finish = tool_calls_finish_reason(finish)
+            message, called = shape_message(r.text, tool_parser=p.tool_parser, tool_names=self.tool_names,
+                                            reasoning=p.served.reasoning, prompt_text=p.prompt.text,
+                                            cut_short=r.finish_reason == "length")
+            finish = tool_calls_finish_reason(r.finish_reason) if called else r.finish_reason
             choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish,
                       "stop_reason": r.stop_reason}
             if p.body.logprobs:
@@ -136,7 +133,8 @@ class ChatRun(GenerationsRun):
         p = self.plan
         body = p.body
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        streamers = [ToolCallStreamer(p.tool_parser, self.tool_names) if p.tool_parser else None
+        streamers = [make_streamer(tool_parser=p.tool_parser, tool_names=self.tool_names,
+                                   reasoning=p.served.reasoning, prompt_text=p.prompt.text)
                      for _ in self.gens]
         finished = [False] * len(self.gens)
         for i in range(len(self.gens)):

@@ -63,7 +63,7 @@ async def list_models():
     if st.served is not None:
         data.append({"id": st.served.name, "object": "model", "created": int(st.started_at),
                      "owned_by": "triolm", "root": st.served.name,
-                     "max_model_len": st.served.max_model_len})
+                     "max_model_len": st.served.max_model_len, "card": st.served.card or None})
     return jsonify({"object": "list", "data": data})
 
 
@@ -73,7 +73,8 @@ async def get_model(model_id: str):
     if st.served is None or st.served.name != model_id:
         raise APIError(404, f"The model `{model_id}` does not exist.", param="model", code="model_not_found")
     return jsonify({"id": st.served.name, "object": "model", "created": int(st.started_at),
-                    "owned_by": "triolm", "max_model_len": st.served.max_model_len})
+                    "owned_by": "triolm", "max_model_len": st.served.max_model_len,
+                    "card": st.served.card or None})
 
 
 # -- tokenize / detokenize (vLLM shapes) --------------------------------------------------

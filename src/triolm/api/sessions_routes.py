@@ -25,10 +25,11 @@ from triolm.api.routes import sse_response
 from triolm.api.schemas import ChatCompletionRequest
 from triolm.api.state import AppState
 from triolm.api.validation import parse_request
-from triolm.chat.tool_parsers import TOOL_PARSERS
+from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, TOOL_PARSERS
 from triolm.errors import InvalidRequestError
 from triolm.serving.prompts import RenderedPrompt, render_chat_text, run_off_loop
 from triolm.sessions.node import Extension, Generated, Node, build_node, find_extension, find_token_extension
+from triolm.sessions.raw_history import find_extension_keeping_thinking
 from triolm.sessions.registry import SessionNotFound, SessionRegistry, TooManySessions
 from triolm.sessions.session import Session
 
@@ -157,6 +158,10 @@ async def _prepare(state: AppState, session: Session, body: ChatCompletionReques
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param or "messages") from None
     extension = find_extension(session.nodes, text)
+    if extension.parent is None and served.reasoning is not None:
+        kept = await run_off_loop(limiter, find_extension_keeping_thinking, session.nodes, text, served.reasoning)
+        if kept is not None:
+            extension, text = kept
     new_ids = await run_off_loop(limiter, served.tokenizer.encode, extension.suffix_text, False)
     base = extension.parent.tokens if extension.parent is not None else []
     if not base and not new_ids:
@@ -168,7 +173,8 @@ async def _plan(state: AppState, session: Session, body: ChatCompletionRequest,
                 prepared: _Prepared) -> ChatPlan:
     plan = await prepare_chat(state, body, prompt=prepared.prompt)
     # The session's parser, not the server default, reads tool calls out of the output.
-    plan.tool_parser = session.tool_parser if body.tools and body.tool_choice != "none" else None
+    generic = session.tool_parser == GENERIC_TOOL_PARSER  # its replies are JSON even with "none"
+    plan.tool_parser = session.tool_parser if body.tools and (body.tool_choice != "none" or generic) else None
     return plan
 
 

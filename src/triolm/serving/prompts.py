@@ -13,6 +13,8 @@ from typing import Any, Callable, TypeVar
 import attrs
 import trio
 
+from triolm.chat.generic_tool_prompt import generic_tool_messages
+from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER
 from triolm.errors import InvalidRequestError
 from triolm.serving.served_model import ServedModel
 
@@ -39,6 +41,8 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
             m["content"] = "".join(part.get("text", "") for part in content)
         if m.get("role") == "developer":
             m["role"] = "system"
+        if m.get("role") == "assistant" and content is None and m.get("tool_calls"):
+            m["content"] = ""  # as clients send calls back; templates (Qwen3) call string methods on it
         out.append(m)
     return out
 
@@ -63,8 +67,11 @@ def render_chat_text(served: ServedModel, messages: list[dict], tools: list[dict
                      template_kwargs: dict | None = None) -> str:
     """The prompt text of a Jinja chat template, not tokenized (sessions tokenize only the
     part that is new since their last turn). Not for mistral-common mode, which renders tokens."""
+    messages = normalize_messages(messages)
+    if served.tool_parser == GENERIC_TOOL_PARSER:  # the template has no tool support
+        messages, tools = generic_tool_messages(messages, tools), None
     text = served.chat_template.render(
-        normalize_messages(messages), tools=tools,
+        messages, tools=tools,
         add_generation_prompt=add_generation_prompt and not continue_final_message,
         **(template_kwargs or {}))
     if continue_final_message:

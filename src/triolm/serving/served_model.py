@@ -13,9 +13,12 @@ from typing import Callable
 import attrs
 import torch
 
+from triolm.chat.reasoning import ReasoningFormat, reasoning_format_for
+from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
 from triolm.errors import ModelLoadError
 from triolm.models.config import ModelConfig
 from triolm.models.llama import LlamaModel
+from triolm.serving import default_model, random_tiny
 from triolm.serving.settings import ServerSettings
 from triolm.tokenizers.base import Tokenizer
 
@@ -40,6 +43,7 @@ class ServedModel:
     weights_bytes: int
     card: str = ""
     grammar: object | None = None  # triolm.chat.grammar.GrammarCompiler for this tokenizer
+    reasoning: ReasoningFormat | None = None  # thinking markers split off the answer
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -51,22 +55,25 @@ def _noop(stage: str, fraction: float) -> None:
     pass
 
 
-def default_model_path() -> Path:
-    """The embedded default model, generated deterministically on first use."""
-    from triolm.serving.default_model import make_default_model
-
-    return make_default_model()
+def resolve_model(settings: ServerSettings, progress: Progress = _noop) -> tuple[Path, str | None, str]:
+    """(path, name unless named after the path, model card) of what `settings.model` names:
+    nothing for the default model (downloaded once), `random-tiny`, or a path."""
+    if settings.model is None:
+        progress(f"default model {default_model.DEFAULT_MODEL_NAME}", 0.0)
+        path = default_model.ensure_default_model()
+        log.info("serving the default model %s (%s); pass a MODEL to serve another",
+                 default_model.DEFAULT_MODEL_NAME, path)
+        return path, default_model.DEFAULT_MODEL_NAME, default_model.DEFAULT_MODEL_CARD
+    if settings.model == random_tiny.RANDOM_TINY_NAME and not Path(settings.model).exists():
+        progress("generating the random-tiny model", 0.0)
+        path = random_tiny.make_random_tiny_model()
+        log.info("serving random-tiny: RANDOM weights, gibberish output (%s)", path)
+        return path, random_tiny.RANDOM_TINY_NAME, random_tiny.RANDOM_TINY_CARD
+    return Path(settings.model), None, ""
 
 
 def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> ServedModel:
-    path = Path(settings.model) if settings.model else None
-    card = ""
-    if path is None:
-        progress("generating the embedded default model", 0.0)
-        path = default_model_path()
-        from triolm.serving.default_model import DEFAULT_MODEL_CARD
-
-        card = DEFAULT_MODEL_CARD
+    path, builtin_name, card = resolve_model(settings, progress)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file or directory")
     dtype = _DTYPES.get(settings.dtype)
@@ -96,9 +103,11 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
                             bos_token=getattr(tokenizer, "bos_token", None) or "",
                             eos_token=getattr(tokenizer, "eos_token", None) or "")
     tool_parser = settings.tool_call_parser or _detect_tool_parser(template_source, config, mistral_tok)
-    name = settings.served_model_name or (path.stem if path.is_file() else path.name)
-    if settings.model is None:
-        name = settings.served_model_name or "triolm-default"
+    try:
+        reasoning = reasoning_format_for(settings.reasoning_parser, template.source)
+    except ValueError as exc:  # an unknown name from TRIOLM_REASONING_PARSER
+        raise ModelLoadError(str(exc)) from None
+    name = settings.served_model_name or builtin_name or (path.stem if path.is_file() else path.name)
     progress("grammar compiler", 0.95)
     from triolm.chat.grammar import GrammarCompiler
 
@@ -107,7 +116,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     return ServedModel(grammar=grammar, name=name, path=str(path), config=config, model=model, tokenizer=tokenizer,
                        chat_template=template, mistral_tokenizer=mistral_tok,
                        tool_parser=tool_parser, max_model_len=max_len,
-                       weights_bytes=weights_bytes, card=card)
+                       weights_bytes=weights_bytes, card=card, reasoning=reasoning)
 
 
 def _max_model_len(settings: ServerSettings, config: ModelConfig) -> int:
@@ -184,11 +193,8 @@ def _maybe_mistral_tokenizer(path: Path, settings: ServerSettings, config: Model
     return load_mistral_tokenizer(path)
 
 
-def _detect_tool_parser(template: str | None, config: ModelConfig, mistral_tok) -> str | None:
+def _detect_tool_parser(template: str | None, config: ModelConfig, mistral_tok) -> str:
+    """The template's own tool-call format, else the generic JSON format."""
     if mistral_tok is not None:
         return "mistral"
-    try:
-        from triolm.chat.tool_parsers import detect_tool_parser
-    except ImportError:
-        return None
-    return detect_tool_parser(template, config.architecture)
+    return detect_tool_parser(template, config.architecture) or GENERIC_TOOL_PARSER

@@ -11,7 +11,7 @@ ENV_PREFIX = "TRIOLM_"
 
 @attrs.frozen
 class ServerSettings:
-    model: str | None = None  # .gguf file or model directory; None: the embedded default model
+    model: str | None = None  # .gguf file, model directory or "random-tiny"; None: the default model
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_name: str | None = None
@@ -23,6 +23,7 @@ class ServerSettings:
     tokenizer_mode: str = "auto"  # auto | hf | mistral
     chat_template: str | None = None  # path of a jinja file overriding the model's template
     tool_call_parser: str | None = None
+    reasoning_parser: str | None = None  # None: detected from the chat template; "none": off
     log_level: str = "info"
     max_body_size: int = 16 * 1024 * 1024
     dtype: str = "float32"

@@ -6,11 +6,7 @@ files of the same weights, and caches the result on disk: a second call with the
 same (arch, size, seed) and an unchanged factory/tokenizer/writer source returns
 the cached files at once.
 
-Weights are scaled so a forward pass is informative: projections have std
-1/sqrt(fan_in) (each sub-layer changes the residual stream by O(1), attention is far
-from uniform), norms are ~1 with some spread, the output matrix gives logits with
-std ~2. So a wrong permutation, a swapped tensor or a broken KV cache changes the
-argmax, which a test can see.
+Weights come from triolm.models.random_init (scaled so a forward pass is informative).
 """
 
 from __future__ import annotations
@@ -31,8 +27,9 @@ import torch
 from safetensors.torch import save_file
 
 from triolm.models.config import ModelConfig, RopeScaling
-from triolm.models.gguf_layout import expected_shapes
+from triolm.models import random_init
 from triolm.models.gguf_writer import write_gguf
+from triolm.models.random_init import random_weights
 from triolm.testing.tokenizer_files import load_test_tokenizer, write_test_tokenizer
 from triolm.tokenizers.gguf_vocab import gguf_metadata_from_tokenizer
 
@@ -116,69 +113,10 @@ def model_config(arch: str, size: str, vocab_size: int, bos: int | None,
                        tie_word_embeddings=True, **tiny)
 
 
-def random_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
-    """Deterministic float32 weights (HF names/layout) for `config`; see module doc."""
-    gen = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
-    for name, shape in expected_shapes(config).items():
-        if len(shape) == 1 and name.endswith("norm.weight"):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        elif len(shape) == 1:  # q/k/v biases
-            t = 0.1 * torch.randn(shape, generator=gen)
-        elif name in ("model.embed_tokens.weight", "lm_head.weight"):
-            std = 2.0 / config.hidden_size ** 0.5 if (
-                name == "lm_head.weight" or config.tie_word_embeddings) else 1.0
-            t = std * torch.randn(shape, generator=gen)
-        else:
-            t = torch.randn(shape, generator=gen) / shape[1] ** 0.5
-        out[name] = t.contiguous()
-    return out
-
-
 def hf_config_dict(config: ModelConfig, arch: str) -> dict[str, Any]:
-    """config.json content that transformers and `read_hf_config` both read as `config`."""
+    """config.json content for a test model of `arch`."""
     _, _, cls, model_type = _ARCH_SPEC[arch]
-    c = config
-    eos: Any = list(c.eos_token_ids) if len(c.eos_token_ids) != 1 else c.eos_token_ids[0]
-    d: dict[str, Any] = {
-        "architectures": [cls],
-        "model_type": model_type,
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads,
-        "head_dim": c.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": c.max_position_embeddings,
-        "rms_norm_eps": c.rms_norm_eps,
-        "rope_theta": c.rope_theta,
-        "rope_scaling": None,
-        "tie_word_embeddings": c.tie_word_embeddings,
-        "bos_token_id": c.bos_token_id,
-        "eos_token_id": eos,
-        "initializer_range": 0.02,
-        "use_cache": True,
-        "torch_dtype": "float32",
-    }
-    if c.rope_scaling is not None:
-        r = c.rope_scaling
-        d["rope_scaling"] = {"rope_type": r.rope_type, "factor": r.factor,
-                             "low_freq_factor": r.low_freq_factor,
-                             "high_freq_factor": r.high_freq_factor,
-                             "original_max_position_embeddings": r.original_max_position_embeddings}
-    if model_type in ("llama", "qwen3"):
-        d["attention_bias"] = c.attention_bias
-    if model_type == "llama":
-        d["mlp_bias"] = False
-    if model_type == "mistral":
-        d["sliding_window"] = None
-    if model_type in ("qwen2", "qwen3"):
-        d["use_sliding_window"] = False
-        d["sliding_window"] = None
-        d["max_window_layers"] = c.num_hidden_layers
-    return d
+    return random_init.hf_config_dict(config, cls, model_type)
 
 
 # ----------------------------------------------------------------------- tokenizers
@@ -225,7 +163,7 @@ def _source_digest() -> str:
     """Hash of the code that decides what the files contain, so edits invalidate caches."""
     h = hashlib.sha256(str(FACTORY_VERSION).encode())
     pkg = Path(__file__).resolve().parents[1]
-    for rel in ("testing/model_factory.py", "testing/tokenizer_files.py",
+    for rel in ("testing/model_factory.py", "testing/tokenizer_files.py", "models/random_init.py",
                 "models/gguf_writer.py", "models/gguf_layout.py", "models/gguf_quants.py",
                 "tokenizers/gguf_vocab.py", "tokenizers/convert.py", "tokenizers/hf.py",
                 "chat/templates"):

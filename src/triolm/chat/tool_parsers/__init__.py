@@ -20,6 +20,7 @@ from .base import (
     ToolParser,
     aggregate,
 )
+from .generic_json import GENERIC_FORMAT, GenericJsonToolParser
 from .hermes import HERMES_FORMAT, HermesToolParser
 from .llama3_json import LLAMA3_JSON_FORMAT, Llama3JsonToolParser
 from .mistral import MISTRAL_FORMAT, MistralToolParser
@@ -28,7 +29,9 @@ _PARSERS: dict[str, type[ToolParser]] = {
     "hermes": HermesToolParser,
     "llama3_json": Llama3JsonToolParser,
     "mistral": MistralToolParser,
+    "generic": GenericJsonToolParser,  # templates without tool support (see generic_json.py)
 }
+GENERIC_TOOL_PARSER = "generic"
 TOOL_PARSERS: tuple[str, ...] = tuple(_PARSERS)
 
 
@@ -65,6 +68,8 @@ def detect_tool_parser(chat_template: str | None, architecture: str | None = Non
 
 __all__ = [
     "DeltaEvent",
+    "GENERIC_FORMAT",
+    "GENERIC_TOOL_PARSER",
     "HERMES_FORMAT",
     "LLAMA3_JSON_FORMAT",
     "MISTRAL_FORMAT",
