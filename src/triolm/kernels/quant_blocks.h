@@ -145,8 +145,8 @@ struct Q5_0 {
         const float d = f16(b);
         const uint32_t qh = u32(b + 2);
         for (int i = 0; i < 16; i++) {
-            out[i] = d * (float)(((b[6 + i] & 15) | (((qh >> i) & 1) << 4)) - 16);
-            out[i + 16] = d * (float)(((b[6 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - 16);
+            out[i] = d * (float)((int)((b[6 + i] & 15) | (((qh >> i) & 1) << 4)) - 16);
+            out[i + 16] = d * (float)((int)((b[6 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - 16);
         }
     }
 };
