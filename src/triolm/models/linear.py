@@ -6,9 +6,10 @@ Activations are float32 everywhere; what varies is how W is stored:
   when the user asks for float16/bfloat16 compute). torch/MKL does the work: float32
   GEMV is memory-bound and MKL streams it at full speed.
 - `Float16Linear`: GGUF F16 weights kept as float16 (half the bytes).
-- `Q8Linear`: GGUF Q8_0 weights kept as int8 codes plus one float32 scale per 32.
-- `BlockLinear`: any other GGUF block type (BF16, Q4_0 ... Q6_K) as the file's own
-  bytes, usually a read-only view of the memory-mapped file.
+- `Q8Linear`: Q8_0 as int8 codes plus one float32 scale per 32 (for weights quantized
+  at load; GGUF Q8_0 files take `BlockLinear`, as fast with the file's own bytes).
+- `BlockLinear`: every GGUF block type (BF16, Q4_0 ... Q8_0, Q2_K ... Q6_K) as the
+  file's own bytes, usually a read-only view of the memory-mapped file.
 - `StackedLinear`: weights that read the same input (q|k|v, gate|up) stacked by output
   rows as a list of parts, each in its own representation: no concatenated copy.
 
@@ -336,8 +337,6 @@ def from_blocks(qtype: str, data: torch.Tensor, rows: int, cols: int) -> Linear:
         return DenseLinear(data.view(torch.float32).reshape(rows, cols))
     if qtype == "F16":
         return Float16Linear(data.view(torch.float16).reshape(rows, cols))
-    if qtype == "Q8_0":
-        return Q8Linear.from_blocks(data, rows, cols)
     return BlockLinear(qtype, data, rows, cols)
 
 
