@@ -245,7 +245,8 @@ i64 parts_of(int kind, const void* w, const float* d, i64 N, Part* parts, int& n
     np = 0;
     i64 chunks = 0, out0 = 0;
     auto add = [&](int k, const void* pw, const float* pd, i64 rows) {
-        if (np < cap) parts[np++] = Part{k, pw, pd, rows, out0, chunks};
+        if (np >= cap) return;  // never: the Python side allows at most `cap` parts
+        parts[np++] = Part{k, pw, pd, rows, out0, chunks};
         out0 += rows;
         chunks += (rows + NCHUNK_Q - 1) / NCHUNK_Q;
     };
@@ -266,9 +267,10 @@ extern "C" void tl_set_inreg_max_rows(i64 rows) { g_inreg_max_rows = rows; }
 /* Every weight kind above W_Q8_0 (triolm_kernels.cpp's `linear` hands them over). */
 extern "C" void tl_linear_ext(int kind, const void* w, const float* d, const float* x, i64 ldx, float* y,
                               i64 ldy, i64 M, i64 N, i64 K, int accumulate, int nthreads) {
-    Part parts[8];
+    Part parts[8];  // StackedLinear.MAX_PARTS
     int np = 0;
     const i64 nchunks = parts_of(kind, w, d, N, parts, np, 8);
+    if (np == 0) return;
     parallel_for(nchunks, nthreads, [&](i64 c) {
         int p = np - 1;
         while (p > 0 && parts[p].chunk0 > c) p--;

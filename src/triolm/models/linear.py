@@ -275,7 +275,11 @@ class StackedLinear:
     (`W_PARTS` table); the torch path expands every part into one scratch and runs one
     GEMM. Nothing is concatenated, so memory-mapped parts stay mapped."""
 
+    MAX_PARTS = 8  # tl_linear_ext's table limit (quant_linear.cpp)
+
     def __init__(self, parts: list["Linear"]):
+        if not 1 <= len(parts) <= self.MAX_PARTS:
+            raise ValueError(f"a stacked linear has 1 to {self.MAX_PARTS} parts, got {len(parts)}")
         self.parts = parts
         self.in_features = parts[0].in_features
         if any(p.in_features != self.in_features for p in parts):
