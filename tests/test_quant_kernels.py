@@ -1,8 +1,8 @@
 """Every GGUF block type the loader accepts, computed from the file's own bytes, equals the
 `gguf` package's dequantization (gguf.quants.dequantize) up to summation order.
 
-Per type, per row count (1 to 16 rows: weights decoded in registers; 20 and 24: 8-row
-register tiles, or chunk expansion inside the kernel; 64: expansion + GEMM), per kernel
+Per type, per row count (1 to 16 rows: weights decoded in registers; 20 to 64: chunk
+expansion inside the kernel; 80 through the layer: expansion + GEMM), per kernel
 path: AVX-512, the portable decoders (the library built a second time with
 -mno-avx512f, in a subprocess), and pure torch (no library).
 
@@ -124,11 +124,12 @@ def test_portable_block_kernels_match_gguf_dequantize(portable_errors, qtype):
 # ------------------------------------------------------------------ through the layer
 
 
-@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("rows", ROWS + (80,))
 @pytest.mark.parametrize("qtype", TYPES)
 def test_block_linear_matches_gguf_dequantize(qtype, rows):
-    """The layer's own choice of path (native in registers up to BLOCK_NATIVE_MAX_ROWS,
-    expansion + GEMM beyond), with and without accumulating into `out`."""
+    """The layer's own choice of path (native up to BLOCK_NATIVE_MAX_ROWS, expansion +
+    GEMM beyond: 80 rows), with and without accumulating into `out`."""
+    assert (rows > lin.BLOCK_NATIVE_MAX_ROWS) == (rows == 80)
     blocks, ref = _case(qtype, seed=rows)
     layer = lin.BlockLinear(qtype, torch.from_numpy(blocks), OUT, COLS)
     x = torch.randn(rows, COLS, generator=torch.Generator().manual_seed(rows))

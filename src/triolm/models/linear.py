@@ -37,8 +37,12 @@ from triolm.models import gguf_quants
 #: Q8_0 16 rows 885/1287, 24: 1328/1432, 32: 1654/1558.
 F16_NATIVE_MAX_ROWS = 64
 Q8_NATIVE_MAX_ROWS = 24
-#: The same for the other block types (see docs/quantized-weights.md for the figures).
-BLOCK_NATIVE_MAX_ROWS = 24
+#: The same for GGUF block types (in registers up to 16 rows, chunk expansion inside the
+#: kernel beyond): on a 1536x1536 matrix, one thread, a loaded machine (us, native vs
+#: expand+GEMM): Q4_1 32 rows 1465/2529, 64: 8582/12299, 128: 21916/29554, 256:
+#: 42779/47900; Q4_K 64: 4910/13981, 128: 15535/19955. GEMM's lead grows with rows on a
+#: quiet machine (float16 above), so prefill beyond 64 rows keeps expand + GEMM.
+BLOCK_NATIVE_MAX_ROWS = 64
 
 
 class _Scratch:
