@@ -42,6 +42,8 @@ _SIGNATURES = {
     "tl_set_expand_min_rows": ([_i64], None),
     "tl_set_att_chunk": ([_i64], None),
     "tl_linear": ([_int, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64, _i64, _i64, _int, _int], None),
+    "tl_set_inreg_max_rows": ([_i64], None),
+    "tl_dequant_blocks": ([_int, _ptr, _ptr, _i64, _i64, _int], None),
     "tl_dequant_q8_0": ([_ptr, _ptr, _ptr, _i64, _i64, _int], None),
     "tl_f16_to_f32": ([_ptr, _ptr, _i64, _int], None),
     "tl_silu_mul": ([_ptr, _ptr, _i64, _i64], None),
@@ -169,5 +171,10 @@ def num_threads() -> int:
     return torch.get_num_threads()
 
 
-#: Weight formats understood by the kernels (`tl_linear`, `tl_decode_step`).
+#: Weight formats understood by the kernels (`tl_linear`, `tl_decode_step`); the block
+#: kinds and W_PARTS are defined in quant_blocks.h.
 W_F32, W_F16, W_Q8_0 = 0, 1, 2
+W_PARTS = 32
+#: GGUF block types the kernels read as the file stores them -> their kind.
+BLOCK_KINDS = {"BF16": 3, "Q4_0": 4, "Q4_1": 5, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8,
+               "Q2_K": 9, "Q3_K": 10, "Q4_K": 11, "Q5_K": 12, "Q6_K": 13}

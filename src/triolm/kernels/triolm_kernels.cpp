@@ -28,6 +28,9 @@
 #else
 #define TL_AVX512 0
 #endif
+#if defined(__F16C__)
+#include <immintrin.h>  // _cvtsh_ss, also without AVX-512
+#endif
 
 typedef int64_t i64;
 
@@ -162,6 +165,11 @@ void parallel_for(i64 n, int nthreads, F&& body) {
 }  // namespace
 
 extern "C" void tl_set_spin_us(int us) { pool()->spin_ns.store((int64_t)us * 1000); }
+
+/* The pool for the other translation units (quant_linear.cpp). */
+extern "C" void tl_parallel_for(i64 n, int nthreads, void (*fn)(void*, i64), void* ctx) {
+    pool()->run(n, nthreads, fn, ctx);
+}
 
 /* ------------------------------------------------------------------ linear layers
    y[m, n] (+)= sum_k x[m, k] * W[n, k], x float32 [M, K] (row stride ldx), y float32
@@ -387,8 +395,16 @@ static void expand_rows(const WeightRef& W, i64 n0, i64 n1, float* out) {
 static i64 g_expand_min_rows = 24;
 extern "C" void tl_set_expand_min_rows(i64 rows) { g_expand_min_rows = rows; }
 
+/* GGUF block kinds and stacked weights: quant_linear.cpp. */
+extern "C" void tl_linear_ext(int kind, const void* w, const float* d, const float* x, i64 ldx, float* y,
+                              i64 ldy, i64 M, i64 N, i64 K, int accumulate, int nthreads);
+
 static void linear(const WeightRef& W, const float* x, i64 ldx, float* y, i64 ldy, i64 M, i64 N,
                    int accumulate, int nthreads) {
+    if (W.kind > W_Q8_0) {
+        tl_linear_ext(W.kind, W.w, W.d, x, ldx, y, ldy, M, N, W.K, accumulate, nthreads);
+        return;
+    }
     const i64 nchunks = (N + NCHUNK - 1) / NCHUNK;
     if (M >= g_expand_min_rows && W.kind == W_Q8_0) {
         /* Batches: expand each chunk of rows once into a float32 buffer that stays in

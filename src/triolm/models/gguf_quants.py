@@ -33,6 +33,8 @@ SUPPORTED_TYPES: tuple[str, ...] = (
     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
 )
 FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
+#: Matrices `read_gguf(keep_quantized=True)` hands over as the file's bytes.
+RAW_MATRIX_TYPES = frozenset(SUPPORTED_TYPES) - {"F32", "F16"}
 
 
 def block_size(qtype: GGMLQuantizationType) -> int:

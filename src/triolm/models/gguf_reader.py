@@ -33,7 +33,8 @@ GGUF_MAGIC = b"GGUF"
 class QuantizedTensor:
     """Raw GGML blocks of one weight, rows already in HF order (see `keep_quantized`).
 
-    `data` is uint8 (rows, row_bytes); each row holds cols // block_size blocks."""
+    `data` is uint8 (rows, row_bytes); each row holds cols // block_size blocks. It is a
+    read-only view of the memory-mapped file unless its rows had to be reordered."""
 
     qtype: str
     shape: tuple[int, int]
@@ -400,10 +401,11 @@ def _read_tensors(path: Path, model: GGUFModel, by_name: dict, dtype: torch.dtyp
         rows = shape[0]
         cols = shape[1] if len(shape) == 2 else 1
         heads = layout.permuted_heads(config, hf)
-        if keep_quantized and len(shape) == 2 and qname not in gguf_quants.FLOAT_TYPES:
+        if keep_quantized and len(shape) == 2 and qname in gguf_quants.RAW_MATRIX_TYPES:
+            # a read-only view of the mapped file; permuted rows (llama Q/K) are a copy
             raw = gguf_quants.torch_view(t.data.view(np.uint8)).reshape(rows, -1)
-            raw = layout.unpermute_rows(raw, heads) if heads else raw.clone()
-            model.quantized[hf] = QuantizedTensor(qname, (rows, cols), raw.contiguous())
+            raw = layout.unpermute_rows(raw, heads).contiguous() if heads else raw
+            model.quantized[hf] = QuantizedTensor(qname, (rows, cols), raw)
             continue
         as_dtype = torch.float16 if keep_float16 and qname == "F16" and len(shape) == 2 else dtype
         w = gguf_quants.dequantize(t.data, t.tensor_type, rows, cols, as_dtype).reshape(shape)

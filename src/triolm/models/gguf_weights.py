@@ -1,10 +1,9 @@
 """GGUF weights in the form the engine computes with.
 
 `read_gguf` dequantizes to one dtype; the engine would rather keep what the file
-stores: F16 matrices as float16 and Q8_0 matrices as their blocks (see `linear.py`),
-which halves (F16) or quarters (Q8_0) the bytes each decode step streams. Other
-quantized types stay as raw blocks too; the model dequantizes those it has no kernel
-for.
+stores: F16 matrices as float16 and every block type (BF16, Q4_0 ... Q6_K) as its
+blocks, read-only views of the memory-mapped file (see `linear.py` and
+docs/quantized-weights.md). A decode step then streams the file's bytes, not float32.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from triolm.models.gguf_reader import GGUFModel, read_gguf
 
 
 def read_gguf_for_engine(path: str | os.PathLike) -> tuple[GGUFModel, dict[str, Any]]:
-    """The parsed file and its weights: float32 vectors, float16 F16 matrices,
-    quantized matrices as `QuantizedTensor` blocks."""
+    """The parsed file and its weights: float32 vectors, float16 F16 matrices, block
+    matrices as `QuantizedTensor`s over the mapped file."""
     native.prepare_async()  # compile the kernels (first run only) while the file is read
     params = inspect.signature(read_gguf).parameters
     if "keep_float16" in params:  # the reader can hand F16 over without a float32 detour

@@ -1,7 +1,8 @@
 """The llama-family decoder (llama, mistral, qwen2, qwen3) as plain tensors and functions.
 
-Weights are fused where that saves kernel launches (q|k|v, gate|up) and kept in the
-representation the file gives them (see `linear.py`: float32, float16, Q8_0). The
+Weights are fused where that saves kernel launches (q|k|v, gate|up: stacked parts, no
+copy) and kept in the representation the file gives them (see `linear.py`: float32,
+float16, every GGUF block type). The
 forward pass takes a flat batch of tokens, so prefill and batched decode share one
 torch code path; decode steps of a float32-activation model take a leaner path through
 the native kernels (fused RoPE + KV write + paged attention, GEMV on packed weights,
@@ -99,7 +100,7 @@ class LlamaModel:
 
     `weights` maps HF names to float tensors, or (for GGUF files read with
     keep_quantized) to quantized tensors exposing `qtype`, `shape`, `data` and
-    `dequantize()`. With dtype float32, float16 tensors and Q8_0 blocks keep their
+    `dequantize()`. With dtype float32, float16 tensors and GGUF blocks keep their
     compact form (computed in float32); with dtype float16/bfloat16 every weight is
     converted to that dtype and the torch path computes in it."""
 
@@ -245,10 +246,9 @@ def _vector(weights: Mapping[str, Any], name: str, shape: tuple[int, ...], dtype
 
 def make_linear(t: Any, dtype: torch.dtype) -> lin.Linear:
     """The representation of one weight matrix (see module `linear`)."""
-    if not isinstance(t, torch.Tensor):  # a quantized GGUF tensor
-        if dtype == torch.float32 and t.qtype == "Q8_0":
-            rows, cols = t.shape
-            return lin.Q8Linear.from_blocks(t.data, rows, cols)
+    if not isinstance(t, torch.Tensor):  # a GGUF matrix as the file's bytes
+        if dtype == torch.float32:
+            return lin.from_blocks(t.qtype, t.data, *t.shape)
         return lin.DenseLinear(t.dequantize(torch.float32).to(dtype))
     if dtype == torch.float32 and t.dtype == torch.float16:
         return lin.Float16Linear(t)

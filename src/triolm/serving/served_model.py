@@ -133,7 +133,7 @@ def _load_gguf(path: Path):
     from triolm.models.gguf_weights import read_gguf_for_engine
     from triolm.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
 
-    gguf, _ = read_gguf_for_engine(path)  # F16 / Q8_0 matrices stay compact
+    gguf, _ = read_gguf_for_engine(path)  # matrices stay in the file's encoding (mapped)
     try:
         tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
     except ModelLoadError:

@@ -1,0 +1,488 @@
+/* GGUF block formats, decoded 32 values at a time.
+
+   Each type is a struct with its block geometry (QK values in BYTES bytes) and two
+   decoders of the 32-value group j of one block (j < QK / 32):
+     - `group(blk, j, lo, hi)`: AVX-512, values 16j.. into two registers;
+     - `group(blk, j, out)`: portable, into out[32].
+   Both perform the `gguf` package's float32 operations (gguf.quants.dequantize) in its
+   order — scale products first, then code * scale (+/- offset), never fused — so a
+   decoded weight is bit-equal to the reference and a dot product with it differs from
+   the dequantized float32 model only in summation order. Layouts are ggml's
+   (ggml-common.h), described here from the reference decoder. */
+
+#pragma once
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace qb {
+
+/* Weight kinds beyond triolm_kernels.cpp's W_F32 = 0, W_F16 = 1, W_Q8_0 = 2 (int8 codes +
+   float32 scales, repacked). The block kinds read the file's bytes as they are. */
+enum {
+    W_BF16 = 3, W_Q4_0 = 4, W_Q4_1 = 5, W_Q5_0 = 6, W_Q5_1 = 7, W_Q8_0B = 8,
+    W_Q2_K = 9, W_Q3_K = 10, W_Q4_K = 11, W_Q5_K = 12, W_Q6_K = 13,
+    /* Several weights stacked by output rows (fused q|k|v, gate|up) without a copy: `w`
+       points to an int64 table {n_parts, then per part: kind, w, d, rows}. */
+    W_PARTS = 32,
+};
+
+static inline float f16(const uint8_t* p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
+    if (e == 0) {
+        if (m == 0) { u = s; }
+        else { e = 127 - 15 + 1; while (!(m & 0x400)) { m <<= 1; e--; } m &= 0x3ff; u = s | (e << 23) | (m << 13); }
+    } else if (e == 31) { u = s | 0x7f800000u | (m << 13); }
+    else { u = s | ((e + 127 - 15) << 23) | (m << 13); }
+    float f; memcpy(&f, &u, 4); return f;
+#endif
+}
+
+static inline uint32_t u32(const uint8_t* p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+/* The 6-bit scale and min of sub-block j of Q4_K/Q5_K (12 packed bytes). */
+static inline void scale_min_k4(const uint8_t* s, int j, int& sc, int& m) {
+    if (j < 4) { sc = s[j] & 63; m = s[j + 4] & 63; }
+    else {
+        sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+        m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* The signed 6-bit scale i (of 16) of Q3_K. */
+static inline int scale_q3k(const uint8_t* s, int i) {
+    const int lo = i < 8 ? s[i] & 0x0F : s[i - 8] >> 4;
+    const int hi = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+    return (int)(int8_t)(uint8_t)(lo | (hi << 4)) - 32;
+}
+
+#if defined(__AVX512F__)
+static inline __m512i bytes16(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p)); }
+static inline __m512 cvt(__m512i v) { return _mm512_cvtepi32_ps(v); }
+static inline __m512i nib_lo(__m512i v) { return _mm512_and_si512(v, _mm512_set1_epi32(15)); }
+static inline __m512i nib_hi(__m512i v) { return _mm512_srli_epi32(v, 4); }
+#endif
+
+#if defined(__AVX512F__)
+/* CODES: 0 = decode values only; 1 = value = d * q (`codes` gives q and d); 2 = value =
+   d * q + m. For one x-row the kernels then sum q * x over the block and scale that sum
+   once (plus m times the block's sum of x): the same products regrouped by
+   distributivity, two to four vector operations fewer per 32 values. */
+
+/* Every group of one block: emit(j, lo, hi) for j < QK / 32. Types whose groups share
+   bytes or scales (the K-quants) define their own `block` that decodes those once. */
+template <class B, class Emit>
+static inline void each_group(const uint8_t* b, Emit&& emit) {
+    if constexpr (B::SHARED) {
+        B::block(b, emit);
+    } else {
+        for (int j = 0; j < B::QK / 32; j++) {
+            __m512 lo, hi;
+            B::group(b, j, lo, hi);
+            emit(j, lo, hi);
+        }
+    }
+}
+#endif
+
+struct BF16 {
+    static constexpr int QK = 32, BYTES = 64;
+    static constexpr bool SHARED = false;
+    static constexpr int CODES = 0;  // see `codes`
+#if defined(__AVX512F__)
+    static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
+        lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)b)), 16));
+        hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(b + 32))), 16));
+    }
+#endif
+    static inline void group(const uint8_t* b, int, float* out) {
+        for (int i = 0; i < 32; i++) {
+            uint32_t u = (uint32_t)(b[2 * i] | (b[2 * i + 1] << 8)) << 16;
+            memcpy(out + i, &u, 4);
+        }
+    }
+};
+
+/* d (f16), 16 bytes of nibbles: value i = d * ((i < 16 ? low : high nibble of byte i % 16) - 8). */
+struct Q4_0 {
+    static constexpr int QK = 32, BYTES = 18;
+    static constexpr bool SHARED = false;
+    static constexpr int CODES = 1;  // see `codes`
+#if defined(__AVX512F__)
+    static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
+        const __m512 d = _mm512_set1_ps(f16(b));
+        const __m512i q = bytes16(b + 2), eight = _mm512_set1_epi32(8);
+        lo = _mm512_mul_ps(d, cvt(_mm512_sub_epi32(nib_lo(q), eight)));
+        hi = _mm512_mul_ps(d, cvt(_mm512_sub_epi32(nib_hi(q), eight)));
+    }
+    /* The block's codes as floats and its scale/offset: value = d * q + m. */
+    static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
+        const __m512i q = bytes16(b + 2), eight = _mm512_set1_epi32(8);
+        lo = cvt(_mm512_sub_epi32(nib_lo(q), eight));
+        hi = cvt(_mm512_sub_epi32(nib_hi(q), eight));
+        d = f16(b);
+        m = 0.f;
+    }
+#endif
+    static inline void group(const uint8_t* b, int, float* out) {
+        const float d = f16(b);
+        for (int i = 0; i < 16; i++) {
+            out[i] = d * (float)((b[2 + i] & 15) - 8);
+            out[i + 16] = d * (float)((b[2 + i] >> 4) - 8);
+        }
+    }
+};
+
+/* d, m (f16), 16 bytes of nibbles: value = d * q + m. */
+struct Q4_1 {
+    static constexpr int QK = 32, BYTES = 20;
+    static constexpr bool SHARED = false;
+    static constexpr int CODES = 2;  // see `codes`
+#if defined(__AVX512F__)
+    static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
+        const __m512 d = _mm512_set1_ps(f16(b)), m = _mm512_set1_ps(f16(b + 2));
+        const __m512i q = bytes16(b + 4);
+        lo = _mm512_add_ps(_mm512_mul_ps(d, cvt(nib_lo(q))), m);
+        hi = _mm512_add_ps(_mm512_mul_ps(d, cvt(nib_hi(q))), m);
+    }
+    /* The block's codes as floats and its scale/offset: value = d * q + m. */
+    static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
+        const __m512i q = bytes16(b + 4);
+        lo = cvt(nib_lo(q));
+        hi = cvt(nib_hi(q));
+        d = f16(b);
+        m = f16(b + 2);
+    }
+#endif
+    static inline void group(const uint8_t* b, int, float* out) {
+        const float d = f16(b), m = f16(b + 2);
+        for (int i = 0; i < 16; i++) {
+            out[i] = d * (float)(b[4 + i] & 15) + m;
+            out[i + 16] = d * (float)(b[4 + i] >> 4) + m;
+        }
+    }
+};
+
+/* d (f16), 32 high bits (uint32, bit i -> value i), 16 bytes of nibbles:
+   value = d * ((nibble | high << 4) - 16). */
+struct Q5_0 {
+    static constexpr int QK = 32, BYTES = 22;
+    static constexpr bool SHARED = false;
+    static constexpr int CODES = 1;  // see `codes`
+#if defined(__AVX512F__)
+    static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
+        const __m512 d = _mm512_set1_ps(f16(b));
+        const uint32_t qh = u32(b + 2);
+        const __m512i q = bytes16(b + 6), sixteen = _mm512_set1_epi32(16);
+        const __m512i h0 = _mm512_maskz_mov_epi32((__mmask16)(qh & 0xFFFF), sixteen);
+        const __m512i h1 = _mm512_maskz_mov_epi32((__mmask16)(qh >> 16), sixteen);
+        lo = _mm512_mul_ps(d, cvt(_mm512_sub_epi32(_mm512_or_si512(nib_lo(q), h0), sixteen)));
+        hi = _mm512_mul_ps(d, cvt(_mm512_sub_epi32(_mm512_or_si512(nib_hi(q), h1), sixteen)));
+    }
+    /* The block's codes as floats and its scale/offset: value = d * q + m. */
+    static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
+        const uint32_t qh = u32(b + 2);
+        const __m512i q = bytes16(b + 6), sixteen = _mm512_set1_epi32(16);
+        const __m512i h0 = _mm512_maskz_mov_epi32((__mmask16)(qh & 0xFFFF), sixteen);
+        const __m512i h1 = _mm512_maskz_mov_epi32((__mmask16)(qh >> 16), sixteen);
+        lo = cvt(_mm512_sub_epi32(_mm512_or_si512(nib_lo(q), h0), sixteen));
+        hi = cvt(_mm512_sub_epi32(_mm512_or_si512(nib_hi(q), h1), sixteen));
+        d = f16(b);
+        m = 0.f;
+    }
+#endif
+    static inline void group(const uint8_t* b, int, float* out) {
+        const float d = f16(b);
+        const uint32_t qh = u32(b + 2);
+        for (int i = 0; i < 16; i++) {
+            out[i] = d * (float)((int)((b[6 + i] & 15) | (((qh >> i) & 1) << 4)) - 16);
+            out[i + 16] = d * (float)((int)((b[6 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - 16);
+        }
+    }
+};
+
+/* d, m (f16), 32 high bits, 16 bytes of nibbles: value = d * (nibble | high << 4) + m. */
+struct Q5_1 {
+    static constexpr int QK = 32, BYTES = 24;
+    static constexpr bool SHARED = false;
+    static constexpr int CODES = 2;  // see `codes`
+#if defined(__AVX512F__)
+    static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
+        const __m512 d = _mm512_set1_ps(f16(b)), m = _mm512_set1_ps(f16(b + 2));
+        const uint32_t qh = u32(b + 4);
+        const __m512i q = bytes16(b + 8), sixteen = _mm512_set1_epi32(16);
+        const __m512i h0 = _mm512_maskz_mov_epi32((__mmask16)(qh & 0xFFFF), sixteen);
+        const __m512i h1 = _mm512_maskz_mov_epi32((__mmask16)(qh >> 16), sixteen);
+        lo = _mm512_add_ps(_mm512_mul_ps(d, cvt(_mm512_or_si512(nib_lo(q), h0))), m);
+        hi = _mm512_add_ps(_mm512_mul_ps(d, cvt(_mm512_or_si512(nib_hi(q), h1))), m);
+    }
+    /* The block's codes as floats and its scale/offset: value = d * q + m. */
+    static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
+        const uint32_t qh = u32(b + 4);
+        const __m512i q = bytes16(b + 8), sixteen = _mm512_set1_epi32(16);
+        const __m512i h0 = _mm512_maskz_mov_epi32((__mmask16)(qh & 0xFFFF), sixteen);
+        const __m512i h1 = _mm512_maskz_mov_epi32((__mmask16)(qh >> 16), sixteen);
+        lo = cvt(_mm512_or_si512(nib_lo(q), h0));
+        hi = cvt(_mm512_or_si512(nib_hi(q), h1));
+        d = f16(b);
+        m = f16(b + 2);
+    }
+#endif
+    static inline void group(const uint8_t* b, int, float* out) {
+        const float d = f16(b), m = f16(b + 2);
+        const uint32_t qh = u32(b + 4);
+        for (int i = 0; i < 16; i++) {
+            out[i] = d * (float)((b[8 + i] & 15) | (((qh >> i) & 1) << 4)) + m;
+            out[i + 16] = d * (float)((b[8 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) + m;
+        }
+    }
+};
+
+/* d (f16), 32 int8 codes: value = code * d. */
+struct Q8_0 {
+    static constexpr int QK = 32, BYTES = 34;
+    static constexpr bool SHARED = false;
+    static constexpr int CODES = 1;  // see `codes`
+#if defined(__AVX512F__)
+    static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
+        const __m512 d = _mm512_set1_ps(f16(b));
+        lo = _mm512_mul_ps(cvt(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b + 2)))), d);
+        hi = _mm512_mul_ps(cvt(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b + 18)))), d);
+    }
+    /* The block's codes as floats and its scale/offset: value = d * q + m. */
+    static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
+        lo = cvt(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b + 2))));
+        hi = cvt(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b + 18))));
+        d = f16(b);
+        m = 0.f;
+    }
+#endif
+    static inline void group(const uint8_t* b, int, float* out) {
+        const float d = f16(b);
+        for (int i = 0; i < 32; i++) out[i] = (float)(int8_t)b[2 + i] * d;
+    }
+};
+
+/* 256 values: 16 scale bytes (low nibble scale, high nibble min, one per 16 values),
+   64 bytes of 2-bit codes, d, dmin (f16). Value e: byte qs[(e / 128) * 32 + e % 32],
+   bits 2 * ((e / 32) % 4); value = (d * sc) * q - (dmin * m). */
+struct Q2_K {
+    static constexpr int QK = 256, BYTES = 84;
+    static constexpr bool SHARED = false;
+    static constexpr int CODES = 0;  // see `codes`
+#if defined(__AVX512F__)
+    static inline void group(const uint8_t* b, int j, __m512& lo, __m512& hi) {
+        const float d = f16(b + 80), dmin = f16(b + 82);
+        const uint8_t s0 = b[2 * j], s1 = b[2 * j + 1];
+        const uint8_t* qs = b + 16 + (j / 4) * 32;
+        const int sh = 2 * (j % 4);
+        const __m512i three = _mm512_set1_epi32(3);
+        const __m512i q0 = _mm512_and_si512(_mm512_srli_epi32(bytes16(qs), sh), three);
+        const __m512i q1 = _mm512_and_si512(_mm512_srli_epi32(bytes16(qs + 16), sh), three);
+        lo = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(d * (float)(s0 & 15)), cvt(q0)), _mm512_set1_ps(dmin * (float)(s0 >> 4)));
+        hi = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(d * (float)(s1 & 15)), cvt(q1)), _mm512_set1_ps(dmin * (float)(s1 >> 4)));
+    }
+#endif
+    static inline void group(const uint8_t* b, int j, float* out) {
+        const float d = f16(b + 80), dmin = f16(b + 82);
+        const uint8_t* qs = b + 16 + (j / 4) * 32;
+        const int sh = 2 * (j % 4);
+        for (int i = 0; i < 32; i++) {
+            const uint8_t s = b[2 * j + i / 16];
+            out[i] = (d * (float)(s & 15)) * (float)((qs[i] >> sh) & 3) - dmin * (float)(s >> 4);
+        }
+    }
+};
+
+/* 256 values: 32 bytes of high-bit masks, 64 bytes of 2-bit codes, 12 bytes of sixteen
+   signed 6-bit scales, d (f16). Value e: low bits as Q2_K, high bit h = bit e / 32 of
+   hmask[e % 32]; q = low - (h ? 0 : 4); value = (d * scale) * q. */
+struct Q3_K {
+    static constexpr int QK = 256, BYTES = 110;
+    static constexpr bool SHARED = false;
+    static constexpr int CODES = 0;  // see `codes`
+#if defined(__AVX512F__)
+    static inline void group(const uint8_t* b, int j, __m512& lo, __m512& hi) {
+        const float d = f16(b + 108);
+        const uint8_t* qs = b + 32 + (j / 4) * 32;
+        const int sh = 2 * (j % 4);
+        const __m512i three = _mm512_set1_epi32(3), four = _mm512_set1_epi32(4);
+        const __m512i q0 = _mm512_and_si512(_mm512_srli_epi32(bytes16(qs), sh), three);
+        const __m512i q1 = _mm512_and_si512(_mm512_srli_epi32(bytes16(qs + 16), sh), three);
+        const __m512i bit = _mm512_set1_epi32(1 << j);
+        const __mmask16 m0 = _mm512_test_epi32_mask(bytes16(b), bit), m1 = _mm512_test_epi32_mask(bytes16(b + 16), bit);
+        lo = _mm512_mul_ps(_mm512_set1_ps(d * (float)scale_q3k(b + 96, 2 * j)), cvt(_mm512_mask_sub_epi32(q0, (__mmask16)~m0, q0, four)));
+        hi = _mm512_mul_ps(_mm512_set1_ps(d * (float)scale_q3k(b + 96, 2 * j + 1)), cvt(_mm512_mask_sub_epi32(q1, (__mmask16)~m1, q1, four)));
+    }
+#endif
+    static inline void group(const uint8_t* b, int j, float* out) {
+        const float d = f16(b + 108);
+        const uint8_t* qs = b + 32 + (j / 4) * 32;
+        const int sh = 2 * (j % 4);
+        for (int i = 0; i < 32; i++) {
+            const int q = ((qs[i] >> sh) & 3) - (((b[i] >> j) & 1) ? 0 : 4);
+            out[i] = (d * (float)scale_q3k(b + 96, 2 * j + i / 16)) * (float)q;
+        }
+    }
+};
+
+/* 256 values: d, dmin (f16), 12 bytes of eight 6-bit scales and mins, 128 bytes of
+   nibbles. Group j: bytes qs[(j / 2) * 32 + i], low nibble for even j, high for odd;
+   value = (d * sc) * q - (dmin * m). */
+struct Q4_K {
+    static constexpr int QK = 256, BYTES = 144;
+    static constexpr bool SHARED = true;
+    static constexpr int CODES = 0;
+#if defined(__AVX512F__)
+    static inline void group(const uint8_t* b, int j, __m512& lo, __m512& hi) {
+        int sc, m;
+        scale_min_k4(b + 4, j, sc, m);
+        const __m512 ds = _mm512_set1_ps(f16(b) * (float)sc), dm = _mm512_set1_ps(f16(b + 2) * (float)m);
+        const uint8_t* qs = b + 16 + (j / 2) * 32;
+        const int sh = 4 * (j % 2);
+        lo = _mm512_sub_ps(_mm512_mul_ps(ds, cvt(nib_lo(_mm512_srli_epi32(bytes16(qs), sh)))), dm);
+        hi = _mm512_sub_ps(_mm512_mul_ps(ds, cvt(nib_lo(_mm512_srli_epi32(bytes16(qs + 16), sh)))), dm);
+    }
+    template <class Emit>
+    static inline void block(const uint8_t* b, Emit&& emit) {
+        const float d = f16(b), dmin = f16(b + 2);
+        for (int c = 0; c < 4; c++) {
+            int sc0, m0, sc1, m1;
+            scale_min_k4(b + 4, 2 * c, sc0, m0);
+            scale_min_k4(b + 4, 2 * c + 1, sc1, m1);
+            const __m512i q0 = bytes16(b + 16 + c * 32), q1 = bytes16(b + 32 + c * 32);
+            const __m512 ds0 = _mm512_set1_ps(d * (float)sc0), dm0 = _mm512_set1_ps(dmin * (float)m0);
+            const __m512 ds1 = _mm512_set1_ps(d * (float)sc1), dm1 = _mm512_set1_ps(dmin * (float)m1);
+            emit(2 * c, _mm512_sub_ps(_mm512_mul_ps(ds0, cvt(nib_lo(q0))), dm0),
+                 _mm512_sub_ps(_mm512_mul_ps(ds0, cvt(nib_lo(q1))), dm0));
+            emit(2 * c + 1, _mm512_sub_ps(_mm512_mul_ps(ds1, cvt(nib_hi(q0))), dm1),
+                 _mm512_sub_ps(_mm512_mul_ps(ds1, cvt(nib_hi(q1))), dm1));
+        }
+    }
+#endif
+    static inline void group(const uint8_t* b, int j, float* out) {
+        int sc, m;
+        scale_min_k4(b + 4, j, sc, m);
+        const float ds = f16(b) * (float)sc, dm = f16(b + 2) * (float)m;
+        const uint8_t* qs = b + 16 + (j / 2) * 32;
+        const int sh = 4 * (j % 2);
+        for (int i = 0; i < 32; i++) out[i] = ds * (float)((qs[i] >> sh) & 15) - dm;
+    }
+};
+
+/* As Q4_K plus 32 bytes of high bits after the scales: bit j of qh[i] is bit 4 of
+   value 32j + i. value = (d * sc) * q - (dmin * m). */
+struct Q5_K {
+    static constexpr int QK = 256, BYTES = 176;
+    static constexpr bool SHARED = true;
+    static constexpr int CODES = 0;
+#if defined(__AVX512F__)
+    static inline void group(const uint8_t* b, int j, __m512& lo, __m512& hi) {
+        int sc, m;
+        scale_min_k4(b + 4, j, sc, m);
+        const __m512 ds = _mm512_set1_ps(f16(b) * (float)sc), dm = _mm512_set1_ps(f16(b + 2) * (float)m);
+        const uint8_t* qs = b + 48 + (j / 2) * 32;
+        const int sh = 4 * (j % 2);
+        const __m512i bit = _mm512_set1_epi32(1 << j), sixteen = _mm512_set1_epi32(16);
+        const __m512i h0 = _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(bytes16(b + 16), bit), sixteen);
+        const __m512i h1 = _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(bytes16(b + 32), bit), sixteen);
+        lo = _mm512_sub_ps(_mm512_mul_ps(ds, cvt(_mm512_or_si512(nib_lo(_mm512_srli_epi32(bytes16(qs), sh)), h0))), dm);
+        hi = _mm512_sub_ps(_mm512_mul_ps(ds, cvt(_mm512_or_si512(nib_lo(_mm512_srli_epi32(bytes16(qs + 16), sh)), h1))), dm);
+    }
+    template <class Emit>
+    static inline void block(const uint8_t* b, Emit&& emit) {
+        const float d = f16(b), dmin = f16(b + 2);
+        const __m512i qh0 = bytes16(b + 16), qh1 = bytes16(b + 32), sixteen = _mm512_set1_epi32(16);
+        for (int c = 0; c < 4; c++) {
+            const __m512i q0 = bytes16(b + 48 + c * 32), q1 = bytes16(b + 64 + c * 32);
+            for (int t = 0; t < 2; t++) {
+                const int j = 2 * c + t;
+                int sc, m;
+                scale_min_k4(b + 4, j, sc, m);
+                const __m512 ds = _mm512_set1_ps(d * (float)sc), dm = _mm512_set1_ps(dmin * (float)m);
+                const __m512i bit = _mm512_set1_epi32(1 << j);
+                const __m512i h0 = _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(qh0, bit), sixteen);
+                const __m512i h1 = _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(qh1, bit), sixteen);
+                const __m512i l0 = t ? nib_hi(q0) : nib_lo(q0), l1 = t ? nib_hi(q1) : nib_lo(q1);
+                emit(j, _mm512_sub_ps(_mm512_mul_ps(ds, cvt(_mm512_or_si512(l0, h0))), dm),
+                     _mm512_sub_ps(_mm512_mul_ps(ds, cvt(_mm512_or_si512(l1, h1))), dm));
+            }
+        }
+    }
+#endif
+    static inline void group(const uint8_t* b, int j, float* out) {
+        int sc, m;
+        scale_min_k4(b + 4, j, sc, m);
+        const float ds = f16(b) * (float)sc, dm = f16(b + 2) * (float)m;
+        const uint8_t* qs = b + 48 + (j / 2) * 32;
+        const int sh = 4 * (j % 2);
+        for (int i = 0; i < 32; i++)
+            out[i] = ds * (float)(((qs[i] >> sh) & 15) | (((b[16 + i] >> j) & 1) << 4)) - dm;
+    }
+};
+
+/* 256 values: 128 bytes of low nibbles, 64 bytes of 2-bit highs, sixteen int8 scales,
+   d (f16). Group j (half h = j / 4, r = j % 4): low = ql[h * 64 + (r % 2) * 32 + i]
+   nibble r / 2, high = (qh[h * 32 + i] >> 2r) & 3; value = (d * scale[e / 16]) * (q - 32). */
+struct Q6_K {
+    static constexpr int QK = 256, BYTES = 210;
+    static constexpr bool SHARED = true;
+    static constexpr int CODES = 0;
+#if defined(__AVX512F__)
+    static inline void group(const uint8_t* b, int j, __m512& lo, __m512& hi) {
+        const float d = f16(b + 208);
+        const int h = j / 4, r = j % 4;
+        const uint8_t* ql = b + h * 64 + (r % 2) * 32;
+        const uint8_t* qh = b + 128 + h * 32;
+        const int shl = 4 * (r / 2), shh = 2 * r;
+        const __m512i three = _mm512_set1_epi32(3), k32 = _mm512_set1_epi32(32);
+        const __m512i q0 = _mm512_or_si512(nib_lo(_mm512_srli_epi32(bytes16(ql), shl)),
+                                           _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bytes16(qh), shh), three), 4));
+        const __m512i q1 = _mm512_or_si512(nib_lo(_mm512_srli_epi32(bytes16(ql + 16), shl)),
+                                           _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bytes16(qh + 16), shh), three), 4));
+        const int8_t* sc = (const int8_t*)(b + 192);
+        lo = _mm512_mul_ps(_mm512_set1_ps(d * (float)sc[2 * j]), cvt(_mm512_sub_epi32(q0, k32)));
+        hi = _mm512_mul_ps(_mm512_set1_ps(d * (float)sc[2 * j + 1]), cvt(_mm512_sub_epi32(q1, k32)));
+    }
+    template <class Emit>
+    static inline void block(const uint8_t* b, Emit&& emit) {
+        const float d = f16(b + 208);
+        const int8_t* sc = (const int8_t*)(b + 192);
+        const __m512i three = _mm512_set1_epi32(3), k32 = _mm512_set1_epi32(32);
+        for (int h = 0; h < 2; h++) {
+            const __m512i qh0 = bytes16(b + 128 + h * 32), qh1 = bytes16(b + 144 + h * 32);
+            for (int half = 0; half < 2; half++) {  // r % 2: which 32 bytes of ql
+                const __m512i ql0 = bytes16(b + h * 64 + half * 32), ql1 = bytes16(b + h * 64 + half * 32 + 16);
+                for (int nib = 0; nib < 2; nib++) {  // r / 2
+                    const int r = 2 * nib + half, j = 4 * h + r;
+                    const __m512i l0 = nib ? nib_hi(ql0) : nib_lo(ql0), l1 = nib ? nib_hi(ql1) : nib_lo(ql1);
+                    const __m512i q0 = _mm512_or_si512(l0, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh0, 2 * r), three), 4));
+                    const __m512i q1 = _mm512_or_si512(l1, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh1, 2 * r), three), 4));
+                    emit(j, _mm512_mul_ps(_mm512_set1_ps(d * (float)sc[2 * j]), cvt(_mm512_sub_epi32(q0, k32))),
+                         _mm512_mul_ps(_mm512_set1_ps(d * (float)sc[2 * j + 1]), cvt(_mm512_sub_epi32(q1, k32))));
+                }
+            }
+        }
+    }
+#endif
+    static inline void group(const uint8_t* b, int j, float* out) {
+        const float d = f16(b + 208);
+        const int h = j / 4, r = j % 4;
+        const uint8_t* ql = b + h * 64 + (r % 2) * 32;
+        const uint8_t* qh = b + 128 + h * 32;
+        const int8_t* sc = (const int8_t*)(b + 192);
+        for (int i = 0; i < 32; i++) {
+            const int q = (((ql[i] >> (4 * (r / 2))) & 15) | (((qh[i] >> (2 * r)) & 3) << 4)) - 32;
+            out[i] = (d * (float)sc[2 * j + i / 16]) * (float)q;
+        }
+    }
+};
+
+}  // namespace qb
