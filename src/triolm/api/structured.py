@@ -1,17 +1,22 @@
 """Which grammar constraint and which tool-call parsing a request asks for.
 
-Grammars are compiled (and cached) by the model's GrammarCompiler off the event loop:
-a first compile of a large schema is CPU work."""
+Grammars are compiled (and cached) by the model's GrammarCompiler off the event loop, in
+a lane of their own (`state.grammar_limiter`): a first compile is CPU work bounded by the
+server's grammar limits, and must never queue prompts behind it."""
 
 from __future__ import annotations
 
 import functools
 
+import attrs
+
 from triolm.api.errors import bad_request
 from triolm.api.schemas import ChatCompletionRequest, SamplingFields
+from triolm.chat.grammar.limits import GrammarLimits
 from triolm.errors import InvalidRequestError
 from triolm.serving.prompts import run_off_loop
 from triolm.serving.served_model import ServedModel
+from triolm.serving.settings import ServerSettings
 
 
 def tool_parsing_mode(served: ServedModel, body: ChatCompletionRequest) -> str | None:
@@ -22,17 +27,25 @@ def tool_parsing_mode(served: ServedModel, body: ChatCompletionRequest) -> str |
 
 
 def _wants_structure(body: SamplingFields) -> bool:
+    """Any structured-output field given, even an empty one: `{}`, `""` and `[]` are
+    requests the compiler refuses with a 400 naming the field, never silently ignored."""
     rf = body.response_format
-    return bool((rf and rf.get("type") not in (None, "text")) or body.guided_choice
-                or body.guided_regex or body.guided_json)
+    return ((rf is not None and rf.get("type") != "text") or body.guided_choice is not None
+            or body.guided_regex is not None or body.guided_json is not None)
+
+
+def grammar_limits(settings: ServerSettings) -> GrammarLimits:
+    return attrs.evolve(GrammarLimits(), compile_timeout=settings.grammar_compile_timeout,
+                        compile_memory=settings.grammar_compile_memory,
+                        max_grammar_size=settings.grammar_max_size)
 
 
 async def _compile(state, served: ServedModel, **request):
+    compile_ = functools.partial(served.grammar.from_request, limits=grammar_limits(state.settings), **request)
     try:
-        return await run_off_loop(state.tokenize_limiter,
-                                  functools.partial(served.grammar.from_request, **request))
+        return await run_off_loop(state.grammar_limiter, compile_)
     except InvalidRequestError as exc:
-        raise bad_request(exc.message, param=exc.param) from None
+        raise bad_request(exc.message, param=exc.param, code=exc.code) from None
 
 
 async def constraint_for_chat(state, served: ServedModel, body: ChatCompletionRequest):

@@ -21,6 +21,8 @@ import torch
 from triolm.engine.constraint import allocate_token_bitmask, bitmask_to_bool, bitmask_words
 from triolm.tokenizers.base import Tokenizer
 
+from .sandbox import TokenTable
+
 SPECIAL_MARKER = b"\xff"  # llguidance: token bytes starting with 0xFF are special tokens
 
 
@@ -111,6 +113,13 @@ def llg_tokenizer(tokenizer: Tokenizer, vocab_size: int | None = None) -> llguid
     except TypeError:
         pass
     return lt
+
+
+def sandbox_table(tokenizer: Tokenizer, vocab_size: int) -> TokenTable:
+    """The same token bytes llg_tokenizer gives llguidance, for the compile sandbox."""
+    table = _TokenTable(tokenizer, max(vocab_size, tokenizer.vocab_size))
+    return TokenTable(tokens=table.tokens, eos=list(tokenizer.eos_token_ids), bos=table.bos_token_id,
+                      special=table.special_token_ids)
 
 
 class LLGuidanceMatcher:
