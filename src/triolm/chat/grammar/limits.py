@@ -20,7 +20,7 @@ class GrammarLimits:
     max_items_in_row: int = 2_000  # Earley items in one parser row (branching)
     step_max_items: int = 50_000  # Earley items per mask step
     initial_lexer_fuel: int = 300_000  # regex work building the first lexer states
-    step_lexer_fuel: int = 200_000  # regex work per mask step (~15 ms)
+    step_lexer_fuel: int = 50_000  # regex work per mask step: bounds a step's stall
     max_lexer_states: int = 100_000  # lexer DFA states (1-2 kB each)
     # the first compile, in the sandbox child
     compile_timeout: float = 2.0  # seconds

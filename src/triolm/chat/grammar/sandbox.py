@@ -75,13 +75,13 @@ class CompileSandbox:
             try:
                 compile_worker.write_frame(proc.stdin, request)
                 reply = _read_frame(proc.stdout, start + limits.compile_timeout)
-            except (BrokenPipeError, OSError):
-                reply = None
-            except TimeoutError:
+            except TimeoutError:  # before OSError, its base class
                 self._restart(limits.compile_memory)
                 raise GrammarLimitError(
                     f"grammar compile exceeded the time limit (grammar_compile_timeout = "
                     f"{limits.compile_timeout:g} s)", param=param, code="grammar_too_complex") from None
+            except OSError:  # BrokenPipeError: the child is gone
+                reply = None
             if reply is None:  # the child died: past its memory cap (llguidance aborts)
                 self._restart(limits.compile_memory)
                 raise GrammarLimitError(
@@ -109,7 +109,7 @@ class CompileSandbox:
             compile_worker.write_frame(proc.stdin, json.dumps(header).encode())
             compile_worker.write_frame(proc.stdin, compile_worker.pack_tokens(t.tokens))
             ready = _read_frame(proc.stdout, time.monotonic() + _START_TIMEOUT)
-        except (OSError, TimeoutError):
+        except OSError:  # TimeoutError included
             ready = None
         if ready is None:
             _kill_process(proc)
