@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 
 import attrs
+import trio
 
 from triolm.api.errors import bad_request
 from triolm.api.schemas import ChatCompletionRequest, SamplingFields
 from triolm.chat.grammar.limits import GrammarLimits
 from triolm.errors import InvalidRequestError
-from triolm.serving.prompts import run_off_loop
 from triolm.serving.served_model import ServedModel
 from triolm.serving.settings import ServerSettings
 
@@ -43,7 +43,9 @@ def grammar_limits(settings: ServerSettings) -> GrammarLimits:
 async def _compile(state, served: ServedModel, **request):
     compile_ = functools.partial(served.grammar.from_request, limits=grammar_limits(state.settings), **request)
     try:
-        return await run_off_loop(state.grammar_limiter, compile_)
+        # Abandoned on cancel (client gone, shutdown): the compile is bounded by its
+        # budget and keeps the lane's token until it ends, so nothing waits for it.
+        return await trio.to_thread.run_sync(compile_, limiter=state.grammar_limiter, abandon_on_cancel=True)
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param, code=exc.code) from None
 
