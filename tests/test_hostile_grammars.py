@@ -6,12 +6,19 @@ the process's memory stays bounded."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+
+from triolm.testing.server_thread import free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 ALLOF_300 = {"type": "string", "allOf": [{"pattern": f".*{i}.*"} for i in range(300)]}
@@ -169,3 +176,43 @@ def test_HOSTILE_GRAM_009_grammar_limits_are_server_settings(server, make_server
     small = make_server(grammar_max_size=50)
     err = assert_limit_400(chat(small, served_model, guided_json=schema), "guided_json")
     assert "max_grammar_size" in err["message"]
+
+
+def test_HOSTILE_GRAM_010_sigterm_stops_a_server_compiling_a_hostile_grammar(tiny_model, tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "triolm"), "serve", str(tiny_model("qwen2").hf_dir),
+                               "--port", str(port), "--served-model-name", "tiny", "--graceful-timeout", "3",
+                               "--shutdown-delay", "0.2"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 4}
+        assert httpx.post(base + "/v1/chat/completions", json={**body, "guided_choice": ["a", "b"]},
+                          timeout=120).status_code == 200  # the compile sandbox is up
+        children = [c.pid for c in psutil.Process(server.pid).children(recursive=True)]
+        assert children
+        t = threading.Thread(target=lambda: httpx.post(base + "/v1/chat/completions", timeout=60,
+                                                       json={**body, "guided_json": ALLOF_300}), daemon=True)
+        t.start()
+        time.sleep(0.5)  # the hostile compile is under way
+        server.send_signal(signal.SIGTERM)
+        rc = server.wait(15)  # graceful timeout 3 s + shutdown delay, with a wide margin
+        assert rc == 0, (tmp_path / "server.log").read_text()
+        deadline = time.monotonic() + 10
+        while any(psutil.pid_exists(c) and psutil.Process(c).status() != psutil.STATUS_ZOMBIE for c in children):
+            assert time.monotonic() < deadline, "the compile sandbox outlived the server"
+            time.sleep(0.2)
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()

@@ -16,9 +16,12 @@ request per grammar, each answered by one JSON reply.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import struct
 import sys
+import threading
+import time
 from typing import BinaryIO
 
 import llguidance
@@ -145,7 +148,17 @@ def _check(tokenizer: llguidance.LLTokenizer, eos: list[int], request: dict) -> 
     return {"error": error or None, "warnings": [] if error else matcher.get_grammar_warnings()}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """End this process soon after the server's: a closed stdin is only seen between two
+    compiles, and a hostile compile must not outlive the server. (llguidance releases
+    the GIL while it compiles, so this thread runs meanwhile.)"""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
 def main() -> int:
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     header = read_frame(stdin)
     table = read_frame(stdin)
