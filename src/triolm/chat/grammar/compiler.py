@@ -91,14 +91,14 @@ class GrammarCompiler:
         self._cache: collections.OrderedDict[tuple, CompiledGrammar] = collections.OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
-        self._sandbox: CompileSandbox | None = None
+        self._sandbox = CompileSandbox(sandbox_table(tokenizer, self.vocab_size))
+        self._sandbox.start(limits.compile_memory)
         self.hits = 0
         self.misses = 0
 
     def close(self) -> None:
         """Stop the sandbox child (it also ends with the process)."""
-        if self._sandbox is not None:
-            self._sandbox.close()
+        self._sandbox.close()
 
     # -- generic ----------------------------------------------------------------------
     def compile_lark(self, lark: str, *, param: str | None = None,
@@ -133,11 +133,7 @@ class GrammarCompiler:
         return compiled
 
     def _check(self, lark: str, limits: GrammarLimits, param: str | None):
-        with self._lock:
-            if self._sandbox is None:
-                self._sandbox = CompileSandbox(sandbox_table(self.tokenizer, self.vocab_size))
-            sandbox = self._sandbox
-        return sandbox.check(lark, limits, param=param)
+        return self._sandbox.check(lark, limits, param=param)
 
     def _builder(self) -> LarkBuilder:
         return LarkBuilder(self._special_id)

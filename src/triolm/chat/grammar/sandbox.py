@@ -1,8 +1,9 @@
 """`CompileSandbox`: compiles a grammar first in a child process with a wall-clock and
 memory budget (the child is compile_worker.py; why, is said there).
 
-One child per tokenizer, started on the first check and kept: it holds its own copy of
-the llguidance tokenizer (built once, ~1 s for a 131k vocabulary).  A check past its
+One child per tokenizer, started with the compiler (it builds its own copy of the
+llguidance tokenizer, 1-3 s for a 131k vocabulary, while the server goes on loading)
+and kept.  A check past its
 budget kills the child; the next check starts a fresh one.  Checks are serialized: the
 child compiles one grammar at a time.  The child ends when the server process does (its
 stdin closes) or when the sandbox is closed or collected.
@@ -11,7 +12,6 @@ stdin closes) or when the sandbox is closed or collected.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import selectors
 import signal
@@ -29,8 +29,6 @@ from triolm.errors import InvalidRequestError
 
 from . import compile_worker
 from .limits import GrammarLimits
-
-log = logging.getLogger(__name__)
 
 _WORKER = Path(compile_worker.__file__)
 _START_TIMEOUT = 120.0  # building the child's tokenizer (seconds; generous for slow machines)
@@ -63,6 +61,7 @@ class CompileSandbox:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._memory: int | None = None
+        self._ready = False
         self._finalizer = None
 
     def check(self, grammar: str, limits: GrammarLimits, *, param: str | None) -> CheckResult:
@@ -94,42 +93,54 @@ class CompileSandbox:
         with self._lock:
             self._kill()
 
+    def start(self, memory: int) -> None:
+        """Start the child now without waiting for it: it builds its tokenizer while the
+        caller goes on (the first check then finds it ready)."""
+        with self._lock:
+            if self._proc is None:
+                self._spawn(memory)
+
     # -- the child -------------------------------------------------------------------------
     def _ensure(self, memory: int) -> subprocess.Popen:
-        if self._proc is not None and self._proc.poll() is None and self._memory == memory:
-            return self._proc
-        self._kill()
+        if self._proc is None or self._proc.poll() is not None or self._memory != memory:
+            self._kill()
+            self._spawn(memory)
+        if not self._ready:
+            try:
+                ready = _read_frame(self._proc.stdout, time.monotonic() + _START_TIMEOUT)
+            except OSError:  # TimeoutError included
+                ready = None
+            if ready is None:
+                self._kill()
+                raise RuntimeError("the grammar compile sandbox did not start")
+            self._ready = True
+        return self._proc
+
+    def _spawn(self, memory: int) -> None:
         proc = subprocess.Popen([sys.executable, "-I", str(_WORKER)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
         self._finalizer = weakref.finalize(self, _kill_process, proc)
+        self._proc, self._memory, self._ready = proc, memory, False
         t = self._table
         header = {"n_vocab": len(t.tokens), "eos": t.eos, "bos": t.bos, "special": t.special,
                   "memory_bytes": memory}
         try:
             compile_worker.write_frame(proc.stdin, json.dumps(header).encode())
             compile_worker.write_frame(proc.stdin, compile_worker.pack_tokens(t.tokens))
-            ready = _read_frame(proc.stdout, time.monotonic() + _START_TIMEOUT)
-        except OSError:  # TimeoutError included
-            ready = None
-        if ready is None:
-            _kill_process(proc)
-            raise RuntimeError("the grammar compile sandbox did not start")
-        self._proc, self._memory = proc, memory
-        return proc
+        except OSError:
+            pass  # the child died at once: _ensure reports it
 
     def _restart(self, memory: int) -> None:
-        """Replace a killed child now, on the request that killed it: the next grammar
-        (likely a legitimate one) then finds a child ready."""
+        """Replace a killed child at once (it builds while the failed request answers), so
+        the next grammar, likely a legitimate one, does not pay the whole start-up."""
         self._kill()
-        try:
-            self._ensure(memory)
-        except RuntimeError:
-            log.exception("restarting the grammar compile sandbox failed")
+        self._spawn(memory)
 
     def _kill(self) -> None:
         if self._finalizer is not None:
             self._finalizer()  # kills and reaps the child once
         self._proc = self._finalizer = None
+        self._ready = False
 
 
 def _kill_process(proc: subprocess.Popen) -> None:
