@@ -23,11 +23,11 @@ import attrs
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import tokenizer_fixtures  # noqa: E402
+import tokenizer_fixtures
 
-from triolm.chat.grammar import GrammarCompiler  # noqa: E402
-from triolm.chat.grammar.limits import GrammarLimits  # noqa: E402
-from triolm.errors import InvalidRequestError  # noqa: E402
+from triolm.chat.grammar import GrammarCompiler
+from triolm.chat.grammar.limits import GrammarLimits
+from triolm.errors import InvalidRequestError
 
 SCALED = ("max_grammar_size", "max_items_in_row", "step_max_items", "initial_lexer_fuel",
           "step_lexer_fuel", "max_lexer_states")

@@ -181,7 +181,11 @@ def test_HOSTILE_GRAM_009_grammar_limits_are_server_settings(server, make_server
 def test_HOSTILE_GRAM_010_sigterm_stops_a_server_compiling_a_hostile_grammar(tiny_model, tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "server.log", "w")
+    with open(tmp_path / "server.log", "w") as log:
+        _sigterm_while_compiling(tiny_model, tmp_path, port, base, log)
+
+
+def _sigterm_while_compiling(tiny_model, tmp_path, port, base, log):
     server = subprocess.Popen([str(Path(sys.executable).parent / "triolm"), "serve", str(tiny_model("qwen2").hf_dir),
                                "--port", str(port), "--served-model-name", "tiny", "--graceful-timeout", "3",
                                "--shutdown-delay", "0.2"], stdout=log, stderr=subprocess.STDOUT)
@@ -215,4 +219,3 @@ def test_HOSTILE_GRAM_010_sigterm_stops_a_server_compiling_a_hostile_grammar(tin
         if server.poll() is None:
             os.kill(server.pid, signal.SIGKILL)
             server.wait()
-        log.close()

@@ -30,6 +30,7 @@ from .llg import CompiledGrammar, llg_tokenizer, sandbox_table
 from .sandbox import CompileSandbox, GrammarLimitError
 
 log = logging.getLogger(__name__)
+DEFAULT_LIMITS = GrammarLimits()
 
 # llguidance error text -> the limit it ran into (a GrammarLimits field where one is)
 _LIMIT_HINTS = (
@@ -82,7 +83,7 @@ class GrammarCompiler:
     """
 
     def __init__(self, tokenizer: Tokenizer, *, vocab_size: int | None = None, cache_size: int = 256,
-                 limits: GrammarLimits = GrammarLimits()):
+                 limits: GrammarLimits = DEFAULT_LIMITS):
         self.tokenizer = tokenizer
         self.vocab_size = max(vocab_size or 0, tokenizer.vocab_size)
         self.limits = limits
