@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-sessions", type=int, default=1024)
     s.add_argument("--session-idle-timeout", type=float, default=3600.0)
     s.add_argument("--seed", type=int, default=None, help="seed of the default sampler (unseeded requests)")
+    s.add_argument("--grammar-compile-timeout", type=float, default=2.0,
+                   help="seconds a new structured-output grammar may take to compile (400 after)")
+    s.add_argument("--grammar-compile-memory", type=int, default=512 << 20,
+                   help="bytes a grammar compile may use (400 past it)")
+    s.add_argument("--grammar-max-size", type=int, default=500_000,
+                   help="symbols a structured-output grammar may have (400 past it)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     return parser
 

@@ -55,6 +55,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     async def start_background() -> None:
         # Trio objects are made here, inside the running loop, never at import time.
         state.tokenize_limiter = trio.CapacityLimiter(settings.tokenizer_threads)
+        state.grammar_limiter = trio.CapacityLimiter(1)
         if state.fatal is None:  # `triolm serve` made it already (a trio.Event has no truth value)
             state.fatal = trio.Event()
         app.nursery.start_soon(monitor_loop_lag, state.metrics)

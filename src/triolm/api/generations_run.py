@@ -8,6 +8,8 @@ import trio
 from triolm.api import openai_format as fmt
 from triolm.api.errors import APIError, bad_request
 from triolm.api.state import AppState
+from triolm.chat.grammar.compiler import limit_hit
+from triolm.engine.constraint import ConstraintFailure
 from triolm.serving.engine_driver import EngineDriver, EngineFailure, OverloadedError
 from triolm.serving.fanout import run_all
 from triolm.serving.generation import Generation
@@ -37,6 +39,8 @@ class GenerationsRun:
                            code="timeout") from None
         except OverloadedError as exc:
             raise APIError(429, str(exc), code="overloaded") from None
+        except ConstraintFailure as exc:
+            raise constraint_error(exc) from None
         except ValueError as exc:
             raise bad_request(str(exc)) from None
         finally:
@@ -50,13 +54,27 @@ class GenerationsRun:
         return fmt.sse(data)
 
 
+def constraint_error(exc: ConstraintFailure) -> APIError:
+    """A grammar that failed mid-generation: 400 when it ran past a grammar limit (the
+    request's grammar is too complex for this output), 500 otherwise (a token the mask
+    allowed was refused: a server fault)."""
+    first = exc.message.strip().splitlines()[0] if exc.message.strip() else "grammar failed"
+    limit = limit_hit(exc.message)
+    if limit is not None:
+        return APIError(400, f"the grammar ran past a limit while generating: {first} (limit: {limit})",
+                        code="grammar_too_complex")
+    return APIError(500, f"the grammar failed while generating: {first}", code="grammar_failed")
+
+
 # Failures that can surface after a stream's 200 has been sent: told as an SSE error event.
-STREAM_ERRORS = (OverloadedError, ValueError, EngineFailure)
+STREAM_ERRORS = (OverloadedError, ValueError, EngineFailure, ConstraintFailure)
 
 
 def stream_error_event(exc: Exception) -> bytes:
     if isinstance(exc, OverloadedError):
         err = APIError(429, str(exc), code="overloaded")
+    elif isinstance(exc, ConstraintFailure):
+        err = constraint_error(exc)
     elif isinstance(exc, EngineFailure):
         err = APIError(500, str(exc))
     else:

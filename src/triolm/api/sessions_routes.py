@@ -198,7 +198,7 @@ def _record(registry: SessionRegistry, prepared: _Prepared, plan: ChatPlan, run:
     children: list[Node] = []
     for index, gen in enumerate(run.gens):
         r = gen.result
-        if r.finish_reason in (None, "abort") or not r.tokens:
+        if r.finish_reason in (None, "abort", "error") or not r.tokens:  # "error": its grammar failed
             continue
         ids = [t.token_id for t in r.tokens]
         step = {"request_id": plan.request_id, "choice_index": index,

@@ -22,6 +22,7 @@ class AppState:
     served: ServedModel | None = None
     driver: EngineDriver | None = None
     tokenize_limiter: trio.CapacityLimiter | None = None
+    grammar_limiter: trio.CapacityLimiter | None = None  # grammar compiles: a lane of their own
     loading: str = "starting"
     load_error: str | None = None
     shutting_down: bool = False

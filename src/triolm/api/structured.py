@@ -1,19 +1,24 @@
 """Which grammar constraint and which tool-call parsing a request asks for.
 
-Grammars are compiled (and cached) by the model's GrammarCompiler off the event loop:
-a first compile of a large schema is CPU work."""
+Grammars are compiled (and cached) by the model's GrammarCompiler off the event loop, in
+a lane of their own (`state.grammar_limiter`): a first compile is CPU work bounded by the
+server's grammar limits, and must never queue prompts behind it."""
 
 from __future__ import annotations
 
 import functools
 
+import attrs
+import trio
+
 from triolm.api.errors import bad_request
 from triolm.api.schemas import ChatCompletionRequest, SamplingFields
 from triolm.chat.grammar.generic_tools import generic_tools_grammar
 from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER
+from triolm.chat.grammar.limits import GrammarLimits
 from triolm.errors import InvalidRequestError
-from triolm.serving.prompts import run_off_loop
 from triolm.serving.served_model import ServedModel
+from triolm.serving.settings import ServerSettings
 
 
 def tool_parsing_mode(served: ServedModel, body: ChatCompletionRequest) -> str | None:
@@ -28,17 +33,27 @@ def tool_parsing_mode(served: ServedModel, body: ChatCompletionRequest) -> str |
 
 
 def _wants_structure(body: SamplingFields) -> bool:
+    """Any structured-output field given, even an empty one: `{}`, `""` and `[]` are
+    requests the compiler refuses with a 400 naming the field, never silently ignored."""
     rf = body.response_format
-    return bool((rf and rf.get("type") not in (None, "text")) or body.guided_choice
-                or body.guided_regex or body.guided_json)
+    return ((rf is not None and rf.get("type") != "text") or body.guided_choice is not None
+            or body.guided_regex is not None or body.guided_json is not None)
+
+
+def grammar_limits(settings: ServerSettings) -> GrammarLimits:
+    return attrs.evolve(GrammarLimits(), compile_timeout=settings.grammar_compile_timeout,
+                        compile_memory=settings.grammar_compile_memory,
+                        max_grammar_size=settings.grammar_max_size)
 
 
 async def _compile(state, served: ServedModel, **request):
+    compile_ = functools.partial(served.grammar.from_request, limits=grammar_limits(state.settings), **request)
     try:
-        return await run_off_loop(state.tokenize_limiter,
-                                  functools.partial(served.grammar.from_request, **request))
+        # Abandoned on cancel (client gone, shutdown): the compile is bounded by its
+        # budget and keeps the lane's token until it ends, so nothing waits for it.
+        return await trio.to_thread.run_sync(compile_, limiter=state.grammar_limiter, abandon_on_cancel=True)
     except InvalidRequestError as exc:
-        raise bad_request(exc.message, param=exc.param) from None
+        raise bad_request(exc.message, param=exc.param, code=exc.code) from None
 
 
 async def constraint_for_chat(state, served: ServedModel, body: ChatCompletionRequest, prompt_text: str = ""):
@@ -73,10 +88,11 @@ async def generic_tools_constraint(state, served: ServedModel, body: ChatComplet
         raise bad_request("response_format and guided_* cannot be combined with tools on this model: its "
                           "chat template has no tool-call format, so replies use the generic JSON tool "
                           "format (docs/tool-calling.md)", param="tools")
+    compile_ = functools.partial(
+        generic_tools_grammar, served.grammar, body.tools, body.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls is not False, reasoning=served.reasoning,
+        prompt_text=prompt_text, limits=grammar_limits(state.settings))
     try:
-        return await run_off_loop(state.tokenize_limiter, functools.partial(
-            generic_tools_grammar, served.grammar, body.tools, body.tool_choice,
-            parallel_tool_calls=body.parallel_tool_calls is not False, reasoning=served.reasoning,
-            prompt_text=prompt_text))
+        return await trio.to_thread.run_sync(compile_, limiter=state.grammar_limiter, abandon_on_cancel=True)
     except InvalidRequestError as exc:
-        raise bad_request(exc.message, param=exc.param) from None
+        raise bad_request(exc.message, param=exc.param, code=exc.code) from None

@@ -11,6 +11,10 @@ Per decode step, for the rows whose sequence has a matcher:
     apply_token_bitmask_(logits, bitmask)       # after penalties/bias, before temperature
     ... sample ...
     matcher.accept_token(token); if matcher.is_terminated(): finish the sequence ("stop")
+
+A matcher that fails (a mask step past the grammar's limits, a rejected token) reports
+it in `error`; the engine then ends that sequence alone with the error, never with
+"stop" over text the grammar did not allow.
 """
 
 from __future__ import annotations
@@ -21,8 +25,20 @@ import numpy as np
 import torch
 
 
+class ConstraintFailure(Exception):
+    """A sequence's grammar failed while generating; `message` is the matcher's error."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
 class TokenMatcher(Protocol):
     """State of one sequence inside one grammar."""
+
+    @property
+    def error(self) -> str | None:
+        """Why the matcher failed (it then allows nothing but EOS), or None."""
 
     def allowed_tokens_mask(self) -> torch.Tensor:
         """Bool tensor [vocab_size]: True where the token may come next."""

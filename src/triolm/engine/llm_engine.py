@@ -43,6 +43,7 @@ class StepOutput:
     num_prompt_tokens: int
     num_cached_prompt_tokens: int  # prompt tokens found in the prefix cache at admission
     num_prefilled_tokens: int  # tokens computed by prefill so far (cost of this request)
+    error: str | None = None  # finish_reason "error": the sequence's grammar failed (why)
 
 
 class LLMEngine:
@@ -117,19 +118,31 @@ class LLMEngine:
             seq.num_cached_tokens = len(seq)  # every token so far now has its KV
             self.block_manager.register_full_blocks(seq, seq.num_cached_tokens)
             seq.append(tok.token_id)
-            if seq.matcher is not None:
-                try:
-                    seq.matcher.accept_token(tok.token_id)
-                except ValueError:
-                    log.warning("grammar rejected token %d of %s", tok.token_id, seq.request_id)
-            reason = self._finish_reason(seq, tok.token_id)
+            error = self._advance_matcher(seq, tok.token_id)
+            reason = "error" if error is not None else self._finish_reason(seq, tok.token_id)
             outputs.append(StepOutput(seq.request_id, tok.token_id, tok.logprob, tok.top_logprobs,
                                       reason, seq.num_prompt_tokens, seq.num_prefix_hit_tokens,
-                                      seq.num_prefilled_tokens))
+                                      seq.num_prefilled_tokens, error))
             if reason is not None:
                 self.sequences.pop(seq.request_id, None)
                 self.scheduler.remove(seq)
         return outputs
+
+    @staticmethod
+    def _advance_matcher(seq: Sequence, token_id: int) -> str | None:
+        """Feed the sampled token to the sequence's grammar; its error if it failed (in
+        this step's mask or on this token): that sequence alone ends with it."""
+        if seq.matcher is None:
+            return None
+        if seq.matcher.error is None:
+            try:
+                seq.matcher.accept_token(token_id)
+            except ValueError:
+                pass  # the matcher now holds the error
+        error = seq.matcher.error
+        if error is not None:
+            log.warning("grammar of %s failed: %s", seq.request_id, error.splitlines()[0] if error else "")
+        return error
 
     def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
         p = seq.params

@@ -13,6 +13,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import attrs
 import trio
 
+from triolm.engine.constraint import ConstraintFailure
 from triolm.engine.llm_engine import StepOutput
 from triolm.engine.sampling_params import SamplingParams
 from triolm.serving.engine_driver import EngineDriver
@@ -112,6 +113,9 @@ class Generation:
 
     def _on_output(self, out: StepOutput) -> Delta:
         r = self.result
+        if out.error is not None:  # the grammar failed: no text past what it allowed
+            r.finish_reason = "error"
+            raise ConstraintFailure(out.error)
         now = trio.current_time()
         if r.first_token_time is None:
             r.first_token_time = now

@@ -38,6 +38,11 @@ class ServerSettings:
     max_sessions: int = 1024
     session_idle_timeout: float = 3600.0
     seed: int | None = None
+    # structured output: budget of a new grammar's first compile, and its size limit
+    # (triolm.chat.grammar.limits.GrammarLimits holds the finer llguidance limits)
+    grammar_compile_timeout: float = 2.0  # seconds
+    grammar_compile_memory: int = 512 << 20  # bytes
+    grammar_max_size: int = 500_000  # symbols in the grammar's productions
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "ServerSettings":

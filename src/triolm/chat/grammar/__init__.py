@@ -5,10 +5,16 @@ engine's `TokenMatcher` contract (see engine/constraint.py and docs/structured-o
     spec = compiler.from_request(response_format=..., tools=..., tool_choice=...,
                                  tool_parser="hermes")       # None: unconstrained
     SamplingParams(..., constraint=spec)                      # engine: spec.new_matcher()
+
+Every new grammar is compiled first in a sandbox child under GrammarLimits (sandbox.py,
+compile_worker.py); a grammar past a limit raises GrammarLimitError, a 400 naming it.
 """
 
 from .build import JSON_OPTIONS
 from .compiler import GrammarCompiler
+from .limits import GrammarLimits
 from .llg import CompiledGrammar, LLGuidanceMatcher, llg_tokenizer
+from .sandbox import GrammarLimitError
 
-__all__ = ["JSON_OPTIONS", "CompiledGrammar", "GrammarCompiler", "LLGuidanceMatcher", "llg_tokenizer"]
+__all__ = ["JSON_OPTIONS", "CompiledGrammar", "GrammarCompiler", "GrammarLimitError", "GrammarLimits",
+           "LLGuidanceMatcher", "llg_tokenizer"]

@@ -2,8 +2,11 @@
 
 Compiling is the slow part (tens of ms for a large schema on a 131k vocabulary), and
 agents send the same tools/schema on every turn, so results are kept in an LRU keyed
-by the grammar text.  Compile from a worker thread (`trio.to_thread.run_sync`): it is
-CPU work, and llguidance releases the GIL while it builds.
+by the grammar text and its limits.  A new grammar is compiled first in the sandbox
+child under a wall-clock and memory budget (sandbox.py), then here under the same
+llguidance limits; a grammar past a limit is an InvalidRequestError naming it, raised
+before any token is generated.  Call from a worker thread: it is CPU work and blocking
+waits, and llguidance releases the GIL while it builds.
 """
 
 from __future__ import annotations
@@ -21,9 +24,24 @@ from triolm.errors import InvalidRequestError
 from triolm.tokenizers.base import Tokenizer
 
 from .build import LarkBuilder, json_rule, lark_string, parse_tools, tool_calls_rule, tool_choice_mode
-from .llg import CompiledGrammar, llg_tokenizer
+from .compile_worker import probe
+from .limits import GrammarLimits
+from .llg import CompiledGrammar, llg_tokenizer, sandbox_table
+from .sandbox import CompileSandbox, GrammarLimitError
 
 log = logging.getLogger(__name__)
+DEFAULT_LIMITS = GrammarLimits()
+
+# llguidance error text -> the limit it ran into (a GrammarLimits field where one is)
+_LIMIT_HINTS = (
+    ("max_items_in_row", ("items in row", "current row has")),
+    ("step_max_items", ("too many items",)),
+    ("max_grammar_size", ("grammar size", "too many symbols", "grammar is too large")),
+    ("max_lexer_states", ("lexer states", "too many states")),
+    ("initial_lexer_fuel", ("initial lexer configuration",)),
+    ("step_lexer_fuel", ("fuel", "too many expressions", "lexer too complex")),
+    ("regex emptiness proof budget (fixed in llguidance)", ("unable to determine if regex is empty",)),
+)
 
 
 def _error_text(message: str) -> str:
@@ -37,49 +55,86 @@ def _error_text(message: str) -> str:
     return line
 
 
+def limit_hit(message: str) -> str | None:
+    """The GrammarLimits field an llguidance error is about, or None (not a limit)."""
+    low = message.lower()
+    for name, needles in _LIMIT_HINTS:
+        if any(n in low for n in needles):
+            return name
+    return None
+
+
+def grammar_error(message: str, param: str | None) -> InvalidRequestError:
+    """The request error for an llguidance error: a limit is named as such."""
+    text = _error_text(message)
+    limit = limit_hit(message)
+    if limit is not None:
+        return GrammarLimitError(f"{param or 'grammar'} is too complex: {text} (limit: {limit})",
+                                 param=param, code="grammar_too_complex")
+    return InvalidRequestError(f"invalid {param or 'grammar'}: {text}", param=param)
+
+
 class GrammarCompiler:
     """Builds and caches grammars for `tokenizer`.
 
     `vocab_size`: the model's logits width when it exceeds the tokenizer's (padded
     embeddings); masks then cover it and the padding ids are never allowed.
+    `limits`: the default GrammarLimits (a request may pass its server's own).
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, vocab_size: int | None = None, cache_size: int = 256):
+    def __init__(self, tokenizer: Tokenizer, *, vocab_size: int | None = None, cache_size: int = 256,
+                 limits: GrammarLimits = DEFAULT_LIMITS):
         self.tokenizer = tokenizer
         self.vocab_size = max(vocab_size or 0, tokenizer.vocab_size)
+        self.limits = limits
         self._llg = llg_tokenizer(tokenizer, self.vocab_size)
-        self._cache: collections.OrderedDict[str, CompiledGrammar] = collections.OrderedDict()
+        self._eos = list(tokenizer.eos_token_ids)
+        self._cache: collections.OrderedDict[tuple, CompiledGrammar] = collections.OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._sandbox = CompileSandbox(sandbox_table(tokenizer, self.vocab_size))
+        self._sandbox.start(limits.compile_memory)
         self.hits = 0
         self.misses = 0
 
+    def close(self) -> None:
+        """Stop the sandbox child (it also ends with the process)."""
+        self._sandbox.close()
+
     # -- generic ----------------------------------------------------------------------
-    def compile_lark(self, lark: str, *, param: str | None = None) -> CompiledGrammar:
+    def compile_lark(self, lark: str, *, param: str | None = None,
+                     limits: GrammarLimits | None = None) -> CompiledGrammar:
         """Compile (or fetch from the cache) a grammar in llguidance's Lark dialect;
-        an invalid grammar raises InvalidRequestError(param=param)."""
+        an invalid grammar raises InvalidRequestError(param=param), one past a limit
+        GrammarLimitError naming the limit."""
+        limits = limits or self.limits
+        key = (lark, limits)
         with self._lock:
-            hit = self._cache.get(lark)
+            hit = self._cache.get(key)
             if hit is not None:
-                self._cache.move_to_end(lark)
+                self._cache.move_to_end(key)
                 self.hits += 1
                 return hit
         self.misses += 1
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(lark, self._llg)
-        if is_error:
-            raise InvalidRequestError(f"invalid {param or 'grammar'}: {_error_text(messages[0])}", param=param)
-        for w in messages:
+        checked = self._check(lark, limits, param)
+        if checked.error:
+            raise grammar_error(checked.error, param)
+        for w in checked.warnings:
             log.info("grammar warning (%s): %s", param or "grammar", _error_text(w))
-        matcher = llguidance.LLMatcher(self._llg, lark, log_level=0)
-        if matcher.is_error():  # pragma: no cover - validate_grammar caught it
-            raise InvalidRequestError(f"invalid {param or 'grammar'}: {_error_text(matcher.get_error())}", param=param)
+        matcher = llguidance.LLMatcher(self._llg, lark, log_level=0, limits=limits.parser_limits())
+        error = probe(matcher, self.vocab_size, self._eos)
+        if error:  # pragma: no cover - the sandbox ran the same compile and probe
+            raise grammar_error(error, param)
         compiled = CompiledGrammar(matcher, self.vocab_size, lark)
         if self._cache_size > 0:
             with self._lock:
-                self._cache[lark] = compiled
+                self._cache[key] = compiled
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return compiled
+
+    def _check(self, lark: str, limits: GrammarLimits, param: str | None):
+        return self._sandbox.check(lark, limits, param=param)
 
     def _builder(self) -> LarkBuilder:
         return LarkBuilder(self._special_id)
@@ -132,7 +187,10 @@ class GrammarCompiler:
                     or not all(isinstance(c, str) and c for c in guided_choice)):
                 raise InvalidRequestError("guided_choice must be a non-empty list of non-empty strings",
                                           param="guided_choice")
-            return b.add("answer", " | ".join(lark_string(c) for c in guided_choice)), "guided_choice"
+            # one terminal (a trie in the lexer), not one parser alternative per choice:
+            # thousands of alternatives would exceed the parser's items per row
+            terminal = b.add("CHOICE", " | ".join(lark_string(c) for c in guided_choice))
+            return b.add("answer", terminal), "guided_choice"
         if guided_regex is not None:
             if not isinstance(guided_regex, str) or not guided_regex:
                 raise InvalidRequestError("guided_regex must be a non-empty string", param="guided_regex")
@@ -173,6 +231,7 @@ class GrammarCompiler:
         tool_choice: Any = None,
         tool_parser: str | ToolCallFormat | None = None,
         parallel_tool_calls: bool = True,
+        limits: GrammarLimits | None = None,
     ) -> CompiledGrammar | None:
         """The constraint for a chat/completions request, or None when unconstrained.
 
@@ -193,9 +252,11 @@ class GrammarCompiler:
                     "function cannot be enforced", param="tool_choice")
             rule = tool_calls_rule(b, fmt, specs, only=named, parallel=parallel_tool_calls)
             try:
-                return self.compile_lark(b.text(rule), param="tools")
+                return self.compile_lark(b.text(rule), param="tools", limits=limits)
+            except GrammarLimitError:
+                raise
             except InvalidRequestError:
-                self._explain_tools(specs)
+                self._explain_tools(specs, limits)
                 raise
         answer = self._answer_rule(b, response_format, guided_choice, guided_regex, guided_json)
         if answer is None:
@@ -204,20 +265,23 @@ class GrammarCompiler:
         if mode == "auto" and fmt is not None and specs:
             calls = tool_calls_rule(b, fmt, specs, parallel=parallel_tool_calls)
             try:
-                return self.compile_lark(b.text(f"{rule} | {calls}"), param=param)
-            except InvalidRequestError:
-                self._explain_tools(specs)
+                return self.compile_lark(b.text(f"{rule} | {calls}"), param=param, limits=limits)
+            except GrammarLimitError:
                 raise
-        return self.compile_lark(b.text(rule), param=param)
+            except InvalidRequestError:
+                self._explain_tools(specs, limits)
+                raise
+        return self.compile_lark(b.text(rule), param=param, limits=limits)
 
-    def _explain_tools(self, specs) -> None:
-        """Raise an error naming the first tool whose parameters do not compile."""
+    def _explain_tools(self, specs, limits: GrammarLimits | None) -> None:
+        """Raise an error naming the first tool whose parameters do not compile (each
+        checked in the sandbox: a tool schema is as untrusted as the whole grammar)."""
         for i, t in enumerate(specs):
             text = f"start: {json_rule(t.parameters, lenient=not t.strict)}\n"
-            is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(text, self._llg)
-            if is_error:
+            error = self._check(text, limits or self.limits, "tools").error
+            if error:
                 raise InvalidRequestError(
-                    f"tools[{i}] ({t.name}): invalid parameters schema: {_error_text(messages[0])}", param="tools")
+                    f"tools[{i}] ({t.name}): invalid parameters schema: {_error_text(error)}", param="tools")
 
 
 def _format_type(response_format: Any) -> str:

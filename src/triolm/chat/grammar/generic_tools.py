@@ -21,6 +21,7 @@ from triolm.chat.tool_parsers.generic_json import GENERIC_FORMAT
 from .build import LarkBuilder, json_rule, lark_string, parse_tools, tool_calls_rule, tool_choice_mode
 from .compiler import GrammarCompiler
 from .llg import CompiledGrammar
+from .limits import GrammarLimits
 
 
 def generic_tools_lark(tools: Sequence[Mapping[str, Any]], tool_choice: Any, *, parallel_tool_calls: bool = True,
@@ -61,8 +62,8 @@ def thinking_mode(reasoning: ReasoningFormat | None, prompt_text: str) -> str | 
 
 def generic_tools_grammar(compiler: GrammarCompiler, tools: Sequence[Mapping[str, Any]], tool_choice: Any,
                           *, parallel_tool_calls: bool = True, reasoning: ReasoningFormat | None = None,
-                          prompt_text: str = "") -> CompiledGrammar:
+                          prompt_text: str = "", limits: GrammarLimits | None = None) -> CompiledGrammar:
     """Compiled (and cached by the compiler) for the model's tokenizer."""
     lark = generic_tools_lark(tools, tool_choice, parallel_tool_calls=parallel_tool_calls, reasoning=reasoning,
                               thinking=thinking_mode(reasoning, prompt_text))
-    return compiler.compile_lark(lark, param="tools")
+    return compiler.compile_lark(lark, param="tools", limits=limits)

@@ -21,6 +21,8 @@ import torch
 from triolm.engine.constraint import allocate_token_bitmask, bitmask_to_bool, bitmask_words
 from triolm.tokenizers.base import Tokenizer
 
+from .sandbox import TokenTable
+
 SPECIAL_MARKER = b"\xff"  # llguidance: token bytes starting with 0xFF are special tokens
 
 
@@ -88,6 +90,7 @@ class _TokenTable:
 
 
 _CACHE: "weakref.WeakKeyDictionary[object, dict[int, llguidance.LLTokenizer]]" = weakref.WeakKeyDictionary()
+_TABLES: "weakref.WeakKeyDictionary[object, dict[int, _TokenTable]]" = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 
 
@@ -102,7 +105,7 @@ def llg_tokenizer(tokenizer: Tokenizer, vocab_size: int | None = None) -> llguid
         hit = None
     if hit is not None:
         return hit
-    table = _TokenTable(tokenizer, n)
+    table = _token_table(tokenizer, n)
     eos = list(tokenizer.eos_token_ids) or None
     lt = llguidance.LLTokenizer(llguidance.TokenizerWrapper(table), n_vocab=n, eos_token=eos)
     try:
@@ -111,6 +114,30 @@ def llg_tokenizer(tokenizer: Tokenizer, vocab_size: int | None = None) -> llguid
     except TypeError:
         pass
     return lt
+
+
+def _token_table(tokenizer: Tokenizer, n: int) -> _TokenTable:
+    """One table per (tokenizer, n): building it walks the whole vocabulary (~1 s for 131k)."""
+    try:
+        with _CACHE_LOCK:
+            hit = _TABLES.get(tokenizer, {}).get(n)
+    except TypeError:
+        hit = None
+    if hit is None:
+        hit = _TokenTable(tokenizer, n)
+        try:
+            with _CACHE_LOCK:
+                _TABLES.setdefault(tokenizer, {})[n] = hit
+        except TypeError:
+            pass
+    return hit
+
+
+def sandbox_table(tokenizer: Tokenizer, vocab_size: int) -> TokenTable:
+    """The same token bytes llg_tokenizer gives llguidance, for the compile sandbox."""
+    table = _token_table(tokenizer, max(vocab_size, tokenizer.vocab_size))
+    return TokenTable(tokens=table.tokens, eos=list(tokenizer.eos_token_ids), bos=table.bos_token_id,
+                      special=table.special_token_ids)
 
 
 class LLGuidanceMatcher:
