@@ -30,7 +30,7 @@ import attrs
 import torch
 from safetensors.torch import save_file
 
-from triolm.models.config import ModelConfig, RopeScaling
+from triolm.models.config import FULL, SLIDING, ModelConfig, RopeScaling
 from triolm.models.gguf_layout import expected_shapes
 from triolm.models.gguf_writer import write_gguf
 from triolm.testing.tokenizer_files import load_test_tokenizer, write_test_tokenizer
@@ -40,7 +40,7 @@ from triolm.tokenizers.gguf_vocab import gguf_metadata_from_tokenizer
 #: below would not see (e.g. a dependency's behaviour).
 FACTORY_VERSION = 1
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "llama3")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "llama3", "gemma2", "gemma3")
 SIZES = ("tiny", "smollm-135m")
 DEFAULT_GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_0")
 
@@ -51,6 +51,8 @@ _ARCH_SPEC = {
     "qwen2": ("bpe-tekken", "chatml_tools.jinja", "Qwen2ForCausalLM", "qwen2"),
     "qwen3": ("bpe-tekken", "chatml_tools.jinja", "Qwen3ForCausalLM", "qwen3"),
     "llama3": ("bpe-tekken", "llama3.jinja", "LlamaForCausalLM", "llama"),
+    "gemma2": ("spm-llama2", "gemma.jinja", "Gemma2ForCausalLM", "gemma2"),
+    "gemma3": ("spm-llama2", "gemma.jinja", "Gemma3ForCausalLM", "gemma3_text"),
 }
 
 
@@ -104,6 +106,22 @@ def model_config(arch: str, size: str, vocab_size: int, bos: int | None,
     if arch == "qwen2":
         return ModelConfig(architecture="qwen2", rms_norm_eps=1e-6, rope_theta=1e6,
                            attention_bias=True, tie_word_embeddings=True, **tiny)
+    if arch == "gemma3":
+        # Six layers: five local (window 8, shorter than test prompts) and one global, as
+        # in the real pattern; head_dim != hidden/heads as in the real models; the global
+        # layers' RoPE stretched by linear scaling as in Gemma 3 4B+.
+        tiny.update(num_hidden_layers=6, head_dim=32)
+        return ModelConfig(architecture="gemma3", rms_norm_eps=1e-6, rope_theta=1e6,
+                           rope_scaling=RopeScaling("linear", 4.0), tie_word_embeddings=True,
+                           qk_norm=True, sliding_window=8,
+                           layer_types=(SLIDING,) * 5 + (FULL,), rope_local_theta=10000.0,
+                           query_pre_attn_scalar=32.0, **tiny)
+    if arch == "gemma2":
+        # Caps far below the real 50/30 so they bend this model's scores and logits.
+        return ModelConfig(architecture="gemma2", rms_norm_eps=1e-6, rope_theta=10000.0,
+                           tie_word_embeddings=True, sliding_window=8, layer_types=(SLIDING, FULL),
+                           rope_local_theta=10000.0, query_pre_attn_scalar=16.0,
+                           attn_logit_softcapping=2.0, final_logit_softcapping=4.0, **tiny)
     if arch == "qwen3":
         # head_dim deliberately != hidden/heads, as in the real Qwen3 family.
         tiny["head_dim"] = 32
@@ -122,7 +140,9 @@ def random_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, shape in expected_shapes(config).items():
         if len(shape) == 1 and name.endswith("norm.weight"):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+            # gemma's norms scale by 1 + w: centre its w on 0 so both families scale by ~1
+            centre = 0.0 if config.architecture in ("gemma2", "gemma3") else 1.0
+            t = centre + 0.1 * torch.randn(shape, generator=gen)
         elif len(shape) == 1:  # q/k/v biases
             t = 0.1 * torch.randn(shape, generator=gen)
         elif name in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -172,6 +192,8 @@ def hf_config_dict(config: ModelConfig, arch: str) -> dict[str, Any]:
         d["attention_bias"] = c.attention_bias
     if model_type == "llama":
         d["mlp_bias"] = False
+    if arch in ("gemma2", "gemma3"):
+        _gemma_config_keys(d, c)
     if model_type == "mistral":
         d["sliding_window"] = None
     if model_type in ("qwen2", "qwen3"):
@@ -179,6 +201,27 @@ def hf_config_dict(config: ModelConfig, arch: str) -> dict[str, Any]:
         d["sliding_window"] = None
         d["max_window_layers"] = c.num_hidden_layers
     return d
+
+
+def _gemma_config_keys(d: dict[str, Any], c: ModelConfig) -> None:
+    """Gemma's config.json keys in transformers 5's form (RoPE nested per layer kind)."""
+    for key in ("rope_theta", "rope_scaling", "hidden_act"):
+        del d[key]
+    global_rope: dict[str, Any] = {"rope_type": "default", "rope_theta": c.rope_theta}
+    if c.rope_scaling is not None:
+        global_rope.update(rope_type=c.rope_scaling.rope_type, factor=c.rope_scaling.factor)
+    if c.architecture == "gemma3":
+        d["rope_parameters"] = {FULL: global_rope,
+                                SLIDING: {"rope_type": "default", "rope_theta": c.rope_local_theta}}
+    else:
+        d["rope_parameters"] = global_rope
+    scalar = c.query_pre_attn_scalar
+    d.update(hidden_activation="gelu_pytorch_tanh",
+             query_pre_attn_scalar=int(scalar) if scalar is not None and scalar.is_integer() else scalar,
+             sliding_window=c.sliding_window, layer_types=list(c.layer_types),
+             attn_logit_softcapping=c.attn_logit_softcapping,
+             final_logit_softcapping=c.final_logit_softcapping, attention_bias=False,
+             pad_token_id=0)
 
 
 # ----------------------------------------------------------------------- tokenizers
@@ -301,7 +344,7 @@ def make_test_model(out_dir: str | os.PathLike | None = None, arch: str = "llama
     """Build (or reuse from the cache under out_dir) one test model in both formats.
 
     arch: llama | mistral | qwen2 | qwen3 | llama3 (llama architecture, tekken BPE
-    vocab, llama3 rope scaling). size: tiny | smollm-135m (SmolLM-135M's shapes, for
+    vocab, llama3 rope scaling) | gemma2 | gemma3. size: tiny | smollm-135m (SmolLM-135M's shapes, for
     benchmarks). gguf_types: GGUF file types to write (see gguf_writer.FILE_TYPES).
     sharded: also write `hf_sharded/` with two safetensors shards and an index.
     progress(stage, done, total) reports long steps (used by scripts/make_test_model.py)."""
