@@ -72,7 +72,18 @@ class ForcedTokens:
         return forced
 
 
-def test_real_file_greedy_tokens_equal_llama_cpp(served):
+@pytest.fixture
+def one_torch_thread():
+    """This test drives the engine from pytest's main thread, whose torch ops run on an
+    OpenMP team; on a 2-core machine shared with other jobs that team's spinning barriers
+    made the run ~10x slower than on one thread (same numbers either way)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_real_file_greedy_tokens_equal_llama_cpp(served, one_torch_thread):
     """Every recorded prompt at once (batched decode steps): prefill + 31 decode steps
     through the paged KV cache; the "long" prompt (774 tokens) is longer than the
     512-token window."""
