@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+import transformers
 
 from support.gemma3_270m import gemma3_270m_path
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
@@ -25,6 +26,7 @@ from triolm.models.config import FULL, SLIDING
 from triolm.serving.served_model import load_served_model
 from triolm.serving.settings import ServerSettings
 from triolm.testing.server_thread import ServerThread
+from triolm.tokenizers.hf import HFTokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -52,6 +54,17 @@ def test_real_file_loads_as_gemma3_with_a_compact_output_matrix(served):
 def test_real_file_tokenizer_equals_llama_cpp(served):
     for case in REFERENCE["tokenizer"]:
         assert served.tokenizer.encode(case["text"]) == case["ids"], case["text"]
+
+
+def test_real_file_vocabulary_as_tokenizer_json_equals_llama_cpp(served, tmp_path):
+    """The 262k-token SentencePiece vocabulary written as an HF tokenizer.json and loaded
+    back (the HF-directory path), and by transformers itself, tokenizes like llama.cpp."""
+    served.tokenizer.save(tmp_path)
+    again = HFTokenizer.from_dir(tmp_path)
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    for case in REFERENCE["tokenizer"]:
+        assert again.encode(case["text"]) == case["ids"], case["text"]
+        assert auto(case["text"])["input_ids"] == case["ids"], case["text"]
 
 
 class ForcedTokens:
