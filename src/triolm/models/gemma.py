@@ -172,12 +172,15 @@ def _gemma_weights(config: ModelConfig, weights: Mapping[str, Any], dtype: torch
     def norm(name: str, size: int) -> torch.Tensor:
         return 1.0 + _vector(weights, name, (size,), dtype).float()
 
+    def matrix(name: str, shape: tuple[int, int]) -> lin.Linear:
+        return make_linear(_take(weights, name, shape), dtype)
+
     layers = []
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
 
-        def mat(name: str, shape: tuple[int, int]) -> lin.Linear:
-            return make_linear(_take(weights, p + name, shape), dtype)
+        def mat(name: str, shape: tuple[int, int], p: str = p) -> lin.Linear:
+            return matrix(p + name, shape)
 
         layer = {
             name: norm(p + name + ".weight", hid)
@@ -199,8 +202,8 @@ def _gemma_weights(config: ModelConfig, weights: Mapping[str, Any], dtype: torch
             layer["q_norm"] = norm(p + "self_attn.q_norm.weight", c.head_dim)
             layer["k_norm"] = norm(p + "self_attn.k_norm.weight", c.head_dim)
         layers.append(layer)
-    embed = make_linear(_take(weights, "model.embed_tokens.weight", (c.vocab_size, hid)), dtype)
+    embed = matrix("model.embed_tokens.weight", (c.vocab_size, hid))
     lm_head = embed
     if "lm_head.weight" in weights and not c.tie_word_embeddings:
-        lm_head = make_linear(_take(weights, "lm_head.weight", (c.vocab_size, hid)), dtype)
+        lm_head = matrix("lm_head.weight", (c.vocab_size, hid))
     return {"embed": embed, "lm_head": lm_head, "norm": norm("model.norm.weight", hid), "layers": layers}
