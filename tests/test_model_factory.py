@@ -24,8 +24,10 @@ torch.set_num_threads(1)
 
 HF_CLASS = {"llama": ("LlamaForCausalLM", "llama"), "mistral": ("MistralForCausalLM", "mistral"),
             "qwen2": ("Qwen2ForCausalLM", "qwen2"), "qwen3": ("Qwen3ForCausalLM", "qwen3"),
-            "llama3": ("LlamaForCausalLM", "llama")}
-VOCAB = {"llama": 32000, "mistral": 32768, "qwen2": 131072, "qwen3": 131072, "llama3": 131072}
+            "llama3": ("LlamaForCausalLM", "llama"), "gemma2": ("Gemma2ForCausalLM", "gemma2"),
+            "gemma3": ("Gemma3ForCausalLM", "gemma3_text")}
+VOCAB = {"llama": 32000, "mistral": 32768, "qwen2": 131072, "qwen3": 131072, "llama3": 131072,
+         "gemma2": 32000, "gemma3": 32000}
 
 
 @pytest.mark.parametrize("arch", ARCHS)

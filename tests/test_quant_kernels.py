@@ -21,7 +21,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_reference
 

@@ -31,7 +31,7 @@ import jinja2.sandbox
 
 from triolm.errors import InvalidRequestError
 
-BUILTIN_TEMPLATES = ("chatml_tools", "llama2", "llama3")
+BUILTIN_TEMPLATES = ("chatml_tools", "llama2", "llama3", "gemma")
 
 
 def builtin_template(name: str) -> str:

@@ -1,7 +1,8 @@
 """How a llama-family model is laid out inside a GGUF file, shared by reader and writer.
 
-Three facts live here so the two directions cannot drift apart:
+Four facts live here so the two directions cannot drift apart:
 - tensor names: Hugging Face names <-> llama.cpp names (`blk.N.attn_q.weight` ...);
+- gemma's norm weights, stored with +1 (`norm_offset`);
 - the Q/K row permutation llama.cpp applies to the `llama` architecture (its RoPE
   rotates adjacent pairs, HF's rotates halves), and its inverse;
 - the llama3 rope-scaling factors llama.cpp stores as the `rope_freqs.weight` tensor.
@@ -16,8 +17,13 @@ import torch
 from triolm.models.config import ModelConfig, RopeScaling
 
 # Our architecture name -> GGUF `general.architecture`. Mistral is the llama graph in GGUF.
-GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
-SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3")
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+             "gemma2": "gemma2", "gemma3": "gemma3"}
+SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")
+
+#: Gemma's RMSNorm scales by (1 + w); llama.cpp's converter stores w + 1 for every
+#: `*norm.weight` of these architectures, so its graph multiplies by the stored value.
+NORM_PLUS_ONE_ARCHS = frozenset({"gemma2", "gemma3"})
 
 # llama.cpp permutes Q/K rows only for archs whose RoPE it runs in "normal" (adjacent
 # pairs) mode; qwen2/qwen3 use NEOX mode, which already matches HF's rotate-half.
@@ -46,30 +52,52 @@ _LAYER_NAMES = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
-_LAYER_NAMES_BACK = {v: k for k, v in _LAYER_NAMES.items()}
 _GLOBAL_NAMES_BACK = {v: k for k, v in _GLOBAL_NAMES.items()}
 
+# Gemma 2/3 have four norms per layer: HF's `post_attention_layernorm` is a norm on the
+# attention output there, not the llama pre-MLP norm (which gemma calls pre_feedforward).
+_GEMMA_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+}
 
-def gguf_name(hf_name: str) -> str:
-    """`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight`."""
+
+def _layer_names(architecture: str) -> dict[str, str]:
+    return _GEMMA_LAYER_NAMES if architecture in NORM_PLUS_ONE_ARCHS else _LAYER_NAMES
+
+
+def gguf_name(hf_name: str, architecture: str = "llama") -> str:
+    """`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight` (`architecture`
+    is ours, e.g. "gemma3": a few names depend on it)."""
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
+    names = _layer_names(architecture)
     if hf_name.startswith("model.layers."):
         index, _, rest = hf_name[len("model.layers."):].partition(".")
-        if index.isdigit() and rest in _LAYER_NAMES:
-            return f"blk.{index}.{_LAYER_NAMES[rest]}"
+        if index.isdigit() and rest in names:
+            return f"blk.{index}.{names[rest]}"
     raise KeyError(f"no GGUF name for tensor {hf_name!r}")
 
 
-def hf_name(name: str) -> str | None:
+def hf_name(name: str, architecture: str = "llama") -> str | None:
     """The inverse of `gguf_name`; None for GGUF tensors without an HF counterpart."""
     if name in _GLOBAL_NAMES_BACK:
         return _GLOBAL_NAMES_BACK[name]
+    back = {v: k for k, v in _layer_names(architecture).items()}
     if name.startswith("blk."):
         index, _, rest = name[len("blk."):].partition(".")
-        if index.isdigit() and rest in _LAYER_NAMES_BACK:
-            return f"model.layers.{index}.{_LAYER_NAMES_BACK[rest]}"
+        if index.isdigit() and rest in back:
+            return f"model.layers.{index}.{back[rest]}"
     return None
+
+
+def norm_offset(config: ModelConfig, hf: str) -> float:
+    """What llama.cpp's converter adds to this tensor (HF value + offset = GGUF value)."""
+    if config.architecture in NORM_PLUS_ONE_ARCHS and hf.endswith("norm.weight"):
+        return 1.0
+    return 0.0
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -97,6 +125,9 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
             shapes[p + "self_attn.q_norm.weight"] = (c.head_dim,)
             shapes[p + "self_attn.k_norm.weight"] = (c.head_dim,)
         shapes[p + "post_attention_layernorm.weight"] = (c.hidden_size,)
+        if c.architecture in NORM_PLUS_ONE_ARCHS:
+            shapes[p + "pre_feedforward_layernorm.weight"] = (c.hidden_size,)
+            shapes[p + "post_feedforward_layernorm.weight"] = (c.hidden_size,)
         shapes[p + "mlp.gate_proj.weight"] = (c.intermediate_size, c.hidden_size)
         shapes[p + "mlp.up_proj.weight"] = (c.intermediate_size, c.hidden_size)
         shapes[p + "mlp.down_proj.weight"] = (c.hidden_size, c.intermediate_size)

@@ -1,4 +1,4 @@
-"""Load a llama-family GGUF file (llama.cpp's format) into HF-named torch tensors.
+"""Load a llama- or gemma-family GGUF file (llama.cpp's format) into HF-named torch tensors.
 
 The `gguf` package's GGUFReader memory-maps the file and parses the tensor table; a
 subclass replaces its per-element metadata parsing with a fast one (a 128k vocabulary
@@ -23,7 +23,7 @@ from gguf.gguf_reader import ReaderField
 
 from triolm.errors import ModelLoadError
 from triolm.models import gguf_layout as layout
-from triolm.models import gguf_quants
+from triolm.models import gemma_gguf, gguf_quants
 from triolm.models.config import ModelConfig, RopeScaling
 
 GGUF_MAGIC = b"GGUF"
@@ -265,11 +265,10 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
         ours = "mistral"  # llama.cpp stores mistral as llama; its name tells them apart
     scaling_type = meta.get(f"{arch}.rope.scaling.type")
     scaling_factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0) or 1.0)
-    if scaling_type not in (None, "none", "llama3") and not (
-            scaling_type == "linear" and scaling_factor == 1.0):
+    if scaling_type not in (None, "none", "llama3", "linear"):
         raise ModelLoadError(
             f"{path}: unsupported rope scaling {scaling_type!r} (factor {scaling_factor}); "
-            f"supported: llama3 (rope_freqs.weight) or none")
+            f"supported: llama3 (rope_freqs.weight), linear or none")
     def f32(value: Any) -> float:
         # GGUF stores float32: 1e-6 comes back as 9.99999997e-07; take the shortest
         # decimal that rounds to the same float32, which is what was written.
@@ -280,6 +279,8 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
     head_dim = int(key("attention.key_length", 0) or hidden // heads)
     theta = f32(key("rope.freq_base", 10000.0))
     scaling = None
+    if scaling_type == "linear" and scaling_factor != 1.0:
+        scaling = RopeScaling("linear", scaling_factor)
     if scaling_type == "llama3" and factors is None:
         # Not written by llama.cpp (it stores the rope_freqs tensor) but unambiguous.
         scaling = RopeScaling(
@@ -301,7 +302,7 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
         if meta.get(k) is not None and int(meta[k]) not in eos_ids:
             eos_ids += (int(meta[k]),)
     bos = meta.get("tokenizer.ggml.bos_token_id")
-    return ModelConfig(
+    config = ModelConfig(
         architecture=ours,
         vocab_size=int(vocab) if vocab is not None else -1,
         hidden_size=hidden,
@@ -320,11 +321,17 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
         bos_token_id=int(bos) if bos is not None else None,
         eos_token_ids=eos_ids,
     )
+    if arch in gemma_gguf.GEMMA_ARCHS:
+        try:
+            config = gemma_gguf.config_from_metadata(config, arch, key, meta.get("tokenizer.ggml.tokens"))
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: {exc}") from None
+    return config
 
 
 def read_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
               keep_quantized: bool = False, keep_float16: bool = False) -> GGUFModel:
-    """Read a llama/mistral/qwen2/qwen3 GGUF file into HF-named tensors of `dtype`.
+    """Read a llama/mistral/qwen2/qwen3/gemma2/gemma3 GGUF file into HF-named tensors of `dtype`.
 
     keep_quantized: leave block-quantized weights (Q8_0, Q4_K ...) as raw blocks in
     `GGUFModel.quantized` (rows in HF order) instead of dequantizing them.
@@ -384,7 +391,7 @@ def _read_tensors(path: Path, model: GGUFModel, by_name: dict, dtype: torch.dtyp
                   keep_quantized: bool, keep_float16: bool) -> None:
     config = model.config
     for hf, shape in layout.expected_shapes(config).items():
-        name = layout.gguf_name(hf)
+        name = layout.gguf_name(hf, config.architecture)
         t = by_name.get(name)
         if t is None:
             raise ModelLoadError(f"{path}: missing tensor {name} ({hf})")
@@ -411,4 +418,7 @@ def _read_tensors(path: Path, model: GGUFModel, by_name: dict, dtype: torch.dtyp
         w = gguf_quants.dequantize(t.data, t.tensor_type, rows, cols, as_dtype).reshape(shape)
         if heads:
             w = layout.unpermute_rows(w, heads).contiguous()
+        offset = layout.norm_offset(config, hf)
+        if offset:
+            w = w - offset  # back to HF's value (gemma stores w + 1)
         model.tensors[hf] = w

@@ -3,7 +3,8 @@
 Follows llama.cpp's converter: its tensor names, Q/K rows permuted for the `llama`
 architecture (llama, mistral), 1-D tensors (norms, biases) kept F32, llama3 rope
 scaling stored as the `rope_freqs.weight` factors tensor (llama.cpp has no metadata
-key for it), mistral written as architecture `llama` with "mistral" in its name.
+key for it), mistral written as architecture `llama` with "mistral" in its name,
+gemma's norms stored as w + 1 with its own keys (`gemma_gguf`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 
 from triolm.models import gguf_layout as layout
-from triolm.models import gguf_quants
+from triolm.models import gemma_gguf, gguf_quants
 from triolm.models.config import ModelConfig
 
 T = GGMLQuantizationType
@@ -86,7 +87,7 @@ def tensor_type(config: ModelConfig, hf: str, shape: tuple[int, ...], file_type:
     if len(shape) == 1:
         return T.F32
     base, mix, _ = _FILE_TYPES[file_type]
-    name = layout.gguf_name(hf)
+    name = layout.gguf_name(hf, config.architecture)
     explicit = None
     if overrides:
         explicit = overrides.get(hf) or overrides.get(name)
@@ -118,8 +119,13 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Mapping[st
     arch = layout.GGUF_ARCH.get(config.architecture)
     if arch is None:
         raise ValueError(f"cannot write architecture {config.architecture!r} to GGUF")
-    if config.rope_scaling is not None and arch not in layout.PERMUTED_ARCHS:
+    llama3 = config.rope_scaling is not None and config.rope_scaling.rope_type == "llama3"
+    if llama3 and arch not in layout.PERMUTED_ARCHS:
         raise ValueError(f"llama.cpp's {arch} architecture has no llama3 rope scaling")
+    if config.rope_scaling is not None and not llama3 and arch not in gemma_gguf.GEMMA_ARCHS:
+        raise ValueError(f"cannot write {config.rope_scaling.rope_type} rope scaling for {arch}")
+    if arch in gemma_gguf.GEMMA_ARCHS:
+        gemma_gguf.check_writable(config)
     if config.architecture == "mistral" and "mistral" not in name.lower():
         name = f"mistral-{name}"  # how llama.cpp-land tells mistral from llama
     shapes = layout.expected_shapes(config)
@@ -136,16 +142,16 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Mapping[st
     w = GGUFWriter(tmp, arch)
     try:
         _write_metadata(w, config, arch, file_type, name, tokenizer_metadata or {})
-        total = len(shapes) + (config.rope_scaling is not None)
+        total = len(shapes) + llama3
         done = 0
-        if config.rope_scaling is not None:
+        if llama3:
             factors = layout.llama3_rope_factors(config.head_dim, config.rope_theta, config.rope_scaling)
             w.add_tensor(layout.ROPE_FREQS, factors.numpy())
             done += 1
         for hf, shape in shapes.items():
             qtype = tensor_type(config, hf, shape, file_type, type_overrides)
             data = _encode(config, hf, tensors[hf], qtype)
-            w.add_tensor(layout.gguf_name(hf), data,
+            w.add_tensor(layout.gguf_name(hf, config.architecture), data,
                          raw_dtype=None if qtype in (T.F32, T.F16) else qtype)
             done += 1
             if progress:
@@ -167,6 +173,7 @@ def _encode(config: ModelConfig, hf: str, t: torch.Tensor, qtype: T) -> np.ndarr
     heads = layout.permuted_heads(config, hf)
     if heads:
         x = layout.permute_rows(x, heads)
+    x = x + layout.norm_offset(config, hf)
     x = x.contiguous().numpy()
     return x if x.ndim == 1 else gguf_quants.quantize(x, qtype)
 
@@ -187,6 +194,8 @@ def _write_metadata(w: GGUFWriter, c: ModelConfig, arch: str, file_type: str, na
     w.add_rope_dimension_count(c.head_dim)
     w.add_key_length(c.head_dim)
     w.add_value_length(c.head_dim)
+    if arch in gemma_gguf.GEMMA_ARCHS:
+        gemma_gguf.write_metadata(w, c)
     w.add_file_type(int(_FILE_TYPES[file_type][2]))
     w.add_quantization_version(GGML_QUANT_VERSION)
     for key, value in tokenizer_metadata.items():

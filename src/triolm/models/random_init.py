@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from triolm.models.config import ModelConfig
+from triolm.models.config import FULL, SLIDING, ModelConfig
 from triolm.models.gguf_layout import expected_shapes
 
 
@@ -27,7 +27,9 @@ def random_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, shape in expected_shapes(config).items():
         if len(shape) == 1 and name.endswith("norm.weight"):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+            # gemma's norms scale by 1 + w: centre its w on 0 so both families scale by ~1
+            centre = 0.0 if config.architecture in ("gemma2", "gemma3") else 1.0
+            t = centre + 0.1 * torch.randn(shape, generator=gen)
         elif len(shape) == 1:  # q/k/v biases
             t = 0.1 * torch.randn(shape, generator=gen)
         elif name in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -77,6 +79,8 @@ def hf_config_dict(config: ModelConfig, cls: str, model_type: str) -> dict[str, 
         d["attention_bias"] = c.attention_bias
     if model_type == "llama":
         d["mlp_bias"] = False
+    if model_type in ("gemma2", "gemma3_text"):
+        _gemma_config_keys(d, c)
     if model_type == "mistral":
         d["sliding_window"] = None
     if model_type in ("qwen2", "qwen3"):
@@ -84,3 +88,24 @@ def hf_config_dict(config: ModelConfig, cls: str, model_type: str) -> dict[str, 
         d["sliding_window"] = None
         d["max_window_layers"] = c.num_hidden_layers
     return d
+
+
+def _gemma_config_keys(d: dict[str, Any], c: ModelConfig) -> None:
+    """Gemma's config.json keys in transformers 5's form (RoPE nested per layer kind)."""
+    for key in ("rope_theta", "rope_scaling", "hidden_act"):
+        del d[key]
+    global_rope: dict[str, Any] = {"rope_type": "default", "rope_theta": c.rope_theta}
+    if c.rope_scaling is not None:
+        global_rope.update(rope_type=c.rope_scaling.rope_type, factor=c.rope_scaling.factor)
+    if c.architecture == "gemma3":
+        d["rope_parameters"] = {FULL: global_rope,
+                                SLIDING: {"rope_type": "default", "rope_theta": c.rope_local_theta}}
+    else:
+        d["rope_parameters"] = global_rope
+    scalar = c.query_pre_attn_scalar
+    d.update(hidden_activation="gelu_pytorch_tanh",
+             query_pre_attn_scalar=int(scalar) if scalar is not None and scalar.is_integer() else scalar,
+             sliding_window=c.sliding_window, layer_types=list(c.layer_types),
+             attn_logit_softcapping=c.attn_logit_softcapping,
+             final_logit_softcapping=c.final_logit_softcapping, attention_bias=False,
+             pad_token_id=0)

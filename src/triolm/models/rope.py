@@ -1,4 +1,4 @@
-"""Rotary position embeddings (the HF "rotate half" convention), with llama3 scaling."""
+"""Rotary position embeddings (the HF "rotate half" convention), with llama3 or linear scaling."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from triolm.models.config import ModelConfig, RopeScaling
 def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
     """Per-pair inverse frequencies in float64 (precision matters past 8k positions)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if scaling is not None and scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
     if scaling is None or scaling.rope_type != "llama3":
         return inv_freq
     # Llama 3.1: long wavelengths are slowed down by `factor`, short ones kept, the band

@@ -17,8 +17,8 @@ from triolm.chat.reasoning import ReasoningFormat, reasoning_format_for
 from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
 from triolm.errors import ModelLoadError
 from triolm.models.config import ModelConfig
-from triolm.models.llama import LlamaModel
 from triolm.serving import default_model, random_tiny
+from triolm.models.build import Model, build_model
 from triolm.serving.settings import ServerSettings
 from triolm.tokenizers.base import Tokenizer
 
@@ -34,7 +34,7 @@ class ServedModel:
     name: str
     path: str
     config: ModelConfig
-    model: LlamaModel
+    model: Model
     tokenizer: Tokenizer
     chat_template: object  # triolm.chat.template.ChatTemplate
     mistral_tokenizer: object | None  # mistral_common MistralTokenizer in mistral mode
@@ -86,7 +86,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
         config, tensors, tokenizer, template_source = _load_directory(path, settings, progress)
     progress("building the model", 0.7)
     max_len = _max_model_len(settings, config)
-    model = LlamaModel(config, tensors, dtype=dtype, max_positions=max_len + 1)
+    model = build_model(config, tensors, dtype=dtype, max_positions=max_len + 1)
     weights_bytes = model.weights_bytes
     del tensors
     progress("tokenizer and chat template", 0.9)
@@ -97,8 +97,10 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
         tokenizer = MistralTokenizerAdapter(mistral_tok)
     if settings.chat_template:
         template_source = Path(settings.chat_template).read_text()
-    from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
+    from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
 
+    if not template_source and config.architecture in ("gemma2", "gemma3"):
+        template_source = builtin_template("gemma")  # GGUF files of Gemma often carry none
     template = ChatTemplate(template_source or DEFAULT_CHAT_TEMPLATE,
                             bos_token=getattr(tokenizer, "bos_token", None) or "",
                             eos_token=getattr(tokenizer, "eos_token", None) or "")

@@ -26,8 +26,8 @@ import attrs
 import torch
 from safetensors.torch import save_file
 
-from triolm.models.config import ModelConfig, RopeScaling
 from triolm.models import random_init
+from triolm.models.config import FULL, SLIDING, ModelConfig, RopeScaling
 from triolm.models.gguf_writer import write_gguf
 from triolm.models.random_init import random_weights
 from triolm.testing.tokenizer_files import load_test_tokenizer, write_test_tokenizer
@@ -37,7 +37,7 @@ from triolm.tokenizers.gguf_vocab import gguf_metadata_from_tokenizer
 #: below would not see (e.g. a dependency's behaviour).
 FACTORY_VERSION = 1
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "llama3")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "llama3", "gemma2", "gemma3")
 SIZES = ("tiny", "smollm-135m")
 DEFAULT_GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_0")
 
@@ -48,6 +48,8 @@ _ARCH_SPEC = {
     "qwen2": ("bpe-tekken", "chatml_tools.jinja", "Qwen2ForCausalLM", "qwen2"),
     "qwen3": ("bpe-tekken", "chatml_tools.jinja", "Qwen3ForCausalLM", "qwen3"),
     "llama3": ("bpe-tekken", "llama3.jinja", "LlamaForCausalLM", "llama"),
+    "gemma2": ("spm-llama2", "gemma.jinja", "Gemma2ForCausalLM", "gemma2"),
+    "gemma3": ("spm-llama2", "gemma.jinja", "Gemma3ForCausalLM", "gemma3_text"),
 }
 
 
@@ -101,6 +103,22 @@ def model_config(arch: str, size: str, vocab_size: int, bos: int | None,
     if arch == "qwen2":
         return ModelConfig(architecture="qwen2", rms_norm_eps=1e-6, rope_theta=1e6,
                            attention_bias=True, tie_word_embeddings=True, **tiny)
+    if arch == "gemma3":
+        # Six layers: five local (window 8, shorter than test prompts) and one global, as
+        # in the real pattern; head_dim != hidden/heads as in the real models; the global
+        # layers' RoPE stretched by linear scaling as in Gemma 3 4B+.
+        tiny.update(num_hidden_layers=6, head_dim=32)
+        return ModelConfig(architecture="gemma3", rms_norm_eps=1e-6, rope_theta=1e6,
+                           rope_scaling=RopeScaling("linear", 4.0), tie_word_embeddings=True,
+                           qk_norm=True, sliding_window=8,
+                           layer_types=(SLIDING,) * 5 + (FULL,), rope_local_theta=10000.0,
+                           query_pre_attn_scalar=32.0, **tiny)
+    if arch == "gemma2":
+        # Caps far below the real 50/30 so they bend this model's scores and logits.
+        return ModelConfig(architecture="gemma2", rms_norm_eps=1e-6, rope_theta=10000.0,
+                           tie_word_embeddings=True, sliding_window=8, layer_types=(SLIDING, FULL),
+                           rope_local_theta=10000.0, query_pre_attn_scalar=16.0,
+                           attn_logit_softcapping=2.0, final_logit_softcapping=4.0, **tiny)
     if arch == "qwen3":
         # head_dim deliberately != hidden/heads, as in the real Qwen3 family.
         tiny["head_dim"] = 32
@@ -117,6 +135,8 @@ def hf_config_dict(config: ModelConfig, arch: str) -> dict[str, Any]:
     """config.json content for a test model of `arch`."""
     _, _, cls, model_type = _ARCH_SPEC[arch]
     return random_init.hf_config_dict(config, cls, model_type)
+
+
 
 
 # ----------------------------------------------------------------------- tokenizers
@@ -239,7 +259,7 @@ def make_test_model(out_dir: str | os.PathLike | None = None, arch: str = "llama
     """Build (or reuse from the cache under out_dir) one test model in both formats.
 
     arch: llama | mistral | qwen2 | qwen3 | llama3 (llama architecture, tekken BPE
-    vocab, llama3 rope scaling). size: tiny | smollm-135m (SmolLM-135M's shapes, for
+    vocab, llama3 rope scaling) | gemma2 | gemma3. size: tiny | smollm-135m (SmolLM-135M's shapes, for
     benchmarks). gguf_types: GGUF file types to write (see gguf_writer.FILE_TYPES).
     sharded: also write `hf_sharded/` with two safetensors shards and an index.
     progress(stage, done, total) reports long steps (used by scripts/make_test_model.py)."""
