@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from triolm.errors import ModelLoadError
-from triolm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling
+from triolm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling, invalid_fields
 
 _MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
 
@@ -51,7 +51,7 @@ def config_from_hf_dict(cfg: dict, source: str = "config.json") -> ModelConfig:
         scaling = cfg.get("rope_scaling")
         if scaling is None and rope.get("rope_type") not in (None, "default"):
             scaling = rope
-        return ModelConfig(
+        config = ModelConfig(
             architecture=arch,
             vocab_size=int(cfg["vocab_size"]),
             hidden_size=hidden,
@@ -59,7 +59,7 @@ def config_from_hf_dict(cfg: dict, source: str = "config.json") -> ModelConfig:
             num_hidden_layers=int(cfg["num_hidden_layers"]),
             num_attention_heads=heads,
             num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            head_dim=int(cfg.get("head_dim") or (hidden // heads if heads > 0 else 0)),
             max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             rope_theta=float(theta),
@@ -72,8 +72,11 @@ def config_from_hf_dict(cfg: dict, source: str = "config.json") -> ModelConfig:
         )
     except KeyError as exc:
         raise ModelLoadError(f"{source}: missing key {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ModelLoadError(f"{source}: invalid value: {exc}") from None
+    for field, why in invalid_fields(config).items():
+        raise ModelLoadError(f"{source}: {field} {why}")
+    return config
 
 
 def read_hf_config(model_dir: Path) -> ModelConfig:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from triolm.errors import ModelLoadError
+from triolm.models.load_limits import check_tokens
 from triolm.tokenizers.convert import (
     AddedSpec,
     SpmVocab,
@@ -397,6 +398,7 @@ def tokenizer_from_gguf_metadata(fields: Mapping[str, Any]) -> HFTokenizer:
     if not tokens:
         raise ModelLoadError(f"GGUF metadata has no {K_TOKENS}")
     tokens = [str(t) for t in tokens]
+    check_tokens(tokens, K_TOKENS)
     n = len(tokens)
     types = list(_get(fields, K_TOKEN_TYPE, (list, tuple), [int(TokenType.NORMAL)] * n))
     if len(types) < n:
@@ -419,6 +421,9 @@ def tokenizer_from_gguf_metadata(fields: Mapping[str, Any]) -> HFTokenizer:
         if len(scores) < n:
             raise ModelLoadError(f"GGUF metadata {K_SCORES}: {len(scores)} entries for {n} tokens")
         scores = [float(s) for s in scores[:n]]
+        nan = [i for i, s in enumerate(scores) if s != s]
+        if nan:
+            raise ModelLoadError(f"GGUF metadata {K_SCORES}[{nan[0]}] is NaN")
         if unk is None and TokenType.UNKNOWN in types:
             unk = types.index(TokenType.UNKNOWN)
         add_bos = bool(_get(fields, K_ADD_BOS, bool, True))
