@@ -8,7 +8,7 @@ import trio
 from triolm.api import openai_format as fmt
 from triolm.api.errors import APIError, bad_request
 from triolm.api.state import AppState
-from triolm.serving.engine_driver import EngineFailure, OverloadedError
+from triolm.serving.engine_driver import EngineFailure, GenerationCut, OverloadedError
 from triolm.serving.fanout import run_all
 from triolm.serving.generation import Generation
 
@@ -37,6 +37,8 @@ class GenerationsRun:
                            code="timeout") from None
         except OverloadedError as exc:
             raise APIError(429, str(exc), code="overloaded") from None
+        except GenerationCut as exc:
+            raise APIError(503, str(exc), code="shutting_down") from None
         except ValueError as exc:
             raise bad_request(str(exc)) from None
         finally:
@@ -57,6 +59,8 @@ STREAM_ERRORS = (OverloadedError, ValueError, EngineFailure)
 def stream_error_event(exc: Exception) -> bytes:
     if isinstance(exc, OverloadedError):
         err = APIError(429, str(exc), code="overloaded")
+    elif isinstance(exc, GenerationCut):
+        err = APIError(503, str(exc), code="shutting_down")
     elif isinstance(exc, EngineFailure):
         err = APIError(500, str(exc))
     else:

@@ -15,6 +15,7 @@ import torch
 
 from triolm.errors import ModelLoadError
 from triolm.models.config import ModelConfig
+from triolm.models.load_limits import MAX_CHAT_TEMPLATE_BYTES, check_chat_template
 from triolm.models.llama import LlamaModel
 from triolm.serving.settings import ServerSettings
 from triolm.tokenizers.base import Tokenizer
@@ -89,7 +90,11 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
 
         tokenizer = MistralTokenizerAdapter(mistral_tok)
     if settings.chat_template:
-        template_source = Path(settings.chat_template).read_text()
+        template_path = Path(settings.chat_template)
+        if template_path.stat().st_size > MAX_CHAT_TEMPLATE_BYTES:  # before reading it whole
+            raise ModelLoadError(f"--chat-template {template_path}: {template_path.stat().st_size} "
+                                 f"bytes; the limit is {MAX_CHAT_TEMPLATE_BYTES}")
+        template_source = template_path.read_text()
     from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 
     template = ChatTemplate(template_source or DEFAULT_CHAT_TEMPLATE,
@@ -102,7 +107,10 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     progress("grammar compiler", 0.95)
     from triolm.chat.grammar import GrammarCompiler
 
-    grammar = GrammarCompiler(tokenizer, vocab_size=config.vocab_size)
+    try:
+        grammar = GrammarCompiler(tokenizer, vocab_size=config.vocab_size)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot build the grammar tokenizer: {exc}") from exc
     progress("ready", 1.0)
     return ServedModel(grammar=grammar, name=name, path=str(path), config=config, model=model, tokenizer=tokenizer,
                        chat_template=template, mistral_tokenizer=mistral_tok,
@@ -131,7 +139,13 @@ def _load_gguf(path: Path):
         raise
     except Exception as exc:  # a malformed vocabulary must not crash start-up obscurely
         raise ModelLoadError(f"{path}: cannot build the tokenizer from GGUF metadata: {exc}") from exc
+    if tokenizer.vocab_size > gguf.config.vocab_size:
+        raise ModelLoadError(f"{path}: metadata tokenizer.ggml.tokens has {tokenizer.vocab_size} tokens "
+                             f"but the embedding has {gguf.config.vocab_size} rows")
     template = gguf.metadata.get("tokenizer.chat_template")
+    if template is not None and not isinstance(template, str):
+        raise ModelLoadError(f"{path}: metadata tokenizer.chat_template is not a string")
+    check_chat_template(template, f"{path}: metadata tokenizer.chat_template")
     return gguf.config, gguf.tensors, tokenizer, template
 
 
@@ -155,6 +169,7 @@ def _load_directory(path: Path, settings: ServerSettings, progress: Progress):
     from triolm.tokenizers.hf import HFTokenizer
 
     tokenizer = HFTokenizer.from_dir(path)
+    check_chat_template(tokenizer.chat_template, f"{path}: chat_template")
     return config, tensors, tokenizer, tokenizer.chat_template
 
 
