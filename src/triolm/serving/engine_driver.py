@@ -187,12 +187,20 @@ class EngineDriver:
         try:
             outputs = self.engine.step()
         except Exception as exc:
-            # Which sequence caused it is unknown: fail every request in flight (each
-            # gets an error, not a hang) and keep serving the next ones.
+            # Which sequence caused it is unknown (the model's forward pass runs them all
+            # at once): fail every request in flight (each gets an error, not a hang) and
+            # keep serving the next ones.
             log.exception("engine step failed; aborting the requests in flight")
             held.hand_out()
             self._fail_all(EngineFailure(f"engine step failed: {type(exc).__name__}: {exc}"))
             return []
+        failures = self.engine.pop_failures()
+        if failures:  # sequences that failed alone (their sampling): only they end
+            with self._work:
+                for request_id, exc in failures:
+                    stream = self._streams.pop(request_id, None)
+                    if stream is not None:
+                        stream.put(EngineFailure(f"generation failed: {type(exc).__name__}: {exc}"), last=True)
         elapsed = time.perf_counter() - start
         self.stats.steps += 1
         self.stats.busy_seconds += elapsed

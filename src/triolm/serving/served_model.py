@@ -135,8 +135,8 @@ def _load_gguf(path: Path):
     gguf, _ = read_gguf_for_engine(path)  # F16 / Q8_0 matrices stay compact
     try:
         tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
-    except ModelLoadError:
-        raise
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
     except Exception as exc:  # a malformed vocabulary must not crash start-up obscurely
         raise ModelLoadError(f"{path}: cannot build the tokenizer from GGUF metadata: {exc}") from exc
     if tokenizer.vocab_size > gguf.config.vocab_size:

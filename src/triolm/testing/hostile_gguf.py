@@ -11,35 +11,36 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from gguf import GGUFReader, GGUFValueType, GGUFWriter
+import numpy as np
+from gguf import GGUFValueType, GGUFWriter
+
+from triolm.models.gguf_reader import _CheckedReader, _KVParser
 
 # Written by GGUFWriter itself, never copied.
-_HEADER_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture")
+_HEADER_KEYS = ("general.architecture",)
+_ITEM_TYPES = {str: GGUFValueType.STRING, float: GGUFValueType.FLOAT32, int: GGUFValueType.INT32,
+               bool: GGUFValueType.BOOL}
 
 
 def rewrite_gguf(src: str | os.PathLike, dst: str | os.PathLike, changes: Mapping[str, Any] = {},
                  drop: tuple[str, ...] = (), types: Mapping[str, GGUFValueType] = {}) -> Path:
     """Copy `src` to `dst` with metadata `changes` (key -> new value) and keys in `drop`
-    left out. A changed key keeps its type; a new key needs its type in `types` (scalars)
-    or is a string / list of strings."""
-    reader = GGUFReader(src, "r")
-    arch = reader.fields["general.architecture"].contents()
-    writer = GGUFWriter(Path(dst), arch)
+    left out. A changed scalar keeps its type; a new one needs its type in `types` or is a
+    string; array items are typed by their Python type (str, float32, int32, bool)."""
+    reader = _CheckedReader(src, "r")
+    kv_count = int(np.frombuffer(reader.data, "<u8", count=1, offset=16)[0])
+    values, vtypes, _ = _KVParser(reader.data).fields(24, kv_count)
+    writer = GGUFWriter(Path(dst), values["general.architecture"])
     try:
-        for name, field in reader.fields.items():
-            if name in _HEADER_KEYS or name in drop:
-                continue
-            value = changes[name] if name in changes else field.contents()
-            vtype = field.types[0]
-            sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-            writer.add_key_value(name, value, vtype, sub_type=sub)
-        for name, value in changes.items():
-            if name in reader.fields:
-                continue
+        merged = {k: v for k, v in values.items() if k not in drop and k not in _HEADER_KEYS}
+        merged.update(changes)
+        for name, value in merged.items():
             if isinstance(value, list):
-                writer.add_key_value(name, value, GGUFValueType.ARRAY, sub_type=GGUFValueType.STRING)
+                sub = _ITEM_TYPES[type(value[0])] if value else GGUFValueType.STRING
+                writer.add_key_value(name, value, GGUFValueType.ARRAY, sub_type=sub)
             else:
-                writer.add_key_value(name, value, types.get(name, GGUFValueType.STRING))
+                vtype = GGUFValueType(vtypes[name]) if name in vtypes else types.get(name, GGUFValueType.STRING)
+                writer.add_key_value(name, value, vtype)
         for t in reader.tensors:
             writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
         writer.write_header_to_file()
