@@ -315,8 +315,8 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
             scaling = layout.rope_scaling_from_factors(factors, head_dim, theta)
         except ValueError as exc:
             raise ModelLoadError(f"{path}: {exc}") from None
-    vocab = int_key("vocab_size", None) if meta.get(f"{arch}.vocab_size") is not None else None
-    # (else the embedding's rows, filled in below)
+    # Optional: when absent the embedding's rows give it (filled in by read_gguf).
+    vocab = int_key("vocab_size") if f"{arch}.vocab_size" in meta else None
     eos_ids: tuple[int, ...] = ()
     for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"):
         if _is_int(meta.get(k)) and meta[k] not in eos_ids:
