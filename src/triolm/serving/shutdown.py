@@ -25,7 +25,7 @@ log = logging.getLogger("triolm")
 #: chunks and [DONE] to reach clients that still read.
 CUT_GRACE = 0.5
 #: Between cancelling everything and ending the process regardless.
-EXIT_GRACE = 1.0
+EXIT_GRACE = 0.75
 
 
 class LastResortExit:
