@@ -575,6 +575,9 @@ class FakeEngine:
     def call_before_layers(self, fn):
         self.before_layers = fn
 
+    def pop_failures(self):
+        return []  # no sequence fails alone here
+
     def step(self):
         from triolm.engine.llm_engine import StepOutput
 

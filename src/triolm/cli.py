@@ -71,19 +71,26 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 
 async def serve(settings: ServerSettings) -> int:
+    """Serve until a signal (or a model that cannot serve); the stages of the shutdown and
+    their deadlines are in `triolm.serving.shutdown`."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
     from triolm import fast_send
     from triolm.server import create_app
+    from triolm.serving import shutdown
 
     fast_send.install()
     app = create_app(settings)
     state = app.config["TRIOLM_STATE"]
     state.fatal = trio.Event()
+    draining = trio.Event()  # the listener is closed: the graceful period runs
+    last_resort = shutdown.LastResortExit()
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
-    config.graceful_timeout = settings.graceful_timeout
+    # Hypercorn cancels every connection at the end of its graceful timeout; ours cuts the
+    # generations CUT_GRACE before, so their streams can still end properly.
+    config.graceful_timeout = settings.graceful_timeout + shutdown.CUT_GRACE
     config.loglevel = settings.log_level.upper()
     config.accesslog = None
 
@@ -110,8 +117,26 @@ async def serve(settings: ServerSettings) -> int:
             nursery.start_soon(on_signal)
             nursery.start_soon(on_fatal)
         state.shutting_down = True
+        last_resort.arm(config.graceful_timeout + shutdown.EXIT_GRACE)
+        draining.set()
 
-    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+    async def cut_generations_when_grace_ends() -> None:
+        await draining.wait()
+        await trio.sleep(settings.graceful_timeout)
+        if state.driver is not None:
+            log = logging.getLogger("triolm")
+            log.warning("graceful timeout (%.1f s) over: cutting %d running and %d waiting generations",
+                        settings.graceful_timeout, state.driver.num_running, state.driver.num_waiting)
+            state.driver.cut_all(f"server shutting down: generation cut at the graceful timeout "
+                                 f"({settings.graceful_timeout} s)")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cut_generations_when_grace_ends)
+            await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+            nursery.cancel_scope.cancel()
+    finally:
+        last_resort.disarm()
     return 1 if state.load_error else 0
 
 

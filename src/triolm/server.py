@@ -71,26 +71,31 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
 
 
 async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
+    """Load the model, then run its engine for the server's lifetime.
+
+    Whatever ends this task early — a file that cannot be loaded, an engine that cannot
+    be built, a crashed driver — is logged and sets `state.fatal`, so `triolm serve` exits
+    non-zero instead of answering probes with nothing behind them."""
     settings = state.settings
     if served is None:
         try:
             served = await trio.to_thread.run_sync(_load_with_progress, settings, state)
         except (ModelLoadError, OSError) as exc:
-            state.load_error = str(exc)
-            log.error("model load failed: %s", exc)
-            state.fatal.set()
+            _fail(state, f"model load failed: {exc}")
             return
         except Exception as exc:  # a loader bug: report it, don't take the loop down silently
-            state.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("model load failed")
-            state.fatal.set()
+            _fail(state, f"model load failed: {type(exc).__name__}: {exc}", exc)
             return
-    engine = LLMEngine(served.model, served.eos_token_ids, EngineConfig(
-        max_num_seqs=settings.max_num_seqs, max_model_len=served.max_model_len,
-        kv_cache_bytes=settings.kv_cache_memory, seed=settings.seed))
-    driver = EngineDriver(engine, settings.max_queue)
-    if state.sessions is not None:
-        state.sessions.attach(served, driver)
+    try:
+        engine = LLMEngine(served.model, served.eos_token_ids, EngineConfig(
+            max_num_seqs=settings.max_num_seqs, max_model_len=served.max_model_len,
+            kv_cache_bytes=settings.kv_cache_memory, seed=settings.seed))
+        driver = EngineDriver(engine, settings.max_queue)
+        if state.sessions is not None:
+            state.sessions.attach(served, driver)
+    except Exception as exc:
+        _fail(state, f"model load failed: cannot build the engine: {type(exc).__name__}: {exc}", exc)
+        return
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
@@ -106,10 +111,14 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
     except Exception as exc:
         # Without its driver the server cannot generate: say so (/readyz 503) and let
         # `triolm serve` exit non-zero, rather than keep answering probes while hanging.
-        log.exception("engine driver crashed")
-        state.load_error = f"engine driver crashed: {exc!r}"
         state.driver = None
-        state.fatal.set()
+        _fail(state, f"engine driver crashed: {exc!r}", exc)
+
+
+def _fail(state: AppState, message: str, exc: BaseException | None = None) -> None:
+    log.error("%s", message, exc_info=exc)
+    state.load_error = message
+    state.fatal.set()
 
 
 def _load_with_progress(settings: ServerSettings, state: AppState) -> ServedModel:
@@ -122,7 +131,16 @@ def _load_with_progress(settings: ServerSettings, state: AppState) -> ServedMode
             bar.set_postfix_str(stage)
             bar.update(max(0, int(fraction * 100) - bar.n))
 
-        return load_served_model(settings, progress)
+        try:
+            return load_served_model(settings, progress)
+        except (ModelLoadError, OSError):
+            raise
+        except BaseException as exc:
+            # Native libraries report a broken input by panicking: PyO3's PanicException
+            # (llguidance, tokenizers) is a BaseException. In this worker thread it can only
+            # mean the model cannot be served.
+            raise ModelLoadError(f"{settings.model or 'default model'}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
 
 
 def _install_error_handlers(app: QuartTrio) -> None:

@@ -10,7 +10,7 @@ from triolm.api.errors import APIError, bad_request
 from triolm.api.state import AppState
 from triolm.chat.grammar.compiler import limit_hit
 from triolm.engine.constraint import ConstraintFailure
-from triolm.serving.engine_driver import EngineDriver, EngineFailure, OverloadedError
+from triolm.serving.engine_driver import EngineDriver, EngineFailure, GenerationCut, OverloadedError
 from triolm.serving.fanout import run_all
 from triolm.serving.generation import Generation
 
@@ -41,6 +41,8 @@ class GenerationsRun:
             raise APIError(429, str(exc), code="overloaded") from None
         except ConstraintFailure as exc:
             raise constraint_error(exc) from None
+        except GenerationCut as exc:
+            raise APIError(503, str(exc), code="shutting_down") from None
         except ValueError as exc:
             raise bad_request(str(exc)) from None
         finally:
@@ -75,6 +77,8 @@ def stream_error_event(exc: Exception) -> bytes:
         err = APIError(429, str(exc), code="overloaded")
     elif isinstance(exc, ConstraintFailure):
         err = constraint_error(exc)
+    elif isinstance(exc, GenerationCut):
+        err = APIError(503, str(exc), code="shutting_down")
     elif isinstance(exc, EngineFailure):
         err = APIError(500, str(exc))
     else:

@@ -66,6 +66,7 @@ class LLMEngine:
         self.sampler = Sampler(self.eos_token_ids, config.seed)
         self.sequences: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
+        self._failures: list[tuple[str, Exception]] = []
 
     # -- requests ---------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -115,6 +116,9 @@ class LLMEngine:
         sampled = self.sampler(logits, seqs)
         outputs = []
         for seq, tok in zip(seqs, sampled):
+            if isinstance(tok, Exception):
+                self._fail(seq, tok)
+                continue
             seq.num_cached_tokens = len(seq)  # every token so far now has its KV
             self.block_manager.register_full_blocks(seq, seq.num_cached_tokens)
             seq.append(tok.token_id)
@@ -143,6 +147,17 @@ class LLMEngine:
         if error is not None:
             log.warning("grammar of %s failed: %s", seq.request_id, error.splitlines()[0] if error else "")
         return error
+    def _fail(self, seq: Sequence, exc: Exception) -> None:
+        """A failure this sequence alone caused: it ends here, the batch goes on."""
+        log.warning("sequence %s failed: %s: %s", seq.request_id, type(exc).__name__, exc)
+        self.sequences.pop(seq.request_id, None)
+        self.scheduler.remove(seq)
+        self._failures.append((seq.request_id, exc))
+
+    def pop_failures(self) -> list[tuple[str, Exception]]:
+        """(request id, exception) of the sequences that failed alone since the last call."""
+        failures, self._failures = self._failures, []
+        return failures
 
     def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
         p = seq.params

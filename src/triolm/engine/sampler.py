@@ -31,22 +31,43 @@ class Sampler:
         else:
             self.default_generator.seed()
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[SampledToken]:
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[SampledToken | Exception]:
+        """One token per sequence — or, for a sequence whose own sampling failed (its logits
+        not finite, its logit bias or grammar raising), the exception: the engine fails that
+        sequence alone and the others' tokens are exactly what they would be without it."""
         raw_logprobs = torch.log_softmax(logits, dim=-1)
+        failed: dict[int, Exception] = {}
+        # A NaN or inf anywhere in a row makes its sum non-finite: ~10x cheaper than
+        # isfinite() over the row (0.15 ms for 16 x 49k logits here).
+        finite = torch.isfinite(logits.sum(dim=-1))
+        if not bool(finite.all()):
+            for row in (~finite).nonzero().flatten().tolist():
+                failed[row] = FloatingPointError("the model computed non-finite logits for this sequence")
         processed = logits
         if any(_needs_processing(s) for s in seqs):
             processed = logits.clone()
             for row, seq in enumerate(seqs):
-                if _needs_processing(seq):
-                    self._process_row(processed[row], seq)
-            constrained = [row for row, s in enumerate(seqs) if s.matcher is not None]
+                if row not in failed and _needs_processing(seq):
+                    try:
+                        self._process_row(processed[row], seq)
+                    except Exception as exc:
+                        failed[row] = exc
+            constrained = [row for row, s in enumerate(seqs) if s.matcher is not None and row not in failed]
             if constrained:
                 bitmask = allocate_token_bitmask(len(seqs), processed.shape[-1])
-                fill_token_bitmasks([s.matcher for s in seqs], bitmask)
+                _fill_bitmasks(seqs, constrained, bitmask, failed)
+                constrained = [row for row in constrained if row not in failed]
                 apply_token_bitmask_(processed, bitmask, rows=constrained)
-        out = []
+        out: list[SampledToken | Exception] = []
         for row, seq in enumerate(seqs):
-            token = self._sample_row(processed[row], seq)
+            if row in failed:
+                out.append(failed[row])
+                continue
+            try:
+                token = self._sample_row(processed[row], seq)
+            except Exception as exc:
+                out.append(exc)
+                continue
             lp = raw_logprobs[row]
             top = None
             if seq.params.logprobs is not None:
@@ -94,6 +115,22 @@ class Sampler:
             probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
         generator = seq.generator or self.default_generator
         return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _fill_bitmasks(seqs: list[Sequence], rows: list[int], bitmask: torch.Tensor,
+                   failed: dict[int, Exception]) -> None:
+    """All constrained rows at once; if that raises, row by row to find whose grammar failed."""
+    chosen = set(rows)
+    try:
+        fill_token_bitmasks([s.matcher if i in chosen else None for i, s in enumerate(seqs)], bitmask)
+        return
+    except Exception:
+        pass
+    for row in rows:
+        try:
+            seqs[row].matcher.fill_bitmask(bitmask, row)
+        except Exception as exc:
+            failed[row] = exc
 
 
 def _needs_processing(seq: Sequence) -> bool:

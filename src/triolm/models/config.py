@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
@@ -54,3 +56,53 @@ class ModelConfig:
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.layer_types) and self.layer_types[layer] == SLIDING
+
+
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def invalid_fields(config: ModelConfig) -> dict[str, str]:
+    """Fields whose values no working model has, each with the reason.
+
+    Every loader checks its config with this and names the offending key in its own
+    terms: a model file is untrusted input, and a zero head count or a NaN epsilon must
+    fail the load, not divide by zero at start-up or turn every logit into NaN later."""
+    values = attrs.asdict(config, recurse=False)
+    bad: dict[str, str] = {}
+    for name in _POSITIVE_INTS:
+        if values[name] < 1:
+            bad[name] = f"must be at least 1, got {values[name]}"
+    if "num_key_value_heads" not in bad and "num_attention_heads" not in bad and \
+            config.num_attention_heads % config.num_key_value_heads:
+        bad["num_key_value_heads"] = (f"{config.num_key_value_heads} does not divide the "
+                                      f"{config.num_attention_heads} attention heads")
+    if "head_dim" not in bad and config.head_dim % 2:
+        bad["head_dim"] = f"must be even for rotary embeddings, got {config.head_dim}"
+    if not (math.isfinite(config.rms_norm_eps) and 0 < config.rms_norm_eps <= 1):
+        bad["rms_norm_eps"] = f"must be a finite number in (0, 1], got {config.rms_norm_eps}"
+    if not (math.isfinite(config.rope_theta) and config.rope_theta > 1):
+        bad["rope_theta"] = f"must be a finite number above 1, got {config.rope_theta}"
+    s = config.rope_scaling
+    if s is not None:
+        if not (math.isfinite(s.factor) and s.factor > 0):
+            bad["rope_scaling.factor"] = f"must be a finite positive number, got {s.factor}"
+        if not (math.isfinite(s.low_freq_factor) and s.low_freq_factor > 0):
+            bad["rope_scaling.low_freq_factor"] = f"must be a finite positive number, got {s.low_freq_factor}"
+        if not (math.isfinite(s.high_freq_factor) and s.high_freq_factor > s.low_freq_factor):
+            bad["rope_scaling.high_freq_factor"] = (f"must be finite and above low_freq_factor "
+                                                    f"{s.low_freq_factor}, got {s.high_freq_factor}")
+        if s.original_max_position_embeddings < 1:
+            bad["rope_scaling.original_max_position_embeddings"] = (
+                f"must be at least 1, got {s.original_max_position_embeddings}")
+    if config.sliding_window is not None and config.sliding_window < 1:
+        bad["sliding_window"] = f"must be at least 1, got {config.sliding_window}"
+    if config.layer_types and len(config.layer_types) != config.num_hidden_layers:
+        bad["layer_types"] = f"names {len(config.layer_types)} layers, the model has {config.num_hidden_layers}"
+    if not (math.isfinite(config.rope_local_theta) and config.rope_local_theta > 1):
+        bad["rope_local_theta"] = f"must be a finite number above 1, got {config.rope_local_theta}"
+    for name in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            bad[name] = f"must be a finite positive number, got {value}"
+    return bad

@@ -9,6 +9,7 @@ or corrupt file raises `ModelLoadError` instead of reading garbage, hanging, or 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import struct
 import threading
@@ -24,7 +25,7 @@ from gguf.gguf_reader import ReaderField
 from triolm.errors import ModelLoadError
 from triolm.models import gguf_layout as layout
 from triolm.models import gemma_gguf, gguf_quants
-from triolm.models.config import ModelConfig, RopeScaling
+from triolm.models.config import ModelConfig, RopeScaling, invalid_fields
 
 GGUF_MAGIC = b"GGUF"
 
@@ -177,6 +178,11 @@ class _CheckedReader(GGUFReader):
             raise _Corrupt(f"corrupt header: {int(count)} metadata fields in {len(self.data)} bytes")
         self.metadata, types, end = _KVParser(self.data).fields(int(offs), int(count))
         if "general.alignment" in self.metadata:
+            align = self.metadata["general.alignment"]
+            if types["general.alignment"] != GGUFValueType.UINT32 or not 0 < align <= 1 << 16 \
+                    or align & (align - 1):
+                raise _Corrupt(f"metadata general.alignment must be a power of two up to 65536 "
+                               f"stored as uint32, got {align!r:.80}")
             # The base class reads the alignment back from `fields`; give it just that.
             align_type = GGUFValueType(types["general.alignment"])
             self.fields["general.alignment"] = ReaderField(
@@ -259,12 +265,24 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
             raise ModelLoadError(f"{path}: missing metadata key {arch}.{name!s}")
         return value
 
+    def int_key(name: str, default: Any = ...) -> int:
+        value = key(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ModelLoadError(f"{path}: metadata {arch}.{name}: expected an integer, got {value!r:.80}")
+        return value
+
+    def float_key(name: str, default: Any = ...) -> float:
+        value = key(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ModelLoadError(f"{path}: metadata {arch}.{name}: expected a number, got {value!r:.80}")
+        return value
+
     ours = arch
     names = f"{meta.get('general.name', '')} {meta.get('general.basename', '')}".lower()
     if arch == "llama" and "mistral" in names:
         ours = "mistral"  # llama.cpp stores mistral as llama; its name tells them apart
     scaling_type = meta.get(f"{arch}.rope.scaling.type")
-    scaling_factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0) or 1.0)
+    scaling_factor = float(float_key("rope.scaling.factor", 1.0) or 1.0)
     if scaling_type not in (None, "none", "llama3", "linear"):
         raise ModelLoadError(
             f"{path}: unsupported rope scaling {scaling_type!r} (factor {scaling_factor}); "
@@ -274,10 +292,10 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
         # decimal that rounds to the same float32, which is what was written.
         return float(str(np.float32(value)))
 
-    heads = int(key("attention.head_count"))
-    hidden = int(key("embedding_length"))
-    head_dim = int(key("attention.key_length", 0) or hidden // heads)
-    theta = f32(key("rope.freq_base", 10000.0))
+    heads = int_key("attention.head_count")
+    hidden = int_key("embedding_length")
+    head_dim = int_key("attention.key_length", 0) or (hidden // heads if heads > 0 else 0)
+    theta = f32(float_key("rope.freq_base", 10000.0))
     scaling = None
     if scaling_type == "linear" and scaling_factor != 1.0:
         scaling = RopeScaling("linear", scaling_factor)
@@ -285,10 +303,13 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
         # Not written by llama.cpp (it stores the rope_freqs tensor) but unambiguous.
         scaling = RopeScaling(
             "llama3", scaling_factor,
-            float(key("rope.scaling.low_freq_factor", 1.0)),
-            float(key("rope.scaling.high_freq_factor", 4.0)),
-            int(key("rope.scaling.original_context_length", 8192)))
+            float(float_key("rope.scaling.low_freq_factor", 1.0)),
+            float(float_key("rope.scaling.high_freq_factor", 4.0)),
+            int_key("rope.scaling.original_context_length", 8192))
     if factors is not None:
+        if head_dim < 2 or not 1 < theta < math.inf:
+            raise ModelLoadError(f"{path}: metadata {arch}.attention.key_length / {arch}.rope.freq_base: "
+                                 f"no rotary embedding with head_dim {head_dim} and base {theta}")
         if factors.numel() != head_dim // 2:
             raise ModelLoadError(f"{path}: tensor {layout.ROPE_FREQS} has {factors.numel()} "
                                  f"values, expected head_dim/2 = {head_dim // 2}")
@@ -296,23 +317,24 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
             scaling = layout.rope_scaling_from_factors(factors, head_dim, theta)
         except ValueError as exc:
             raise ModelLoadError(f"{path}: {exc}") from None
-    vocab = meta.get(f"{arch}.vocab_size")  # else the embedding's rows (filled in below)
+    # Optional: when absent the embedding's rows give it (filled in by read_gguf).
+    vocab = int_key("vocab_size") if f"{arch}.vocab_size" in meta else None
     eos_ids: tuple[int, ...] = ()
     for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"):
-        if meta.get(k) is not None and int(meta[k]) not in eos_ids:
-            eos_ids += (int(meta[k]),)
-    bos = meta.get("tokenizer.ggml.bos_token_id")
+        if _is_int(meta.get(k)) and meta[k] not in eos_ids:
+            eos_ids += (meta[k],)
+    bos = meta.get("tokenizer.ggml.bos_token_id") if _is_int(meta.get("tokenizer.ggml.bos_token_id")) else None
     config = ModelConfig(
         architecture=ours,
         vocab_size=int(vocab) if vocab is not None else -1,
         hidden_size=hidden,
-        intermediate_size=int(key("feed_forward_length")),
-        num_hidden_layers=int(key("block_count")),
+        intermediate_size=int_key("feed_forward_length"),
+        num_hidden_layers=int_key("block_count"),
         num_attention_heads=heads,
-        num_key_value_heads=int(key("attention.head_count_kv", heads)),
+        num_key_value_heads=int_key("attention.head_count_kv", heads),
         head_dim=head_dim,
-        max_position_embeddings=int(key("context_length", 2048)),
-        rms_norm_eps=f32(key("attention.layer_norm_rms_epsilon", 1e-6)),
+        max_position_embeddings=int_key("context_length", 2048),
+        rms_norm_eps=f32(float_key("attention.layer_norm_rms_epsilon", 1e-6)),
         rope_theta=theta,
         rope_scaling=scaling,
         tie_word_embeddings="output.weight" not in tensor_names,
@@ -327,6 +349,38 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from None
     return config
+
+
+# ModelConfig field -> the GGUF key (after "<arch>.") it comes from, for error messages.
+_KEYS = {
+    "vocab_size": "vocab_size", "hidden_size": "embedding_length",
+    "intermediate_size": "feed_forward_length", "num_hidden_layers": "block_count",
+    "num_attention_heads": "attention.head_count", "num_key_value_heads": "attention.head_count_kv",
+    "head_dim": "attention.key_length", "max_position_embeddings": "context_length",
+    "rms_norm_eps": "attention.layer_norm_rms_epsilon", "rope_theta": "rope.freq_base",
+    "rope_scaling.factor": "rope.scaling.factor",
+    "rope_scaling.low_freq_factor": "rope.scaling.low_freq_factor",
+    "rope_scaling.high_freq_factor": "rope.scaling.high_freq_factor",
+    "rope_scaling.original_max_position_embeddings": "rope.scaling.original_context_length",
+    "sliding_window": "attention.sliding_window", "layer_types": "attention.sliding_window_pattern",
+    "rope_local_theta": "rope.freq_base_swa", "query_pre_attn_scalar": "attention.key_length",
+    "attn_logit_softcapping": "attn_logit_softcapping", "final_logit_softcapping": "final_logit_softcapping",
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_config(path: Path, arch: str, config: ModelConfig, tensor_names: set[str]) -> None:
+    """Reject values no model can have, and a block count the file's tensors do not back:
+    everything after this (the tensor table, the KV cache) is sized from these numbers."""
+    for field, why in invalid_fields(config).items():
+        raise ModelLoadError(f"{path}: metadata {arch}.{_KEYS[field]} {why}")
+    blocks = {name.split(".")[1] for name in tensor_names if name.startswith("blk.")}
+    if config.num_hidden_layers > len(blocks):
+        raise ModelLoadError(f"{path}: metadata {arch}.block_count is {config.num_hidden_layers} "
+                             f"but the file holds tensors for {len(blocks)} blocks")
 
 
 def read_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
@@ -353,6 +407,7 @@ def read_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
         if embd is None:
             raise ModelLoadError(f"{path}: missing tensor token_embd.weight")
         config = attrs.evolve(config, vocab_size=int(embd.shape[1]))
+    _check_config(path, meta["general.architecture"], config, set(by_name))
 
     model = GGUFModel(config=config, tensors={}, metadata=meta, tensor_types={}, path=path)
     with _one_torch_thread():

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from triolm.errors import ModelLoadError
-from triolm.models.config import FULL, SLIDING, SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling
+from triolm.models.config import FULL, SLIDING, SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling, invalid_fields
 
 _MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                 "gemma2": "gemma2", "gemma3_text": "gemma3"}
@@ -50,35 +50,43 @@ def config_from_hf_dict(cfg: dict, source: str = "config.json") -> ModelConfig:
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
         if arch in ("gemma2", "gemma3"):
-            return _gemma_config(cfg, arch)
-        rope = cfg.get("rope_parameters") or {}
-        theta = cfg.get("rope_theta", rope.get("rope_theta", 10000.0))
-        scaling = cfg.get("rope_scaling")
-        if scaling is None and rope.get("rope_type") not in (None, "default"):
-            scaling = rope
-        return ModelConfig(
-            architecture=arch,
-            vocab_size=int(cfg["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_hidden_layers=int(cfg["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // heads),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(theta),
-            rope_scaling=_rope_scaling(scaling),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=bool(cfg.get("attention_bias", arch == "qwen2")),
-            qk_norm=arch == "qwen3",
-            bos_token_id=cfg.get("bos_token_id"),
-            eos_token_ids=_eos_ids(cfg.get("eos_token_id")),
-        )
+            config = _gemma_config(cfg, arch)
+        else:
+            config = _llama_config(cfg, arch, heads, hidden)
     except KeyError as exc:
         raise ModelLoadError(f"{source}: missing key {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ModelLoadError(f"{source}: invalid value: {exc}") from None
+    for field, why in invalid_fields(config).items():
+        raise ModelLoadError(f"{source}: {field} {why}")
+    return config
+
+
+def _llama_config(cfg: dict, arch: str, heads: int, hidden: int) -> ModelConfig:
+    rope = cfg.get("rope_parameters") or {}
+    theta = cfg.get("rope_theta", rope.get("rope_theta", 10000.0))
+    scaling = cfg.get("rope_scaling")
+    if scaling is None and rope.get("rope_type") not in (None, "default"):
+        scaling = rope
+    return ModelConfig(
+        architecture=arch,
+        vocab_size=int(cfg["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(cfg["intermediate_size"]),
+        num_hidden_layers=int(cfg["num_hidden_layers"]),
+        num_attention_heads=heads,
+        num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=int(cfg.get("head_dim") or (hidden // heads if heads > 0 else 0)),
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(theta),
+        rope_scaling=_rope_scaling(scaling),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        attention_bias=bool(cfg.get("attention_bias", arch == "qwen2")),
+        qk_norm=arch == "qwen3",
+        bos_token_id=cfg.get("bos_token_id"),
+        eos_token_ids=_eos_ids(cfg.get("eos_token_id")),
+    )
 
 
 def _gemma_config(cfg: dict, arch: str) -> ModelConfig:

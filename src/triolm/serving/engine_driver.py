@@ -33,7 +33,11 @@ class OverloadedError(Exception):
 
 
 class EngineFailure(RuntimeError):
-    """The engine raised while stepping; the requests in flight were aborted with this."""
+    """The engine raised while stepping; the requests it hit were aborted with this."""
+
+
+class GenerationCut(EngineFailure):
+    """The server is shutting down and its grace period is over: generation stopped here."""
 
 
 @attrs.define
@@ -61,6 +65,7 @@ class EngineDriver:
         self._aborts: set[str] = set()
         self._calls: list = []
         self._stopping = False
+        self._cut: GenerationCut | None = None  # set once shutdown cut the generations
         self._streams: dict[str, TokenStream] = {}  # requests still listening
         self.stats = StepStats()
 
@@ -89,6 +94,9 @@ class EngineDriver:
         # bounded anyway by max_tokens.
         stream = TokenStream(on_close=lambda: self.abort(request_id))
         with self._work:
+            if self._cut is not None:  # too late: the grace period is over
+                stream.put(self._cut, last=True)
+                return stream
             self._streams[request_id] = stream
             self._adds.append(_Pending(request_id, prompt_ids, params))
             self._work.notify()
@@ -102,6 +110,14 @@ class EngineDriver:
                 return  # finished, failed or already aborted
             stream.end()  # a reader still waiting gets EndOfChannel
             self._forget_locked([request_id])
+
+    def cut_all(self, reason: str) -> None:
+        """End every generation now, each with a GenerationCut (its client gets an error
+        chunk and [DONE]); later submissions get the same. For the end of a graceful
+        shutdown: nothing runs on after it."""
+        with self._work:
+            self._cut = GenerationCut(reason)
+        self._fail_all(self._cut)
 
     def call_soon(self, fn) -> None:
         """Run `fn(engine)` on the engine between two steps (e.g. forgetting cached prefixes)."""
@@ -171,12 +187,20 @@ class EngineDriver:
         try:
             outputs = self.engine.step()
         except Exception as exc:
-            # Which sequence caused it is unknown: fail every request in flight (each
-            # gets an error, not a hang) and keep serving the next ones.
+            # Which sequence caused it is unknown (the model's forward pass runs them all
+            # at once): fail every request in flight (each gets an error, not a hang) and
+            # keep serving the next ones.
             log.exception("engine step failed; aborting the requests in flight")
             held.hand_out()
             self._fail_all(EngineFailure(f"engine step failed: {type(exc).__name__}: {exc}"))
             return []
+        failures = self.engine.pop_failures()
+        if failures:  # sequences that failed alone (their sampling): only they end
+            with self._work:
+                for request_id, exc in failures:
+                    stream = self._streams.pop(request_id, None)
+                    if stream is not None:
+                        stream.put(EngineFailure(f"generation failed: {type(exc).__name__}: {exc}"), last=True)
         elapsed = time.perf_counter() - start
         self.stats.steps += 1
         self.stats.busy_seconds += elapsed

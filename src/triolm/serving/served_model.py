@@ -17,8 +17,9 @@ from triolm.chat.reasoning import ReasoningFormat, reasoning_format_for
 from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
 from triolm.errors import ModelLoadError
 from triolm.models.config import ModelConfig
-from triolm.serving import default_model, random_tiny
 from triolm.models.build import Model, build_model
+from triolm.models.load_limits import MAX_CHAT_TEMPLATE_BYTES, check_chat_template
+from triolm.serving import default_model, random_tiny
 from triolm.serving.settings import ServerSettings
 from triolm.tokenizers.base import Tokenizer
 
@@ -96,7 +97,11 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
 
         tokenizer = MistralTokenizerAdapter(mistral_tok)
     if settings.chat_template:
-        template_source = Path(settings.chat_template).read_text()
+        template_path = Path(settings.chat_template)
+        if template_path.stat().st_size > MAX_CHAT_TEMPLATE_BYTES:  # before reading it whole
+            raise ModelLoadError(f"--chat-template {template_path}: {template_path.stat().st_size} "
+                                 f"bytes; the limit is {MAX_CHAT_TEMPLATE_BYTES}")
+        template_source = template_path.read_text()
     from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
 
     if not template_source and config.architecture in ("gemma2", "gemma3"):
@@ -113,7 +118,10 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     progress("grammar compiler", 0.95)
     from triolm.chat.grammar import GrammarCompiler
 
-    grammar = GrammarCompiler(tokenizer, vocab_size=config.vocab_size)
+    try:
+        grammar = GrammarCompiler(tokenizer, vocab_size=config.vocab_size)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot build the grammar tokenizer: {exc}") from exc
     progress("ready", 1.0)
     return ServedModel(grammar=grammar, name=name, path=str(path), config=config, model=model, tokenizer=tokenizer,
                        chat_template=template, mistral_tokenizer=mistral_tok,
@@ -138,11 +146,17 @@ def _load_gguf(path: Path):
     gguf, _ = read_gguf_for_engine(path)  # matrices stay in the file's encoding (mapped)
     try:
         tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
-    except ModelLoadError:
-        raise
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
     except Exception as exc:  # a malformed vocabulary must not crash start-up obscurely
         raise ModelLoadError(f"{path}: cannot build the tokenizer from GGUF metadata: {exc}") from exc
+    if tokenizer.vocab_size > gguf.config.vocab_size:
+        raise ModelLoadError(f"{path}: metadata tokenizer.ggml.tokens has {tokenizer.vocab_size} tokens "
+                             f"but the embedding has {gguf.config.vocab_size} rows")
     template = gguf.metadata.get("tokenizer.chat_template")
+    if template is not None and not isinstance(template, str):
+        raise ModelLoadError(f"{path}: metadata tokenizer.chat_template is not a string")
+    check_chat_template(template, f"{path}: metadata tokenizer.chat_template")
     return gguf.config, gguf.tensors, tokenizer, template
 
 
@@ -166,6 +180,7 @@ def _load_directory(path: Path, settings: ServerSettings, progress: Progress):
     from triolm.tokenizers.hf import HFTokenizer
 
     tokenizer = HFTokenizer.from_dir(path)
+    check_chat_template(tokenizer.chat_template, f"{path}: chat_template")
     return config, tensors, tokenizer, tokenizer.chat_template
 
 

@@ -179,11 +179,22 @@ def read_spm_vocab(model_file: str | Path) -> SpmVocab:
 def spm_merges(pieces: Sequence[str], scores: Sequence[float], types: Sequence[int]) -> list[tuple[str, str]]:
     """BPE merges equivalent to score-driven merging (SentencePiece BPE, llama.cpp SPM):
     every split of a normal piece into two normal pieces, best score of the formed
-    piece first; ties broken by the ids of the formed piece and of its parts."""
+    piece first; ties broken by the ids of the formed piece and of its parts.
+
+    Only split points where both halves have the length of some normal piece are
+    looked up: a vocabulary has a few dozen distinct lengths, so a piece costs that
+    many lookups at most, not one per character (a 1 MB piece would cost 10^12)."""
     normal = {p: i for i, p in enumerate(pieces) if types[i] == TokenType.NORMAL}
+    lengths = sorted({len(p) for p in normal})
+    has_length = set(lengths)
     found = []
     for piece, i in normal.items():
-        for k in range(1, len(piece)):
+        n = len(piece)
+        for k in lengths:
+            if k >= n:
+                break
+            if n - k not in has_length:
+                continue
             a = normal.get(piece[:k])
             if a is None:
                 continue

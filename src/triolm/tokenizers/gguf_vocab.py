@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from triolm.errors import ModelLoadError
+from triolm.models.load_limits import check_tokens
 from triolm.tokenizers.convert import (
     AddedSpec,
     SpmVocab,
@@ -375,6 +376,12 @@ def _get(fields: Mapping[str, Any], key: str, typ: type | tuple[type, ...], defa
     return value
 
 
+def _check_items(values: list | tuple, key: str, typ: type | tuple[type, ...]) -> None:
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, typ):
+            raise ModelLoadError(f"GGUF metadata {key}[{i}]: expected {typ}, got {type(v).__name__}")
+
+
 def _token_id(fields: Mapping[str, Any], key: str, n: int) -> int | None:
     value = _plain(fields.get(key))
     if value is None:
@@ -396,11 +403,14 @@ def tokenizer_from_gguf_metadata(fields: Mapping[str, Any]) -> HFTokenizer:
     tokens = _get(fields, K_TOKENS, (list, tuple))
     if not tokens:
         raise ModelLoadError(f"GGUF metadata has no {K_TOKENS}")
+    _check_items(tokens, K_TOKENS, str)
     tokens = [str(t) for t in tokens]
+    check_tokens(tokens, K_TOKENS)
     n = len(tokens)
     types = list(_get(fields, K_TOKEN_TYPE, (list, tuple), [int(TokenType.NORMAL)] * n))
     if len(types) < n:
         raise ModelLoadError(f"GGUF metadata {K_TOKEN_TYPE}: {len(types)} entries for {n} tokens")
+    _check_items(types, K_TOKEN_TYPE, int)
     types = [int(t) for t in types[:n]]
     seen: dict[str, int] = {}
     for i, t in enumerate(tokens):
@@ -418,7 +428,11 @@ def tokenizer_from_gguf_metadata(fields: Mapping[str, Any]) -> HFTokenizer:
         scores = list(_get(fields, K_SCORES, (list, tuple), [0.0] * n))
         if len(scores) < n:
             raise ModelLoadError(f"GGUF metadata {K_SCORES}: {len(scores)} entries for {n} tokens")
+        _check_items(scores, K_SCORES, (int, float))
         scores = [float(s) for s in scores[:n]]
+        nan = [i for i, s in enumerate(scores) if s != s]
+        if nan:
+            raise ModelLoadError(f"GGUF metadata {K_SCORES}[{nan[0]}] is NaN")
         if unk is None and TokenType.UNKNOWN in types:
             unk = types.index(TokenType.UNKNOWN)
         add_bos = bool(_get(fields, K_ADD_BOS, bool, True))
