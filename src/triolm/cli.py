@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer-threads", type=int, default=1,
                    help="worker threads for chat templates and tokenization (measured: 1 is best here)")
     s.add_argument("--chat-template", default=None, help="jinja file overriding the model's chat template")
+    s.add_argument("--template-timeout", type=float, default=10.0,
+                   help="seconds one chat-template render may take (then 400; its worker process is killed)")
+    s.add_argument("--template-max-output", type=int, default=32 * 1024 * 1024,
+                   help="characters one chat-template render may produce")
+    s.add_argument("--template-memory", type=int, default=1 << 30,
+                   help="bytes of memory a chat-template worker process may add to its start-up size")
     s.add_argument("--tool-call-parser", default=None, help="hermes | mistral | llama3_json (default: detected)")
     s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     s.add_argument("--kv-cache-memory", type=int, default=2 << 30, help="KV cache budget in bytes")

@@ -20,9 +20,11 @@ from werkzeug.exceptions import HTTPException
 from triolm.api.errors import APIError, error_response
 from triolm.api.routes import bp
 from triolm.api.state import AppState
+from triolm.chat.template_workers import open_template_workers
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.errors import ModelLoadError
 from triolm.serving.engine_driver import EngineDriver
+from triolm.serving.lanes import PromptLanes
 from triolm.serving.loop_core import LoopBusyInstrument
 from triolm.serving.loop_lag import monitor_loop_lag
 from triolm.serving.metrics import Metrics
@@ -53,7 +55,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     @app.before_serving
     async def start_background() -> None:
         # Trio objects are made here, inside the running loop, never at import time.
-        state.tokenize_limiter = trio.CapacityLimiter(settings.tokenizer_threads)
+        await app.nursery.start(_run_prompt_lanes, state)
         if state.fatal is None:  # `triolm serve` made it already (a trio.Event has no truth value)
             state.fatal = trio.Event()
         app.nursery.start_soon(monitor_loop_lag, state.metrics)
@@ -66,6 +68,18 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
         loop_busy.remove()
 
     return app
+
+
+async def _run_prompt_lanes(state: AppState, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """The app's prompt lanes and chat-template worker processes, for as long as it serves."""
+    settings = state.settings
+    async with open_template_workers(settings.template_memory) as workers:
+        state.lanes = PromptLanes(small=trio.CapacityLimiter(1),
+                                  large=trio.CapacityLimiter(settings.tokenizer_threads),
+                                  templates=workers, small_work_chars=settings.small_work_chars)
+        state.tokenize_limiter = state.lanes.large
+        task_status.started()
+        await trio.sleep_forever()
 
 
 async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
@@ -83,6 +97,8 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
             log.exception("model load failed")
             state.fatal.set()
             return
+    if served.mistral_tokenizer is None:  # start a template worker before the first request needs one
+        await state.lanes.templates.warm_up(served.chat_template, state.lanes.small)
     engine = LLMEngine(served.model, served.eos_token_ids, EngineConfig(
         max_num_seqs=settings.max_num_seqs, max_model_len=served.max_model_len,
         kv_cache_bytes=settings.kv_cache_memory, seed=settings.seed))
@@ -147,11 +163,16 @@ def _install_error_handlers(app: QuartTrio) -> None:
                                        error_type="internal_server_error"))
 
 
+#: Routes behind --api-key besides /v1/*: they run the tokenizer and the chat template.
+#: Probes (/livez, /readyz, /health) and /metrics stay open for load balancers and scrapers.
+_KEYED_PATHS = frozenset({"/tokenize", "/detokenize"})
+
+
 def _install_auth(app: QuartTrio, state: AppState) -> None:
     @app.before_request
     async def check_api_key():
         key = state.settings.api_key
-        if not key or not request.path.startswith("/v1/"):
+        if not key or not (request.path.startswith("/v1/") or request.path in _KEYED_PATHS):
             return None
         given = request.headers.get("Authorization", "")
         if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):

@@ -27,7 +27,9 @@ from triolm.api.routes import sse_response
 from triolm.api.schemas import ChatCompletionRequest, parse_body
 from triolm.api.state import AppState
 from triolm.errors import InvalidRequestError
-from triolm.serving.prompts import RenderedPrompt, check_tool_definitions, render_chat_text, run_off_loop
+from triolm.serving.lanes import text_chars
+from triolm.serving.prompts import (RenderedPrompt, check_tool_definitions, render_chat_text_in_worker,
+                                    run_off_loop)
 from triolm.sessions.node import Extension, Generated, Node, build_node, find_extension, find_token_extension
 from triolm.sessions.registry import SessionNotFound, SessionRegistry, TooManySessions
 from triolm.sessions.session import Session
@@ -185,7 +187,6 @@ async def _json_object(allow_empty: bool = False) -> dict:
 async def _prepare(state: AppState, session: Session, body: ChatCompletionRequest) -> _Prepared:
     """Render the prompt and find the node it extends; tokenize only the new text."""
     served, _ = state.require_ready()
-    limiter = state.tokenize_limiter
     if served.mistral_tokenizer is not None:
         # mistral-common renders tokens, not text: match nodes token by token.
         prompt = await render_for_request(state, served, body)
@@ -193,13 +194,15 @@ async def _prepare(state: AppState, session: Session, body: ChatCompletionReques
         return _Prepared(session, Extension(parent, ""), prompt, new_ids)
     try:
         check_tool_definitions(body.tools)
-        text = await run_off_loop(limiter, render_chat_text, served, body.messages, body.tools,
-                                  body.add_generation_prompt, body.continue_final_message,
-                                  body.chat_template_kwargs)
+        text = await render_chat_text_in_worker(
+            state.lanes.templates, state.lanes.for_chars(text_chars(body.messages) + text_chars(body.tools)),
+            served, body.messages, body.tools, body.add_generation_prompt, body.continue_final_message,
+            body.chat_template_kwargs)
     except InvalidRequestError as exc:
-        raise bad_request(exc.message, param=exc.param or "messages") from None
+        raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     extension = find_extension(session.nodes, text)
-    new_ids = await run_off_loop(limiter, served.tokenizer.encode, extension.suffix_text, False)
+    new_ids = await run_off_loop(state.lanes.for_chars(len(extension.suffix_text)), served.tokenizer.encode,
+                                 extension.suffix_text, False)
     base = extension.parent.tokens if extension.parent is not None else []
     if not base and not new_ids:
         raise bad_request("the rendered prompt is empty", param="messages")

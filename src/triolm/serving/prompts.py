@@ -2,7 +2,10 @@
 
 Chat templates over large conversations and tokenizers over large prompts are CPU work
 measured in hundreds of milliseconds; on the loop they would freeze every other request
-(the origin of contract event-loop-001). `run_off_loop` is the one way in.
+(the origin of contract event-loop-001). `run_off_loop` is the one way in for threads;
+the server renders Jinja chat templates, untrusted code from the model file, in killable
+worker processes (`render_chat_text_in_worker`, triolm.chat.template_workers). The
+synchronous `render_chat_*` functions render in-process, for library use and tests.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any, Callable, TypeVar
 import attrs
 import trio
 
+from triolm.chat.template_workers import TemplateWorkers
 from triolm.errors import InvalidRequestError
 from triolm.serving.served_model import ServedModel
 
@@ -67,14 +71,40 @@ def render_chat_text(served: ServedModel, messages: list[dict], tools: list[dict
         normalize_messages(messages), tools=tools,
         add_generation_prompt=add_generation_prompt and not continue_final_message,
         **(template_kwargs or {}))
-    if continue_final_message:
-        last = messages[-1].get("content") or ""
-        if isinstance(last, list):
-            last = "".join(p.get("text", "") for p in last)
-        idx = text.rfind(last)
-        if last and idx != -1:
-            text = text[: idx + len(last)]
+    return _end_at_final_message(text, messages) if continue_final_message else text
+
+
+async def render_chat_text_in_worker(workers: TemplateWorkers, limiter: trio.CapacityLimiter,
+                                     served: ServedModel, messages: list[dict], tools: list[dict] | None = None,
+                                     add_generation_prompt: bool = True, continue_final_message: bool = False,
+                                     template_kwargs: dict | None = None) -> str:
+    """`render_chat_text` in a killable worker process, within the template's budget."""
+    text = await workers.render(
+        served.chat_template, normalize_messages(messages), tools,
+        add_generation_prompt and not continue_final_message, template_kwargs or {}, limiter)
+    return _end_at_final_message(text, messages) if continue_final_message else text
+
+
+def _end_at_final_message(text: str, messages: list[dict]) -> str:
+    last = messages[-1].get("content") or ""
+    if isinstance(last, list):
+        last = "".join(p.get("text", "") for p in last)
+    idx = text.rfind(last)
+    if last and idx != -1:
+        text = text[: idx + len(last)]
     return text
+
+
+def check_prompt_chars(served: ServedModel, chars: int, param: str) -> None:
+    """Refuse, before any tokenizing, a prompt of `chars` characters that cannot fit the
+    context: no token is longer than `served.max_token_chars`, so it has at least
+    chars / max_token_chars tokens."""
+    least_tokens = -(-chars // served.max_token_chars)
+    if least_tokens > served.max_model_len:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {served.max_model_len} tokens; the prompt's "
+            f"{chars} characters are at least {least_tokens} tokens (no token of this model is longer "
+            f"than {served.max_token_chars} characters)", param=param, code="context_length_exceeded")
 
 
 def encode_text(served: ServedModel, text: str, add_special_tokens: bool = True) -> list[int]:

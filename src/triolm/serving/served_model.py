@@ -13,7 +13,9 @@ from typing import Callable
 import attrs
 import torch
 
-from triolm.errors import ModelLoadError
+from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
+from triolm.chat.template_sandbox import RenderBudget
+from triolm.errors import InvalidRequestError, ModelLoadError
 from triolm.models.config import ModelConfig
 from triolm.models.llama import LlamaModel
 from triolm.serving.settings import ServerSettings
@@ -40,6 +42,7 @@ class ServedModel:
     weights_bytes: int
     card: str = ""
     grammar: object | None = None  # triolm.chat.grammar.GrammarCompiler for this tokenizer
+    max_token_chars: int = 1 << 30  # characters of the longest token (bounds a prompt's token count)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -88,13 +91,17 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
         from triolm.chat.mistral_tokenizer import MistralTokenizerAdapter
 
         tokenizer = MistralTokenizerAdapter(mistral_tok)
+    template_origin = "the model's chat template"
     if settings.chat_template:
         template_source = Path(settings.chat_template).read_text()
-    from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
-
-    template = ChatTemplate(template_source or DEFAULT_CHAT_TEMPLATE,
-                            bos_token=getattr(tokenizer, "bos_token", None) or "",
-                            eos_token=getattr(tokenizer, "eos_token", None) or "")
+        template_origin = f"--chat-template {settings.chat_template}"
+    try:
+        template = ChatTemplate(template_source or DEFAULT_CHAT_TEMPLATE,
+                                bos_token=getattr(tokenizer, "bos_token", None) or "",
+                                eos_token=getattr(tokenizer, "eos_token", None) or "",
+                                budget=RenderBudget(settings.template_timeout, settings.template_max_output))
+    except InvalidRequestError as exc:
+        raise ModelLoadError(f"{path}: {template_origin}: {exc.message}") from None
     tool_parser = settings.tool_call_parser or _detect_tool_parser(template_source, config, mistral_tok)
     name = settings.served_model_name or (path.stem if path.is_file() else path.name)
     if settings.model is None:
@@ -107,7 +114,20 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     return ServedModel(grammar=grammar, name=name, path=str(path), config=config, model=model, tokenizer=tokenizer,
                        chat_template=template, mistral_tokenizer=mistral_tok,
                        tool_parser=tool_parser, max_model_len=max_len,
-                       weights_bytes=weights_bytes, card=card)
+                       weights_bytes=weights_bytes, card=card,
+                       max_token_chars=longest_token_chars(tokenizer))
+
+
+def longest_token_chars(tokenizer: Tokenizer) -> int:
+    """The most characters one token can add to a text (its bytes bound its characters),
+    so a text of n characters has at least n / this many tokens."""
+    longest = 1
+    for token_id in range(tokenizer.vocab_size):
+        try:
+            longest = max(longest, len(tokenizer.token_bytes(token_id)))
+        except IndexError:  # an id the vocabulary leaves unused
+            continue
+    return longest
 
 
 def _max_model_len(settings: ServerSettings, config: ModelConfig) -> int:
