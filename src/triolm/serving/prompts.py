@@ -95,12 +95,18 @@ def _end_at_final_message(text: str, messages: list[dict]) -> str:
     return text
 
 
+#: Up to this many characters a prompt beyond the context is tokenized anyway, so its
+#: error names the exact token count; past it the size alone decides (a megabyte of text
+#: is seconds of tokenizer work).
+EXACT_COUNT_CHARS = 1 << 20
+
+
 def check_prompt_chars(served: ServedModel, chars: int, param: str) -> None:
-    """Refuse, before any tokenizing, a prompt of `chars` characters that cannot fit the
-    context: no token is longer than `served.max_token_chars`, so it has at least
-    chars / max_token_chars tokens."""
+    """Refuse, before any tokenizing, a prompt of more than EXACT_COUNT_CHARS characters
+    that cannot fit the context: no token is longer than `served.max_token_chars`, so it
+    has at least chars / max_token_chars tokens."""
     least_tokens = -(-chars // served.max_token_chars)
-    if least_tokens > served.max_model_len:
+    if chars > EXACT_COUNT_CHARS and least_tokens > served.max_model_len:
         raise InvalidRequestError(
             f"This model's maximum context length is {served.max_model_len} tokens; the prompt's "
             f"{chars} characters are at least {least_tokens} tokens (no token of this model is longer "
