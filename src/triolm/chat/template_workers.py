@@ -122,6 +122,7 @@ class TemplateWorkers:
 
     _context: Any  # trio_parallel.WorkerContext, or None: render in a thread (daemonic process)
     _unlimited: trio.CapacityLimiter  # callers hold their lane's limiter before the deadline starts
+    _in_flight: int = 0
 
     async def render(self, template: ChatTemplate, messages: Sequence[Mapping[str, Any]],
                      tools: Sequence[Mapping[str, Any]] | None, add_generation_prompt: bool,
@@ -135,10 +136,16 @@ class TemplateWorkers:
             return _unwrap(await trio.to_thread.run_sync(render_job, job, limiter=limiter))
         try:
             async with limiter:
-                warm = self._context.statistics().idle_workers > 0
-                with trio.fail_after(budget.seconds + (_KILL_SLACK_SECONDS if warm else SPAWN_ALLOWANCE_SECONDS)):
-                    outcome = await self._context.run_sync(render_job, job, kill_on_cancel=True,
-                                                           limiter=self._unlimited)
+                # Every render in flight may be about to take an idle worker; if more are
+                # idle than that, this one gets a started worker and no start-up allowance.
+                warm = self._context.statistics().idle_workers > self._in_flight
+                self._in_flight += 1
+                try:
+                    with trio.fail_after(budget.seconds + (_KILL_SLACK_SECONDS if warm else SPAWN_ALLOWANCE_SECONDS)):
+                        outcome = await self._context.run_sync(render_job, job, kill_on_cancel=True,
+                                                               limiter=self._unlimited)
+                finally:
+                    self._in_flight -= 1
         except trio.TooSlowError:
             raise InvalidRequestError(f"chat template rendering took longer than its budget of "
                                       f"{budget.seconds:g} s", param="messages", code=BUDGET_EXCEEDED) from None
