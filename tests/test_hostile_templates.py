@@ -20,6 +20,7 @@ import pytest
 
 from triolm.chat.template import ChatTemplate
 from triolm.chat.template_sandbox import MAX_TEMPLATE_CHARS, RenderBudget
+from triolm.errors import InvalidRequestError
 from triolm.testing.server_thread import ServerThread, free_port
 
 BUDGET_SECONDS = 2.0
@@ -126,6 +127,15 @@ def test_HOSTILE_TMPL_005_oversized_template_source_refuses_to_start(served_mode
         capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": _src_path()})
     assert proc.returncode != 0
     assert f"beyond the limit of {MAX_TEMPLATE_CHARS}" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("source", [
+    "{% for m in messages %}" * 30 + "{% endfor %}" * 30,  # Python: too many statically nested blocks
+    "{{ " + "(" * 100_000 + "1" + ")" * 100_000 + " }}",  # deeper than the parser recurses
+])
+def test_HOSTILE_TMPL_005_nesting_beyond_the_compiler_is_a_clear_error(source):
+    with pytest.raises(InvalidRequestError, match="chat template cannot be compiled"):
+        ChatTemplate(source)
 
 
 def test_HOSTILE_TMPL_006_huge_range_is_a_400(serve_template):

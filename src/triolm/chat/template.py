@@ -136,8 +136,8 @@ class ChatTemplate:
         except jinja2.TemplateSyntaxError as exc:
             raise InvalidRequestError(f"chat template syntax error (line {exc.lineno}): {exc.message}",
                                       param="chat_template") from exc
-        except (RecursionError, MemoryError) as exc:  # nesting deeper than the parser can hold
-            raise InvalidRequestError(f"chat template cannot be compiled: {type(exc).__name__}",
+        except (RecursionError, MemoryError, SyntaxError) as exc:  # nesting deeper than Python can hold
+            raise InvalidRequestError(f"chat template cannot be compiled: {type(exc).__name__}: {exc}",
                                       param="chat_template") from exc
 
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None,
