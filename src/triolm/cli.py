@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reasoning-parser", default=None, choices=REASONING_PARSERS,
                    help="split thinking into reasoning_content (default: detected from the chat template; "
                         "'none' keeps it in content)")
+    s.add_argument("--template-timeout", type=float, default=10.0,
+                   help="seconds one chat-template render may take (then 400; its worker process is killed)")
+    s.add_argument("--template-max-output", type=int, default=32 * 1024 * 1024,
+                   help="characters one chat-template render may produce")
+    s.add_argument("--template-memory", type=int, default=1 << 30,
+                   help="bytes of memory a chat-template worker process may add to its start-up size")
     s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     s.add_argument("--kv-cache-memory", type=int, default=2 << 30, help="KV cache budget in bytes")
     s.add_argument("--max-body-size", type=int, default=16 * 1024 * 1024, help="bytes; larger bodies get 413")

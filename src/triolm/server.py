@@ -21,9 +21,11 @@ from triolm.api.auth import api_key_error
 from triolm.api.errors import APIError, error_response
 from triolm.api.routes import bp
 from triolm.api.state import AppState
+from triolm.chat.template_workers import open_template_workers
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.errors import ModelLoadError
 from triolm.serving.engine_driver import EngineDriver
+from triolm.serving.lanes import PromptLanes
 from triolm.serving.loop_core import LoopBusyInstrument
 from triolm.serving.loop_lag import monitor_loop_lag
 from triolm.serving.metrics import Metrics
@@ -54,7 +56,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     @app.before_serving
     async def start_background() -> None:
         # Trio objects are made here, inside the running loop, never at import time.
-        state.tokenize_limiter = trio.CapacityLimiter(settings.tokenizer_threads)
+        await app.nursery.start(_run_prompt_lanes, state)
         state.grammar_limiter = trio.CapacityLimiter(1)
         if state.fatal is None:  # `triolm serve` made it already (a trio.Event has no truth value)
             state.fatal = trio.Event()
@@ -68,6 +70,18 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
         loop_busy.remove()
 
     return app
+
+
+async def _run_prompt_lanes(state: AppState, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """The app's prompt lanes and chat-template worker processes, for as long as it serves."""
+    settings = state.settings
+    async with open_template_workers(settings.template_memory) as workers:
+        state.lanes = PromptLanes(small=trio.CapacityLimiter(1),
+                                  large=trio.CapacityLimiter(settings.tokenizer_threads),
+                                  templates=workers, small_work_chars=settings.small_work_chars)
+        state.tokenize_limiter = state.lanes.large
+        task_status.started()
+        await trio.sleep_forever()
 
 
 async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
@@ -87,6 +101,8 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
             _fail(state, f"model load failed: {type(exc).__name__}: {exc}", exc)
             return
     try:
+        if served.mistral_tokenizer is None:  # start a template worker before the first request needs one
+            await state.lanes.templates.warm_up(served.chat_template, state.lanes.small)
         engine = LLMEngine(served.model, served.eos_token_ids, EngineConfig(
             max_num_seqs=settings.max_num_seqs, max_model_len=served.max_model_len,
             kv_cache_bytes=settings.kv_cache_memory, seed=settings.seed))

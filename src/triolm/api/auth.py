@@ -1,5 +1,6 @@
 """The API-key check, once for every guarded route: the OpenAI routes under /v1/ and
-every route of the sessions blueprint. Probes, /health and /metrics stay open."""
+/tokenize, /detokenize and every route of the sessions blueprint. Probes, /health and
+/metrics stay open."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from quart import Request
 from triolm.api.errors import APIError
 
 GUARDED_PREFIXES = ("/v1/",)
+GUARDED_PATHS = frozenset({"/tokenize", "/detokenize"})
 GUARDED_BLUEPRINTS = frozenset({"sessions"})
 
 
 def is_guarded(request: Request) -> bool:
-    return request.path.startswith(GUARDED_PREFIXES) or request.blueprint in GUARDED_BLUEPRINTS
+    return (request.path.startswith(GUARDED_PREFIXES) or request.path in GUARDED_PATHS
+            or request.blueprint in GUARDED_BLUEPRINTS)
 
 
 def api_key_error(api_key: str | None, request: Request) -> APIError | None:

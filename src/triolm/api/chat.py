@@ -24,7 +24,9 @@ from triolm.api.validation import check_against_model, request_limits, requested
 from triolm.errors import InvalidRequestError
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
-from triolm.serving.prompts import RenderedPrompt, render_chat_prompt, run_off_loop
+from triolm.serving.lanes import text_chars, verbatim_prompt_chars
+from triolm.serving.prompts import (RenderedPrompt, check_prompt_chars, encode_text, render_chat_prompt,
+                                    render_chat_text_in_worker, run_off_loop)
 from triolm.serving.served_model import ServedModel
 
 
@@ -41,14 +43,27 @@ class ChatPlan:
     created: int = attrs.Factory(fmt.now)
 
 
-async def render_for_request(state: AppState, served: ServedModel, body: ChatCompletionRequest
-                             ) -> RenderedPrompt:
+async def render_for_request(state: AppState, served: ServedModel, body: ChatCompletionRequest,
+                             check_context: bool = True) -> RenderedPrompt:
+    """The prompt of a chat request: rendered (in a template worker process, or by
+    mistral-common in a thread) and tokenized in the lane its size picks. With
+    `check_context`, text that cannot fit the context is refused before any of that."""
+    lanes = state.lanes
     try:
-        return await run_off_loop(
-            state.tokenize_limiter, render_chat_prompt, served, body.messages, body.tools,
-            body.add_generation_prompt, body.continue_final_message, body.chat_template_kwargs)
+        if check_context:
+            check_prompt_chars(served, verbatim_prompt_chars(body.messages), "messages")
+        limiter = lanes.for_chars(text_chars(body.messages) + text_chars(body.tools))
+        if served.mistral_tokenizer is not None:
+            return await run_off_loop(
+                limiter, render_chat_prompt, served, body.messages, body.tools,
+                body.add_generation_prompt, body.continue_final_message, body.chat_template_kwargs)
+        text = await render_chat_text_in_worker(
+            lanes.templates, limiter, served, body.messages, body.tools, body.add_generation_prompt,
+            body.continue_final_message, body.chat_template_kwargs)
+        # The template already contains bos and other special tokens as text.
+        return RenderedPrompt(text, await run_off_loop(limiter, encode_text, served, text, False))
     except InvalidRequestError as exc:
-        raise bad_request(exc.message, param=exc.param or "messages") from None
+        raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     except Exception as exc:
         if served.mistral_tokenizer is None:
             raise

@@ -14,9 +14,10 @@ from triolm.api.schemas import CompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_completion
 from triolm.api.validation import check_against_model, request_limits, requested_max_tokens
+from triolm.errors import InvalidRequestError
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
-from triolm.serving.prompts import encode_text, run_off_loop
+from triolm.serving.prompts import check_prompt_chars, encode_text, run_off_loop
 
 
 async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[list[int]]:
@@ -37,7 +38,11 @@ async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[lis
     if texts is not None:
         ids = []
         for text in texts:
-            ids.append(await run_off_loop(state.tokenize_limiter, encode_text, served, text, True))
+            try:
+                check_prompt_chars(served, len(text), "prompt")
+            except InvalidRequestError as exc:
+                raise bad_request(exc.message, param=exc.param, code=exc.code) from None
+            ids.append(await run_off_loop(state.lanes.for_chars(len(text)), encode_text, served, text, True))
     for seq in ids:
         if not seq:
             raise bad_request("prompt must not be empty", param="prompt")

@@ -78,6 +78,9 @@ async def get_model(model_id: str):
 
 
 # -- tokenize / detokenize (vLLM shapes) --------------------------------------------------
+# Behind --api-key like /v1/* (triolm.server). Work is admitted to a lane by its size, so a
+# big request never holds up a small one. Text beyond the context is still tokenized
+# (counting it is what /tokenize is for), within --max-body-size.
 @bp.post("/tokenize")
 async def tokenize():
     st = state()
@@ -93,18 +96,20 @@ async def tokenize():
 
         chat_body = parse_body(ChatCompletionRequest, {"messages": body.messages, "tools": body.tools,
                                                        "add_generation_prompt": body.add_generation_prompt})
-        tokens = (await render_for_request(st, served, chat_body)).token_ids
+        tokens = (await render_for_request(st, served, chat_body, check_context=False)).token_ids
     else:
-        tokens = await run_off_loop(st.tokenize_limiter, encode_text, served, body.prompt,
+        tokens = await run_off_loop(st.lanes.for_chars(len(body.prompt)), encode_text, served, body.prompt,
                                     body.add_special_tokens)
     if len(tokens) > _TOKENS_JSON_OFF_LOOP:
-        text = await run_off_loop(st.tokenize_limiter, _tokenize_json, tokens, served.max_model_len)
+        text = await run_off_loop(st.lanes.for_chars(len(tokens) * _CHARS_PER_TOKEN_ID),
+                                  _tokenize_json, tokens, served.max_model_len)
         return Response(text, content_type="application/json")
     return jsonify({"tokens": tokens, "count": len(tokens), "max_model_len": served.max_model_len})
 
 
 _TOKENS_JSON_OFF_LOOP = 8192
 _TOKENS_JSON_SLICE = 8192
+_CHARS_PER_TOKEN_ID = 6  # a token id in JSON ("12345,"), or a token's text in /detokenize, near enough
 
 
 def _tokenize_json(tokens: list[int], max_model_len: int) -> str:
@@ -126,7 +131,8 @@ async def detokenize():
     bad = [t for t in body.tokens if not 0 <= t < vocab]
     if bad:
         raise bad_request(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
-    text = await run_off_loop(st.tokenize_limiter, served.tokenizer.decode, body.tokens, False)
+    text = await run_off_loop(st.lanes.for_chars(len(body.tokens) * _CHARS_PER_TOKEN_ID),
+                              served.tokenizer.decode, body.tokens, False)
     return jsonify({"prompt": text})
 
 

@@ -27,7 +27,8 @@ from triolm.api.state import AppState
 from triolm.api.validation import parse_request
 from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, TOOL_PARSERS
 from triolm.errors import InvalidRequestError
-from triolm.serving.prompts import RenderedPrompt, render_chat_text, run_off_loop
+from triolm.serving.lanes import text_chars
+from triolm.serving.prompts import RenderedPrompt, render_chat_text_in_worker, run_off_loop
 from triolm.sessions.node import Extension, Generated, Node, build_node, find_extension, find_token_extension
 from triolm.sessions.raw_history import find_extension_keeping_thinking
 from triolm.sessions.registry import SessionNotFound, SessionRegistry, TooManySessions
@@ -145,24 +146,25 @@ async def _json_object(allow_empty: bool = False) -> dict:
 async def _prepare(state: AppState, session: Session, body: ChatCompletionRequest) -> _Prepared:
     """Render the prompt and find the node it extends; tokenize only the new text."""
     served, _ = state.require_ready()
-    limiter = state.tokenize_limiter
     if served.mistral_tokenizer is not None:
         # mistral-common renders tokens, not text: match nodes token by token.
         prompt = await render_for_request(state, served, body)
         parent, new_ids = find_token_extension(session.nodes, prompt.token_ids)
         return _Prepared(session, Extension(parent, ""), prompt, new_ids)
     try:
-        text = await run_off_loop(limiter, render_chat_text, served, body.messages, body.tools,
-                                  body.add_generation_prompt, body.continue_final_message,
-                                  body.chat_template_kwargs)
+        text = await render_chat_text_in_worker(
+            state.lanes.templates, state.lanes.for_chars(text_chars(body.messages) + text_chars(body.tools)),
+            served, body.messages, body.tools, body.add_generation_prompt, body.continue_final_message,
+            body.chat_template_kwargs)
     except InvalidRequestError as exc:
-        raise bad_request(exc.message, param=exc.param or "messages") from None
+        raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     extension = find_extension(session.nodes, text)
     if extension.parent is None and served.reasoning is not None:
-        kept = await run_off_loop(limiter, find_extension_keeping_thinking, session.nodes, text, served.reasoning)
+        kept = await run_off_loop(state.lanes.for_chars(len(text)), find_extension_keeping_thinking, session.nodes, text, served.reasoning)
         if kept is not None:
             extension, text = kept
-    new_ids = await run_off_loop(limiter, served.tokenizer.encode, extension.suffix_text, False)
+    new_ids = await run_off_loop(state.lanes.for_chars(len(extension.suffix_text)), served.tokenizer.encode,
+                                 extension.suffix_text, False)
     base = extension.parent.tokens if extension.parent is not None else []
     if not base and not new_ids:
         raise bad_request("the rendered prompt is empty", param="messages")

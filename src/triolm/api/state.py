@@ -10,6 +10,7 @@ import trio
 
 from triolm.api.errors import APIError
 from triolm.serving.engine_driver import EngineDriver
+from triolm.serving.lanes import PromptLanes
 from triolm.serving.metrics import Metrics
 from triolm.serving.served_model import ServedModel
 from triolm.serving.settings import ServerSettings
@@ -21,7 +22,8 @@ class AppState:
     metrics: Metrics
     served: ServedModel | None = None
     driver: EngineDriver | None = None
-    tokenize_limiter: trio.CapacityLimiter | None = None
+    lanes: PromptLanes | None = None
+    tokenize_limiter: trio.CapacityLimiter | None = None  # the large lane
     grammar_limiter: trio.CapacityLimiter | None = None  # grammar compiles: a lane of their own
     loading: str = "starting"
     load_error: str | None = None

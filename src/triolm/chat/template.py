@@ -11,8 +11,11 @@ Assistant tool calls whose `function.arguments` is a JSON string (the OpenAI wir
 format) are given the parsed object instead, as transformers/vLLM users expect, so
 templates can iterate over or `tojson` the arguments.
 
-Every failure (syntax error, `raise_exception`, an undefined attribute, a sandbox
-violation) becomes `InvalidRequestError` carrying the template's message.
+A template is untrusted code from a model file: it runs in `BoundedSandbox`
+(triolm.chat.template_sandbox), and every render has a `RenderBudget` of time and
+output size. Every failure (syntax error, `raise_exception`, an undefined attribute, a
+sandbox violation, a budget exceeded) becomes `InvalidRequestError` carrying the
+template's message.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from typing import Any, Mapping, Sequence
 import jinja2
 import jinja2.ext
 import jinja2.nodes
-import jinja2.sandbox
 
+from triolm.chat.template_sandbox import (MAX_TEMPLATE_CHARS, BoundedSandbox, RenderBudget,
+                                          TemplateBudgetExceeded, render_bounded)
 from triolm.errors import InvalidRequestError
 
 BUILTIN_TEMPLATES = ("chatml_tools", "llama2", "llama3", "gemma")
@@ -78,8 +82,8 @@ class _GenerationBlock(jinja2.ext.Extension):
 
 
 @lru_cache(maxsize=1)
-def _environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+def _environment() -> BoundedSandbox:
+    env = BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True,
         extensions=[jinja2.ext.loopcontrols, _GenerationBlock])
     env.filters["tojson"] = _tojson
@@ -106,13 +110,25 @@ def _with_parsed_arguments(messages: Sequence[Mapping[str, Any]]) -> list[dict[s
     return out
 
 
-class ChatTemplate:
-    """A compiled chat template. Thread-safe: render it from worker threads."""
+#: Code of the errors a render past its budget gets (see RenderBudget).
+BUDGET_EXCEEDED = "chat_template_budget_exceeded"
 
-    def __init__(self, source: str, bos_token: str | None = "", eos_token: str | None = ""):
+
+class ChatTemplate:
+    """A compiled chat template. Thread-safe: render it from worker threads.
+
+    Compiling is bounded by the source size (MAX_TEMPLATE_CHARS; the sandbox does no
+    constant folding), rendering by the `RenderBudget` given to `render`."""
+
+    def __init__(self, source: str, bos_token: str | None = "", eos_token: str | None = "",
+                 budget: RenderBudget = RenderBudget()):
         if not isinstance(source, str):
             raise InvalidRequestError("chat template must be a string", param="chat_template")
+        if len(source) > MAX_TEMPLATE_CHARS:
+            raise InvalidRequestError(f"chat template is {len(source)} characters long, beyond the limit "
+                                      f"of {MAX_TEMPLATE_CHARS}", param="chat_template")
         self.source = source
+        self.budget = budget
         self.bos_token = bos_token or ""
         self.eos_token = eos_token or ""
         try:
@@ -120,11 +136,15 @@ class ChatTemplate:
         except jinja2.TemplateSyntaxError as exc:
             raise InvalidRequestError(f"chat template syntax error (line {exc.lineno}): {exc.message}",
                                       param="chat_template") from exc
+        except (RecursionError, MemoryError, SyntaxError) as exc:  # nesting deeper than Python can hold
+            raise InvalidRequestError(f"chat template cannot be compiled: {type(exc).__name__}: {exc}",
+                                      param="chat_template") from exc
 
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None,
                add_generation_prompt: bool = True, **extra: Any) -> str:
         """The prompt text for `messages` (OpenAI-style dicts) and `tools` (OpenAI tool
-        dicts). `extra` become template variables (and may override bos_token/eos_token)."""
+        dicts), rendered within the template's budget. `extra` become template variables
+        (and may override bos_token/eos_token)."""
         context = {
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
@@ -134,7 +154,18 @@ class ChatTemplate:
             "add_generation_prompt": add_generation_prompt,
         }
         try:
-            return self._template.render(**context)
+            return render_bounded(self._template, self.budget, context)
+        except TemplateBudgetExceeded as exc:
+            raise InvalidRequestError(str(exc), param="messages", code=BUDGET_EXCEEDED) from exc
+        except RecursionError as exc:
+            raise InvalidRequestError("chat template recursed too deeply", param="messages",
+                                      code=BUDGET_EXCEEDED) from exc
+        except MemoryError as exc:
+            raise InvalidRequestError("chat template ran out of its memory budget", param="messages",
+                                      code=BUDGET_EXCEEDED) from exc
+        except OverflowError as exc:  # e.g. range() beyond the sandbox's MAX_RANGE
+            raise InvalidRequestError(f"chat template error: {exc}", param="messages",
+                                      code=BUDGET_EXCEEDED) from exc
         except TemplateRaised as exc:
             raise InvalidRequestError(str(exc), param="messages") from exc
         except jinja2.TemplateError as exc:  # UndefinedError, SecurityError, …

@@ -15,7 +15,9 @@ import torch
 
 from triolm.chat.reasoning import ReasoningFormat, reasoning_format_for
 from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
-from triolm.errors import ModelLoadError
+from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
+from triolm.chat.template_sandbox import RenderBudget
+from triolm.errors import InvalidRequestError, ModelLoadError
 from triolm.models.config import ModelConfig
 from triolm.models.build import Model, build_model
 from triolm.models.load_limits import MAX_CHAT_TEMPLATE_BYTES, check_chat_template
@@ -45,6 +47,7 @@ class ServedModel:
     card: str = ""
     grammar: object | None = None  # triolm.chat.grammar.GrammarCompiler for this tokenizer
     reasoning: ReasoningFormat | None = None  # thinking markers split off the answer
+    max_token_chars: int = 1 << 30  # characters of the longest token (bounds a prompt's token count)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -96,19 +99,23 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
         from triolm.chat.mistral_tokenizer import MistralTokenizerAdapter
 
         tokenizer = MistralTokenizerAdapter(mistral_tok)
+    template_origin = "the model's chat template"
     if settings.chat_template:
         template_path = Path(settings.chat_template)
         if template_path.stat().st_size > MAX_CHAT_TEMPLATE_BYTES:  # before reading it whole
             raise ModelLoadError(f"--chat-template {template_path}: {template_path.stat().st_size} "
                                  f"bytes; the limit is {MAX_CHAT_TEMPLATE_BYTES}")
         template_source = template_path.read_text()
-    from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
-
+        template_origin = f"--chat-template {settings.chat_template}"
     if not template_source and config.architecture in ("gemma2", "gemma3"):
         template_source = builtin_template("gemma")  # GGUF files of Gemma often carry none
-    template = ChatTemplate(template_source or DEFAULT_CHAT_TEMPLATE,
-                            bos_token=getattr(tokenizer, "bos_token", None) or "",
-                            eos_token=getattr(tokenizer, "eos_token", None) or "")
+    try:
+        template = ChatTemplate(template_source or DEFAULT_CHAT_TEMPLATE,
+                                bos_token=getattr(tokenizer, "bos_token", None) or "",
+                                eos_token=getattr(tokenizer, "eos_token", None) or "",
+                                budget=RenderBudget(settings.template_timeout, settings.template_max_output))
+    except InvalidRequestError as exc:
+        raise ModelLoadError(f"{path}: {template_origin}: {exc.message}") from None
     tool_parser = settings.tool_call_parser or _detect_tool_parser(template_source, config, mistral_tok)
     try:
         reasoning = reasoning_format_for(settings.reasoning_parser, template.source)
@@ -126,7 +133,20 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     return ServedModel(grammar=grammar, name=name, path=str(path), config=config, model=model, tokenizer=tokenizer,
                        chat_template=template, mistral_tokenizer=mistral_tok,
                        tool_parser=tool_parser, max_model_len=max_len,
-                       weights_bytes=weights_bytes, card=card, reasoning=reasoning)
+                       weights_bytes=weights_bytes, card=card, reasoning=reasoning,
+                       max_token_chars=longest_token_chars(tokenizer))
+
+
+def longest_token_chars(tokenizer: Tokenizer) -> int:
+    """The most characters one token can add to a text (its bytes bound its characters),
+    so a text of n characters has at least n / this many tokens."""
+    longest = 1
+    for token_id in range(tokenizer.vocab_size):
+        try:
+            longest = max(longest, len(tokenizer.token_bytes(token_id)))
+        except IndexError:  # an id the vocabulary leaves unused
+            continue
+    return longest
 
 
 def _max_model_len(settings: ServerSettings, config: ModelConfig) -> int:

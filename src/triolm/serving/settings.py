@@ -35,6 +35,14 @@ class ServerSettings:
     # mostly GIL-bound Python, and a second thread only adds a GIL waiter the event loop
     # competes with (bench-results/tokenization.json, docs/tokenization-benchmark.md).
     tokenizer_threads: int = 1
+    # Prompt work on text below this many characters takes its own lane, so small requests
+    # never queue behind big ones (triolm.serving.lanes).
+    small_work_chars: int = 64 * 1024
+    # Budget of one chat-template render (untrusted code from the model file): seconds,
+    # characters of output, and bytes of memory of its worker process.
+    template_timeout: float = 10.0
+    template_max_output: int = 32 * 1024 * 1024
+    template_memory: int = 1 << 30
     max_sessions: int = 1024
     session_idle_timeout: float = 3600.0
     seed: int | None = None
