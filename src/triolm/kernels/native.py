@@ -46,7 +46,7 @@ _SIGNATURES = {
     "tl_f16_to_f32": ([_ptr, _ptr, _i64, _int], None),
     "tl_silu_mul": ([_ptr, _ptr, _i64, _i64], None),
     "tl_rms_norm": ([_ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _float], None),
-    "tl_decode_attention": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr,
+    "tl_decode_attention": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _int, _ptr, _i64, _ptr,
                              _ptr, _ptr, _int, _ptr, _i64, _i64, _i64, _i64, _i64, _float, _int],
                             None),
     "tl_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float, _int], None),
@@ -171,3 +171,6 @@ def num_threads() -> int:
 
 #: Weight formats understood by the kernels (`tl_linear`, `tl_decode_step`).
 W_F32, W_F16, W_Q8_0 = 0, 1, 2
+
+#: KV cache element types understood by `tl_decode_attention` / `tl_decode_step`.
+KV_KINDS = {torch.float32: 0, torch.float16: 1}
