@@ -12,6 +12,8 @@ logprob differences (max, mean, p99), the largest difference over the whole
 distribution, how often float16's argmax equals float32's token, and how long free
 greedy generation stays identical.
 
+Kernel: the native decode attention alone over 30 per-layer caches (one thread).
+
 Speed: the SmolLM-135M-shape benchmark model (Q8_0 by default); one sequence decodes
 after a prompt of 1024 and 4096 tokens (and `--streams` sequences of 1024 together),
 rounds interleaving the two dtypes, medians reported. Results: a table on stdout and
@@ -96,6 +98,53 @@ def drift(path: str, tokens: int) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------- kernel
+
+def kernel(args) -> dict:
+    """`tl_decode_attention` alone, one sequence, the benchmark model's attention shape
+    (9 query / 3 KV heads of 64) over one cache per layer (30 distinct caches, as in a
+    decode step: nothing stays in L3 from layer to layer); one thread. Less exposed to
+    a busy machine than whole engine steps."""
+    import ctypes
+
+    import torch
+
+    from triolm.kernels import native
+
+    lib = native.lib()
+    if lib is None:
+        return {}
+    kvh, group, d, bs, layers = 3, 3, 64, 16, 30
+    heads = kvh * group
+    out: dict = {"layers": layers, "heads": heads, "kv_heads": kvh, "head_dim": d, "ms_per_step": {}}
+    for ctx in args.contexts:
+        nb = -(-(ctx + 1) // bs)
+        tables = torch.arange(nb, dtype=torch.int32).unsqueeze(0)
+        lens = torch.tensor([ctx + 1], dtype=torch.int32)
+        q, kn, vn = torch.randn(1, heads * d), torch.randn(1, kvh * d), torch.randn(1, kvh * d)
+        res, dummy = torch.empty(1, heads * d), torch.zeros(1)
+        caches = {dt: [(torch.randn(nb * bs, kvh, d).to(getattr(torch, dt)),
+                        torch.randn(nb * bs, kvh, d).to(getattr(torch, dt))) for _ in range(layers)]
+                  for dt in DTYPES}
+        times: dict[str, list[float]] = {dt: [] for dt in DTYPES}
+        for rep in range(args.kernel_reps):
+            for dt in (DTYPES if rep % 2 == 0 else DTYPES[::-1]):
+                kind = native.KV_KINDS[getattr(torch, dt)]
+                t0 = time.perf_counter()
+                for k, v in caches[dt]:
+                    lib.tl_decode_attention(
+                        q.data_ptr(), heads * d, kn.data_ptr(), kvh * d, vn.data_ptr(), kvh * d,
+                        k.data_ptr(), v.data_ptr(), kind, tables.data_ptr(), nb, lens.data_ptr(),
+                        dummy.data_ptr(), dummy.data_ptr(), 0, res.data_ptr(), 1, heads, kvh, d, bs,
+                        ctypes.c_float(d ** -0.5), 1)
+                times[dt].append((time.perf_counter() - t0) * 1000)
+        out["ms_per_step"][ctx] = {dt: {"median": bc.median(v), "min": min(v)} for dt, v in times.items()}
+        bc.log(f"kernel: context {ctx}: attention of {layers} layers " + ", ".join(
+            f"{dt} {bc.median(v):.2f} ms (min {min(v):.2f})" for dt, v in times.items()))
+        del caches
+    return out
+
+
 # ----------------------------------------------------------------------- speed
 
 def speed(args) -> dict:
@@ -157,6 +206,11 @@ def table(result: dict) -> str:
             rows.append([key, bc.fmt(a), bc.fmt(b), bc.fmt(b / a if a and b else None, 2)])
         lines.append(bc.markdown_table(["case", "float32 decode tok/s", "float16 decode tok/s", "ratio"], rows))
         lines.append(f"KV cache MB (same blocks): {s['kv_cache_mb']}")
+    if result.get("kernel"):
+        k = result["kernel"]
+        rows = [[str(ctx), f"{v['float32']['median']:.2f}", f"{v['float16']['median']:.2f}",
+                 f"{v['float32']['median'] / v['float16']['median']:.2f}"] for ctx, v in k["ms_per_step"].items()]
+        lines.append(bc.markdown_table(["context", "float32 attention ms/step", "float16 ms/step", "speed-up"], rows))
     return "\n\n".join(lines)
 
 
@@ -172,12 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen", type=int, default=64, help="decode steps per case")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--kv-cache-memory", type=int, default=2 << 30)
+    ap.add_argument("--kernel-reps", type=int, default=20, help="attention-kernel repetitions (0: skip)")
     ap.add_argument("--out", default=None, help="JSON file name under bench-results/")
     args = ap.parse_args(argv)
 
     result: dict = {"machine": bc.machine_info(), "args": vars(args)}
     if not args.skip_drift:
         result["drift"] = drift(args.drift_model, args.drift_tokens)
+    if args.kernel_reps:
+        result["kernel"] = kernel(args)
     if not args.skip_speed:
         result["speed"] = speed(args)
     path = bc.save_json(args.out or f"kv-cache-{time.strftime('%Y%m%d-%H%M%S')}.json", result)

@@ -435,8 +435,19 @@ def bench_file(label: str, path: Path, server_bin: Path, args, log_dir: Path) ->
 
 # ----------------------------------------------------------------------- report
 
-def table(results: list[dict], args) -> str:
-    names = [c[0] for c in cases(args)]
+def case_names(results: list[dict]) -> list[str]:
+    """Every case any file ran, in order (the 3B file has its own long contexts)."""
+    names: list[str] = []
+    for r in results:
+        for n in r["servers"]["triolm"]["summary"]:
+            if n not in names:
+                names.append(n)
+    fixed = [n for n in names if not n.startswith("decode_ctx")]
+    return fixed + sorted((n for n in names if n.startswith("decode_ctx")), key=lambda n: int(n[10:]))
+
+
+def table(results: list[dict]) -> str:
+    names = case_names(results)
     headers = ["file", "server"] + [n.replace("_", " ") for n in names] + ["peak RSS MB"]
     rows = []
     for r in results:
@@ -461,12 +472,15 @@ def plot(results: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    panels = [("single_decode", "single-stream decode tok/s")]
-    agg = next(k for k in results[0]["servers"]["triolm"]["summary"] if k.startswith("aggregate_"))
-    panels += [(agg, f"{agg.split('_')[1]}-stream aggregate tok/s (prompts included)"),
-               ("prefill", "prefill tok/s")]
-    panels += [(k, f"decode tok/s at {k[len('decode_ctx'):]} context")
-               for k in results[0]["servers"]["triolm"]["summary"] if k.startswith("decode_ctx")]
+    titles = {"single_decode": "single-stream decode tok/s", "prefill": "prefill tok/s"}
+    panels = []
+    for k in case_names(results):
+        if k.startswith("aggregate_"):
+            panels.append((k, f"{k.split('_')[1]}-stream aggregate tok/s (prompts included)"))
+        elif k.startswith("decode_ctx"):
+            panels.append((k, f"decode tok/s at {k[len('decode_ctx'):]} context"))
+        else:
+            panels.append((k, titles.get(k, k)))
     panels.append(("peak_rss_mb", "peak RSS MB"))
     cols = 3
     rows = -(-len(panels) // cols)
@@ -531,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(bench_file(label, path, server_bin, args, results_dir))
         json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")  # partial results survive
     png = plot(results, results_dir / "tok_s_per_file.png") if results else None
-    print(table(results, args))
+    print(table(results))
     print(f"\nJSON: {json_path}\nplot: {png}")
     return 0
 
