@@ -24,6 +24,8 @@ import torch
 
 from triolm.cli import build_parser, settings_from_args
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
+from triolm.engine.sampling_params import SamplingParams
+from triolm.engine.sequence import Sequence
 from triolm.kernels import native
 from triolm.models.hf_config import read_hf_config
 from triolm.models.llama import LlamaModel
@@ -170,17 +172,13 @@ def test_prefix_hit_sees_the_same_float16_values_as_a_fresh_prefill(tiny_model):
     prompt = torch.randint(3, model.config.vocab_size, (70,), generator=g).tolist()
     cont = torch.randint(3, model.config.vocab_size, (4,), generator=g).tolist()
     fresh = forced_logits(engine, [prompt], [cont])[0]
-    hits = engine.block_manager._cached_prefix
-    assert len(hits(_seq(prompt))) == 4  # the second run prefills 64 of 70 tokens from the cache
+    probe = Sequence("probe", prompt, SamplingParams(), 0)
+    assert engine.block_manager.can_allocate(probe)
+    engine.block_manager.allocate(probe)
+    assert probe.num_cached_tokens == 64  # the second run takes 64 of 70 tokens from the cache
+    engine.block_manager.deallocate(probe)
     cached = forced_logits(engine, [prompt], [cont])[0]
     assert (fresh - cached).abs().max().item() <= 1e-4
-
-
-def _seq(tokens):
-    from triolm.engine.sampling_params import SamplingParams
-    from triolm.engine.sequence import Sequence
-
-    return Sequence("probe", tokens, SamplingParams(), 0)
 
 
 # ---------------------------------------------------------------------- memory
