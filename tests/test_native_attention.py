@@ -60,7 +60,7 @@ def test_decode_attention_matches_reference(head_dim, group):
 
     native.lib().tl_decode_attention(
         q.data_ptr(), q.stride(0), k_new.data_ptr(), k_new.stride(0), v_new.data_ptr(), v_new.stride(0),
-        k_cache.data_ptr(), v_cache.data_ptr(), tables.data_ptr(), width, seq_lens.data_ptr(),
+        k_cache.data_ptr(), v_cache.data_ptr(), 0, tables.data_ptr(), width, seq_lens.data_ptr(),
         dummy.data_ptr(), dummy.data_ptr(), 0, out.data_ptr(), len(lens), heads, kv_heads, head_dim,
         block_size, ctypes.c_float(scale), 2)
 

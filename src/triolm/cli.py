@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes of memory a chat-template worker process may add to its start-up size")
     s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     s.add_argument("--kv-cache-memory", type=int, default=2 << 30, help="KV cache budget in bytes")
+    s.add_argument("--kv-cache-dtype", choices=["float32", "float16"], default=None,
+                   help="KV cache element type (default: the --dtype's); float16 halves the cache's "
+                        "memory and long-context decode traffic, see docs/kv-cache.md")
     s.add_argument("--max-body-size", type=int, default=16 * 1024 * 1024, help="bytes; larger bodies get 413")
     s.add_argument("--graceful-timeout", type=float, default=5.0,
                    help="seconds in-flight requests get to finish on SIGINT/SIGTERM")

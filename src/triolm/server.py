@@ -105,7 +105,8 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
             await state.lanes.templates.warm_up(served.chat_template, state.lanes.small)
         engine = LLMEngine(served.model, served.eos_token_ids, EngineConfig(
             max_num_seqs=settings.max_num_seqs, max_model_len=served.max_model_len,
-            kv_cache_bytes=settings.kv_cache_memory, seed=settings.seed))
+            kv_cache_bytes=settings.kv_cache_memory, kv_cache_dtype=settings.kv_cache_dtype,
+            seed=settings.seed))
         driver = EngineDriver(engine, settings.max_queue)
         if state.sessions is not None:
             state.sessions.attach(served, driver)

@@ -28,6 +28,7 @@ class EngineConfig:
     block_size: int = 16
     kv_cache_bytes: int = 1 << 30  # upper bound; the cache never exceeds what max_num_seqs needs
     max_num_batched_tokens: int | None = None  # default: max_model_len
+    kv_cache_dtype: str | None = None  # "float32" | "float16"; None: the model's dtype
     seed: int | None = None
 
 
@@ -46,12 +47,26 @@ class StepOutput:
     error: str | None = None  # finish_reason "error": the sequence's grammar failed (why)
 
 
+KV_CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def kv_cache_dtype(name: str | None, model_dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's element type: float16 halves its memory and the bytes a long-context
+    decode step reads, at a measured cost in exactness (docs/kv-cache.md)."""
+    if name is None:
+        return model_dtype
+    if name not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {sorted(KV_CACHE_DTYPES)}, not {name!r}")
+    return KV_CACHE_DTYPES[name]
+
+
 class LLMEngine:
     def __init__(self, model: LlamaModel, eos_token_ids: tuple[int, ...], config: EngineConfig = EngineConfig()):
         self.config = config
         self.model = model
         c = model.config
-        bytes_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.dtype.itemsize
+        kv_dtype = kv_cache_dtype(config.kv_cache_dtype, model.dtype)
+        bytes_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * kv_dtype.itemsize
         wanted_blocks = -(-config.max_model_len // config.block_size) * config.max_num_seqs
         budget_blocks = config.kv_cache_bytes // (bytes_per_token * config.block_size)
         num_blocks = max(1, min(wanted_blocks, budget_blocks))
@@ -62,7 +77,7 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens or max(config.max_model_len, 512))
-        self.runner = ModelRunner(model, num_blocks, config.block_size)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype)
         self.sampler = Sampler(self.eos_token_ids, config.seed)
         self.sequences: dict[str, Sequence] = {}
         self._arrivals = itertools.count()

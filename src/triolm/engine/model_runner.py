@@ -13,13 +13,14 @@ from triolm.models.llama import LlamaModel
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int):
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
+                 kv_dtype: torch.dtype | None = None):
         c = model.config
         self.model = model
         self.block_size = block_size
         self.kv_cache = _lazy_zeros(
             (c.num_hidden_layers, 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim),
-            model.dtype)
+            kv_dtype or model.dtype)
         self.cache_state = model.cache_state(self.kv_cache)
         # Called once per forward, inputs ready, just before the layers: the server hands
         # out the previous step's tokens there, so the event loop's Python runs while this

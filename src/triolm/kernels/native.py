@@ -48,7 +48,7 @@ _SIGNATURES = {
     "tl_f16_to_f32": ([_ptr, _ptr, _i64, _int], None),
     "tl_silu_mul": ([_ptr, _ptr, _i64, _i64], None),
     "tl_rms_norm": ([_ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, _float], None),
-    "tl_decode_attention": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _i64, _ptr,
+    "tl_decode_attention": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _int, _ptr, _i64, _ptr,
                              _ptr, _ptr, _int, _ptr, _i64, _i64, _i64, _i64, _i64, _float, _int],
                             None),
     "tl_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float, _int], None),
@@ -178,3 +178,6 @@ W_PARTS = 32
 #: GGUF block types the kernels read as the file stores them -> their kind.
 BLOCK_KINDS = {"BF16": 3, "Q4_0": 4, "Q4_1": 5, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8,
                "Q2_K": 9, "Q3_K": 10, "Q4_K": 11, "Q5_K": 12, "Q6_K": 13}
+
+#: KV cache element types understood by `tl_decode_attention` / `tl_decode_step`.
+KV_KINDS = {torch.float32: 0, torch.float16: 1}

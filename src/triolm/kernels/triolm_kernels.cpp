@@ -533,7 +533,48 @@ extern "C" void tl_rms_norm(const float* x, i64 ldx, const float* w, float* out,
    the group's queries (HF rotate-half RoPE), write key/value into the sequence's slot,
    then attend over its context by walking its block table in the flat slot cache
    [slots, kv_heads, head_dim]. Scores are kept per group in a small buffer; softmax in
-   float32 with a vectorized exp. */
+   float32 with a vectorized exp.
+
+   The cache holds float32 or float16 (KV_F16: half the memory and half the bytes a
+   long-context step reads). Float16 entries are converted in registers and everything
+   is computed in float32; new entries are rounded to nearest even, as torch's
+   .to(float16) does for the prefill path, so both paths store identical bits. */
+
+enum { KV_F32 = 0, KV_F16 = 1 };
+
+static inline float kv_f(float v) { return v; }
+static inline float kv_f(uint16_t v) { return h2f(v); }
+
+static inline uint16_t f2h(float f) {
+#if defined(__F16C__)
+    return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    x &= 0x7fffffffu;
+    if (x >= 0x7f800000u) return sign | 0x7c00 | (x > 0x7f800000u ? 0x200 : 0);  // inf, nan
+    if (x >= 0x477ff000u) return sign | 0x7c00;  // rounds past 65504
+    if (x < 0x38800000u) {  // half subnormal (or zero): count units of 2^-24
+        float a;
+        memcpy(&a, &x, 4);
+        return sign | (uint16_t)lrintf(a * 16777216.0f);
+    }
+    x += 0xc8000fffu + ((x >> 13) & 1);  // rebias the exponent, round to nearest even
+    return sign | (uint16_t)(x >> 13);
+#endif
+}
+
+static inline void kv_store(float* dst, const float* src, i64 D) { memcpy(dst, src, D * sizeof(float)); }
+static inline void kv_store(uint16_t* dst, const float* src, i64 D) {
+    i64 i = 0;
+#if TL_AVX512
+    for (; i + 16 <= D; i += 16)
+        _mm256_storeu_si256((__m256i*)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    for (; i < D; i++) dst[i] = f2h(src[i]);
+}
 
 #if TL_AVX512
 static inline __m512 exp512(__m512 x) {
@@ -554,13 +595,14 @@ static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-static inline float dot_f32(const float* a, const float* b, int D) {
+template <class T>
+static inline float dot_kv(const float* a, const T* b, int D) {
     __m512 acc = _mm512_setzero_ps();
     int i = 0;
-    for (; i + 16 <= D; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    for (; i + 16 <= D; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), wload(b + i), acc);
     if (i < D) {
         __mmask16 mk = (__mmask16)((1u << (D - i)) - 1);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + i), _mm512_maskz_loadu_ps(mk, b + i), acc);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + i), wload_mask(b + i, mk), acc);
     }
     return _mm512_reduce_add_ps(acc);
 }
@@ -579,16 +621,18 @@ static inline float exp_sum(float* s, i64 L, float mx) {
     return total;
 }
 
-static inline void axpy(float* y, float a, const float* x, int D) {
+template <class T>
+static inline void axpy(float* y, float a, const T* x, int D) {
     __m512 av = _mm512_set1_ps(a);
     int i = 0;
-    for (; i + 16 <= D; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
-    for (; i < D; i++) y[i] += a * x[i];
+    for (; i + 16 <= D; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, wload(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < D; i++) y[i] += a * kv_f(x[i]);
 }
 #else
-static inline float dot_f32(const float* a, const float* b, int D) {
+template <class T>
+static inline float dot_kv(const float* a, const T* b, int D) {
     float s = 0.f;
-    for (int i = 0; i < D; i++) s += a[i] * b[i];
+    for (int i = 0; i < D; i++) s += a[i] * kv_f(b[i]);
     return s;
 }
 static inline float exp_sum(float* s, i64 L, float mx) {
@@ -596,15 +640,16 @@ static inline float exp_sum(float* s, i64 L, float mx) {
     for (i64 t = 0; t < L; t++) { s[t] = expf(s[t] - mx); total += s[t]; }
     return total;
 }
-static inline void axpy(float* y, float a, const float* x, int D) {
-    for (int i = 0; i < D; i++) y[i] += a * x[i];
+template <class T>
+static inline void axpy(float* y, float a, const T* x, int D) {
+    for (int i = 0; i < D; i++) y[i] += a * kv_f(x[i]);
 }
 #endif
 
 #if TL_AVX512
 /* scores[g * stride + i] = scale * q_g . rows[i] for i < n, heads g < G; D = 16 * DV. */
-template <int DV>
-static void attn_scores(const float* q, int G, const float* const* rows, i64 n, float scale,
+template <int DV, class T>
+static void attn_scores(const float* q, int G, const T* const* rows, i64 n, float scale,
                         float* scores, i64 stride) {
     const __m512 sc = _mm512_set1_ps(scale);
     for (i64 t = 0; t < n; t += 16) {
@@ -614,9 +659,9 @@ static void attn_scores(const float* q, int G, const float* const* rows, i64 n, 
             for (int j = 0; j < DV; j++) qv[j] = _mm512_loadu_ps(q + g * 16 * DV + 16 * j);
             for (int i = 0; i < 16; i++) {
                 if (i >= m) { s[i] = _mm512_setzero_ps(); continue; }
-                const float* kr = rows[t + i];
-                __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
-                for (int j = 1; j < DV; j++) a = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(kr + 16 * j), a);
+                const T* kr = rows[t + i];
+                __m512 a = _mm512_mul_ps(qv[0], wload(kr));
+                for (int j = 1; j < DV; j++) a = _mm512_fmadd_ps(qv[j], wload(kr + 16 * j), a);
                 s[i] = a;
             }
             _mm512_mask_storeu_ps(scores + g * stride + t, (__mmask16)((1u << m) - 1),
@@ -626,14 +671,14 @@ static void attn_scores(const float* q, int G, const float* const* rows, i64 n, 
 }
 
 /* out[g] = sum_i p[g * stride + i] * rows[i] for GH heads, accumulators in registers. */
-template <int DV, int GH>
-static void attn_values(const float* p, i64 stride, const float* const* rows, i64 n, float* out) {
+template <int DV, int GH, class T>
+static void attn_values(const float* p, i64 stride, const T* const* rows, i64 n, float* out) {
     __m512 acc[GH][DV];
     for (int g = 0; g < GH; g++) for (int j = 0; j < DV; j++) acc[g][j] = _mm512_setzero_ps();
     for (i64 i = 0; i < n; i++) {
-        const float* vr = rows[i];
+        const T* vr = rows[i];
         __m512 v[DV];
-        for (int j = 0; j < DV; j++) v[j] = _mm512_loadu_ps(vr + 16 * j);
+        for (int j = 0; j < DV; j++) v[j] = wload(vr + 16 * j);
         for (int g = 0; g < GH; g++) {
             const __m512 w = _mm512_set1_ps(p[g * stride + i]);
             for (int j = 0; j < DV; j++) acc[g][j] = _mm512_fmadd_ps(w, v[j], acc[g][j]);
@@ -642,15 +687,15 @@ static void attn_values(const float* p, i64 stride, const float* const* rows, i6
     for (int g = 0; g < GH; g++) for (int j = 0; j < DV; j++) _mm512_storeu_ps(out + g * 16 * DV + 16 * j, acc[g][j]);
 }
 
-typedef void (*values_fn)(const float*, i64, const float* const*, i64, float*);
-template <int DV>
-static void attn_values_all(const float* p, i64 stride, int G, const float* const* rows, i64 n, float* out) {
+template <int DV, class T>
+static void attn_values_all(const float* p, i64 stride, int G, const T* const* rows, i64 n, float* out) {
+    typedef void (*values_fn)(const float*, i64, const T* const*, i64, float*);
     constexpr int MAXG = DV >= 8 ? 2 : (DV >= 4 ? 5 : 8);  // GH*DV + DV registers stay under 32
     static const values_fn fns[8] = {
-        attn_values<DV, 1>, attn_values<DV, (MAXG >= 2 ? 2 : 1)>, attn_values<DV, (MAXG >= 3 ? 3 : 1)>,
-        attn_values<DV, (MAXG >= 4 ? 4 : 1)>, attn_values<DV, (MAXG >= 5 ? 5 : 1)>,
-        attn_values<DV, (MAXG >= 6 ? 6 : 1)>, attn_values<DV, (MAXG >= 7 ? 7 : 1)>,
-        attn_values<DV, (MAXG >= 8 ? 8 : 1)>};
+        attn_values<DV, 1, T>, attn_values<DV, (MAXG >= 2 ? 2 : 1), T>, attn_values<DV, (MAXG >= 3 ? 3 : 1), T>,
+        attn_values<DV, (MAXG >= 4 ? 4 : 1), T>, attn_values<DV, (MAXG >= 5 ? 5 : 1), T>,
+        attn_values<DV, (MAXG >= 6 ? 6 : 1), T>, attn_values<DV, (MAXG >= 7 ? 7 : 1), T>,
+        attn_values<DV, (MAXG >= 8 ? 8 : 1), T>};
     for (int g0 = 0; g0 < G;) {
         const int gh = G - g0 < MAXG ? G - g0 : MAXG;
         fns[gh - 1](p + g0 * stride, stride, rows, n, out + g0 * 16 * DV);
@@ -660,7 +705,8 @@ static void attn_values_all(const float* p, i64 stride, int G, const float* cons
 
 /* One chunk of one (sequence, kv head): scores, softmax numerators, value sums.
    Returns false when D has no vectorized variant (the caller then loops). */
-static bool attn_chunk_vec(const float* q, int G, i64 D, const float* const* krows, const float* const* vrows,
+template <class T>
+static bool attn_chunk_vec(const float* q, int G, i64 D, const T* const* krows, const T* const* vrows,
                            i64 n, float scale, float* scores, i64 stride, float* accs, float* mx_sum) {
     switch (D) {
         case 16: attn_scores<1>(q, G, krows, n, scale, scores, stride); break;
@@ -685,7 +731,8 @@ static bool attn_chunk_vec(const float* q, int G, i64 D, const float* const* kro
     return true;
 }
 #else
-static bool attn_chunk_vec(const float*, int, i64, const float* const*, const float* const*, i64, float,
+template <class T>
+static bool attn_chunk_vec(const float*, int, i64, const T* const*, const T* const*, i64, float,
                            float*, i64, float*, float*) {
     return false;
 }
@@ -700,9 +747,10 @@ static inline void rope_rotate(const float* x, float* out, const float* cs, cons
 static i64 g_att_chunk = 256;
 extern "C" void tl_set_att_chunk(i64 n) { g_att_chunk = n; }
 
-extern "C" void tl_decode_attention(
+template <class T>
+static void decode_attention(
         const float* q, i64 ldq, const float* k_new, i64 ldk, const float* v_new, i64 ldv,
-        float* k_cache, float* v_cache,
+        T* k_cache, T* v_cache,
         const int32_t* block_tables, i64 max_blocks, const int32_t* seq_lens,
         const float* cos_table, const float* sin_table, int rope,
         float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads) {
@@ -731,11 +779,14 @@ extern "C" void tl_decode_attention(
         const float* cs = cos_table + pos * D;
         const float* sn = sin_table + pos * D;
         const i64 new_slot = (i64)bt[pos / block_size] * block_size + pos % block_size;
-        float* kdst = k_cache + new_slot * slot_stride + kh * D;
-        float* vdst = v_cache + new_slot * slot_stride + kh * D;
+        T* kdst = k_cache + new_slot * slot_stride + kh * D;
+        T* vdst = v_cache + new_slot * slot_stride + kh * D;
         const float* ksrc = k_new + b * ldk + kh * D;
-        if (rope) rope_rotate(ksrc, kdst, cs, sn, (int)D); else memcpy(kdst, ksrc, D * sizeof(float));
-        memcpy(vdst, v_new + b * ldv + kh * D, D * sizeof(float));
+        thread_local std::vector<float> krot_v;
+        if ((i64)krot_v.size() < D) krot_v.resize(D);
+        if (rope) { rope_rotate(ksrc, krot_v.data(), cs, sn, (int)D); ksrc = krot_v.data(); }
+        kv_store(kdst, ksrc, D);
+        kv_store(vdst, v_new + b * ldv + kh * D, D);
         for (i64 g = 0; g < G; g++) {
             const i64 h = kh * G + g;
             const float* qsrc = q + b * ldq + h * D;
@@ -762,7 +813,7 @@ extern "C" void tl_decode_attention(
         memset(accs, 0, G * D * sizeof(float));
         const int32_t* bt = block_tables + b * max_blocks;
         const float* qr = qbuf + (b * H + kh * G) * D;
-        thread_local std::vector<const float*> krows_v, vrows_v;
+        thread_local std::vector<const T*> krows_v, vrows_v;
         thread_local std::vector<float> ms_v;
         if ((i64)krows_v.size() < ATT_CHUNK) { krows_v.resize(ATT_CHUNK); vrows_v.resize(ATT_CHUNK); }
         if ((i64)ms_v.size() < 2 * G) ms_v.resize(2 * G);
@@ -771,8 +822,8 @@ extern "C" void tl_decode_attention(
             krows_v[t - t0] = k_cache + slot * slot_stride + kh * D;
             vrows_v[t - t0] = v_cache + slot * slot_stride + kh * D;
         }
-        if (attn_chunk_vec(qr, (int)G, D, krows_v.data(), vrows_v.data(), n, scale, scores, ATT_CHUNK, accs,
-                           ms_v.data())) {
+        if (attn_chunk_vec<T>(qr, (int)G, D, krows_v.data(), vrows_v.data(), n, scale, scores, ATT_CHUNK, accs,
+                              ms_v.data())) {
             for (i64 g = 0; g < G; g++) {
                 float* pg = pbase + g * nch * part_len;
                 pg[0] = ms_v[2 * g];
@@ -785,9 +836,9 @@ extern "C" void tl_decode_attention(
         for (i64 t = t0; t < t1;) {
             const i64 blk = t / block_size, off = t % block_size;
             const i64 run = block_size - off < t1 - t ? block_size - off : t1 - t;
-            const float* kr = k_cache + ((i64)bt[blk] * block_size + off) * slot_stride + kh * D;
+            const T* kr = k_cache + ((i64)bt[blk] * block_size + off) * slot_stride + kh * D;
             for (i64 i = 0; i < run; i++, t++, kr += slot_stride)
-                for (i64 g = 0; g < G; g++) scores[g * ATT_CHUNK + (t - t0)] = dot_f32(qr + g * D, kr, (int)D) * scale;
+                for (i64 g = 0; g < G; g++) scores[g * ATT_CHUNK + (t - t0)] = dot_kv(qr + g * D, kr, (int)D) * scale;
         }
         for (i64 g = 0; g < G; g++) {
             float* sg = scores + g * ATT_CHUNK;
@@ -800,7 +851,7 @@ extern "C" void tl_decode_attention(
         for (i64 t = t0; t < t1;) {
             const i64 blk = t / block_size, off = t % block_size;
             const i64 run = block_size - off < t1 - t ? block_size - off : t1 - t;
-            const float* vr = v_cache + ((i64)bt[blk] * block_size + off) * slot_stride + kh * D;
+            const T* vr = v_cache + ((i64)bt[blk] * block_size + off) * slot_stride + kh * D;
             for (i64 i = 0; i < run; i++, t++, vr += slot_stride)
                 for (i64 g = 0; g < G; g++) axpy(accs + g * D, scores[g * ATT_CHUNK + (t - t0)], vr, (int)D);
         }
@@ -826,19 +877,37 @@ extern "C" void tl_decode_attention(
     }
 }
 
+/* k_cache/v_cache hold float32 (kv_kind KV_F32) or float16 (KV_F16) entries. */
+extern "C" void tl_decode_attention(
+        const float* q, i64 ldq, const float* k_new, i64 ldk, const float* v_new, i64 ldv,
+        void* k_cache, void* v_cache, int kv_kind,
+        const int32_t* block_tables, i64 max_blocks, const int32_t* seq_lens,
+        const float* cos_table, const float* sin_table, int rope,
+        float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads) {
+    if (kv_kind == KV_F16)
+        decode_attention(q, ldq, k_new, ldk, v_new, ldv, (uint16_t*)k_cache, (uint16_t*)v_cache, block_tables,
+                         max_blocks, seq_lens, cos_table, sin_table, rope, out, B, H, KVH, D, block_size, scale,
+                         nthreads);
+    else
+        decode_attention(q, ldq, k_new, ldk, v_new, ldv, (float*)k_cache, (float*)v_cache, block_tables,
+                         max_blocks, seq_lens, cos_table, sin_table, rope, out, B, H, KVH, D, block_size, scale,
+                         nthreads);
+}
+
 /* ------------------------------------------------------------------ whole decode step
    Every layer of one decode step in one call, so the Python interpreter (and the GIL)
    is out of the loop: at 30 layers x ~8 operations, per-call overhead was ~15% of a
    step. `plan` is an int64 array written once by the model (model/llama.py, CacheState.decode_plan):
 
-     header: n_layers, hidden, intermediate, heads, kv_heads, head_dim, cos*, sin*
+     header: n_layers, hidden, intermediate, heads, kv_heads, head_dim, cos*, sin*,
+       KV cache kind (KV_F32 | KV_F16)
      per layer (PLAN_LAYER slots): input_norm*, post_norm*, qkv kind, qkv w*, qkv d*,
        qkv bias* (0 = none), q_norm* (0 = none), k_norm*, o kind, o w*, o d*, gate_up
        kind, w*, d*, down kind, w*, d*, k_cache*, v_cache*
 
    x [B, hidden] holds the token embeddings and receives the last hidden states. */
 
-#define PLAN_HEADER 8
+#define PLAN_HEADER 9
 #define PLAN_LAYER 19
 
 extern "C" void tl_decode_step(const i64* plan, float* x, i64 B, const int32_t* block_tables,
@@ -847,6 +916,7 @@ extern "C" void tl_decode_step(const i64* plan, float* x, i64 B, const int32_t* 
     const i64 n_layers = plan[0], hid = plan[1], inter = plan[2], H = plan[3], KVH = plan[4], D = plan[5];
     const float* cos_t = (const float*)plan[6];
     const float* sin_t = (const float*)plan[7];
+    const int kv_kind = (int)plan[8];
     const i64 qd = H * D, kvd = KVH * D, qkvd = qd + 2 * kvd;
     thread_local std::vector<float> scratch;
     const size_t need = (size_t)(B * (hid + qkvd + qd + 3 * inter));
@@ -872,7 +942,7 @@ extern "C" void tl_decode_step(const i64* plan, float* x, i64 B, const int32_t* 
                 tl_rms_norm(q + qd, D, (const float*)p[7], q + qd, D, KVH, D, eps);
             }
         }
-        tl_decode_attention(qkv, qkvd, qkv + qd, qkvd, qkv + qd + kvd, qkvd, (float*)p[17], (float*)p[18],
+        tl_decode_attention(qkv, qkvd, qkv + qd, qkvd, qkv + qd + kvd, qkvd, (void*)p[17], (void*)p[18], kv_kind,
                             block_tables, max_blocks, seq_lens, cos_t, sin_t, 1, attn, B, H, KVH, D,
                             block_size, scale, nthreads);
         linear(WeightRef{(int)p[8], (const void*)p[9], (const float*)p[10], qd}, attn, qd, x, hid, B, hid, 1, nthreads);

@@ -1,7 +1,8 @@
 """Paged attention over a block KV cache, written with torch's SDPA.
 
 The cache of one layer is a flat tensor of slots `[num_slots, kv_heads, head_dim]`
-(slot = block * block_size + offset). A step writes its new keys/values into their
+(slot = block * block_size + offset), in the model's dtype or a narrower one
+(`--kv-cache-dtype float16`): values are rounded on write and widened on read. A step writes its new keys/values into their
 slots, then each sequence attends over the slots its block table names.
 
 This module is the torch path (prefill, and decode when the native kernels are not
@@ -44,8 +45,17 @@ class AttentionMetadata:
 
 def write_kv(cache_k: torch.Tensor, cache_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    cache_k.index_copy_(0, slot_mapping, k)
-    cache_v.index_copy_(0, slot_mapping, v)
+    cache_k.index_copy_(0, slot_mapping, k.to(cache_k.dtype))
+    cache_v.index_copy_(0, slot_mapping, v.to(cache_v.dtype))
+
+
+def as_stored(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """x as the cache holds it. Attention always sees keys/values rounded to the cache's
+    dtype, so a token's output does not depend on whether its context came from this
+    step or from the cache (a prefix hit, a decode step)."""
+    if cache.dtype == x.dtype:
+        return x
+    return x.to(cache.dtype).to(x.dtype)
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -63,13 +73,13 @@ def _prefill_attention(q, k, v, cache_k, cache_v, meta: AttentionMetadata, scale
     for seq in meta.prefill_seqs:
         qs = q[seq.start:seq.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
         if seq.num_cached == 0:
-            ks = k[seq.start:seq.end].transpose(0, 1).unsqueeze(0)
-            vs = v[seq.start:seq.end].transpose(0, 1).unsqueeze(0)
+            ks = as_stored(k[seq.start:seq.end], cache_k).transpose(0, 1).unsqueeze(0)
+            vs = as_stored(v[seq.start:seq.end], cache_v).transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale,
                                                enable_gqa=True)
         else:
-            ks = cache_k[seq.context_slots].transpose(0, 1).unsqueeze(0)  # [1, KVH, L, D]
-            vs = cache_v[seq.context_slots].transpose(0, 1).unsqueeze(0)
+            ks = cache_k[seq.context_slots].to(q.dtype).transpose(0, 1).unsqueeze(0)  # [1, KVH, L, D]
+            vs = cache_v[seq.context_slots].to(q.dtype).transpose(0, 1).unsqueeze(0)
             n, total = seq.end - seq.start, seq.context_slots.shape[0]
             rows = torch.arange(n).unsqueeze(1) + seq.num_cached
             mask = torch.arange(total).unsqueeze(0) <= rows  # causal with an offset
@@ -80,8 +90,8 @@ def _prefill_attention(q, k, v, cache_k, cache_v, meta: AttentionMetadata, scale
 
 
 def _decode_attention(q, cache_k, cache_v, meta: AttentionMetadata, scale: float):
-    ks = cache_k[meta.decode_slots].transpose(1, 2)  # [B, KVH, L, D]
-    vs = cache_v[meta.decode_slots].transpose(1, 2)
+    ks = cache_k[meta.decode_slots].to(q.dtype).transpose(1, 2)  # [B, KVH, L, D]
+    vs = cache_v[meta.decode_slots].to(q.dtype).transpose(1, 2)
     qs = q.unsqueeze(2)  # [B, H, 1, D]
     o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=meta.decode_mask, scale=scale,
                                        enable_gqa=True)

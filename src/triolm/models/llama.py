@@ -211,8 +211,11 @@ class CacheState:
             def ptr(t: torch.Tensor | None) -> int:
                 return 0 if t is None else t.data_ptr()
 
+            if self.kv_cache.dtype not in native.KV_KINDS:
+                raise ValueError(f"native decode cannot read a {self.kv_cache.dtype} KV cache")
             plan = [c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
-                    c.num_key_value_heads, c.head_dim, m.rope.cos.data_ptr(), m.rope.sin.data_ptr()]
+                    c.num_key_value_heads, c.head_dim, m.rope.cos.data_ptr(), m.rope.sin.data_ptr(),
+                    native.KV_KINDS[self.kv_cache.dtype]]
             for layer, (k, v) in zip(m.layers, self.layers):
                 plan += [ptr(layer.input_norm), ptr(layer.post_attn_norm), *layer.qkv.native_ref(),
                          ptr(layer.qkv_bias), ptr(layer.q_norm), ptr(layer.k_norm),

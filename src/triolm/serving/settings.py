@@ -28,6 +28,8 @@ class ServerSettings:
     max_body_size: int = 16 * 1024 * 1024
     dtype: str = "float32"
     kv_cache_memory: int = 2 << 30  # bytes
+    kv_cache_dtype: str | None = attrs.field(  # None: the model's dtype
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(("float32", "float16"))))
     max_n: int = 16
     graceful_timeout: float = 5.0
     shutdown_delay: float = 1.0  # after SIGTERM: /readyz 503 while still accepting, then drain
