@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -23,43 +22,15 @@ from triolm.cli import build_parser, settings_from_args
 from triolm.serving.settings import ServerSettings
 from triolm.testing.server_thread import free_port
 
+from support.server_process import ServerProcess
+
 BIN = Path(sys.executable).parent
 MSGS = [{"role": "user", "content": "hi"}]
 
 
-class Proc:
-    """A server subprocess with its stderr in a file (a full pipe would block it)."""
-
+class Proc(ServerProcess):
     def __init__(self, argv: list[str], tmp_path: Path, env: dict | None = None):
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / f"server-{self.port}.log"
-        argv = [a.replace("{port}", str(self.port)) for a in argv]
-        self.log = open(self.log_path, "w")
-        self.popen = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                      env={**os.environ, **(env or {})})
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.popen.poll() is None, f"server exited early:\n{self.output()}"
-            try:
-                if httpx.get(self.base_url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"not ready after {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(10)
-        self.log.close()
+        super().__init__(argv, tmp_path / f"server-{len(list(tmp_path.glob('server-*.log')))}.log", env)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ the server would turn into a 500. Bounded: a fixed number of examples, well unde
 
 The validator is called directly for speed (thousands of bodies); a small number of bodies
 go through the real server as well, where rendering and generation follow.
-Clause HOSTILE-VAL-010 of contracts/hostile-input.validation.md.
+Clause HOSTILE-VAL-010 of contracts/hostile-input.md.
 """
 
 from __future__ import annotations

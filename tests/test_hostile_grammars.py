@@ -1,4 +1,4 @@
-"""Contract hostile-input, grammar part (contracts/hostile-input.grammar.md): hostile
+"""Contract hostile-input, grammar part (contracts/hostile-input.md): hostile
 structured-output requests against a real server get a 400 naming the limit before any
 token, a grammar failing mid-generation ends only its own request with an error, and
 the process's memory stays bounded."""

@@ -1,5 +1,5 @@
 """HOSTILE-LANE-*: tokenizer routes behind the API key, bodies bounded by size, and small
-requests never queued behind big ones (contracts/hostile-input.templates.md)."""
+requests never queued behind big ones (contracts/hostile-input.md)."""
 
 from __future__ import annotations
 

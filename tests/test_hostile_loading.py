@@ -1,5 +1,5 @@
 """A model that cannot serve makes a server that exits; loading is bounded by the file;
-a failing sequence fails alone (contracts/hostile-input.loading.md, HOSTILE-LOAD-*).
+a failing sequence fails alone (contracts/hostile-input.md, HOSTILE-LOAD-*).
 
 Hostile files are the tiny generated models copied with one metadata value changed
 (`triolm.testing.hostile_gguf.rewrite_gguf`): tensors byte for byte, types kept.

@@ -1,5 +1,5 @@
 """HOSTILE-TMPL-*: chat templates are untrusted code, bounded in time, output and memory
-(contracts/hostile-input.templates.md). Every test runs a real server whose chat template
+(contracts/hostile-input.md). Every test runs a real server whose chat template
 is hostile when the user says "attack" and ordinary otherwise, so each can also show
 that the server (and its template worker) serves the next request."""
 
@@ -111,11 +111,12 @@ def test_HOSTILE_TMPL_005_format_width_at_load_and_render(served_model, base_set
     template.write_text(hostile('{{ "%999999999d"|format(1) }}'))
     settings = attrs.evolve(base_settings, chat_template=str(template))
     # The real load path (no injected model): compiling evaluates nothing of the template.
+    before = psutil.Process().memory_info().rss
     with ServerThread(settings) as srv:
         assert_budget_error(chat(srv, "attack"), "format field wider than 10000")
         assert_serves_ordinary_chat(srv)
-        rss = psutil.Process().memory_info().rss
-    assert rss < 2 << 30  # the 2.9 GB the unbounded format allocated at load never happened
+        grown = psutil.Process().memory_info().rss - before
+    assert grown < 1 << 30  # the 2.9 GB the unbounded format allocated at load never happened
 
 
 def test_HOSTILE_TMPL_005_oversized_template_source_refuses_to_start(served_model, tmp_path):

@@ -2,7 +2,7 @@
 share one body parser and one validator, so a hostile body gets the same 400 everywhere;
 streams survive any line splitter; a reply cut by max_tokens says so.
 
-Clause ids (HOSTILE-VAL-…) refer to contracts/hostile-input.validation.md.
+Clause ids (HOSTILE-VAL-…) refer to contracts/hostile-input.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SIGTERM always wins (contracts/hostile-input.loading.md, HOSTILE-SHUT-*): a real
+"""SIGTERM always wins (contracts/hostile-input.md, HOSTILE-SHUT-*): a real
 `triolm serve` subprocess with a client that never reads a long stream, a client that
 reads one, a non-streaming generation and a chat template stuck in a worker thread, all
 in flight at SIGTERM."""
@@ -6,7 +6,6 @@ in flight at SIGTERM."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from triolm.testing.server_thread import free_port
+
+from support.server_process import ServerProcess
 
 BIN = Path(sys.executable).parent
 GRACEFUL = 2.0
@@ -28,38 +28,6 @@ LONG = {"prompt": "long", "max_tokens": 1900, "ignore_eos": True}
 SLOW_TEMPLATE = ("{% for m in messages %}{% if m.content | length > 1000 %}{% for i in range(100000) %}"
                  "{% for j in range(100000) %}{% endfor %}{% endfor %}{% endif %}"
                  "{{ m.role }}: {{ m.content }}\n{% endfor %}")
-
-
-class Server:
-    def __init__(self, argv: list[str], log_path: Path):
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.popen = subprocess.Popen([a.replace("{port}", str(self.port)) for a in argv],
-                                      stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ))
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.popen.poll() is None, f"server exited early:\n{self.output()}"
-            try:
-                if httpx.get(self.base_url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"not ready after {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(10)
-        self.log.close()
 
 
 def non_reader(port: int) -> socket.socket:
@@ -80,7 +48,7 @@ def sigterm_run(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shutdown")
     template = tmp / "slow.jinja"
     template.write_text(SLOW_TEMPLATE)
-    srv = Server([str(BIN / "triolm"), "serve", str(tiny_model("qwen2").hf_dir), "--port", "{port}",
+    srv = ServerProcess([str(BIN / "triolm"), "serve", str(tiny_model("qwen2").hf_dir), "--port", "{port}",
                   "--graceful-timeout", str(GRACEFUL), "--shutdown-delay", "0",
                   "--chat-template", str(template)], tmp / "server.log")
     result: dict = {"stream": [], "blocking": None, "stuck": None}
@@ -134,7 +102,7 @@ def sigterm_run(tiny_model, tmp_path_factory):
         result["log"] = srv.output()
         yield result
     finally:
-        srv.kill()
+        srv.stop()
 
 
 def test_HOSTILE_SHUT_001_sigterm_exits_0_within_graceful_timeout_plus_2s(sigterm_run):

@@ -392,15 +392,21 @@ def test_OAI_CONC_006_tokenization_and_steps_run_in_worker_threads(make_server, 
         return real_step()
 
     monkeypatch.setattr(engine, "step", step)
-    with LivezProber(srv.base_url) as prober:
-        threads = [threading.Thread(target=lambda i=i: httpx.post(
-            srv.base_url + "/tokenize", json={"prompt": f"text {i}"}, timeout=30)) for i in range(6)]
+    def tokenize_at_once(prompts: list[str]) -> int:
+        seen["max_active"] = 0
+        threads = [threading.Thread(target=lambda p=p: httpx.post(
+            srv.base_url + "/tokenize", json={"prompt": p}, timeout=60)) for p in prompts]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        return seen["max_active"]
+
+    with LivezProber(srv.base_url) as prober:
+        assert tokenize_at_once([f"text {i}" for i in range(6)]) == 1  # the small lane
+        large = "word " * (srv.state.settings.small_work_chars // 5 + 1)
+        assert tokenize_at_once([large + str(i) for i in range(4)]) == 2  # the large lane: tokenizer_threads
         assert httpx.post(srv.base_url + COMP, json={"prompt": "x", "max_tokens": 3}, timeout=30).status_code == 200
-    assert seen["max_active"] == 2  # the tokenizer limiter
     assert loop_thread not in seen["threads"] and loop_thread not in step_threads
     assert step_threads
     # Probes kept answering; their latency bound is OAI-CONC-005's (measured there with

@@ -1,5 +1,5 @@
 """Tool-call parsers on replies cut short by max_tokens (clause HOSTILE-VAL-007 of
-contracts/hostile-input.validation.md, at the parser level): at every cut point, the
+contracts/hostile-input.md, at the parser level): at every cut point, the
 calls completed before the cut are kept and no markup fragment becomes content —
 parsed whole or streamed character by character."""
 

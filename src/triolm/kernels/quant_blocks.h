@@ -13,6 +13,8 @@
 #pragma once
 #include <stdint.h>
 #include <string.h>
+
+#include "half.h"
 #if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -32,17 +34,7 @@ enum {
 static inline float f16(const uint8_t* p) {
     uint16_t h;
     memcpy(&h, p, 2);
-#if defined(__F16C__)
-    return _cvtsh_ss(h);
-#else
-    uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
-    if (e == 0) {
-        if (m == 0) { u = s; }
-        else { e = 127 - 15 + 1; while (!(m & 0x400)) { m <<= 1; e--; } m &= 0x3ff; u = s | (e << 23) | (m << 13); }
-    } else if (e == 31) { u = s | 0x7f800000u | (m << 13); }
-    else { u = s | ((e + 127 - 15) << 23) | (m << 13); }
-    float f; memcpy(&f, &u, 4); return f;
-#endif
+    return h2f(h);
 }
 
 static inline uint32_t u32(const uint8_t* p) { uint32_t v; memcpy(&v, p, 4); return v; }
