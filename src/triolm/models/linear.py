@@ -353,4 +353,6 @@ def concat(parts: list[Linear]) -> Linear:
     kinds = {p.kind for p in parts}
     if kinds == {"dense"}:
         return DenseLinear(torch.cat([p.weight for p in parts]))
+    if kinds == {"f16"}:  # already a copy of the file's bytes: one matrix tiles best
+        return Float16Linear(torch.cat([p.weight for p in parts]))
     return StackedLinear(parts)
