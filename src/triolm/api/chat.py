@@ -26,7 +26,7 @@ from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
 from triolm.serving.lanes import text_chars, verbatim_prompt_chars
 from triolm.serving.prompts import (RenderedPrompt, check_prompt_chars, encode_text, render_chat_prompt,
-                                    render_chat_text_in_worker, run_off_loop)
+                                    render_chat_text_in_worker)
 from triolm.serving.served_model import ServedModel
 
 
@@ -54,14 +54,14 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
             check_prompt_chars(served, verbatim_prompt_chars(body.messages), "messages")
         limiter = lanes.for_chars(text_chars(body.messages) + text_chars(body.tools))
         if served.mistral_tokenizer is not None:
-            return await run_off_loop(
+            return await lanes.run(
                 limiter, render_chat_prompt, served, body.messages, body.tools,
                 body.add_generation_prompt, body.continue_final_message, body.chat_template_kwargs)
         text = await render_chat_text_in_worker(
             lanes.templates, limiter, served, body.messages, body.tools, body.add_generation_prompt,
             body.continue_final_message, body.chat_template_kwargs)
         # The template already contains bos and other special tokens as text.
-        return RenderedPrompt(text, await run_off_loop(limiter, encode_text, served, text, False))
+        return RenderedPrompt(text, await lanes.run(limiter, encode_text, served, text, False))
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     except Exception as exc:

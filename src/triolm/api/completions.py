@@ -17,7 +17,7 @@ from triolm.api.validation import check_against_model, request_limits, requested
 from triolm.errors import InvalidRequestError
 from triolm.serving.fanout import Tick, TimedOut, merged_deltas
 from triolm.serving.generation import Generation
-from triolm.serving.prompts import check_prompt_chars, encode_text, run_off_loop
+from triolm.serving.prompts import check_prompt_chars, encode_text
 
 
 async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[list[int]]:
@@ -42,7 +42,7 @@ async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[lis
                 check_prompt_chars(served, len(text), "prompt")
             except InvalidRequestError as exc:
                 raise bad_request(exc.message, param=exc.param, code=exc.code) from None
-            ids.append(await run_off_loop(state.lanes.for_chars(len(text)), encode_text, served, text, True))
+            ids.append(await state.lanes.run(state.lanes.for_chars(len(text)), encode_text, served, text, True))
     for seq in ids:
         if not seq:
             raise bad_request("prompt must not be empty", param="prompt")

@@ -14,7 +14,7 @@ from triolm.api.schemas import (ChatCompletionRequest, CompletionRequest, Detoke
                                 TokenizeRequest, parse_body)
 from triolm.api.state import AppState
 from triolm.api.validation import parse_request
-from triolm.serving.prompts import encode_text, run_off_loop
+from triolm.serving.prompts import encode_text
 
 bp = Blueprint("triolm", __name__)
 
@@ -98,10 +98,10 @@ async def tokenize():
                                                        "add_generation_prompt": body.add_generation_prompt})
         tokens = (await render_for_request(st, served, chat_body, check_context=False)).token_ids
     else:
-        tokens = await run_off_loop(st.lanes.for_chars(len(body.prompt)), encode_text, served, body.prompt,
+        tokens = await st.lanes.run(st.lanes.for_chars(len(body.prompt)), encode_text, served, body.prompt,
                                     body.add_special_tokens)
     if len(tokens) > _TOKENS_JSON_OFF_LOOP:
-        text = await run_off_loop(st.lanes.for_chars(len(tokens) * _CHARS_PER_TOKEN_ID),
+        text = await st.lanes.run(st.lanes.for_chars(len(tokens) * _CHARS_PER_TOKEN_ID),
                                   _tokenize_json, tokens, served.max_model_len)
         return Response(text, content_type="application/json")
     return jsonify({"tokens": tokens, "count": len(tokens), "max_model_len": served.max_model_len})
@@ -131,7 +131,7 @@ async def detokenize():
     bad = [t for t in body.tokens if not 0 <= t < vocab]
     if bad:
         raise bad_request(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
-    text = await run_off_loop(st.lanes.for_chars(len(body.tokens) * _CHARS_PER_TOKEN_ID),
+    text = await st.lanes.run(st.lanes.for_chars(len(body.tokens) * _CHARS_PER_TOKEN_ID),
                               served.tokenizer.decode, body.tokens, False)
     return jsonify({"prompt": text})
 

@@ -28,7 +28,7 @@ from triolm.api.validation import parse_request
 from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, TOOL_PARSERS
 from triolm.errors import InvalidRequestError
 from triolm.serving.lanes import text_chars
-from triolm.serving.prompts import RenderedPrompt, render_chat_text_in_worker, run_off_loop
+from triolm.serving.prompts import RenderedPrompt, render_chat_text_in_worker
 from triolm.sessions.node import Extension, Generated, Node, build_node, find_extension, find_token_extension
 from triolm.sessions.raw_history import find_extension_keeping_thinking
 from triolm.sessions.registry import SessionNotFound, SessionRegistry, TooManySessions
@@ -160,10 +160,10 @@ async def _prepare(state: AppState, session: Session, body: ChatCompletionReques
         raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     extension = find_extension(session.nodes, text)
     if extension.parent is None and served.reasoning is not None:
-        kept = await run_off_loop(state.lanes.for_chars(len(text)), find_extension_keeping_thinking, session.nodes, text, served.reasoning)
+        kept = await state.lanes.run(state.lanes.for_chars(len(text)), find_extension_keeping_thinking, session.nodes, text, served.reasoning)
         if kept is not None:
             extension, text = kept
-    new_ids = await run_off_loop(state.lanes.for_chars(len(extension.suffix_text)), served.tokenizer.encode,
+    new_ids = await state.lanes.run(state.lanes.for_chars(len(extension.suffix_text)), served.tokenizer.encode,
                                  extension.suffix_text, False)
     base = extension.parent.tokens if extension.parent is not None else []
     if not base and not new_ids:

@@ -4,9 +4,10 @@ A 15 MB `/tokenize` keeps a tokenizer thread busy for many seconds; queued behin
 a half-kilobyte chat would wait that long for its first token. So work is admitted by
 its size: requests whose text is below `small_work_chars` take the small lane, the rest
 the large lane, each with its own capacity. The large lane can be full of big requests
-and small ones still go straight through. (Both lanes' threads share the GIL, but the
-tokenizer releases it while it encodes, so a busy large lane costs the small lane little;
-measured by scripts/bench_hostile_lanes.py.)
+and small ones still go straight through. Large work also runs at a lower CPU priority
+(`low_priority_thread`): the tokenizer releases the GIL while it encodes, so what is
+left between lanes is competition for the two cores, which the priority settles in the
+small request's favour (measured by scripts/bench_hostile_lanes.py).
 
 Made per app inside its running event loop: a `trio.CapacityLimiter` binds to the loop
 it was made in.
@@ -14,12 +15,15 @@ it was made in.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import attrs
 import trio
 
 from triolm.chat.template_workers import TemplateWorkers
+from triolm.serving.low_priority_thread import run_at_low_priority
+
+T = TypeVar("T")
 
 #: Text below this many characters (a few thousand tokens) is small work.
 DEFAULT_SMALL_WORK_CHARS = 64 * 1024
@@ -34,6 +38,13 @@ class PromptLanes:
 
     def for_chars(self, chars: int) -> trio.CapacityLimiter:
         return self.small if chars < self.small_work_chars else self.large
+
+    async def run(self, lane: trio.CapacityLimiter, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` off the loop in `lane`; large work at low CPU priority."""
+        if lane is self.large:
+            async with lane:
+                return await run_at_low_priority(fn, *args)
+        return await trio.to_thread.run_sync(fn, *args, limiter=lane)
 
 
 def text_chars(value: Any) -> int:

@@ -101,7 +101,7 @@ class ServerProcess:
 
     Driven over stdin, one command a line, one JSON reply each (so a test can reach into
     the server's loop without sharing its GIL):
-    - `block_loop(True)`: chat prompts are rendered ON the event loop (vLLM's bug);
+    - `block_loop(True)`: prompt work (rendering, tokenization) runs ON the event loop (vLLM's bug);
     - `stall(s)`: the loop burns `s` s of its own CPU time at once (a stall that waiting
       for a CPU cannot account for); the reply comes when it is over;
     - `lag_account()`: the loop-lag observations since the previous call (`LagAccount`)."""
@@ -223,16 +223,16 @@ def _burn_cpu(seconds: float, done: threading.Event) -> None:
 
 def _server_main(model_dir: str, overrides: str) -> None:
     """The child of ServerProcess: load, serve, obey stdin until it closes, stop."""
-    import triolm.api.chat as chat_api
+    from triolm.serving.lanes import PromptLanes
     from triolm.serving.served_model import load_served_model
     from triolm.serving.settings import ServerSettings
     from triolm.testing.server_thread import ServerThread
 
     settings = ServerSettings(model=model_dir, **json.loads(overrides))
     served = load_served_model(settings)
-    off_loop = chat_api.run_off_loop
+    off_loop = PromptLanes.run
 
-    async def on_the_loop(limiter, fn, *args):
+    async def on_the_loop(self, lane, fn, *args):
         return fn(*args)
 
     def reply(**values: Any) -> None:
@@ -245,7 +245,7 @@ def _server_main(model_dir: str, overrides: str) -> None:
     for line in sys.stdin:
         command, _, arg = line.strip().partition(" ")
         if command == "block":
-            chat_api.run_off_loop = on_the_loop if arg == "on" else off_loop
+            PromptLanes.run = on_the_loop if arg == "on" else off_loop
             reply(ok=True)
         elif command == "stall":
             done = threading.Event()
