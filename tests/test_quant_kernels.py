@@ -24,8 +24,6 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_reference
 
-from triolm.engine.llm_engine import EngineConfig, LLMEngine
-from triolm.engine.sampling_params import SamplingParams
 from triolm.kernels import native
 from triolm.models import linear as lin
 from triolm.models.config import ModelConfig
@@ -35,6 +33,8 @@ from triolm.models.gguf_writer import write_gguf
 from triolm.models.llama import LlamaModel
 from triolm.testing.model_factory import random_weights
 from triolm.testing.random_blocks import random_blocks
+
+from support.engine_run import greedy_with_logits
 
 TYPES = tuple(native.BLOCK_KINDS)
 ROWS = (1, 2, 4, 8, 16, 20, 24, 64)
@@ -195,28 +195,6 @@ def test_stacked_mixed_parts_equal_their_concatenation(use_native, monkeypatch):
 # ------------------------------------------------------------------ a whole model
 
 
-def _run(model, prompts, steps):
-    """Logits of every step of several sequences decoded together, and their tokens."""
-    engine = LLMEngine(model, (), EngineConfig(max_num_seqs=4, max_model_len=512))
-    logits = []
-    run = engine.runner.run
-
-    def recording(seqs, is_prefill):
-        out = run(seqs, is_prefill)
-        logits.append(out.clone())
-        return out
-
-    engine.runner.run = recording
-    params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
-    for i, p in enumerate(prompts):
-        engine.add_request(f"r{i}", p, params)
-    tokens = {f"r{i}": [] for i in range(len(prompts))}
-    while engine.has_unfinished():
-        for o in engine.step():
-            tokens[o.request_id].append(o.token_id)
-    return torch.cat(logits), [tokens[f"r{i}"] for i in range(len(prompts))]
-
-
 @pytest.fixture(scope="module")
 def q4_k_m_file(tmp_path_factory):
     """A tiny llama written like a real Q4_K_M: Q4_K, Q6_K for v/down/output, Q5_0 and
@@ -246,8 +224,8 @@ def test_q4_k_m_model_matches_dequantized_float32(q4_k_m_file):
 
     g = torch.Generator().manual_seed(7)
     prompts = [torch.randint(3, gguf.config.vocab_size, (n,), generator=g).tolist() for n in (70, 33, 5)]
-    ours, our_tokens = _run(compact, prompts, 12)
-    ref, ref_tokens = _run(reference, prompts, 12)
+    ours, our_tokens = greedy_with_logits(compact, prompts, 12)
+    ref, ref_tokens = greedy_with_logits(reference, prompts, 12)
     assert (ours - ref).abs().max().item() <= LOGITS_TOLERANCE
     assert our_tokens == ref_tokens
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from triolm.engine.llm_engine import EngineConfig, LLMEngine
-from triolm.engine.sampling_params import SamplingParams
 from triolm.models import linear as lin
 from triolm.kernels import native
 from triolm.models.gguf_reader import read_gguf
 from triolm.models.gguf_weights import read_gguf_for_engine
 from triolm.models.llama import LlamaModel
+
+from support.engine_run import greedy_with_logits
 
 TOLERANCE = 1e-4
 
@@ -64,28 +64,6 @@ def test_q8_dense_equals_gguf_dequantization():
     assert torch.equal(layer.dense(), ref)
 
 
-def _run(model, prompts, steps):
-    """Logits of every step of several sequences decoded together."""
-    engine = LLMEngine(model, (), EngineConfig(max_num_seqs=4, max_model_len=1024))
-    logits = []
-    run = engine.runner.run
-
-    def recording(seqs, is_prefill):
-        out = run(seqs, is_prefill)
-        logits.append(out.clone())
-        return out
-
-    engine.runner.run = recording
-    params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
-    for i, p in enumerate(prompts):
-        engine.add_request(f"r{i}", p, params)
-    tokens = {f"r{i}": [] for i in range(len(prompts))}
-    while engine.has_unfinished():
-        for o in engine.step():
-            tokens[o.request_id].append(o.token_id)
-    return torch.cat(logits), [tokens[f"r{i}"] for i in range(len(prompts))]
-
-
 @pytest.mark.parametrize("file_type", ["F16", "Q8_0"])
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_compact_gguf_model_matches_dequantized_float32(tiny_model, arch, file_type):
@@ -100,8 +78,8 @@ def test_compact_gguf_model_matches_dequantized_float32(tiny_model, arch, file_t
 
     g = torch.Generator().manual_seed(7)
     prompts = [torch.randint(3, gguf.config.vocab_size, (n,), generator=g).tolist() for n in (70, 33, 5)]
-    ours, our_tokens = _run(compact, prompts, 12)
-    ref, ref_tokens = _run(reference, prompts, 12)
+    ours, our_tokens = greedy_with_logits(compact, prompts, 12)
+    ref, ref_tokens = greedy_with_logits(reference, prompts, 12)
     assert (ours - ref).abs().max().item() <= TOLERANCE
     assert our_tokens == ref_tokens
 
@@ -121,10 +99,10 @@ def test_native_decode_matches_torch_path(tiny_model, arch, monkeypatch):
     g = torch.Generator().manual_seed(11)
     # 600 tokens: the native kernel splits that context into chunks and merges them
     prompts = [torch.randint(3, model.config.vocab_size, (n,), generator=g).tolist() for n in (40, 600, 17, 64)]
-    fast, fast_tokens = _run(model, prompts, 20)
+    fast, fast_tokens = greedy_with_logits(model, prompts, 20)
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_tried", True)
-    slow, slow_tokens = _run(model, prompts, 20)
+    slow, slow_tokens = greedy_with_logits(model, prompts, 20)
     assert (fast - slow).abs().max().item() <= TOLERANCE
     assert fast_tokens == slow_tokens
 
@@ -135,6 +113,6 @@ def test_pure_torch_fallback_still_computes_compact_weights(tiny_model, no_nativ
     model = LlamaModel(gguf.config, tensors)
     reference = LlamaModel(gguf.config, read_gguf(path).tensors)
     prompts = [[5, 6, 7, 8, 9, 10, 11, 12]]
-    ours, _ = _run(model, prompts, 4)
-    ref, _ = _run(reference, prompts, 4)
+    ours, _ = greedy_with_logits(model, prompts, 4)
+    ref, _ = greedy_with_logits(reference, prompts, 4)
     assert (ours - ref).abs().max().item() <= TOLERANCE
