@@ -116,14 +116,23 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def _status_mb(pid: int, field: str) -> float | None:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM …) in MB; None once it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def rss_mb(pid: int) -> float | None:
+    return _status_mb(pid, "VmRSS")
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    return _status_mb(pid, "VmHWM")
 
 
 def machine_info() -> dict[str, Any]:

@@ -303,16 +303,6 @@ def only(procs: dict, running: str):
             p.send_signal(signal.SIGCONT)
 
 
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 # ----------------------------------------------------------------------- client
 
 async def stream(client, url: str, prompt: list[int], max_tokens: int) -> dict:
@@ -400,7 +390,7 @@ def bench_file(label: str, path: Path, server_bin: Path, args, log_dir: Path) ->
         procs["triolm"] = start_triolm(path, ctx, args, log_dir, label)
         for s, (proc, url, startup) in procs.items():
             out["servers"][s]["startup_s"] = startup
-            bc.log(f"{label}: {s} ready in {startup:.1f} s, RSS {bc.fmt(rss_mb(proc.pid), 0)} MB; warming up")
+            bc.log(f"{label}: {s} ready in {startup:.1f} s, RSS {bc.fmt(bc.rss_mb(proc.pid), 0)} MB; warming up")
             with only(procs, s):
                 trio.run(run_case, url, vocab.prompts(2, 32, 1), 8)
         seed = 10_000
@@ -417,7 +407,7 @@ def bench_file(label: str, path: Path, server_bin: Path, args, log_dir: Path) ->
                            f"{metric} {bc.fmt(r[metric])}")
         for s, (proc, _, _) in procs.items():
             out["servers"][s]["peak_rss_mb"] = bc.peak_rss_mb(proc.pid)
-            out["servers"][s]["rss_mb"] = rss_mb(proc.pid)
+            out["servers"][s]["rss_mb"] = bc.rss_mb(proc.pid)
     finally:
         for proc, _, _ in procs.values():
             bc.stop_process(proc)
