@@ -39,7 +39,6 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     """Build the app. `served` injects an already-loaded model (tests share one)."""
     settings = settings or ServerSettings.from_env()
     app = QuartTrio("triolm")
-    app.asgi_http_class = _HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_size
     app.config["RESPONSE_TIMEOUT"] = None  # streams may be long; deadlines are our cancel scopes
     app.config["BODY_TIMEOUT"] = 60
@@ -48,9 +47,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     loop_busy = LoopBusyInstrument()  # lends the loop a kernel core while it has work
     app.config["TRIOLM_STATE"] = state
     app.register_blueprint(bp)
-    _install_error_handlers(app)
-    _install_auth(app, state)
-    _install_body_drain(app)
+    install_http_basics(app, settings.api_key)
     _install_sessions(app, state)
 
     @app.before_serving
@@ -160,6 +157,15 @@ def _load_with_progress(settings: ServerSettings, state: AppState) -> ServedMode
                                  f"{type(exc).__name__}: {exc}") from exc
 
 
+def install_http_basics(app: QuartTrio, api_key: str | None) -> None:
+    """What every triolm app (`triolm serve`, `triolm router`) shares: OpenAI error
+    objects, the API-key check, draining request bodies, the shielded last send."""
+    app.asgi_http_class = _HTTPConnection
+    _install_error_handlers(app)
+    _install_auth(app, api_key)
+    _install_body_drain(app)
+
+
 def _install_error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(APIError)
     async def handle_api_error(err: APIError):
@@ -184,10 +190,10 @@ def _install_error_handlers(app: QuartTrio) -> None:
                                        error_type="internal_server_error"))
 
 
-def _install_auth(app: QuartTrio, state: AppState) -> None:
+def _install_auth(app: QuartTrio, api_key: str | None) -> None:
     @app.before_request
     async def check_api_key():
-        err = api_key_error(state.settings.api_key, request)
+        err = api_key_error(api_key, request)
         if err is None:
             return None
         await request.get_data()  # drain the body: keep the keep-alive connection usable

@@ -82,7 +82,9 @@ class CompletionRun(GenerationsRun):
 
     def _usage(self) -> dict:
         prompt_tokens = sum(len(p) for p in self.prompts)
-        return fmt.usage(prompt_tokens, sum(len(g.result.tokens) for g in self.gens))
+        # a prompt's n generations share its prefill: its first one reports the cache hit
+        cached = sum(self.gens[i].result.num_cached_prompt_tokens for i in range(0, len(self.gens), self.body.n))
+        return fmt.usage(prompt_tokens, sum(len(g.result.tokens) for g in self.gens), cached)
 
     async def complete(self) -> dict:
         await self._run_to_end()

@@ -158,19 +158,28 @@ class BackendPool:
                 return Choice(owner, "affinity", keys)
         return Choice(least, "least_loaded", keys)
 
-    @contextmanager
-    def lease(self, choice: Choice) -> Iterator[Backend]:
-        """Count a request in flight on the chosen backend for its lifetime; the backend
-        then holds the prompt's prefix in its cache."""
+    def start(self, choice: Choice) -> Backend:
+        """Count a request in flight on the chosen backend until `finish`."""
         backend = choice.backend
         backend.in_flight += 1
         backend.served += 1
-        try:
-            yield backend
-        finally:
-            backend.in_flight -= 1
-        if self.is_member(backend):
+        return backend
+
+    def finish(self, choice: Choice, succeeded: bool) -> None:
+        """The request is over; if it succeeded, the backend now caches its prompt."""
+        backend = choice.backend
+        backend.in_flight -= 1
+        if succeeded and self.is_member(backend):
             self.affinity.remember(choice.prefix_keys, backend.url)
+
+    @contextmanager
+    def lease(self, choice: Choice) -> Iterator[Backend]:
+        succeeded = False
+        try:
+            yield self.start(choice)
+            succeeded = True
+        finally:
+            self.finish(choice, succeeded)
 
     def summary(self) -> dict:
         return {"backends": [b.summary() for b in self.backends.values()],

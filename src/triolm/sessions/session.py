@@ -21,6 +21,7 @@ class Session:
     nodes: list[Node] = attrs.Factory(list)  # the leaves: what /nodes returns
     tree: list[Node] = attrs.Factory(list)  # with track_tree: every node, in creation order
     active: int = 0  # requests running now (an active session never expires)
+    backend: str | None = None  # in `triolm router`: the backend holding this session's prefix cache
     _ids: itertools.count = attrs.Factory(itertools.count)
 
     def new_node_id(self) -> int:
