@@ -91,9 +91,12 @@ async def open_stream(state: RouterState, payload: dict, choice: Choice,
         except StopAsyncIteration:
             state.pool.finish(choice, True)
             return _empty(), choice
-        except (BackendUnreachable, BackendRejected) as exc:
+        except (BackendUnreachable, BackendRejected, BackendBroke) as exc:
+            # nothing of it reached the client yet: another backend may take it
             state.pool.finish(choice, False)
             await _close(events)
+            if isinstance(exc, BackendBroke):
+                exc = BackendUnreachable(backend, str(exc))
             if isinstance(exc, BackendUnreachable):
                 _unreachable(state, backend, exc)
             if not _retryable(exc) or attempt == _ATTEMPTS - 1:

@@ -23,6 +23,7 @@ from triolm.serving.lanes import text_chars
 from triolm.serving.prompts import RenderedPrompt, check_prompt_chars, encode_text, render_chat_text_in_worker
 
 bp = Blueprint("router", __name__)
+BACKEND_HEADER = "X-Triolm-Backend"  # which backend answered (for operators and tests)
 admin = Blueprint("router_admin", __name__)
 
 
@@ -69,8 +70,11 @@ async def chat_completions():
     run = FleetChat(st, body, prompt, tool_parsing_mode(st, body))
     choice = dispatch.choose(st, prompt.token_ids)
     if body.stream:
-        return sse_response(await run.open_stream(choice))
-    return jsonify(await run.complete(choice))
+        response = sse_response(await run.open_stream(choice))
+    else:
+        response = jsonify(await run.complete(choice))
+    response.headers[BACKEND_HEADER] = run.choice.backend.url
+    return response
 
 
 @bp.post("/v1/completions")
