@@ -247,12 +247,17 @@ def test_rtr3_shared_prefix_goes_to_the_backend_that_served_it(fleet, rapi):
 
 
 # -- RTR.6 drain --------------------------------------------------------------------------
-async def _stream_chat(client: httpx.AsyncClient, body: dict) -> tuple[str, list[dict], bool]:
-    """(backend, the parsed events, whether [DONE] came) of one streamed chat."""
+async def _stream_chat(client: httpx.AsyncClient, body: dict, started: list | None = None
+                       ) -> tuple[str, list[dict], bool]:
+    """(backend, the parsed events, whether [DONE] came) of one streamed chat; `started`
+    gets the backend once the stream is under way (the router answers 200 with the
+    backend's first token)."""
     events, done = [], False
     async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
         assert r.status_code == 200, await r.aread()
         backend = r.headers["X-Triolm-Backend"]
+        if started is not None:
+            started.append(backend)
         buffer = b""
         async for chunk in r.aiter_bytes():
             buffer += chunk
@@ -379,15 +384,15 @@ async def test_rtr4_killing_a_backend_during_32_streams(fleet):
                                  limits=httpx.Limits(max_connections=64)) as client:
         with trio.fail_after(300):  # nothing hangs (a generous bound: the machine is shared)
             async with trio.open_nursery() as nursery:
+                started: list[str] = []
+
                 async def one():
-                    results.append(await _stream_chat(client, body))
+                    results.append(await _stream_chat(client, body, started))
                 for _ in range(32):
                     nursery.start_soon(one)
-                while fleet.backends[victim].popen.poll() is None:
-                    summary = (await client.get("/admin/backends")).json()["backends"]
-                    if summary[victim]["in_flight"] >= 4:
-                        fleet.kill_backend(victim)
-                    await trio.sleep(0.05)
+                while started.count(fleet.urls[victim]) < 2:  # kill it mid-stream
+                    await trio.sleep(0.01)
+                fleet.kill_backend(victim)
         assert len(results) == 32 and all(done for _, _, done in results)
         dead_url = fleet.urls[victim]
         for backend, events, _ in results:

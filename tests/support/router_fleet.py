@@ -51,7 +51,9 @@ class Fleet:
         self.backends = [start_backend(model_dir, log_dir / f"backend-{i}.log") for i in range(n)]
         self.router = start_router(model_dir, self.urls, log_dir / "router.log",
                                    "--health-interval", "0.5", "--health-failures", "2",
-                                   "--affinity-min-tokens", "16")
+                                   "--affinity-min-tokens", "16",
+                                   # 32 concurrent renders on a shared 2-core machine
+                                   "--template-timeout", "120")
         for b in self.backends:
             b.wait_ready(180)
         wait_admitted(self.router, n)
