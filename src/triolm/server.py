@@ -19,6 +19,8 @@ from werkzeug.exceptions import HTTPException
 
 from triolm.api.auth import api_key_error
 from triolm.api.errors import APIError, error_response
+from triolm.api.responses_routes import responses_bp
+from triolm.api.responses_store import ResponseStore
 from triolm.api.routes import bp
 from triolm.api.state import AppState
 from triolm.chat.template_workers import open_template_workers
@@ -44,10 +46,13 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     app.config["RESPONSE_TIMEOUT"] = None  # streams may be long; deadlines are our cancel scopes
     app.config["BODY_TIMEOUT"] = 60
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.graceful_timeout
-    state = AppState(settings=settings, metrics=Metrics(lambda: None))
+    state = AppState(settings=settings, metrics=Metrics(lambda: None),
+                     responses=ResponseStore(settings.responses_store_entries, settings.responses_store_bytes,
+                                             settings.responses_store_ttl))
     loop_busy = LoopBusyInstrument()  # lends the loop a kernel core while it has work
     app.config["TRIOLM_STATE"] = state
     app.register_blueprint(bp)
+    app.register_blueprint(responses_bp)
     _install_error_handlers(app)
     _install_auth(app, state)
     _install_body_drain(app)

@@ -9,6 +9,7 @@ import attrs
 import trio
 
 from triolm.api.errors import APIError
+from triolm.api.responses_store import ResponseStore
 from triolm.serving.engine_driver import EngineDriver
 from triolm.serving.lanes import PromptLanes
 from triolm.serving.metrics import Metrics
@@ -30,6 +31,7 @@ class AppState:
     shutting_down: bool = False
     fatal: trio.Event | None = None
     sessions: object | None = None  # triolm.sessions.registry.SessionRegistry
+    responses: ResponseStore | None = None  # stored Responses API responses (previous_response_id)
     started_at: float = attrs.Factory(time.time)
 
     @property
