@@ -85,7 +85,7 @@ def output_items(message: dict, finish_reason: str) -> list[dict]:
     if message.get("reasoning_content"):
         items.append(reasoning_item(new_id("rs"), message["reasoning_content"], status))
     calls = message.get("tool_calls") or []
-    if message.get("content") or not calls:
+    if message.get("content") or not (calls or items):  # an empty reply is still one message
         items.append(message_item(new_id("msg"), message.get("content") or "", status))
     for call in calls:
         items.append(function_call_item(new_id("fc"), call["id"], call["function"]["name"],
