@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from triolm.api.auth import api_key_error
 from triolm.api.errors import APIError, error_response
+from triolm.api.embeddings import embeddings_bp
 from triolm.api.messages_routes import messages_bp
 from triolm.api.responses_routes import responses_bp
 from triolm.api.responses_store import ResponseStore
@@ -55,6 +56,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     app.register_blueprint(bp)
     app.register_blueprint(responses_bp)
     app.register_blueprint(messages_bp)
+    app.register_blueprint(embeddings_bp)
     _install_error_handlers(app)
     _install_auth(app, state)
     _install_body_drain(app)

@@ -46,6 +46,14 @@ class AppState:
             raise APIError(503, f"model not ready: {detail}", code="model_not_ready")
         return self.served, self.driver
 
+    def require_generation(self) -> tuple[ServedModel, EngineDriver]:
+        """`require_ready`, and a model served for generation (not embeddings)."""
+        served, driver = self.require_ready()
+        if served.embedding is not None:
+            raise APIError(400, f"the model `{served.name}` is served for embeddings (--task embed): "
+                                "use /v1/embeddings", param="model", code="wrong_task")
+        return served, driver
+
     def check_model_name(self, requested: str | None) -> None:
         if requested and self.served is not None and requested != self.served.name:
             raise APIError(404, f"The model `{requested}` does not exist. Served: `{self.served.name}`.",

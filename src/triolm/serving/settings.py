@@ -15,6 +15,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_name: str | None = None
+    task: str = "auto"  # auto | generate | embed (auto: embed when the model's files say so)
     api_key: str | None = None
     max_num_seqs: int = 16
     max_model_len: int | None = None  # None: the model's trained context (capped for memory)
