@@ -36,6 +36,20 @@ def embedding_dir(src, dst, pooling: str = "pooling_mode_lasttoken", normalize: 
     for path in dst.glob("*.safetensors"):
         tensors = load_file(path)
         save_file({k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith("lm_head.")}, path)
+    # Qwen3-Embedding's tokenizer file appends a special token that is not its eos_token
+    # (`<|endoftext|>`; eos is `<|im_end|>`): the pooled last token is that one
+    tokenizer = json.loads((dst / "tokenizer.json").read_text())
+    tokenizer["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[IMG]", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}},
+                 {"SpecialToken": {"id": "[IMG]", "type_id": 1}}],
+        "special_tokens": {"[IMG]": {"id": "[IMG]", "ids": [10], "tokens": ["[IMG]"]}}}
+    (dst / "tokenizer.json").write_text(json.dumps(tokenizer))
+    tokenizer_config = json.loads((dst / "tokenizer_config.json").read_text())
+    for key in ("add_bos_token", "add_eos_token"):
+        tokenizer_config.pop(key, None)
+    (dst / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     config = json.loads((dst / "config.json").read_text())
     config["architectures"] = ["Qwen3Model"]
     (dst / "config.json").write_text(json.dumps(config))
@@ -74,20 +88,19 @@ def eclient(embed_server):
 
 @pytest.fixture(scope="module")
 def reference(embed_dir):
-    """transformers' Qwen3Model on the same directory: last hidden state of the last token."""
-    from transformers import AutoModel
+    """transformers on the same directory: its tokenizer's ids, and Qwen3Model's last hidden
+    state of the last token."""
+    from transformers import AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(str(embed_dir), torch_dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(embed_dir))
 
-    def pooled(ids: list[int]) -> torch.Tensor:
+    def pooled(text: str) -> tuple[list[int], torch.Tensor]:
+        ids = tokenizer(text)["input_ids"]
         with torch.no_grad():
-            return model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+            return ids, model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
 
     return pooled
-
-
-def ids_of(served, text: str) -> list[int]:
-    return served.tokenizer.encode(text, add_special_tokens=True)
 
 
 # -- EMB-001: the numbers ------------------------------------------------------------------
@@ -95,17 +108,18 @@ def test_emb_001_batch_equals_transformers_last_token_pooled_normalized(eclient,
     r = eclient.embeddings.create(model=embed_served.name, input=TEXTS, encoding_format="float")
     assert [d.index for d in r.data] == [0, 1, 2]
     for text, datum in zip(TEXTS, r.data):
-        ids = ids_of(embed_served, text)
-        expected = torch.nn.functional.normalize(reference(ids), dim=0)
+        ids, pooled = reference(text)
+        assert ids[-1] == 10  # the tokenizer file's appended token, as in Qwen3-Embedding
+        expected = torch.nn.functional.normalize(pooled, dim=0)
         got = torch.tensor(datum.embedding)
         assert got.shape == expected.shape
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
         assert abs(float(got.norm()) - 1.0) < 1e-5
-    assert r.usage.prompt_tokens == sum(len(ids_of(embed_served, t)) for t in TEXTS)
+    assert r.usage.prompt_tokens == sum(len(reference(t)[0]) for t in TEXTS)
 
 
-def test_emb_001_token_id_inputs_equal_their_text(eclient, embed_served):
-    ids = [ids_of(embed_served, t) for t in TEXTS]
+def test_emb_001_token_id_inputs_equal_their_text(eclient, embed_served, reference):
+    ids = [reference(t)[0] for t in TEXTS]
     by_text = eclient.embeddings.create(model=embed_served.name, input=TEXTS, encoding_format="float")
     by_ids = eclient.embeddings.create(model=embed_served.name, input=ids, encoding_format="float")
     one = eclient.embeddings.create(model=embed_served.name, input=ids[1], encoding_format="float")
@@ -137,7 +151,7 @@ def test_emb_002_base64_is_the_same_float32_vector(eclient, embed_server, embed_
 # -- EMB-003: dimensions (Matryoshka) ----------------------------------------------------------
 def test_emb_003_dimensions_truncates_then_normalizes(eclient, embed_served, reference):
     r = eclient.embeddings.create(model=embed_served.name, input=TEXTS[0], dimensions=16, encoding_format="float")
-    expected = torch.nn.functional.normalize(reference(ids_of(embed_served, TEXTS[0]))[:16], dim=0)
+    expected = torch.nn.functional.normalize(reference(TEXTS[0])[1][:16], dim=0)
     torch.testing.assert_close(torch.tensor(r.data[0].embedding), expected, atol=1e-5, rtol=1e-4)
     for bad in (0, embed_served.config.hidden_size + 1):
         with pytest.raises(openai.BadRequestError) as exc:

@@ -17,6 +17,7 @@ from triolm.api.routes import json_body, state
 from triolm.api.schemas import parse_body
 from triolm.serving.embedder import Embedder
 from triolm.serving.served_model import ServedModel
+from triolm.tokenizers.hf import HFTokenizer
 
 embeddings_bp = Blueprint("embeddings", __name__)
 
@@ -36,7 +37,13 @@ class EmbeddingsRequest(BaseModel):
 
 
 def _encode_all(served: ServedModel, texts: list[str]) -> list[list[int]]:
-    return [served.tokenizer.encode(text, add_special_tokens=True) for text in texts]
+    """The texts' tokens as transformers (so sentence-transformers) makes them: a Hugging
+    Face tokenizer's own post-processor adds the special tokens. Qwen3-Embedding's appends
+    `<|endoftext|>`, which is not its eos_token, and its last-token pooling rests on it."""
+    tokenizer = served.tokenizer
+    if isinstance(tokenizer, HFTokenizer):
+        return [e.ids for e in tokenizer.hf_tokenizer.encode_batch(texts, add_special_tokens=True)]
+    return [tokenizer.encode(text, add_special_tokens=True) for text in texts]
 
 
 async def _sequences(body: EmbeddingsRequest, served: ServedModel) -> list[list[int]]:
