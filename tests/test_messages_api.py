@@ -151,6 +151,15 @@ def test_msg_006_count_tokens_is_the_prompt_the_message_would_run(claude, client
     assert count.input_tokens == c.usage.prompt_tokens
 
 
+def test_msg_006_a_final_assistant_message_is_a_prefill_the_reply_continues(claude, client):
+    messages = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Well,"}]
+    m = claude.messages.create(model="hf", max_tokens=6, messages=messages, extra_body=GREEDY)
+    c = chat(client, messages, temperature=0, max_tokens=6,
+             extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    assert m.content[0].text == c.choices[0].message.content
+    assert claude.messages.count_tokens(model="hf", messages=messages).input_tokens == c.usage.prompt_tokens
+
+
 # -- MSG-007: x-api-key ---------------------------------------------------------------------------------
 def test_msg_007_x_api_key_is_accepted_like_the_bearer_key(make_server):
     srv = make_server(api_key="sekrit")

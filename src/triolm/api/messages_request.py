@@ -192,7 +192,11 @@ def response_format(output_config: dict | None) -> dict | None:
 
 def chat_request(body: CountTokensRequest) -> dict:
     """The chat completion request a Messages (or count_tokens) request runs as."""
-    chat: dict[str, Any] = {"model": body.model, "messages": chat_messages(body)}
+    messages = chat_messages(body)
+    chat: dict[str, Any] = {"model": body.model, "messages": messages}
+    if messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
+        chat["continue_final_message"] = True  # a prefill: the reply continues that text
+        chat["add_generation_prompt"] = False
     tools = chat_tools(body.tools)
     choice, parallel = chat_tool_choice(body.tool_choice)
     if tools:
