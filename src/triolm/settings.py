@@ -38,7 +38,7 @@ class ServerSettings:
     # competes with (bench-results/tokenization.json, docs/tokenization-benchmark.md).
     tokenizer_threads: int = 1
     # Prompt work on text below this many characters takes its own lane, so small requests
-    # never queue behind big ones (triolm.serving.lanes).
+    # never queue behind big ones (triolm.runtime.lanes).
     small_work_chars: int = 64 * 1024
     # Budget of one chat-template render (untrusted code from the model file): seconds,
     # characters of output, and bytes of memory of its worker process.
@@ -49,7 +49,7 @@ class ServerSettings:
     session_idle_timeout: float = 3600.0
     seed: int | None = None
     # structured output: budget of a new grammar's first compile, and its size limit
-    # (triolm.chat.grammar.limits.GrammarLimits holds the finer llguidance limits)
+    # (triolm.prompting.grammar.limits.GrammarLimits holds the finer llguidance limits)
     grammar_compile_timeout: float = 2.0  # seconds
     grammar_compile_memory: int = 512 << 20  # bytes
     grammar_max_size: int = 500_000  # symbols in the grammar's productions

@@ -27,7 +27,7 @@ import pytest
 import trio
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from triolm.chat.mistral import (
+from triolm.prompting.mistral import (
     DEFAULT_TOKENIZATION_THREADS,
     apply_mistral_chat_template,
     async_apply_mistral_chat_template,

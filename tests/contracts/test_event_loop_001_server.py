@@ -16,7 +16,7 @@ While a 500 KB Mistral chat request and 500 KB `/tokenize` requests are processe
 - the lag metric as scraped kept measuring and stays under 2 s.
 A control renders the same chat prompt on the event loop (what vLLM did) and requires
 the instruments to see it, so the measurement itself can fail. How and why the
-instruments work: triolm.testing.loop_probe.
+instruments work: support.loop_probe.
 
 The 500 KB chat prompt (~170k tokens) is beyond the model's 2048-token context:
 the server must reject it with a 400 naming its token count and the limit.
@@ -30,9 +30,9 @@ import threading
 import httpx
 import pytest
 
-from triolm.chat.mistral import apply_mistral_chat_template, load_mistral_tokenizer
-from triolm.testing.loop_probe import CONTRACT_BOUND_S, Measurement, ServerProcess, chat_body, large_text
-from triolm.testing.model_factory import make_test_model
+from triolm.prompting.mistral import apply_mistral_chat_template, load_mistral_tokenizer
+from support.loop_probe import CONTRACT_BOUND_S, Measurement, ServerProcess, chat_body, large_text
+from support.model_factory import make_test_model
 
 PROBE_BOUND_S = 0.100  # triolm's own bound for a probe while tokenizing
 LOOP_LAG_BOUND_S = 0.100  # the contract's loop-yield bound (EL-001.1), on the server's lag metric

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from triolm.api.body import parse_json_object
-from triolm.api.errors import APIError
-from triolm.api.sampling import build_sampling_params, check_context, stop_strings
-from triolm.api.schemas import ChatCompletionRequest, CompletionRequest
-from triolm.api.validation import RequestLimits, check_against_model, parse_request, requested_max_tokens
+from triolm.http.body import parse_json_object
+from triolm.protocol.errors import APIError
+from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings
+from triolm.protocol.schemas import ChatCompletionRequest, CompletionRequest
+from triolm.protocol.validation import RequestLimits, check_against_model, parse_request, requested_max_tokens
 
 LIMITS = RequestLimits(vocab_size=1000, max_model_len=2048, max_n=16, max_queue=64)
 

@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from triolm.testing.server_thread import free_port
+from support.server_thread import free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 ALLOF_300 = {"type": "string", "allOf": [{"pattern": f".*{i}.*"} for i in range(300)]}

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from triolm.serving.prompts import EXACT_COUNT_CHARS
+from triolm.prompting.prompts import EXACT_COUNT_CHARS
 
 MSGS = [{"role": "user", "content": "hi"}]
 PROSE = "The quick brown fox jumps over the lazy dog, naïve café 東京. "

@@ -2,7 +2,7 @@
 a failing sequence fails alone (contracts/hostile-input.md, HOSTILE-LOAD-*).
 
 Hostile files are the tiny generated models copied with one metadata value changed
-(`triolm.testing.hostile_gguf.rewrite_gguf`): tensors byte for byte, types kept.
+(`support.hostile_gguf.rewrite_gguf`): tensors byte for byte, types kept.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import torch
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
 from triolm.errors import ModelLoadError
-from triolm.models.gguf_reader import read_gguf
-from triolm.models.load_limits import MAX_CHAT_TEMPLATE_BYTES, MAX_TOKEN_BYTES
-from triolm.serving.served_model import load_served_model
-from triolm.serving.settings import ServerSettings
-from triolm.testing.hostile_gguf import rewrite_gguf
-from triolm.testing.server_thread import free_port
+from triolm.formats.gguf_reader import read_gguf
+from triolm.formats.load_limits import MAX_CHAT_TEMPLATE_BYTES, MAX_TOKEN_BYTES
+from triolm.loading.served_model import load_served_model
+from triolm.settings import ServerSettings
+from support.hostile_gguf import rewrite_gguf
+from support.server_thread import free_port
 from triolm.tokenizers.convert import TokenType, spm_merges
 
 BIN = Path(sys.executable).parent
@@ -68,8 +68,8 @@ def test_HOSTILE_LOAD_001_serve_exits_non_zero_naming_the_key(llama_gguf, vocab,
 def test_HOSTILE_LOAD_001_a_panicking_native_library_is_a_load_error(llama_gguf, monkeypatch):
     """PyO3's PanicException derives from BaseException, not Exception: the load task
     must still turn it into a reason to exit (here the grammar tokenizer panics)."""
-    import triolm.chat.grammar as grammar
-    from triolm.server import _load_with_progress
+    import triolm.prompting.grammar as grammar
+    from triolm.http.server import _load_with_progress
 
     class FakePanic(BaseException):  # what pyo3_runtime.PanicException derives from
         pass

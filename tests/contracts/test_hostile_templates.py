@@ -11,17 +11,17 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import attrs
 import httpx
 import psutil
 import pytest
 
-from triolm.chat.template import ChatTemplate
-from triolm.chat.template_sandbox import MAX_TEMPLATE_CHARS, RenderBudget
+from triolm.prompting.template import ChatTemplate
+from triolm.prompting.template_sandbox import MAX_TEMPLATE_CHARS, RenderBudget
 from triolm.errors import InvalidRequestError
-from triolm.testing.server_thread import ServerThread, free_port
+from support.server_thread import ServerThread, free_port
+from support.paths import REPO_DIR
 
 BUDGET_SECONDS = 2.0
 ORDINARY = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -235,4 +235,4 @@ def _wait_ready(proc: subprocess.Popen, base: str, timeout: float = 180) -> None
 
 
 def _src_path() -> str:
-    return str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return str(REPO_DIR / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")

@@ -12,8 +12,8 @@ import json
 import httpx
 import pytest
 
-from triolm.api.body import MAX_NESTING
-from triolm.api.schemas import RESERVED_TEMPLATE_VARIABLES
+from triolm.http.body import MAX_NESTING
+from triolm.protocol.schemas import RESERVED_TEMPLATE_VARIABLES
 
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"

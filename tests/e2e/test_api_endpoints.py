@@ -13,8 +13,8 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from triolm.server import create_app
-from triolm.serving.settings import ServerSettings
+from triolm.http.server import create_app
+from triolm.settings import ServerSettings
 
 MSGS = [{"role": "user", "content": "Hello there"}]
 

@@ -1,4 +1,4 @@
-"""`triolm serve` and `hypercorn … 'triolm.server:create_app()'` as real subprocesses:
+"""`triolm serve` and `hypercorn … 'triolm.http.server:create_app()'` as real subprocesses:
 they become ready, answer, drain in-flight work on SIGTERM and exit 0; bad models
 exit non-zero with a clear message. Plus the flags themselves.
 """
@@ -19,8 +19,8 @@ import openai
 import pytest
 
 from triolm.cli import build_parser, settings_from_args
-from triolm.serving.settings import ServerSettings
-from triolm.testing.server_thread import free_port
+from triolm.settings import ServerSettings
+from support.server_thread import free_port
 
 from support.server_process import ServerProcess
 
@@ -136,7 +136,7 @@ def test_sigterm_cancels_what_outlives_the_grace_period(procs, model_dir):
 
 def test_hypercorn_with_triolm_environment(procs, model_dir):
     p = procs([str(BIN / "hypercorn"), "--worker-class", "trio", "--bind", "127.0.0.1:{port}",
-               "triolm.server:create_app()"],
+               "triolm.http.server:create_app()"],
               env={"TRIOLM_MODEL": model_dir, "TRIOLM_SERVED_MODEL_NAME": "env-named",
                    "TRIOLM_API_KEY": "envkey", "TRIOLM_MAX_NUM_SEQS": "2"})
     p.wait_ready()
@@ -214,7 +214,7 @@ def test_settings_from_triolm_environment():
 
 
 def test_max_model_len_beyond_the_trained_context_is_allowed_with_a_warning(model_dir, caplog):
-    from triolm.serving.served_model import load_served_model
+    from triolm.loading.served_model import load_served_model
 
     trained = json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"]
     with caplog.at_level(logging.WARNING):
@@ -224,8 +224,8 @@ def test_max_model_len_beyond_the_trained_context_is_allowed_with_a_warning(mode
 
 
 def test_chat_template_flag_overrides_the_models_template(model_dir, tmp_path):
-    from triolm.serving.prompts import render_chat_prompt
-    from triolm.serving.served_model import load_served_model
+    from triolm.prompting.prompts import render_chat_prompt
+    from triolm.loading.served_model import load_served_model
 
     template = tmp_path / "t.jinja"
     template.write_text("{% for m in messages %}<<{{ m.role }}|{{ m.content }}>>{% endfor %}")

@@ -20,8 +20,8 @@ import openai
 import pytest
 
 from triolm.errors import ModelLoadError
-from triolm.serving import default_model
-from triolm.testing.server_thread import free_port
+from triolm.loading import default_model
+from support.server_thread import free_port
 
 BIN = Path(sys.executable).parent
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]

@@ -12,7 +12,6 @@ steps are not compared; every other step must agree.
 """
 
 import json
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,15 +21,16 @@ import transformers
 from support.gemma3_270m import gemma3_270m_path
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
-from triolm.models.config import FULL, SLIDING
-from triolm.serving.served_model import load_served_model
-from triolm.serving.settings import ServerSettings
-from triolm.testing.server_thread import ServerThread
+from triolm.model.config import FULL, SLIDING
+from triolm.loading.served_model import load_served_model
+from triolm.settings import ServerSettings
+from support.server_thread import ServerThread
 from triolm.tokenizers.hf import HFTokenizer
+from support.paths import DATA_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "gemma3_270m_llamacpp.json").read_text())
+REFERENCE = json.loads((DATA_DIR / "gemma3_270m_llamacpp.json").read_text())
 NEAR_TIE = 0.3  # nats between llama.cpp's two best tokens
 
 

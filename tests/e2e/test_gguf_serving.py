@@ -6,11 +6,11 @@ import torch
 
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
-from triolm.models.gguf_reader import read_gguf
-from triolm.models.llama import LlamaModel
-from triolm.serving.served_model import load_served_model
-from triolm.serving.settings import ServerSettings
-from triolm.testing.server_thread import ServerThread
+from triolm.formats.gguf_reader import read_gguf
+from triolm.model.llama import LlamaModel
+from triolm.loading.served_model import load_served_model
+from triolm.settings import ServerSettings
+from support.server_thread import ServerThread
 
 PROMPT = list(range(5, 75))
 

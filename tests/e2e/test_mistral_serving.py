@@ -22,15 +22,19 @@ import openai
 import pytest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from triolm.chat.mistral import apply_mistral_chat_template, invalid_request_from_mistral_error, render_mistral_prompt
-from triolm.chat.mistral_tokenizer import MistralTokenizerAdapter, load_mistral_tokenizer_adapter
+from triolm.prompting.mistral import (
+    apply_mistral_chat_template,
+    invalid_request_from_mistral_error,
+    render_mistral_prompt,
+)
+from triolm.tokenizers.mistral_tokenizer import MistralTokenizerAdapter, load_mistral_tokenizer_adapter
 from triolm.errors import ModelLoadError
-from triolm.serving.served_model import load_served_model
-from triolm.serving.settings import ServerSettings
-from triolm.testing.mistral_models import make_native_mistral_model
-from triolm.testing.model_factory import make_test_model
-from triolm.testing.server_thread import ServerThread
-from triolm.testing.tokenizer_files import SAMPLE_TEXTS, load_test_tokenizer, source_file
+from triolm.loading.served_model import load_served_model
+from triolm.settings import ServerSettings
+from support.mistral_models import make_native_mistral_model
+from support.model_factory import make_test_model
+from support.server_thread import ServerThread
+from support.tokenizer_files import SAMPLE_TEXTS, load_test_tokenizer, source_file
 from triolm.tokenizers.hf import HFTokenizer
 
 WEATHER = {"type": "function", "function": {

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import openai
 import pytest
 
-from test_sessions_support import SessionsAPI
-from triolm.api.chat_output import shape_message
-from triolm.chat.grammar.generic_tools import generic_tools_grammar
-from triolm.chat.reasoning import ReasoningSplitter, detect_reasoning_parser, get_reasoning_format
+from support.sessions_api import SessionsAPI
+from triolm.protocol.chat_output import shape_message
+from triolm.prompting.grammar.generic_tools import generic_tools_grammar
+from triolm.prompting.reasoning import ReasoningSplitter, detect_reasoning_parser, get_reasoning_format
 from triolm.cli import build_parser, settings_from_args
 from triolm.errors import ModelLoadError
-from triolm.serving.served_model import load_served_model
-from triolm.serving.settings import ServerSettings
-from triolm.testing.server_thread import ServerThread
+from triolm.loading.served_model import load_served_model
+from triolm.settings import ServerSettings
+from support.server_thread import ServerThread
+from support.paths import TEMPLATES_DIR
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = TEMPLATES_DIR
 QWEN3 = (TEMPLATES / "qwen3.jinja").read_text()
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 THINK_THEN_ANSWER = r"<think>\nThe user asks about France\.\n</think>\n\nParis\."

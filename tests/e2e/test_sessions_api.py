@@ -4,7 +4,7 @@ session lifecycle, completions recorded as nodes, render, masking, errors.
 
 from __future__ import annotations
 
-from test_sessions_support import MASK, api, assert_well_formed, eos_after, generated_part  # noqa: F401
+from support.sessions_api import MASK, api, assert_well_formed, eos_after, generated_part  # noqa: F401
 
 HI = [{"role": "user", "content": "Hi"}]
 

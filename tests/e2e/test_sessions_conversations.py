@@ -11,9 +11,16 @@ import time
 import attrs
 import httpx
 
-from test_sessions_support import MASK, SessionsAPI, api, assert_well_formed, eos_after, generated_part  # noqa: F401
-from triolm.chat.template import ChatTemplate
-from triolm.testing.server_thread import ServerThread
+from support.sessions_api import (  # noqa: F401
+    MASK,
+    SessionsAPI,
+    api,
+    assert_well_formed,
+    eos_after,
+    generated_part,
+)
+from triolm.prompting.template import ChatTemplate
+from support.server_thread import ServerThread
 
 BLOCK = 16
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from test_sessions_support import MASK, api, assert_well_formed  # noqa: F401
+from support.sessions_api import MASK, api, assert_well_formed  # noqa: F401
 
 
 def tool(name: str, **enums: list[str]) -> dict:

@@ -19,8 +19,8 @@ import psutil
 import pytest
 import trio
 
-from triolm.testing.loop_probe import CONTRACT_BOUND_S, Measurement, ServerProcess, large_text
-from triolm.testing.server_thread import ServerThread
+from support.loop_probe import CONTRACT_BOUND_S, Measurement, ServerProcess, large_text
+from support.server_thread import ServerThread
 
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"
@@ -259,7 +259,7 @@ class LivezProber(threading.Thread):
 
 
 # OAI-CONC-005 runs the server in its own process and takes host CPU starvation out of
-# what it measures: how and why in triolm.testing.loop_probe (shared with EL-001.4).
+# what it measures: how and why in support.loop_probe (shared with EL-001.4).
 LOOP_LAG_BOUND_S = 0.100  # every observation of the server's loop-lag metric, less CPU wait
 STREAMS = 8
 ATTEMPTS = 2  # one re-run when the shared host starves the server; a real block fails both
@@ -453,7 +453,7 @@ class FakeGeneration:
         self.closed = False
 
     async def deltas(self):
-        from triolm.serving.generation import Delta
+        from triolm.runtime.generation import Delta
 
         try:
             for i, delay in enumerate(self.delays):
@@ -468,7 +468,7 @@ class FakeGeneration:
     async def stream(self):
         """Like Generation.stream: a cancel-safe next_delta() (the i-th delta is due
         at a fixed time, and only counted once returned)."""
-        from triolm.serving.generation import Delta
+        from triolm.runtime.generation import Delta
 
         due, t = [], trio.current_time()
         for delay in self.delays:
@@ -497,14 +497,14 @@ class FakeGeneration:
 
 
 async def _collect(gens, timeout, keepalive):
-    from triolm.serving.fanout import merged_deltas
+    from triolm.runtime.fanout import merged_deltas
 
     async with merged_deltas(gens, timeout, keepalive) as events:
         return [e async for e in events]
 
 
 async def test_fanout_ticks_while_idle_and_merges_by_index():
-    from triolm.serving.fanout import Tick
+    from triolm.runtime.fanout import Tick
 
     gens = [FakeGeneration([0.25]), FakeGeneration([0.0, 0.3])]
     events = await _collect(gens, timeout=5, keepalive=0.05)
@@ -515,7 +515,7 @@ async def test_fanout_ticks_while_idle_and_merges_by_index():
 
 
 async def test_fanout_deadline_yields_timed_out_and_closes_generations():
-    from triolm.serving.fanout import TimedOut
+    from triolm.runtime.fanout import TimedOut
 
     gens = [FakeGeneration([0.0, 10.0]), FakeGeneration([10.0])]
     with trio.fail_after(3):
@@ -525,8 +525,8 @@ async def test_fanout_deadline_yields_timed_out_and_closes_generations():
 
 
 async def test_fanout_and_run_all_raise_the_failing_generations_error_not_a_group():
-    from triolm.serving.engine_driver import OverloadedError
-    from triolm.serving.fanout import run_all
+    from triolm.runtime.engine_driver import OverloadedError
+    from triolm.runtime.fanout import run_all
 
     with pytest.raises(OverloadedError):
         await _collect([FakeGeneration([10.0]), FakeGeneration([], OverloadedError("full"))], 5, 1)
@@ -539,7 +539,7 @@ async def test_fanout_and_run_all_raise_the_failing_generations_error_not_a_grou
 async def test_fanout_deadline_while_the_consumer_is_slow():
     """The deadline passes while the producer waits at a `yield` for a slow consumer (an
     SSE client reading slowly): still exactly one TimedOut at the end, no error."""
-    from triolm.serving.fanout import TimedOut, merged_deltas
+    from triolm.runtime.fanout import TimedOut, merged_deltas
 
     gens = [FakeGeneration([0.005] * 1000)]
     events = []
@@ -600,7 +600,7 @@ async def test_driver_forgets_a_request_whose_stream_was_closed_without_an_abort
     """A request that closes its token stream (no driver.abort) is aborted in the engine
     and never signalled again; the other requests and the driver keep going."""
     from triolm.engine.sampling_params import SamplingParams
-    from triolm.serving.engine_driver import EngineDriver, EngineFailure
+    from triolm.runtime.engine_driver import EngineDriver, EngineFailure
 
     engine = FakeEngine()
     driver = EngineDriver(engine, max_queue=8)
@@ -639,7 +639,7 @@ async def test_driver_cancellation_returns_only_after_the_engine_thread_stopped(
     """The engine thread lives exactly as long as the driver task: once `run` has
     returned (cancelled), the engine is never stepped again."""
     from triolm.engine.sampling_params import SamplingParams
-    from triolm.serving.engine_driver import EngineDriver
+    from triolm.runtime.engine_driver import EngineDriver
 
     class CountingEngine(FakeEngine):
         steps = 0

@@ -1,5 +1,5 @@
 """pytest fixtures for generated test models (register with
-`pytest_plugins = ["triolm.testing.fixtures"]` in the top-level conftest.py).
+`pytest_plugins = ["support.fixtures"]` in the top-level conftest.py).
 
 Models are cached on disk (see `model_factory.default_cache_dir`, or set
 TRIOLM_TEST_MODEL_CACHE), so only the first test run pays for building them.
@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from triolm.testing.model_factory import TestModelPaths, default_cache_dir, make_test_model
+from support.model_factory import TestModelPaths, default_cache_dir, make_test_model
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 from gguf import GGUFValueType, GGUFWriter
 
-from triolm.models.gguf_reader import _CheckedReader, _KVParser
+from triolm.formats.gguf_reader import _CheckedReader, _KVParser
 
 # Written by GGUFWriter itself, never copied.
 _HEADER_KEYS = ("general.architecture",)

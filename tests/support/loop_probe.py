@@ -47,6 +47,8 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import httpx
 
+from support.paths import env_with_tests_on_path
+
 CONTRACT_BOUND_S = 2.0  # event-loop-001's health-check bound; applies to raw latency
 POLL_S = 0.020
 
@@ -108,8 +110,8 @@ class ServerProcess:
 
     def __init__(self, model_dir: str, start_timeout: float = 180.0, **settings: Any):
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "triolm.testing.loop_probe", model_dir, json.dumps(settings)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "support.loop_probe", model_dir, json.dumps(settings)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env_with_tests_on_path())
         self._replies: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True, name="server-process-stdout").start()
         try:
@@ -223,10 +225,10 @@ def _burn_cpu(seconds: float, done: threading.Event) -> None:
 
 def _server_main(model_dir: str, overrides: str) -> None:
     """The child of ServerProcess: load, serve, obey stdin until it closes, stop."""
-    from triolm.serving.lanes import PromptLanes
-    from triolm.serving.served_model import load_served_model
-    from triolm.serving.settings import ServerSettings
-    from triolm.testing.server_thread import ServerThread
+    from triolm.runtime.lanes import PromptLanes
+    from triolm.loading.served_model import load_served_model
+    from triolm.settings import ServerSettings
+    from support.server_thread import ServerThread
 
     settings = ServerSettings(model=model_dir, **json.loads(overrides))
     served = load_served_model(settings)

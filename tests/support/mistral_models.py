@@ -4,7 +4,7 @@
 publishes checkpoints as `params.json` + `consolidated.safetensors` + a
 mistral-common tokenizer file, with other tensor names and q/k rows in interleaved
 rotary order. `make_native_mistral_model` writes the same weights that way (through
-`triolm.models.mistral_native.to_native`, the loader's inverse), next to the HF
+`triolm.formats.mistral_native.to_native`, the loader's inverse), next to the HF
 directory in the test-model cache, so a test can check that both layouts load and
 generate the very same tokens.
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from triolm.models.mistral_native import params_json, to_native
-from triolm.models.safetensors_loader import read_safetensors
-from triolm.testing.model_factory import TestModelPaths, _locked, make_test_model
+from triolm.formats.mistral_native import params_json, to_native
+from triolm.formats.safetensors_loader import read_safetensors
+from support.model_factory import TestModelPaths, _locked, make_test_model
 
 NATIVE_DIR = "native"
 _FILES = ("params.json", "consolidated.safetensors")

@@ -6,7 +6,7 @@ files of the same weights, and caches the result on disk: a second call with the
 same (arch, size, seed) and an unchanged factory/tokenizer/writer source returns
 the cached files at once.
 
-Weights come from triolm.models.random_init (scaled so a forward pass is informative).
+Weights come from triolm.model.random_init (scaled so a forward pass is informative).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import attrs
 import torch
 from safetensors.torch import save_file
 
-from triolm.models import random_init
-from triolm.models.config import FULL, SLIDING, ModelConfig, RopeScaling
-from triolm.models.gguf_writer import write_gguf
-from triolm.models.random_init import random_weights
-from triolm.testing.tokenizer_files import load_test_tokenizer, write_test_tokenizer
+from triolm.model import random_init
+from triolm.model.config import FULL, SLIDING, ModelConfig, RopeScaling
+from triolm.formats.gguf_writer import write_gguf
+from triolm.model.random_init import random_weights
+from support.tokenizer_files import load_test_tokenizer, write_test_tokenizer
 from triolm.tokenizers.gguf_vocab import gguf_metadata_from_tokenizer
 
 #: Bump when the files written for the same inputs change in a way the source hash
@@ -152,7 +152,7 @@ class _TokenizerInfo:
 
 
 def chat_template_text(name: str) -> str:
-    return resources.files("triolm.chat").joinpath("templates", name).read_text(encoding="utf-8")
+    return resources.files("triolm.prompting").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 # test tokenizer kind -> the GGUF vocabulary kind llama.cpp knows it as
@@ -182,12 +182,12 @@ def _tokenizer_info(kind: str, template: str | None) -> _TokenizerInfo:
 def _source_digest() -> str:
     """Hash of the code that decides what the files contain, so edits invalidate caches."""
     h = hashlib.sha256(str(FACTORY_VERSION).encode())
-    pkg = Path(__file__).resolve().parents[1]
-    for rel in ("testing/model_factory.py", "testing/tokenizer_files.py", "models/random_init.py",
-                "models/gguf_writer.py", "models/gguf_layout.py", "models/gguf_quants.py",
-                "tokenizers/gguf_vocab.py", "tokenizers/convert.py", "tokenizers/hf.py",
-                "chat/templates"):
-        p = pkg / rel
+    support = Path(__file__).resolve().parent
+    src = Path(random_init.__file__).resolve().parents[1]
+    for p in (support / "model_factory.py", support / "tokenizer_files.py", src / "model/random_init.py",
+              src / "formats/gguf_writer.py", src / "formats/gguf_layout.py", src / "formats/gguf_quants.py",
+              src / "tokenizers/gguf_vocab.py", src / "tokenizers/convert.py", src / "tokenizers/hf.py",
+              src / "prompting/templates"):
         files = sorted(p.rglob("*")) if p.is_dir() else [p]
         for f in files:
             if f.is_file():

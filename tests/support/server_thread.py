@@ -12,8 +12,8 @@ import attrs
 import httpx
 import trio
 
-from triolm.serving.served_model import ServedModel
-from triolm.serving.settings import ServerSettings
+from triolm.loading.served_model import ServedModel
+from triolm.settings import ServerSettings
 
 
 def free_port() -> int:
@@ -48,10 +48,10 @@ class ServerThread:
         from hypercorn.config import Config
         from hypercorn.trio import serve
 
-        from triolm import fast_send
-        from triolm.server import create_app
+        from triolm.http import framework_patches
+        from triolm.http.server import create_app
 
-        fast_send.install()  # as `triolm serve` does
+        framework_patches.install_fast_send_server()  # as `triolm serve` does
 
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
@@ -62,7 +62,7 @@ class ServerThread:
         config.accesslog = None
         # Through Python logging (WARNING and up), so a test sees "Error in ASGI Framework"
         # — e.g. a response stream that crashed — in its captured logs and caplog.
-        errorlog = logging.getLogger("triolm.testing.hypercorn")
+        errorlog = logging.getLogger("support.hypercorn")
         errorlog.setLevel(logging.WARNING)
         config.errorlog = errorlog
         await serve(self.app, config, shutdown_trigger=self._stop.wait)

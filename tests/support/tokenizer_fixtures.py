@@ -2,7 +2,7 @@
 mistral-common ships: a 32,768-piece SentencePiece vocabulary (Mistral v3 instruct) and
 the 131,072-token Tekken byte-level BPE, both as triolm `HFTokenizer`s.
 
-Shared by tests/test_grammar.py and scripts/bench_grammar.py.
+Shared by tests/unit/prompting/test_grammar.py and scripts/bench_grammar.py.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import attrs
 from gguf import RopeScalingType
 
-from triolm.models.config import FULL, SLIDING, ModelConfig
+from triolm.model.config import FULL, SLIDING, ModelConfig
 
 GEMMA_ARCHS = ("gemma2", "gemma3")
 

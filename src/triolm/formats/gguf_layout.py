@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from triolm.models.config import ModelConfig, RopeScaling
+from triolm.model.config import ModelConfig, RopeScaling
 
 # Our architecture name -> GGUF `general.architecture`. Mistral is the llama graph in GGUF.
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",

@@ -23,9 +23,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueTy
 from gguf.gguf_reader import ReaderField
 
 from triolm.errors import ModelLoadError
-from triolm.models import gguf_layout as layout
-from triolm.models import gemma_gguf, gguf_quants
-from triolm.models.config import ModelConfig, RopeScaling, invalid_fields
+from triolm.formats import gguf_layout as layout
+from triolm.formats import gemma_gguf, gguf_quants
+from triolm.model.config import ModelConfig, RopeScaling, invalid_fields
 
 GGUF_MAGIC = b"GGUF"
 

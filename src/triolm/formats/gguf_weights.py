@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from triolm.kernels import native
-from triolm.models.gguf_reader import GGUFModel, read_gguf
+from triolm.formats.gguf_reader import GGUFModel, read_gguf
 
 
 def read_gguf_for_engine(path: str | os.PathLike) -> tuple[GGUFModel, dict[str, Any]]:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 
-from triolm.models import gguf_layout as layout
-from triolm.models import gemma_gguf, gguf_quants
-from triolm.models.config import ModelConfig
+from triolm.formats import gguf_layout as layout
+from triolm.formats import gemma_gguf, gguf_quants
+from triolm.model.config import ModelConfig
 
 T = GGMLQuantizationType
 

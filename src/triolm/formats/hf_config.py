@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 
 from triolm.errors import ModelLoadError
-from triolm.models.config import FULL, SLIDING, SUPPORTED_ARCHITECTURES, ModelConfig, RopeScaling, invalid_fields
+from triolm.model.config import (
+    FULL,
+    SLIDING,
+    SUPPORTED_ARCHITECTURES,
+    ModelConfig,
+    RopeScaling,
+    invalid_fields,
+)
 
 _MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                 "gemma2": "gemma2", "gemma3_text": "gemma3"}

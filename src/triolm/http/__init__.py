@@ -1,1 +1,2 @@
-"""HTTP routes: thin handlers that parse, call `serving`, and shape OpenAI responses."""
+"""The HTTP layer, the only code that knows Quart and Hypercorn: the app, routes, auth,
+body parsing, the framework patches."""

@@ -8,7 +8,7 @@ import secrets
 
 from quart import Request
 
-from triolm.api.errors import APIError
+from triolm.protocol.errors import APIError
 
 GUARDED_PREFIXES = ("/v1/",)
 GUARDED_PATHS = frozenset({"/tokenize", "/detokenize"})

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from triolm.api.errors import bad_request
+from triolm.protocol.errors import bad_request
 
 MAX_NESTING = 64  # OpenAI bodies nest a handful of levels; JSON schemas a few dozen
 _PARSE_OFF_LOOP_BYTES = 1 << 20  # parsing a few MB of JSON takes tens of ms: not on the loop

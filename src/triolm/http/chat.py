@@ -11,23 +11,28 @@ from typing import AsyncIterator
 import attrs
 import trio
 
-from triolm.api import openai_format as fmt
-from triolm.api.chat_output import make_streamer, shape_message
-from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
-from triolm.api.errors import bad_request
-from triolm.api.sampling import build_sampling_params, check_context, stop_strings
-from triolm.api.schemas import ChatCompletionRequest
-from triolm.api.state import AppState
-from triolm.api.structured import constraint_for_chat, tool_parsing_mode
-from triolm.api.tool_calls import tool_calls_finish_reason
-from triolm.api.validation import check_against_model, request_limits, requested_max_tokens
+from triolm.protocol import openai_format as fmt
+from triolm.protocol.chat_output import make_streamer, shape_message
+from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
+from triolm.protocol.errors import bad_request
+from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings
+from triolm.protocol.schemas import ChatCompletionRequest
+from triolm.http.state import AppState
+from triolm.http.structured import constraint_for_chat, tool_parsing_mode
+from triolm.protocol.tool_calls import tool_calls_finish_reason
+from triolm.protocol.validation import check_against_model, request_limits, requested_max_tokens
 from triolm.errors import InvalidRequestError
-from triolm.serving.fanout import Tick, TimedOut, merged_deltas
-from triolm.serving.generation import Generation
-from triolm.serving.lanes import text_chars, verbatim_prompt_chars
-from triolm.serving.prompts import (RenderedPrompt, check_prompt_chars, encode_text, render_chat_prompt,
-                                    render_chat_text_in_worker)
-from triolm.serving.served_model import ServedModel
+from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
+from triolm.runtime.generation import Generation
+from triolm.runtime.lanes import text_chars, verbatim_prompt_chars
+from triolm.prompting.prompts import (
+    RenderedPrompt,
+    check_prompt_chars,
+    encode_text,
+    render_chat_prompt,
+    render_chat_text_in_worker,
+)
+from triolm.loading.served_model import ServedModel
 
 
 @attrs.define
@@ -68,7 +73,7 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
         if served.mistral_tokenizer is None:
             raise
         # mistral-common's validation errors name the problem in the message
-        from triolm.chat.mistral import invalid_request_from_mistral_error
+        from triolm.prompting.mistral import invalid_request_from_mistral_error
 
         mapped = invalid_request_from_mistral_error(exc)
         if mapped is None:

@@ -6,18 +6,18 @@ from typing import AsyncIterator
 
 import trio
 
-from triolm.api import openai_format as fmt
-from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
-from triolm.api.errors import bad_request
-from triolm.api.sampling import build_sampling_params, check_context, stop_strings
-from triolm.api.schemas import CompletionRequest
-from triolm.api.state import AppState
-from triolm.api.structured import constraint_for_completion
-from triolm.api.validation import check_against_model, request_limits, requested_max_tokens
+from triolm.protocol import openai_format as fmt
+from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
+from triolm.protocol.errors import bad_request
+from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings
+from triolm.protocol.schemas import CompletionRequest
+from triolm.http.state import AppState
+from triolm.http.structured import constraint_for_completion
+from triolm.protocol.validation import check_against_model, request_limits, requested_max_tokens
 from triolm.errors import InvalidRequestError
-from triolm.serving.fanout import Tick, TimedOut, merged_deltas
-from triolm.serving.generation import Generation
-from triolm.serving.prompts import check_prompt_chars, encode_text
+from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
+from triolm.runtime.generation import Generation
+from triolm.prompting.prompts import check_prompt_chars, encode_text
 
 
 async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[list[int]]:

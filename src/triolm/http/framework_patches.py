@@ -1,4 +1,13 @@
-"""Hypercorn's trio TCP server with one fast path in its send, and a send that cannot
+"""Where Hypercorn and Quart-Trio, as this server runs them, need a patch: all of them here.
+
+- `ShieldedLastSendConnection`: the last body message of a response is sent shielded, so
+  Hypercorn's keep-alive recycling inside that send is never cancelled half-way.
+- `install_body_drain`: every request body is read before its response goes out, so an
+  early answer to a POST does not hang the next request on that connection.
+- `install_fast_send_server`: Hypercorn's trio TCP server with one fast path in its send,
+  and a send that cannot hold a shutdown forever (below).
+
+Hypercorn's trio TCP server with one fast path in its send, and a send that cannot
 hold a shutdown forever.
 
 Fast path: every chunk Hypercorn writes goes through a trio Lock and
@@ -23,6 +32,10 @@ import trio
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio.tcp_server import TCPServer
+from quart import request
+from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
+from werkzeug.exceptions import HTTPException
 
 #: How often a send blocked on a client that does not read looks at the server's
 #: deadline (it is set once, when shutdown starts, and nobody wakes the send then).
@@ -79,8 +92,58 @@ class FastSendTCPServer(TCPServer):
                 return
 
 
-def install() -> None:
+def install_fast_send_server() -> None:
     """Make Hypercorn's trio worker (`hypercorn.trio.serve`) build FastSendTCPServer
     connections. Idempotent; leaves a server class someone else installed alone."""
     if hypercorn_run.TCPServer is TCPServer:
         hypercorn_run.TCPServer = FastSendTCPServer
+
+
+class ShieldedLastSendConnection(TrioASGIHTTPConnection):
+    """Quart-Trio's HTTP connection, with the last body message sent shielded.
+
+    Hypercorn recycles the keep-alive connection *inside* that send (restarts its idle
+    timer, or closes the socket), and the client's end-of-request `http.disconnect`
+    that the same call delivers makes Quart-Trio cancel this task at its next
+    checkpoint — half-way through the recycling. Unshielded, idle keep-alive connections
+    never time out (and hold a graceful shutdown for its whole grace period) and a
+    connection that should close stays open.
+    """
+
+    async def handle_request(self, nursery, request, send):  # noqa: D102
+        async def send_last_shielded(message):
+            if message.get("type") == "http.response.body" and not message.get("more_body", False):
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + _DRAIN_SECONDS):
+                    await send(message)
+            else:
+                await send(message)
+
+        await super().handle_request(nursery, request, send_last_shielded)
+
+
+_DRAIN_SECONDS = 5.0
+
+
+def install_body_drain(app: QuartTrio) -> None:
+    """Read the rest of every request body before its response goes out.
+
+    With hypercorn's h11 protocol and Quart-Trio, answering before the body is fully
+    received (a 404/405 on a POST, an early 4xx) leaves the connection half-way through
+    the request; the close that should follow is cancelled with the handler's nursery,
+    so the next request on the same keep-alive connection hangs. Draining fixes that;
+    when the body cannot be drained (over --max-body-size, or a stalled client) the
+    response says `Connection: close` so the client does not reuse the connection.
+    """
+
+    @app.after_request
+    async def drain_request_body(response):
+        drained = False
+        try:
+            with trio.move_on_after(_DRAIN_SECONDS):
+                await request.body
+                drained = True
+        except HTTPException:  # RequestEntityTooLarge: the rest is not worth reading
+            pass
+        if not drained:
+            response.headers["Connection"] = "close"
+        return response

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import trio
 
-from triolm.api import openai_format as fmt
-from triolm.api.errors import APIError, bad_request
-from triolm.api.state import AppState
-from triolm.chat.grammar.compiler import limit_hit
+from triolm.protocol import openai_format as fmt
+from triolm.protocol.errors import APIError, bad_request
+from triolm.http.state import AppState
+from triolm.prompting.grammar.compiler import limit_hit
 from triolm.engine.constraint import ConstraintFailure
-from triolm.serving.engine_driver import EngineDriver, EngineFailure, GenerationCut, OverloadedError
-from triolm.serving.fanout import run_all
-from triolm.serving.generation import Generation
+from triolm.runtime.engine_driver import EngineDriver, EngineFailure, GenerationCut, OverloadedError
+from triolm.runtime.fanout import run_all
+from triolm.runtime.generation import Generation
 
 
 class GenerationsRun:

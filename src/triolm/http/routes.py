@@ -6,15 +6,20 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, jsonify, request
 
-from triolm.api.body import read_json_object
-from triolm.api.chat import ChatRun, prepare_chat
-from triolm.api.completions import prepare_completion
-from triolm.api.errors import APIError, bad_request
-from triolm.api.schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                                TokenizeRequest, parse_body)
-from triolm.api.state import AppState
-from triolm.api.validation import parse_request
-from triolm.serving.prompts import encode_text
+from triolm.http.body import read_json_object
+from triolm.http.chat import ChatRun, prepare_chat
+from triolm.http.completions import prepare_completion
+from triolm.protocol.errors import APIError, bad_request
+from triolm.protocol.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    parse_body,
+)
+from triolm.http.state import AppState
+from triolm.protocol.validation import parse_request
+from triolm.prompting.prompts import encode_text
 
 bp = Blueprint("triolm", __name__)
 
@@ -78,7 +83,7 @@ async def get_model(model_id: str):
 
 
 # -- tokenize / detokenize (vLLM shapes) --------------------------------------------------
-# Behind --api-key like /v1/* (triolm.server). Work is admitted to a lane by its size, so a
+# Behind --api-key like /v1/* (triolm.http.server). Work is admitted to a lane by its size, so a
 # big request never holds up a small one. Text beyond the context is still tokenized
 # (counting it is what /tokenize is for), within --max-body-size.
 @bp.post("/tokenize")
@@ -92,7 +97,7 @@ async def tokenize():
     if body.messages is not None:
         if not body.messages:
             raise bad_request("messages must not be empty", param="messages")
-        from triolm.api.chat import render_for_request
+        from triolm.http.chat import render_for_request
 
         chat_body = parse_body(ChatCompletionRequest, {"messages": body.messages, "tools": body.tools,
                                                        "add_generation_prompt": body.add_generation_prompt})

@@ -1,6 +1,6 @@
 """`create_app()`: the Quart-Trio app, its lifespan tasks and its error handling.
 
-`hypercorn --worker-class trio 'triolm.server:create_app()'` serves it directly (settings
+`hypercorn --worker-class trio 'triolm.http.server:create_app()'` serves it directly (settings
 from TRIOLM_* variables); `triolm serve` does the same with flags.
 """
 
@@ -14,23 +14,24 @@ import sys
 import trio
 from quart import jsonify, request
 from quart_trio import QuartTrio
-from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
-from triolm.api.auth import api_key_error
-from triolm.api.errors import APIError, error_response
-from triolm.api.routes import bp
-from triolm.api.state import AppState
-from triolm.chat.template_workers import open_template_workers
+from triolm.http.auth import api_key_error
+from triolm.protocol.errors import APIError
+from triolm.http.errors import error_response
+from triolm.http.framework_patches import ShieldedLastSendConnection, install_body_drain
+from triolm.http.routes import bp
+from triolm.http.state import AppState
+from triolm.prompting.template_workers import open_template_workers
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.errors import ModelLoadError
-from triolm.serving.engine_driver import EngineDriver
-from triolm.serving.lanes import PromptLanes
-from triolm.serving.loop_core import LoopBusyInstrument
-from triolm.serving.loop_lag import monitor_loop_lag
-from triolm.serving.metrics import Metrics
-from triolm.serving.served_model import ServedModel, load_served_model
-from triolm.serving.settings import ServerSettings
+from triolm.runtime.engine_driver import EngineDriver
+from triolm.runtime.lanes import PromptLanes
+from triolm.runtime.loop_core import LoopBusyInstrument
+from triolm.runtime.loop_lag import monitor_loop_lag
+from triolm.runtime.metrics import Metrics
+from triolm.loading.served_model import ServedModel, load_served_model
+from triolm.settings import ServerSettings
 
 log = logging.getLogger("triolm")
 
@@ -39,7 +40,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     """Build the app. `served` injects an already-loaded model (tests share one)."""
     settings = settings or ServerSettings.from_env()
     app = QuartTrio("triolm")
-    app.asgi_http_class = _HTTPConnection
+    app.asgi_http_class = ShieldedLastSendConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_size
     app.config["RESPONSE_TIMEOUT"] = None  # streams may be long; deadlines are our cancel scopes
     app.config["BODY_TIMEOUT"] = 60
@@ -50,7 +51,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     app.register_blueprint(bp)
     _install_error_handlers(app)
     _install_auth(app, state)
-    _install_body_drain(app)
+    install_body_drain(app)
     _install_sessions(app, state)
 
     @app.before_serving
@@ -194,59 +195,9 @@ def _install_auth(app: QuartTrio, state: AppState) -> None:
         return error_response(err)
 
 
-class _HTTPConnection(TrioASGIHTTPConnection):
-    """Quart-Trio's HTTP connection, with the last body message sent shielded.
-
-    Hypercorn recycles the keep-alive connection *inside* that send (restarts its idle
-    timer, or closes the socket), and the client's end-of-request `http.disconnect`
-    that the same call delivers makes Quart-Trio cancel this task at its next
-    checkpoint — half-way through the recycling. Unshielded, idle keep-alive connections
-    never time out (and hold a graceful shutdown for its whole grace period) and a
-    connection that should close stays open.
-    """
-
-    async def handle_request(self, nursery, request, send):  # noqa: D102
-        async def send_last_shielded(message):
-            if message.get("type") == "http.response.body" and not message.get("more_body", False):
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + _DRAIN_SECONDS):
-                    await send(message)
-            else:
-                await send(message)
-
-        await super().handle_request(nursery, request, send_last_shielded)
-
-
-_DRAIN_SECONDS = 5.0
-
-
-def _install_body_drain(app: QuartTrio) -> None:
-    """Read the rest of every request body before its response goes out.
-
-    With hypercorn's h11 protocol and Quart-Trio, answering before the body is fully
-    received (a 404/405 on a POST, an early 4xx) leaves the connection half-way through
-    the request; the close that should follow is cancelled with the handler's nursery,
-    so the next request on the same keep-alive connection hangs. Draining fixes that;
-    when the body cannot be drained (over --max-body-size, or a stalled client) the
-    response says `Connection: close` so the client does not reuse the connection.
-    """
-
-    @app.after_request
-    async def drain_request_body(response):
-        drained = False
-        try:
-            with trio.move_on_after(_DRAIN_SECONDS):
-                await request.body
-                drained = True
-        except HTTPException:  # RequestEntityTooLarge: the rest is not worth reading
-            pass
-        if not drained:
-            response.headers["Connection"] = "close"
-        return response
-
-
 def _install_sessions(app: QuartTrio, state: AppState) -> None:
     try:
-        from triolm.api.sessions_routes import register_sessions
+        from triolm.http.sessions_routes import register_sessions
     except ImportError:
         return
     register_sessions(app, state)

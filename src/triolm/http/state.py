@@ -8,12 +8,12 @@ import time
 import attrs
 import trio
 
-from triolm.api.errors import APIError
-from triolm.serving.engine_driver import EngineDriver
-from triolm.serving.lanes import PromptLanes
-from triolm.serving.metrics import Metrics
-from triolm.serving.served_model import ServedModel
-from triolm.serving.settings import ServerSettings
+from triolm.protocol.errors import APIError
+from triolm.runtime.engine_driver import EngineDriver
+from triolm.runtime.lanes import PromptLanes
+from triolm.runtime.metrics import Metrics
+from triolm.loading.served_model import ServedModel
+from triolm.settings import ServerSettings
 
 
 @attrs.define

@@ -11,14 +11,14 @@ import functools
 import attrs
 import trio
 
-from triolm.api.errors import bad_request
-from triolm.api.schemas import ChatCompletionRequest, SamplingFields
-from triolm.chat.grammar.generic_tools import generic_tools_grammar
-from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER
-from triolm.chat.grammar.limits import GrammarLimits
+from triolm.protocol.errors import bad_request
+from triolm.protocol.schemas import ChatCompletionRequest, SamplingFields
+from triolm.prompting.grammar.generic_tools import generic_tools_grammar
+from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
+from triolm.prompting.grammar.limits import GrammarLimits
 from triolm.errors import InvalidRequestError
-from triolm.serving.served_model import ServedModel
-from triolm.serving.settings import ServerSettings
+from triolm.loading.served_model import ServedModel
+from triolm.settings import ServerSettings
 
 
 def tool_parsing_mode(served: ServedModel, body: ChatCompletionRequest) -> str | None:

@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 from triolm.errors import ModelLoadError
-from triolm.serving.cache_dir import triolm_cache_dir
+from triolm.loading.cache_dir import triolm_cache_dir
 
 log = logging.getLogger(__name__)
 

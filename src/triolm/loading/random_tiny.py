@@ -19,9 +19,9 @@ from pathlib import Path
 import mistral_common
 from safetensors.torch import save_file
 
-from triolm.models.config import ModelConfig
-from triolm.models.random_init import hf_config_dict, random_weights
-from triolm.serving.cache_dir import triolm_cache_dir
+from triolm.model.config import ModelConfig
+from triolm.model.random_init import hf_config_dict, random_weights
+from triolm.loading.cache_dir import triolm_cache_dir
 from triolm.tokenizers.convert import convert_to_hf_dir
 
 RANDOM_TINY_NAME = "random-tiny"
@@ -52,7 +52,7 @@ def make_random_tiny_model() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".random-tiny-", dir=target.parent))
     try:
-        template = resources.files("triolm.chat").joinpath("templates", "chatml_tools.jinja").read_text("utf-8")
+        template = resources.files("triolm.prompting").joinpath("templates", "chatml_tools.jinja").read_text("utf-8")
         tekken = Path(mistral_common.__file__).parent / "data" / "tekken_240911.json"
         tok = convert_to_hf_dir(tekken, tmp, chat_template=template)
         config = _config(tok.vocab_size, tok.bos_token_id, tuple(tok.eos_token_ids))

@@ -13,16 +13,16 @@ from typing import Callable
 import attrs
 import torch
 
-from triolm.chat.reasoning import ReasoningFormat, reasoning_format_for
-from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
-from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
-from triolm.chat.template_sandbox import RenderBudget
+from triolm.prompting.reasoning import ReasoningFormat, reasoning_format_for
+from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
+from triolm.prompting.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
+from triolm.prompting.template_sandbox import RenderBudget
 from triolm.errors import InvalidRequestError, ModelLoadError
-from triolm.models.config import ModelConfig
-from triolm.models.build import Model, build_model
-from triolm.models.load_limits import MAX_CHAT_TEMPLATE_BYTES, check_chat_template
-from triolm.serving import default_model, random_tiny
-from triolm.serving.settings import ServerSettings
+from triolm.model.config import ModelConfig
+from triolm.model.build import Model, build_model
+from triolm.formats.load_limits import MAX_CHAT_TEMPLATE_BYTES, check_chat_template
+from triolm.loading import default_model, random_tiny
+from triolm.settings import ServerSettings
 from triolm.tokenizers.base import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,13 @@ class ServedModel:
     config: ModelConfig
     model: Model
     tokenizer: Tokenizer
-    chat_template: object  # triolm.chat.template.ChatTemplate
+    chat_template: object  # triolm.prompting.template.ChatTemplate
     mistral_tokenizer: object | None  # mistral_common MistralTokenizer in mistral mode
     tool_parser: str | None
     max_model_len: int
     weights_bytes: int
     card: str = ""
-    grammar: object | None = None  # triolm.chat.grammar.GrammarCompiler for this tokenizer
+    grammar: object | None = None  # triolm.prompting.grammar.GrammarCompiler for this tokenizer
     reasoning: ReasoningFormat | None = None  # thinking markers split off the answer
     max_token_chars: int = 1 << 30  # characters of the longest token (bounds a prompt's token count)
 
@@ -96,7 +96,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     progress("tokenizer and chat template", 0.9)
     mistral_tok = _maybe_mistral_tokenizer(path, settings, config)
     if mistral_tok is not None:
-        from triolm.chat.mistral_tokenizer import MistralTokenizerAdapter
+        from triolm.tokenizers.mistral_tokenizer import MistralTokenizerAdapter
 
         tokenizer = MistralTokenizerAdapter(mistral_tok)
     template_origin = "the model's chat template"
@@ -123,7 +123,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
         raise ModelLoadError(str(exc)) from None
     name = settings.served_model_name or builtin_name or (path.stem if path.is_file() else path.name)
     progress("grammar compiler", 0.95)
-    from triolm.chat.grammar import GrammarCompiler
+    from triolm.prompting.grammar import GrammarCompiler
 
     try:
         grammar = GrammarCompiler(tokenizer, vocab_size=config.vocab_size)
@@ -160,7 +160,7 @@ def _max_model_len(settings: ServerSettings, config: ModelConfig) -> int:
 
 
 def _load_gguf(path: Path):
-    from triolm.models.gguf_weights import read_gguf_for_engine
+    from triolm.formats.gguf_weights import read_gguf_for_engine
     from triolm.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
 
     gguf, _ = read_gguf_for_engine(path)  # matrices stay in the file's encoding (mapped)
@@ -181,17 +181,17 @@ def _load_gguf(path: Path):
 
 
 def _load_directory(path: Path, settings: ServerSettings, progress: Progress):
-    from triolm.models.hf_config import read_hf_config
-    from triolm.models.safetensors_loader import read_safetensors
+    from triolm.formats.hf_config import read_hf_config
+    from triolm.formats.safetensors_loader import read_safetensors
 
     if (path / "params.json").exists() and not (path / "config.json").exists():
         if settings.tokenizer_mode == "hf":
             raise ModelLoadError(f"{path}: a model in Mistral's native layout (params.json) has no Hugging "
                                  "Face tokenizer; use --tokenizer-mode auto or mistral")
-        from triolm.models.mistral_native import read_mistral_native
+        from triolm.formats.mistral_native import read_mistral_native
 
         config, tensors = read_mistral_native(path)
-        from triolm.chat.mistral_tokenizer import load_mistral_tokenizer_adapter
+        from triolm.tokenizers.mistral_tokenizer import load_mistral_tokenizer_adapter
 
         return config, tensors, load_mistral_tokenizer_adapter(path), None
     config = read_hf_config(path)
@@ -219,7 +219,7 @@ def _maybe_mistral_tokenizer(path: Path, settings: ServerSettings, config: Model
             raise ModelLoadError("--tokenizer-mode mistral needs a model directory with a "
                                  "mistral-common tokenizer file (tekken.json, tokenizer.model.v3, …)")
         return None
-    from triolm.chat.mistral import find_mistral_tokenizer_file, load_mistral_tokenizer
+    from triolm.prompting.mistral import find_mistral_tokenizer_file, load_mistral_tokenizer
 
     found = find_mistral_tokenizer_file(path)
     if found is None:

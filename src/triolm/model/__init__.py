@@ -1,1 +1,1 @@
-"""Torch modules for the llama family and the loaders that fill them from model files."""
+"""Torch modules: the llama and gemma architectures and their layers."""

@@ -6,9 +6,9 @@ from typing import Any, Mapping
 
 import torch
 
-from triolm.models.config import ModelConfig
-from triolm.models.gemma import GemmaModel
-from triolm.models.llama import LlamaModel
+from triolm.model.config import ModelConfig
+from triolm.model.gemma import GemmaModel
+from triolm.model.llama import LlamaModel
 
 Model = LlamaModel | GemmaModel
 

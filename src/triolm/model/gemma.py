@@ -23,12 +23,12 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from triolm.models import linear as lin
-from triolm.models.attention import AttentionMetadata
-from triolm.models.config import ModelConfig
-from triolm.models.llama import _take, _vector, make_linear, rms_norm
-from triolm.models.rope import RotaryEmbedding
-from triolm.models.windowed_attention import windowed_paged_attention
+from triolm.model import linear as lin
+from triolm.model.attention import AttentionMetadata
+from triolm.model.config import ModelConfig
+from triolm.model.llama import _take, _vector, make_linear, rms_norm
+from triolm.model.rope import RotaryEmbedding
+from triolm.model.windowed_attention import windowed_paged_attention
 
 
 def gemma_norm(x: torch.Tensor, multiplier: torch.Tensor, eps: float) -> torch.Tensor:

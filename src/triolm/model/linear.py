@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 
 from triolm.kernels import native
-from triolm.models import gguf_quants
+from triolm.formats import gguf_quants
 
 #: Rows up to which the native weight-streaming kernel beats expand + MKL GEMM, measured
 #: here on a 3072x576 matrix, one thread (us per call, native vs expand+GEMM):

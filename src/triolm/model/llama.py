@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from triolm.errors import ModelLoadError
-from triolm.models import linear as lin
+from triolm.model import linear as lin
 from triolm.kernels import native
-from triolm.models.attention import AttentionMetadata, paged_attention
-from triolm.models.config import ModelConfig
-from triolm.models.rope import RotaryEmbedding
+from triolm.model.attention import AttentionMetadata, paged_attention
+from triolm.model.config import ModelConfig
+from triolm.model.rope import RotaryEmbedding
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

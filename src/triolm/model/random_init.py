@@ -2,7 +2,7 @@
 
 Production code needs them for the `random-tiny` model (`triolm serve --model
 random-tiny`), tests and benchmarks for their generated models, so they live here and
-not in triolm.testing.
+not in support.
 
 Weights are scaled so a forward pass is informative: projections have std
 1/sqrt(fan_in) (each sub-layer changes the residual stream by O(1), attention is far
@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from triolm.models.config import FULL, SLIDING, ModelConfig
-from triolm.models.gguf_layout import expected_shapes
+from triolm.model.config import FULL, SLIDING, ModelConfig
+from triolm.formats.gguf_layout import expected_shapes
 
 
 def random_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from triolm.models.config import ModelConfig, RopeScaling
+from triolm.model.config import ModelConfig, RopeScaling
 
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:

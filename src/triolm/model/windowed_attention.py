@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from triolm.models.attention import AttentionMetadata, write_kv
+from triolm.model.attention import AttentionMetadata, write_kv
 
 
 def windowed_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -1,1 +1,2 @@
-"""Chat layer: templates (Jinja2, Hugging Face semantics), mistral-common adapter, tool-call parsing."""
+"""From messages to prompt tokens and back: chat templates (Jinja2, Hugging Face semantics)
+in sandboxed workers, mistral-common rendering, tool-call parsers, reasoning, grammars."""

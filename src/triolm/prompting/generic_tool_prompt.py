@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from triolm.chat.tool_parsers.generic_json import GENERIC_FORMAT, render_response
+from triolm.prompting.tool_parsers.generic_json import GENERIC_FORMAT, render_response
 
 INSTRUCTIONS = (
     "You can call tools. Each tool is described by its name, what it does, and the JSON schema "

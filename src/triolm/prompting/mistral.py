@@ -180,7 +180,7 @@ requests (the loop competes with two GIL waiters instead of one)."""
 # token), created on first use inside that loop: a limiter made at import time
 # would bind to whichever loop touched it first and break asyncio.run -> trio.run.
 _LIMITER: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
-    "triolm.chat.mistral.tokenization_limiter"
+    "triolm.prompting.mistral.tokenization_limiter"
 )
 
 

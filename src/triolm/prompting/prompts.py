@@ -4,7 +4,7 @@ Chat templates over large conversations and tokenizers over large prompts are CP
 measured in hundreds of milliseconds; on the loop they would freeze every other request
 (the origin of contract event-loop-001). `run_off_loop` is the one way in for threads;
 the server renders Jinja chat templates, untrusted code from the model file, in killable
-worker processes (`render_chat_text_in_worker`, triolm.chat.template_workers). The
+worker processes (`render_chat_text_in_worker`, triolm.prompting.template_workers). The
 synchronous `render_chat_*` functions render in-process, for library use and tests.
 """
 
@@ -16,11 +16,11 @@ from typing import Any, Callable, TypeVar
 import attrs
 import trio
 
-from triolm.chat.generic_tool_prompt import generic_tool_messages
-from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER
-from triolm.chat.template_workers import TemplateWorkers
+from triolm.prompting.generic_tool_prompt import generic_tool_messages
+from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
+from triolm.prompting.template_workers import TemplateWorkers
 from triolm.errors import InvalidRequestError
-from triolm.serving.served_model import ServedModel
+from triolm.loading.served_model import ServedModel
 
 T = TypeVar("T")
 
@@ -55,7 +55,7 @@ def render_chat_prompt(served: ServedModel, messages: list[dict], tools: list[di
                        add_generation_prompt: bool = True, continue_final_message: bool = False,
                        template_kwargs: dict | None = None) -> RenderedPrompt:
     if served.mistral_tokenizer is not None:
-        from triolm.chat.mistral import render_mistral_prompt
+        from triolm.prompting.mistral import render_mistral_prompt
 
         encoded = render_mistral_prompt(served.mistral_tokenizer, messages, tools,
                                         continue_final_message=continue_final_message)

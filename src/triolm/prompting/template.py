@@ -12,7 +12,7 @@ format) are given the parsed object instead, as transformers/vLLM users expect, 
 templates can iterate over or `tojson` the arguments.
 
 A template is untrusted code from a model file: it runs in `BoundedSandbox`
-(triolm.chat.template_sandbox), and every render has a `RenderBudget` of time and
+(triolm.prompting.template_sandbox), and every render has a `RenderBudget` of time and
 output size. Every failure (syntax error, `raise_exception`, an undefined attribute, a
 sandbox violation, a budget exceeded) becomes `InvalidRequestError` carrying the
 template's message.
@@ -31,18 +31,23 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 
-from triolm.chat.template_sandbox import (MAX_TEMPLATE_CHARS, BoundedSandbox, RenderBudget,
-                                          TemplateBudgetExceeded, render_bounded)
+from triolm.prompting.template_sandbox import (
+    MAX_TEMPLATE_CHARS,
+    BoundedSandbox,
+    RenderBudget,
+    TemplateBudgetExceeded,
+    render_bounded,
+)
 from triolm.errors import InvalidRequestError
 
 BUILTIN_TEMPLATES = ("chatml_tools", "llama2", "llama3", "gemma")
 
 
 def builtin_template(name: str) -> str:
-    """The source of a template shipped in triolm/chat/templates/ (see BUILTIN_TEMPLATES)."""
+    """The source of a template shipped in triolm/prompting/templates/ (see BUILTIN_TEMPLATES)."""
     if name not in BUILTIN_TEMPLATES:
         raise KeyError(f"no built-in chat template {name!r} (have: {', '.join(BUILTIN_TEMPLATES)})")
-    return resources.files("triolm.chat").joinpath("templates", f"{name}.jinja").read_text(encoding="utf-8")
+    return resources.files("triolm.prompting").joinpath("templates", f"{name}.jinja").read_text(encoding="utf-8")
 
 
 #: Used for models that ship no chat template: ChatML (<|im_start|>role ... <|im_end|>)

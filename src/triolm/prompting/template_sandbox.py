@@ -14,7 +14,7 @@ attribute escapes, not work, so this environment also bounds work:
 
 These guards turn the common shapes into clear errors quickly. They are not the only
 bound: the server renders in a separate process with an address-space limit and kills
-it at the deadline (`triolm.chat.template_workers`), which also covers what a guard
+it at the deadline (`triolm.prompting.template_workers`), which also covers what a guard
 here cannot see (a C call that allocates before returning).
 """
 
@@ -32,7 +32,7 @@ import jinja2
 import jinja2.sandbox
 import jinja2.utils
 from jinja2.utils import pass_context
-from triolm.models.load_limits import MAX_CHAT_TEMPLATE_BYTES
+from triolm.formats.load_limits import MAX_CHAT_TEMPLATE_BYTES
 
 #: Templates in the wild are a few KB (the largest known, with built-in system prompts
 #: and tool schemas, are tens of KB); beyond this a source is refused before parsing.

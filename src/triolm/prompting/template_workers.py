@@ -14,7 +14,7 @@ Only the template source, the messages and the variables cross the process bound
 tokenization stays in the server process.
 
 A daemonic process (hypercorn's own worker processes, `hypercorn --worker-class trio
-'triolm.server:create_app()'`) may not start processes; there templates render in a
+'triolm.http.server:create_app()'`) may not start processes; there templates render in a
 thread, bounded by the sandbox's guards alone (a render stuck inside one C call then
 cannot be stopped), and a warning says so. `triolm serve` always has worker processes.
 """
@@ -33,8 +33,8 @@ import attrs
 import trio
 import trio_parallel
 
-from triolm.chat.template import BUDGET_EXCEEDED, ChatTemplate
-from triolm.chat.template_sandbox import RenderBudget
+from triolm.prompting.template import BUDGET_EXCEEDED, ChatTemplate
+from triolm.prompting.template_sandbox import RenderBudget
 from triolm.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,7 @@
-"""OpenAI-style error responses: `{"error": {"message", "type", "param", "code"}}`."""
+"""OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` (framework-free;
+`triolm.http.errors` turns them into responses)."""
 
 from __future__ import annotations
-
-from quart import Response, jsonify
 
 _TYPES = {
     400: "invalid_request_error",
@@ -33,12 +32,6 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.error_type,
                           "param": self.param, "code": self.code}}
-
-
-def error_response(err: APIError) -> Response:
-    response = jsonify(err.body())
-    response.status_code = err.status
-    return response
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:

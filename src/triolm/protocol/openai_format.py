@@ -6,7 +6,7 @@ import json
 import secrets
 import time
 
-from triolm.serving.generation import TokenInfo
+from triolm.runtime.generation import TokenInfo
 from triolm.tokenizers.base import Tokenizer
 
 

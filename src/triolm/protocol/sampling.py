@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from triolm.api.errors import bad_request
-from triolm.api.schemas import SamplingFields
+from triolm.protocol.errors import bad_request
+from triolm.protocol.schemas import SamplingFields
 from triolm.engine.sampling_params import SamplingParams
 
 

@@ -9,12 +9,12 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from triolm.api.errors import APIError
+from triolm.protocol.errors import APIError
 from triolm.errors import InvalidRequestError
-from triolm.serving.prompts import check_tool_definitions
+from triolm.prompting.prompts import check_tool_definitions
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
-# What the chat template renderer itself binds (triolm.chat.template): a request's
+# What the chat template renderer itself binds (triolm.prompting.template): a request's
 # chat_template_kwargs may add variables, never replace these.
 RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token",
                                          "eos_token", "raise_exception", "strftime_now"})

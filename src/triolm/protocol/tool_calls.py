@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from triolm.chat.tool_parsers import get_tool_parser
+from triolm.prompting.tool_parsers import get_tool_parser
 
 
 def parse_tool_calls(parser_name: str, text: str, tool_names=None,

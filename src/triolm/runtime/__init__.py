@@ -1,1 +1,2 @@
-"""The bridge between Trio and the engine: request lifecycle, engine driver, tokenization off the loop."""
+"""The bridge between Trio and the engine: the engine driver, token streams, generations,
+fan-out, prompt lanes, the event loop's instruments, shutdown stages."""

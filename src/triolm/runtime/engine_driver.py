@@ -22,8 +22,8 @@ import trio
 
 from triolm.engine.llm_engine import LLMEngine, StepOutput
 from triolm.engine.sampling_params import SamplingParams
-from triolm.serving import loop_core
-from triolm.serving.token_stream import TokenStream
+from triolm.runtime import loop_core
+from triolm.runtime.token_stream import TokenStream
 
 log = logging.getLogger(__name__)
 

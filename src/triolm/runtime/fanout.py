@@ -15,7 +15,7 @@ from contextlib import aclosing, asynccontextmanager
 import attrs
 import trio
 
-from triolm.serving.generation import Delta, Generation
+from triolm.runtime.generation import Delta, Generation
 
 
 @attrs.frozen

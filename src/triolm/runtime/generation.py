@@ -16,8 +16,8 @@ import trio
 from triolm.engine.constraint import ConstraintFailure
 from triolm.engine.llm_engine import StepOutput
 from triolm.engine.sampling_params import SamplingParams
-from triolm.serving.engine_driver import EngineDriver
-from triolm.serving.stop_strings import StopStringMatcher
+from triolm.runtime.engine_driver import EngineDriver
+from triolm.runtime.stop_strings import StopStringMatcher
 from triolm.tokenizers.base import Tokenizer
 from triolm.tokenizers.detokenizer import IncrementalDetokenizer
 

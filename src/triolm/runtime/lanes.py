@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 import attrs
 import trio
 
-from triolm.chat.template_workers import TemplateWorkers
-from triolm.serving.low_priority_thread import run_at_low_priority
+from triolm.prompting.template_workers import TemplateWorkers
+from triolm.runtime.low_priority_thread import run_at_low_priority
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from triolm.serving.metrics import Metrics
+from triolm.runtime.metrics import Metrics
 
 
 async def monitor_loop_lag(metrics: Metrics, period: float = 0.01) -> None:

@@ -6,7 +6,7 @@
 During the graceful period requests finish normally. At its end every generation still
 running is cut: a stream gets a final error chunk (`shutting_down`) and `[DONE]` if its
 socket still takes writes, a non-streaming request a 503. CUT_GRACE later Hypercorn
-cancels every connection (`fast_send` makes even a send to a client that stopped reading
+cancels every connection (`framework_patches` makes even a send to a client that stopped reading
 give up then). What cannot be cancelled at all — a worker thread busy in a chat template
 or a grammar compile — cannot hold the process: EXIT_GRACE later `LastResortExit` ends it.
 """

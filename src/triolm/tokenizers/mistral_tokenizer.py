@@ -1,7 +1,7 @@
 """`MistralTokenizerAdapter`: triolm's `Tokenizer` protocol over mistral-common.
 
 In Mistral tokenizer mode the server encodes chats with mistral-common
-(`triolm.chat.mistral`), and everything else — `/tokenize` of a raw prompt,
+(`triolm.prompting.mistral`), and everything else — `/tokenize` of a raw prompt,
 streaming detokenization, logprob bytes, the grammar's token table — must see the
 very same vocabulary. This adapter gives them that vocabulary through the one small
 interface they already use, for both tokenizer kinds mistral-common ships:
@@ -208,6 +208,6 @@ class MistralTokenizerAdapter:
 def load_mistral_tokenizer_adapter(path: str | Path) -> MistralTokenizerAdapter:
     """The adapter over the mistral-common tokenizer in `path` (a tokenizer file or a
     model directory holding one); ModelLoadError when there is none or it is broken."""
-    from triolm.chat.mistral import load_mistral_tokenizer
+    from triolm.prompting.mistral import load_mistral_tokenizer
 
     return MistralTokenizerAdapter(load_mistral_tokenizer(path))

@@ -6,9 +6,9 @@ import torch
 
 from triolm.engine.llm_engine import EngineConfig, LLMEngine, generate_greedy
 from triolm.engine.sampling_params import SamplingParams
-from triolm.models.hf_config import read_hf_config
-from triolm.models.llama import LlamaModel
-from triolm.models.safetensors_loader import read_safetensors
+from triolm.formats.hf_config import read_hf_config
+from triolm.model.llama import LlamaModel
+from triolm.formats.safetensors_loader import read_safetensors
 
 
 @pytest.fixture(scope="module")

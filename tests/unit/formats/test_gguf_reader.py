@@ -12,15 +12,15 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from triolm.errors import ModelLoadError
-from triolm.models import gguf_layout as layout
-from triolm.models import gguf_quants
-from triolm.models.config import ModelConfig, RopeScaling
-from triolm.models.gguf_reader import read_gguf
-from triolm.models.gguf_writer import write_gguf
-from triolm.models.hf_config import read_hf_config
-from triolm.models.safetensors_loader import read_safetensors
-from triolm.testing.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
-from triolm.testing.model_factory import ARCHS, random_weights
+from triolm.formats import gguf_layout as layout
+from triolm.formats import gguf_quants
+from triolm.model.config import ModelConfig, RopeScaling
+from triolm.formats.gguf_reader import read_gguf
+from triolm.formats.gguf_writer import write_gguf
+from triolm.formats.hf_config import read_hf_config
+from triolm.formats.safetensors_loader import read_safetensors
+from support.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
+from support.model_factory import ARCHS, random_weights
 
 torch.set_num_threads(1)
 

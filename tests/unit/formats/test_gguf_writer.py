@@ -10,13 +10,13 @@ import torch
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
-from triolm.models import gguf_layout as layout
-from triolm.models import gguf_quants
-from triolm.models.config import ModelConfig, RopeScaling
-from triolm.models.gguf_reader import read_gguf
-from triolm.models.gguf_writer import FILE_TYPES, tensor_type, write_gguf
-from triolm.testing.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
-from triolm.testing.model_factory import random_weights
+from triolm.formats import gguf_layout as layout
+from triolm.formats import gguf_quants
+from triolm.model.config import ModelConfig, RopeScaling
+from triolm.formats.gguf_reader import read_gguf
+from triolm.formats.gguf_writer import FILE_TYPES, tensor_type, write_gguf
+from support.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
+from support.model_factory import random_weights
 
 torch.set_num_threads(1)
 
@@ -296,7 +296,7 @@ def test_llama_cpp_decodes_our_quantized_blocks_as_we_do(tiny_model, tmp_path):
     block layout would decode to unrelated weights."""
     llama_cpp = pytest.importorskip("llama_cpp")
     transformers = pytest.importorskip("transformers")
-    from triolm.testing.model_factory import hf_config_dict
+    from support.model_factory import hf_config_dict
 
     meta = {k: v for k, v in read_gguf(tiny_model("llama").gguf_path("F32")).metadata.items()
             if k.startswith("tokenizer.")}

@@ -7,10 +7,15 @@ Oracle independent of our own code: Mistral's reference rotary embedding treats 
 
 import torch
 
-from triolm.models.config import ModelConfig
-from triolm.models.mistral_native import (halves_to_interleaved, interleaved_to_halves,
-                                          params_json, config_from_params, to_native)
-from triolm.models.rope import RotaryEmbedding
+from triolm.model.config import ModelConfig
+from triolm.formats.mistral_native import (
+    halves_to_interleaved,
+    interleaved_to_halves,
+    params_json,
+    config_from_params,
+    to_native,
+)
+from triolm.model.rope import RotaryEmbedding
 
 
 def test_interleaved_rotary_equals_rotate_half_after_permutation():

@@ -25,16 +25,17 @@ from gguf import GGMLQuantizationType
 from gguf import quants as gguf_reference
 
 from triolm.kernels import native
-from triolm.models import linear as lin
-from triolm.models.config import ModelConfig
-from triolm.models.gguf_reader import read_gguf
-from triolm.models.gguf_weights import read_gguf_for_engine
-from triolm.models.gguf_writer import write_gguf
-from triolm.models.llama import LlamaModel
-from triolm.testing.model_factory import random_weights
-from triolm.testing.random_blocks import random_blocks
+from triolm.model import linear as lin
+from triolm.model.config import ModelConfig
+from triolm.formats.gguf_reader import read_gguf
+from triolm.formats.gguf_weights import read_gguf_for_engine
+from triolm.formats.gguf_writer import write_gguf
+from triolm.model.llama import LlamaModel
+from support.model_factory import random_weights
+from support.random_blocks import random_blocks
 
 from support.engine_run import greedy_with_logits
+from support.paths import env_with_tests_on_path
 
 TYPES = tuple(native.BLOCK_KINDS)
 ROWS = (1, 2, 4, 8, 16, 20, 24, 64)
@@ -96,7 +97,7 @@ def portable_errors():
     """The same checks against a library built without AVX-512 (its portable decoders)."""
     if native._compiler() is None:
         pytest.skip("no C++ compiler on this machine: the native kernels cannot exist here")
-    env = dict(os.environ, TRIOLM_NATIVE_FLAGS="-mno-avx512f")
+    env = env_with_tests_on_path(dict(os.environ, TRIOLM_NATIVE_FLAGS="-mno-avx512f"))
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

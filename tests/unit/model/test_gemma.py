@@ -11,7 +11,6 @@ shows each one matters for these prompts.
 
 import json
 import shutil
-from pathlib import Path
 
 import attrs
 import gguf
@@ -21,19 +20,20 @@ import transformers
 
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
-from triolm.models import gguf_layout as layout
-from triolm.models.build import build_model
-from triolm.models.config import FULL
-from triolm.models.gemma import GemmaModel
-from triolm.models.gguf_reader import read_gguf
-from triolm.models.gguf_weights import read_gguf_for_engine
-from triolm.models.hf_config import read_hf_config
-from triolm.models.safetensors_loader import read_safetensors
+from triolm.formats import gguf_layout as layout
+from triolm.model.build import build_model
+from triolm.model.config import FULL
+from triolm.model.gemma import GemmaModel
+from triolm.formats.gguf_reader import read_gguf
+from triolm.formats.gguf_weights import read_gguf_for_engine
+from triolm.formats.hf_config import read_hf_config
+from triolm.formats.safetensors_loader import read_safetensors
+from support.paths import DATA_DIR
 
 ARCHS = ["gemma2", "gemma3"]
 GGUF_TYPES = ("F32", "F16", "Q8_0")
 TOLERANCE = 1e-4  # float32 end to end; differences come only from summation order
-LLAMA_CPP_TINY = json.loads((Path(__file__).parent / "data" / "gemma_tiny_llamacpp.json").read_text())
+LLAMA_CPP_TINY = json.loads((DATA_DIR / "gemma_tiny_llamacpp.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_query_pre_attn_scalar_other_than_head_dim(gemma, tmp_path):
 
 
 def test_gemma_gguf_refuses_what_llama_cpp_cannot_express(gemma, tmp_path):
-    from triolm.models.gguf_writer import write_gguf
+    from triolm.formats.gguf_writer import write_gguf
 
     paths = gemma("gemma3")
     weights = read_safetensors(paths.hf_dir)

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from triolm.models import linear as lin
+from triolm.model import linear as lin
 from triolm.kernels import native
-from triolm.models.gguf_reader import read_gguf
-from triolm.models.gguf_weights import read_gguf_for_engine
-from triolm.models.llama import LlamaModel
+from triolm.formats.gguf_reader import read_gguf
+from triolm.formats.gguf_weights import read_gguf_for_engine
+from triolm.model.llama import LlamaModel
 
 from support.engine_run import greedy_with_logits
 
@@ -55,7 +55,7 @@ def test_q8_dense_equals_gguf_dequantization():
     """Our Q8_0 codes/scales decode to what the GGUF reference dequantizer gives."""
     from gguf import GGMLQuantizationType
 
-    from triolm.models import gguf_quants
+    from triolm.formats import gguf_quants
 
     w = _weight(8, 64, 3)
     blocks = gguf_quants.quantize(w.numpy(), GGMLQuantizationType.Q8_0)
@@ -91,8 +91,8 @@ def test_native_decode_matches_torch_path(tiny_model, arch, monkeypatch):
     if native._compiler() is None:
         pytest.skip("no C++ compiler on this machine: the native kernels cannot exist here")
     assert native.available(), "a C++ compiler is present but the native kernels did not build"
-    from triolm.models.hf_config import read_hf_config
-    from triolm.models.safetensors_loader import read_safetensors
+    from triolm.formats.hf_config import read_hf_config
+    from triolm.formats.safetensors_loader import read_safetensors
 
     paths = tiny_model(arch)
     model = LlamaModel(read_hf_config(paths.hf_dir), read_safetensors(paths.hf_dir))

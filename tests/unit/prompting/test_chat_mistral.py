@@ -1,4 +1,4 @@
-"""triolm.chat.mistral beyond the event-loop contract: OpenAI -> mistral-common
+"""triolm.prompting.mistral beyond the event-loop contract: OpenAI -> mistral-common
 conversion, the prompt result, the server's error mapping, the tool-call parser and
 tokenizer discovery. Oracle: mistral-common itself (its own message classes and
 its own encoding of assistant tool calls)."""
@@ -22,7 +22,7 @@ from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy, TokenizerV
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
-from triolm.chat.mistral import (
+from triolm.prompting.mistral import (
     MistralPrompt,
     apply_mistral_chat_template,
     async_render_mistral_prompt,

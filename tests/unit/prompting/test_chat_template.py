@@ -8,14 +8,9 @@ from datetime import datetime
 
 import pytest
 
-from triolm.chat.template import (
-    BUILTIN_TEMPLATES,
-    DEFAULT_CHAT_TEMPLATE,
-    ChatTemplate,
-    builtin_template,
-)
+from triolm.prompting.template import BUILTIN_TEMPLATES, DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
 from triolm.errors import InvalidRequestError
-from triolm.testing.tokenizer_files import load_test_tokenizer, write_test_tokenizer
+from support.tokenizer_files import load_test_tokenizer, write_test_tokenizer
 
 WEATHER_TOOL = {
     "type": "function",

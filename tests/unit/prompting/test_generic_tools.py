@@ -8,18 +8,18 @@ tool-less template (SmolLM2's) and on the real default model.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import openai
 import pytest
 
-from test_sessions_support import SessionsAPI
-from triolm.serving.prompts import render_chat_text
-from triolm.serving.served_model import load_served_model
-from triolm.serving.settings import ServerSettings
-from triolm.testing.server_thread import ServerThread
+from support.sessions_api import SessionsAPI
+from triolm.prompting.prompts import render_chat_text
+from triolm.loading.served_model import load_served_model
+from triolm.settings import ServerSettings
+from support.server_thread import ServerThread
+from support.paths import TEMPLATES_DIR
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = TEMPLATES_DIR
 
 
 def tool(name: str, description: str, **enums: list[str]) -> dict:

@@ -13,10 +13,16 @@ import jsonschema
 import pytest
 import torch
 
-from tokenizer_fixtures import spm_v3_tokenizer, tekken_tokenizer
-from triolm.chat.grammar import GrammarCompiler, llg_tokenizer
-from triolm.chat.tool_parsers.json_stream import JsonStream
-from triolm.chat.tool_parsers import HERMES_FORMAT, LLAMA3_JSON_FORMAT, MISTRAL_FORMAT, aggregate, get_tool_parser
+from support.tokenizer_fixtures import spm_v3_tokenizer, tekken_tokenizer
+from triolm.prompting.grammar import GrammarCompiler, llg_tokenizer
+from triolm.prompting.tool_parsers.json_stream import JsonStream
+from triolm.prompting.tool_parsers import (
+    HERMES_FORMAT,
+    LLAMA3_JSON_FORMAT,
+    MISTRAL_FORMAT,
+    aggregate,
+    get_tool_parser,
+)
 from triolm.engine.constraint import (
     allocate_token_bitmask,
     apply_token_bitmask_,

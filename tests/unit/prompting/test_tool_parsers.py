@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from triolm.chat.template import builtin_template
-from triolm.chat.tool_parsers import (
+from triolm.prompting.template import builtin_template
+from triolm.prompting.tool_parsers import (
     HERMES_FORMAT,
     LLAMA3_JSON_FORMAT,
     MISTRAL_FORMAT,
@@ -21,7 +21,7 @@ from triolm.chat.tool_parsers import (
     detect_tool_parser,
     get_tool_parser,
 )
-from triolm.chat.tool_parsers.json_stream import JsonError, JsonStream
+from triolm.prompting.tool_parsers.json_stream import JsonError, JsonStream
 
 OPENAI_ID = re.compile(r"call_[A-Za-z0-9]{24}\Z")
 MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}\Z")

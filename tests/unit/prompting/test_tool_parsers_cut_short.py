@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from triolm.chat.tool_parsers import TOOL_PARSERS, aggregate, get_tool_parser
+from triolm.prompting.tool_parsers import TOOL_PARSERS, aggregate, get_tool_parser
 
 CALLS = [("get_weather", {"city": "Paris", "unit": "celsius"}), ("search", {"q": "tea <b>", "limit": 3})]
 LEAD = {"hermes": "Let me check.\n", "mistral": "Let me check.", "llama3_json": ""}

@@ -3,7 +3,7 @@ before its layers), a big step's at once, and never loses or reorders any."""
 
 from __future__ import annotations
 
-from triolm.serving.engine_driver import _HeldOutputs
+from triolm.runtime.engine_driver import _HeldOutputs
 
 
 def test_a_small_step_is_held_until_the_next_step_hands_it_out():

@@ -9,9 +9,9 @@ import pytest
 import torch
 import trio
 
-from triolm.models import linear as lin
+from triolm.model import linear as lin
 from triolm.kernels import native
-from triolm.serving import loop_core
+from triolm.runtime import loop_core
 
 pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler: the native kernels cannot exist here")
 

@@ -9,7 +9,7 @@ import threading
 import pytest
 import trio
 
-from triolm.serving.low_priority_thread import LOW_PRIORITY_NICE, run_at_low_priority
+from triolm.runtime.low_priority_thread import LOW_PRIORITY_NICE, run_at_low_priority
 
 
 def _own_nice() -> tuple[int, int]:

@@ -9,7 +9,7 @@ import threading
 import pytest
 import trio
 
-from triolm.serving.token_stream import TokenStream
+from triolm.runtime.token_stream import TokenStream
 
 
 async def _receive_all(stream: TokenStream) -> list:

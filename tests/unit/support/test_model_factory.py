@@ -9,16 +9,11 @@ import time
 import pytest
 import torch
 
-from triolm.models.gguf_reader import read_gguf
-from triolm.models.hf_config import read_hf_config
-from triolm.models.safetensors_loader import read_safetensors
-from triolm.testing.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
-from triolm.testing.model_factory import (
-    ARCHS,
-    make_test_model,
-    model_config,
-    random_weights,
-)
+from triolm.formats.gguf_reader import read_gguf
+from triolm.formats.hf_config import read_hf_config
+from triolm.formats.safetensors_loader import read_safetensors
+from support.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
+from support.model_factory import ARCHS, make_test_model, model_config, random_weights
 
 torch.set_num_threads(1)
 
@@ -115,7 +110,7 @@ def test_smollm_135m_shape():
             c.intermediate_size, c.head_dim, c.vocab_size, c.max_position_embeddings) == (
         576, 30, 9, 3, 1536, 64, 32000, 2048)
     assert c.tie_word_embeddings and c.architecture == "llama"
-    from triolm.models.gguf_layout import expected_shapes
+    from triolm.formats.gguf_layout import expected_shapes
 
     n = sum(torch.Size(s).numel() for s in expected_shapes(c).values())
     assert 120e6 < n < 130e6  # SmolLM-135M's layers with a 32k (not 49k) vocabulary

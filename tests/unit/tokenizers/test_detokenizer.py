@@ -7,7 +7,7 @@ from typing import Sequence
 
 import pytest
 
-from triolm.testing.tokenizer_files import SAMPLE_TEXTS, TEST_TOKENIZER_KINDS, load_test_tokenizer
+from support.tokenizer_files import SAMPLE_TEXTS, TEST_TOKENIZER_KINDS, load_test_tokenizer
 from triolm.tokenizers.detokenizer import IncrementalDetokenizer
 
 

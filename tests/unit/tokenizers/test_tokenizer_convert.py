@@ -12,7 +12,7 @@ from mistral_common.tokens.tokenizers.sentencepiece import SentencePieceTokenize
 from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
 from triolm.errors import ModelLoadError
-from triolm.testing.tokenizer_files import SAMPLE_TEXTS, load_test_tokenizer, source_file
+from support.tokenizer_files import SAMPLE_TEXTS, load_test_tokenizer, source_file
 from triolm.tokenizers.convert import (
     SpmVocab,
     build_spm_tokenizer,

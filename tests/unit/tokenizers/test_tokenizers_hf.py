@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
 from triolm.errors import ModelLoadError
-from triolm.testing.tokenizer_files import (
+from support.tokenizer_files import (
     SAMPLE_TEXTS,
     TEST_TOKENIZER_KINDS,
     converted_dir,

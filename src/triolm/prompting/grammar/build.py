@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import attrs
 
-from triolm.chat.tool_parsers.base import TOOL_NAME_RE, Args, Lit, Name, Opt, Piece, Slot, ToolCallFormat
+from triolm.prompting.tool_parsers.base import TOOL_NAME_RE, Args, Lit, Name, Opt, Piece, Slot, ToolCallFormat
 from triolm.errors import InvalidRequestError
 
 import llguidance

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import llguidance
 
-from triolm.chat.tool_parsers import ToolCallFormat, get_tool_call_format
+from triolm.prompting.tool_parsers import ToolCallFormat, get_tool_call_format
 from triolm.errors import InvalidRequestError
 from triolm.tokenizers.base import Tokenizer
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from triolm.chat.reasoning import ReasoningFormat
-from triolm.chat.tool_parsers.generic_json import GENERIC_FORMAT
+from triolm.prompting.reasoning import ReasoningFormat
+from triolm.prompting.tool_parsers.generic_json import GENERIC_FORMAT
 
 from .build import LarkBuilder, json_rule, lark_string, parse_tools, tool_calls_rule, tool_choice_mode
 from .compiler import GrammarCompiler

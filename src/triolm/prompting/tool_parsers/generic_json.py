@@ -1,7 +1,7 @@
 """The generic JSON tool-call format, for models whose chat template has no tool support.
 
-The tools are described in the system prompt (triolm.chat.generic_tool_prompt) and the
-reply is constrained (triolm.chat.grammar.generic_tools) to one JSON object, spelled as
+The tools are described in the system prompt (triolm.prompting.generic_tool_prompt) and the
+reply is constrained (triolm.prompting.grammar.generic_tools) to one JSON object, spelled as
 `json.dumps` spells it, in one of two forms:
 
     {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}
