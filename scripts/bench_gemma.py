@@ -23,9 +23,9 @@ import httpx
 # Test support (generated models, servers in threads) lives in tests/support.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from support.server_thread import ServerThread
 from triolm.loading.served_model import load_served_model
 from triolm.settings import ServerSettings
-from support.server_thread import ServerThread
 
 PROMPT_TEXT = "The history of the lighthouse begins"
 

@@ -24,10 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import tokenizer_fixtures
-
+from triolm.errors import InvalidRequestError
 from triolm.prompting.grammar import GrammarCompiler
 from triolm.prompting.grammar.limits import GrammarLimits
-from triolm.errors import InvalidRequestError
 
 SCALED = ("max_grammar_size", "max_items_in_row", "step_max_items", "initial_lexer_fuel",
           "step_lexer_fuel", "max_lexer_states")

@@ -58,10 +58,10 @@ def engine_for(served, dtype: str, max_num_seqs: int, max_model_len: int, budget
 def drift(path: str, tokens: int) -> dict:
     import torch
 
+    from support.forced_decode import forced_logits
     from triolm.engine.llm_engine import generate_greedy
     from triolm.loading.served_model import load_served_model
     from triolm.settings import ServerSettings
-    from support.forced_decode import forced_logits
 
     bc.log(f"drift: loading {path}")
     served = load_served_model(ServerSettings(model=path, max_model_len=tokens + 256))

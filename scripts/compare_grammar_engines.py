@@ -23,10 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import tokenizer_fixtures  # noqa: E402
-
+from triolm.engine.constraint import apply_token_bitmask_  # noqa: E402
 from triolm.prompting.grammar import GrammarCompiler  # noqa: E402
 from triolm.prompting.grammar.llg import llg_tokenizer  # noqa: E402
-from triolm.engine.constraint import apply_token_bitmask_  # noqa: E402
 
 SCHEMA = {
     "type": "object",

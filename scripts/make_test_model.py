@@ -20,8 +20,8 @@ from tqdm import tqdm
 # Test support (generated models, servers in threads) lives in tests/support.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from triolm.formats.gguf_writer import FILE_TYPES
 from support.model_factory import ARCHS, DEFAULT_GGUF_TYPES, SIZES, default_cache_dir, make_test_model
+from triolm.formats.gguf_writer import FILE_TYPES
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,10 +10,10 @@ import httpx
 import openai
 import pytest
 
-from triolm.loading.served_model import load_served_model
-from triolm.settings import ServerSettings
 from support.model_factory import make_test_model
 from support.server_thread import ServerThread
+from triolm.loading.served_model import load_served_model
+from triolm.settings import ServerSettings
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import trio
 
-from triolm.prompting.reasoning import REASONING_PARSERS
 from triolm.loading.random_tiny import RANDOM_TINY_NAME
+from triolm.prompting.reasoning import REASONING_PARSERS
 from triolm.settings import ServerSettings
 
 

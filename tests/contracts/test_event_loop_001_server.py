@@ -30,9 +30,9 @@ import threading
 import httpx
 import pytest
 
-from triolm.prompting.mistral import apply_mistral_chat_template, load_mistral_tokenizer
 from support.loop_probe import CONTRACT_BOUND_S, Measurement, ServerProcess, chat_body, large_text
 from support.model_factory import make_test_model
+from triolm.prompting.mistral import apply_mistral_chat_template, load_mistral_tokenizer
 
 PROBE_BOUND_S = 0.100  # triolm's own bound for a probe while tokenizing
 LOOP_LAG_BOUND_S = 0.100  # the contract's loop-yield bound (EL-001.1), on the server's lag metric

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from triolm.errors import ModelLoadError
-from triolm.model.config import ModelConfig
-from triolm.formats.gguf_reader import read_gguf
-from triolm.formats.gguf_writer import write_gguf
 from support.hostile_gguf import rewrite_gguf
 from support.model_factory import random_weights
+from triolm.errors import ModelLoadError
+from triolm.formats.gguf_reader import read_gguf
+from triolm.formats.gguf_writer import write_gguf
+from triolm.model.config import ModelConfig
 from triolm.tokenizers.convert import TokenType
 from triolm.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
 

@@ -19,6 +19,8 @@ import httpx
 import pytest
 import torch
 
+from support.hostile_gguf import rewrite_gguf
+from support.server_thread import free_port
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
 from triolm.errors import ModelLoadError
@@ -26,8 +28,6 @@ from triolm.formats.gguf_reader import read_gguf
 from triolm.formats.load_limits import MAX_CHAT_TEMPLATE_BYTES, MAX_TOKEN_BYTES
 from triolm.loading.served_model import load_served_model
 from triolm.settings import ServerSettings
-from support.hostile_gguf import rewrite_gguf
-from support.server_thread import free_port
 from triolm.tokenizers.convert import TokenType, spm_merges
 
 BIN = Path(sys.executable).parent

@@ -17,11 +17,11 @@ import httpx
 import psutil
 import pytest
 
+from support.paths import REPO_DIR
+from support.server_thread import ServerThread, free_port
+from triolm.errors import InvalidRequestError
 from triolm.prompting.template import ChatTemplate
 from triolm.prompting.template_sandbox import MAX_TEMPLATE_CHARS, RenderBudget
-from triolm.errors import InvalidRequestError
-from support.server_thread import ServerThread, free_port
-from support.paths import REPO_DIR
 
 BUDGET_SECONDS = 2.0
 ORDINARY = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"

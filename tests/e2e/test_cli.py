@@ -18,11 +18,10 @@ import httpx
 import openai
 import pytest
 
+from support.server_process import ServerProcess
+from support.server_thread import free_port
 from triolm.cli import build_parser, settings_from_args
 from triolm.settings import ServerSettings
-from support.server_thread import free_port
-
-from support.server_process import ServerProcess
 
 BIN = Path(sys.executable).parent
 MSGS = [{"role": "user", "content": "hi"}]
@@ -224,8 +223,8 @@ def test_max_model_len_beyond_the_trained_context_is_allowed_with_a_warning(mode
 
 
 def test_chat_template_flag_overrides_the_models_template(model_dir, tmp_path):
-    from triolm.prompting.prompts import render_chat_prompt
     from triolm.loading.served_model import load_served_model
+    from triolm.prompting.prompts import render_chat_prompt
 
     template = tmp_path / "t.jinja"
     template.write_text("{% for m in messages %}<<{{ m.role }}|{{ m.content }}>>{% endfor %}")

@@ -19,9 +19,9 @@ import httpx
 import openai
 import pytest
 
+from support.server_thread import free_port
 from triolm.errors import ModelLoadError
 from triolm.loading import default_model
-from support.server_thread import free_port
 
 BIN = Path(sys.executable).parent
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]

@@ -19,14 +19,14 @@ import torch
 import transformers
 
 from support.gemma3_270m import gemma3_270m_path
+from support.paths import DATA_DIR
+from support.server_thread import ServerThread
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
-from triolm.model.config import FULL, SLIDING
 from triolm.loading.served_model import load_served_model
+from triolm.model.config import FULL, SLIDING
 from triolm.settings import ServerSettings
-from support.server_thread import ServerThread
 from triolm.tokenizers.hf import HFTokenizer
-from support.paths import DATA_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 

@@ -4,13 +4,13 @@ import openai
 import pytest
 import torch
 
+from support.server_thread import ServerThread
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
 from triolm.formats.gguf_reader import read_gguf
-from triolm.model.llama import LlamaModel
 from triolm.loading.served_model import load_served_model
+from triolm.model.llama import LlamaModel
 from triolm.settings import ServerSettings
-from support.server_thread import ServerThread
 
 PROMPT = list(range(5, 75))
 

@@ -22,20 +22,20 @@ import openai
 import pytest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
+from support.mistral_models import make_native_mistral_model
+from support.model_factory import make_test_model
+from support.server_thread import ServerThread
+from support.tokenizer_files import SAMPLE_TEXTS, load_test_tokenizer, source_file
+from triolm.errors import ModelLoadError
+from triolm.loading.served_model import load_served_model
 from triolm.prompting.mistral import (
     apply_mistral_chat_template,
     invalid_request_from_mistral_error,
     render_mistral_prompt,
 )
-from triolm.tokenizers.mistral_tokenizer import MistralTokenizerAdapter, load_mistral_tokenizer_adapter
-from triolm.errors import ModelLoadError
-from triolm.loading.served_model import load_served_model
 from triolm.settings import ServerSettings
-from support.mistral_models import make_native_mistral_model
-from support.model_factory import make_test_model
-from support.server_thread import ServerThread
-from support.tokenizer_files import SAMPLE_TEXTS, load_test_tokenizer, source_file
 from triolm.tokenizers.hf import HFTokenizer
+from triolm.tokenizers.mistral_tokenizer import MistralTokenizerAdapter, load_mistral_tokenizer_adapter
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city",

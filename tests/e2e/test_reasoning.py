@@ -13,16 +13,16 @@ import random
 import openai
 import pytest
 
+from support.paths import TEMPLATES_DIR
+from support.server_thread import ServerThread
 from support.sessions_api import SessionsAPI
-from triolm.protocol.chat_output import shape_message
-from triolm.prompting.grammar.generic_tools import generic_tools_grammar
-from triolm.prompting.reasoning import ReasoningSplitter, detect_reasoning_parser, get_reasoning_format
 from triolm.cli import build_parser, settings_from_args
 from triolm.errors import ModelLoadError
 from triolm.loading.served_model import load_served_model
+from triolm.prompting.grammar.generic_tools import generic_tools_grammar
+from triolm.prompting.reasoning import ReasoningSplitter, detect_reasoning_parser, get_reasoning_format
+from triolm.protocol.chat_output import shape_message
 from triolm.settings import ServerSettings
-from support.server_thread import ServerThread
-from support.paths import TEMPLATES_DIR
 
 TEMPLATES = TEMPLATES_DIR
 QWEN3 = (TEMPLATES / "qwen3.jinja").read_text()

@@ -11,6 +11,7 @@ import time
 import attrs
 import httpx
 
+from support.server_thread import ServerThread
 from support.sessions_api import (  # noqa: F401
     MASK,
     SessionsAPI,
@@ -20,7 +21,6 @@ from support.sessions_api import (  # noqa: F401
     generated_part,
 )
 from triolm.prompting.template import ChatTemplate
-from support.server_thread import ServerThread
 
 BLOCK = 16
 

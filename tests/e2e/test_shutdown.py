@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-
 from support.server_process import ServerProcess
 
 BIN = Path(sys.executable).parent

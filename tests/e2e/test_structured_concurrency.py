@@ -7,10 +7,10 @@ Clause ids (OAI-CONC-…) refer to contracts/openai-compat.md.
 from __future__ import annotations
 
 import gc
-from contextlib import asynccontextmanager
 import json
 import threading
 import time
+from contextlib import asynccontextmanager
 
 import attrs
 import httpx

@@ -225,10 +225,10 @@ def _burn_cpu(seconds: float, done: threading.Event) -> None:
 
 def _server_main(model_dir: str, overrides: str) -> None:
     """The child of ServerProcess: load, serve, obey stdin until it closes, stop."""
-    from triolm.runtime.lanes import PromptLanes
-    from triolm.loading.served_model import load_served_model
-    from triolm.settings import ServerSettings
     from support.server_thread import ServerThread
+    from triolm.loading.served_model import load_served_model
+    from triolm.runtime.lanes import PromptLanes
+    from triolm.settings import ServerSettings
 
     settings = ServerSettings(model=model_dir, **json.loads(overrides))
     served = load_served_model(settings)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from support.model_factory import TestModelPaths, _locked, make_test_model
 from triolm.formats.mistral_native import params_json, to_native
 from triolm.formats.safetensors_loader import read_safetensors
-from support.model_factory import TestModelPaths, _locked, make_test_model
 
 NATIVE_DIR = "native"
 _FILES = ("params.json", "consolidated.safetensors")

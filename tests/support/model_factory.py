@@ -26,11 +26,11 @@ import attrs
 import torch
 from safetensors.torch import save_file
 
+from support.tokenizer_files import load_test_tokenizer, write_test_tokenizer
+from triolm.formats.gguf_writer import write_gguf
 from triolm.model import random_init
 from triolm.model.config import FULL, SLIDING, ModelConfig, RopeScaling
-from triolm.formats.gguf_writer import write_gguf
 from triolm.model.random_init import random_weights
-from support.tokenizer_files import load_test_tokenizer, write_test_tokenizer
 from triolm.tokenizers.gguf_vocab import gguf_metadata_from_tokenizer
 
 #: Bump when the files written for the same inputs change in a way the source hash

@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, QK_K
+from gguf import GGML_QUANT_SIZES, QK_K, GGMLQuantizationType
 from gguf import quants as gguf_quants
 
 T = GGMLQuantizationType

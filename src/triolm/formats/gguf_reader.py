@@ -23,8 +23,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueTy
 from gguf.gguf_reader import ReaderField
 
 from triolm.errors import ModelLoadError
-from triolm.formats import gguf_layout as layout
 from triolm.formats import gemma_gguf, gguf_quants
+from triolm.formats import gguf_layout as layout
 from triolm.model.config import ModelConfig, RopeScaling, invalid_fields
 
 GGUF_MAGIC = b"GGUF"

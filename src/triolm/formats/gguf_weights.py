@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from triolm.kernels import native
 from triolm.formats.gguf_reader import GGUFModel, read_gguf
+from triolm.kernels import native
 
 
 def read_gguf_for_engine(path: str | os.PathLike) -> tuple[GGUFModel, dict[str, Any]]:

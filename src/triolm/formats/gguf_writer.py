@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 
-from triolm.formats import gguf_layout as layout
 from triolm.formats import gemma_gguf, gguf_quants
+from triolm.formats import gguf_layout as layout
 from triolm.model.config import ModelConfig
 
 T = GGMLQuantizationType

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from triolm.errors import ModelLoadError
-from triolm.model.config import ModelConfig
 from triolm.formats.safetensors_loader import read_safetensors
+from triolm.model.config import ModelConfig
 
 _LAYER_NAMES = {
     "attention.wq.weight": "self_attn.q_proj.weight",

@@ -11,20 +11,11 @@ from typing import AsyncIterator
 import attrs
 import trio
 
-from triolm.protocol import openai_format as fmt
-from triolm.protocol.chat_output import make_streamer, shape_message
+from triolm.errors import InvalidRequestError
 from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
-from triolm.protocol.errors import bad_request
-from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings
-from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.http.state import AppState
 from triolm.http.structured import constraint_for_chat, tool_parsing_mode
-from triolm.protocol.tool_calls import tool_calls_finish_reason
-from triolm.protocol.validation import check_against_model, request_limits, requested_max_tokens
-from triolm.errors import InvalidRequestError
-from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
-from triolm.runtime.generation import Generation
-from triolm.runtime.lanes import text_chars, verbatim_prompt_chars
+from triolm.loading.served_model import ServedModel
 from triolm.prompting.prompts import (
     RenderedPrompt,
     check_prompt_chars,
@@ -32,7 +23,16 @@ from triolm.prompting.prompts import (
     render_chat_prompt,
     render_chat_text_in_worker,
 )
-from triolm.loading.served_model import ServedModel
+from triolm.protocol import openai_format as fmt
+from triolm.protocol.chat_output import make_streamer, shape_message
+from triolm.protocol.errors import bad_request
+from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings
+from triolm.protocol.schemas import ChatCompletionRequest
+from triolm.protocol.tool_calls import tool_calls_finish_reason
+from triolm.protocol.validation import check_against_model, request_limits, requested_max_tokens
+from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
+from triolm.runtime.generation import Generation
+from triolm.runtime.lanes import text_chars, verbatim_prompt_chars
 
 
 @attrs.define

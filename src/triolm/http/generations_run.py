@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import trio
 
-from triolm.protocol import openai_format as fmt
-from triolm.protocol.errors import APIError, bad_request
+from triolm.engine.constraint import ConstraintFailure
 from triolm.http.state import AppState
 from triolm.prompting.grammar.compiler import limit_hit
-from triolm.engine.constraint import ConstraintFailure
+from triolm.protocol import openai_format as fmt
+from triolm.protocol.errors import APIError, bad_request
 from triolm.runtime.engine_driver import EngineDriver, EngineFailure, GenerationCut, OverloadedError
 from triolm.runtime.fanout import run_all
 from triolm.runtime.generation import Generation

@@ -9,6 +9,8 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from triolm.http.body import read_json_object
 from triolm.http.chat import ChatRun, prepare_chat
 from triolm.http.completions import prepare_completion
+from triolm.http.state import AppState
+from triolm.prompting.prompts import encode_text
 from triolm.protocol.errors import APIError, bad_request
 from triolm.protocol.schemas import (
     ChatCompletionRequest,
@@ -17,9 +19,7 @@ from triolm.protocol.schemas import (
     TokenizeRequest,
     parse_body,
 )
-from triolm.http.state import AppState
 from triolm.protocol.validation import parse_request
-from triolm.prompting.prompts import encode_text
 
 bp = Blueprint("triolm", __name__)
 

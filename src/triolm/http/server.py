@@ -16,21 +16,21 @@ from quart import jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from triolm.engine.llm_engine import EngineConfig, LLMEngine
+from triolm.errors import ModelLoadError
 from triolm.http.auth import api_key_error
-from triolm.protocol.errors import APIError
 from triolm.http.errors import error_response
 from triolm.http.framework_patches import ShieldedLastSendConnection, install_body_drain
 from triolm.http.routes import bp
 from triolm.http.state import AppState
+from triolm.loading.served_model import ServedModel, load_served_model
 from triolm.prompting.template_workers import open_template_workers
-from triolm.engine.llm_engine import EngineConfig, LLMEngine
-from triolm.errors import ModelLoadError
+from triolm.protocol.errors import APIError
 from triolm.runtime.engine_driver import EngineDriver
 from triolm.runtime.lanes import PromptLanes
 from triolm.runtime.loop_core import LoopBusyInstrument
 from triolm.runtime.loop_lag import monitor_loop_lag
 from triolm.runtime.metrics import Metrics
-from triolm.loading.served_model import ServedModel, load_served_model
 from triolm.settings import ServerSettings
 
 log = logging.getLogger("triolm")

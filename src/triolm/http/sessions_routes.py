@@ -17,18 +17,18 @@ from __future__ import annotations
 import attrs
 from quart import Blueprint, jsonify, request
 
-from triolm.protocol import openai_format as fmt
-from triolm.http.chat import ChatPlan, ChatRun, prepare_chat, render_for_request
-from triolm.http.body import read_json_object
-from triolm.protocol.errors import APIError, bad_request
-from triolm.http.routes import sse_response
-from triolm.protocol.schemas import ChatCompletionRequest
-from triolm.http.state import AppState
-from triolm.protocol.validation import parse_request
-from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, TOOL_PARSERS
 from triolm.errors import InvalidRequestError
-from triolm.runtime.lanes import text_chars
+from triolm.http.body import read_json_object
+from triolm.http.chat import ChatPlan, ChatRun, prepare_chat, render_for_request
+from triolm.http.routes import sse_response
+from triolm.http.state import AppState
 from triolm.prompting.prompts import RenderedPrompt, render_chat_text_in_worker
+from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, TOOL_PARSERS
+from triolm.protocol import openai_format as fmt
+from triolm.protocol.errors import APIError, bad_request
+from triolm.protocol.schemas import ChatCompletionRequest
+from triolm.protocol.validation import parse_request
+from triolm.runtime.lanes import text_chars
 from triolm.sessions.node import Extension, Generated, Node, build_node, find_extension, find_token_extension
 from triolm.sessions.raw_history import find_extension_keeping_thinking
 from triolm.sessions.registry import SessionNotFound, SessionRegistry, TooManySessions

@@ -8,11 +8,11 @@ import time
 import attrs
 import trio
 
+from triolm.loading.served_model import ServedModel
 from triolm.protocol.errors import APIError
 from triolm.runtime.engine_driver import EngineDriver
 from triolm.runtime.lanes import PromptLanes
 from triolm.runtime.metrics import Metrics
-from triolm.loading.served_model import ServedModel
 from triolm.settings import ServerSettings
 
 

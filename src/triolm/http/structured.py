@@ -11,13 +11,13 @@ import functools
 import attrs
 import trio
 
-from triolm.protocol.errors import bad_request
-from triolm.protocol.schemas import ChatCompletionRequest, SamplingFields
-from triolm.prompting.grammar.generic_tools import generic_tools_grammar
-from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
-from triolm.prompting.grammar.limits import GrammarLimits
 from triolm.errors import InvalidRequestError
 from triolm.loading.served_model import ServedModel
+from triolm.prompting.grammar.generic_tools import generic_tools_grammar
+from triolm.prompting.grammar.limits import GrammarLimits
+from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
+from triolm.protocol.errors import bad_request
+from triolm.protocol.schemas import ChatCompletionRequest, SamplingFields
 from triolm.settings import ServerSettings
 
 

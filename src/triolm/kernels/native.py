@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-
 log = logging.getLogger(__name__)
 
 _SOURCE_DIR = Path(__file__).parent

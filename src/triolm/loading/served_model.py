@@ -13,15 +13,15 @@ from typing import Callable
 import attrs
 import torch
 
-from triolm.prompting.reasoning import ReasoningFormat, reasoning_format_for
-from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
-from triolm.prompting.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
-from triolm.prompting.template_sandbox import RenderBudget
 from triolm.errors import InvalidRequestError, ModelLoadError
-from triolm.model.config import ModelConfig
-from triolm.model.build import Model, build_model
 from triolm.formats.load_limits import MAX_CHAT_TEMPLATE_BYTES, check_chat_template
 from triolm.loading import default_model, random_tiny
+from triolm.model.build import Model, build_model
+from triolm.model.config import ModelConfig
+from triolm.prompting.reasoning import ReasoningFormat, reasoning_format_for
+from triolm.prompting.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
+from triolm.prompting.template_sandbox import RenderBudget
+from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
 from triolm.settings import ServerSettings
 from triolm.tokenizers.base import Tokenizer
 

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 
-from triolm.kernels import native
 from triolm.formats import gguf_quants
+from triolm.kernels import native
 
 #: Rows up to which the native weight-streaming kernel beats expand + MKL GEMM, measured
 #: here on a 3072x576 matrix, one thread (us per call, native vs expand+GEMM):

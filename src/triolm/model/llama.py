@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from triolm.errors import ModelLoadError
-from triolm.model import linear as lin
 from triolm.kernels import native
+from triolm.model import linear as lin
 from triolm.model.attention import AttentionMetadata, paged_attention
 from triolm.model.config import ModelConfig
 from triolm.model.rope import RotaryEmbedding

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from triolm.model.config import FULL, SLIDING, ModelConfig
 from triolm.formats.gguf_layout import expected_shapes
+from triolm.model.config import FULL, SLIDING, ModelConfig
 
 
 def random_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:

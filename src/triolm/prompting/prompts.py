@@ -16,11 +16,11 @@ from typing import Any, Callable, TypeVar
 import attrs
 import trio
 
-from triolm.prompting.generic_tool_prompt import generic_tool_messages
-from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
-from triolm.prompting.template_workers import TemplateWorkers
 from triolm.errors import InvalidRequestError
 from triolm.loading.served_model import ServedModel
+from triolm.prompting.generic_tool_prompt import generic_tool_messages
+from triolm.prompting.template_workers import TemplateWorkers
+from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
 
 T = TypeVar("T")
 

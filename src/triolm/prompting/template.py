@@ -31,6 +31,7 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 
+from triolm.errors import InvalidRequestError
 from triolm.prompting.template_sandbox import (
     MAX_TEMPLATE_CHARS,
     BoundedSandbox,
@@ -38,7 +39,6 @@ from triolm.prompting.template_sandbox import (
     TemplateBudgetExceeded,
     render_bounded,
 )
-from triolm.errors import InvalidRequestError
 
 BUILTIN_TEMPLATES = ("chatml_tools", "llama2", "llama3", "gemma")
 

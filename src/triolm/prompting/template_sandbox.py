@@ -32,6 +32,7 @@ import jinja2
 import jinja2.sandbox
 import jinja2.utils
 from jinja2.utils import pass_context
+
 from triolm.formats.load_limits import MAX_CHAT_TEMPLATE_BYTES
 
 #: Templates in the wild are a few KB (the largest known, with built-in system prompts

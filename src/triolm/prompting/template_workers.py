@@ -33,9 +33,9 @@ import attrs
 import trio
 import trio_parallel
 
+from triolm.errors import InvalidRequestError
 from triolm.prompting.template import BUDGET_EXCEEDED, ChatTemplate
 from triolm.prompting.template_sandbox import RenderBudget
-from triolm.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ response is shaped.
 
 from __future__ import annotations
 
-from triolm.protocol.tool_calls import ToolCallStreamer, parse_tool_calls
 from triolm.prompting.reasoning import ReasoningFormat, ReasoningSplitter, prompt_opens_thinking
 from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
+from triolm.protocol.tool_calls import ToolCallStreamer, parse_tool_calls
 
 
 def _splitter(reasoning: ReasoningFormat | None, prompt_text: str) -> ReasoningSplitter | None:

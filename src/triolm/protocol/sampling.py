@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from triolm.engine.sampling_params import SamplingParams
 from triolm.protocol.errors import bad_request
 from triolm.protocol.schemas import SamplingFields
-from triolm.engine.sampling_params import SamplingParams
 
 
 def check_context(num_prompt_tokens: int, max_tokens: int | None, max_model_len: int,

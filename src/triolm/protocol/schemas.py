@@ -9,9 +9,9 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from triolm.protocol.errors import APIError
 from triolm.errors import InvalidRequestError
 from triolm.prompting.prompts import check_tool_definitions
+from triolm.protocol.errors import APIError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 # What the chat template renderer itself binds (triolm.prompting.template): a request's

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import attrs
 
+from triolm.http.state import AppState
 from triolm.protocol.errors import bad_request
 from triolm.protocol.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, parse_body
-from triolm.http.state import AppState
 
 Request = TypeVar("Request", ChatCompletionRequest, CompletionRequest)
 

@@ -10,8 +10,8 @@ from triolm.engine.sampler import Sampler
 from triolm.engine.sampling_params import SamplingParams
 from triolm.engine.sequence import Sequence
 from triolm.formats.hf_config import read_hf_config
-from triolm.model.llama import LlamaModel
 from triolm.formats.safetensors_loader import read_safetensors
+from triolm.model.llama import LlamaModel
 
 EOS = 2
 

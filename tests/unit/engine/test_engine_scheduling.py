@@ -7,8 +7,8 @@ import torch
 from triolm.engine.llm_engine import EngineConfig, LLMEngine, generate_greedy
 from triolm.engine.sampling_params import SamplingParams
 from triolm.formats.hf_config import read_hf_config
-from triolm.model.llama import LlamaModel
 from triolm.formats.safetensors_loader import read_safetensors
+from triolm.model.llama import LlamaModel
 
 
 @pytest.fixture(scope="module")

@@ -22,17 +22,17 @@ import httpx
 import pytest
 import torch
 
+from support.forced_decode import forced_logits
+from support.server_thread import ServerThread
 from triolm.cli import build_parser, settings_from_args
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
 from triolm.engine.sequence import Sequence
-from triolm.kernels import native
 from triolm.formats.hf_config import read_hf_config
-from triolm.model.llama import LlamaModel
 from triolm.formats.safetensors_loader import read_safetensors
+from triolm.kernels import native
+from triolm.model.llama import LlamaModel
 from triolm.settings import ServerSettings
-from support.forced_decode import forced_logits
-from support.server_thread import ServerThread
 
 SAME_CACHE_TOLERANCE = 1e-3
 needs_compiler = pytest.mark.skipif(native._compiler() is None,

@@ -11,16 +11,16 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as T
 
+from support.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
+from support.model_factory import ARCHS, random_weights
 from triolm.errors import ModelLoadError
 from triolm.formats import gguf_layout as layout
 from triolm.formats import gguf_quants
-from triolm.model.config import ModelConfig, RopeScaling
 from triolm.formats.gguf_reader import read_gguf
 from triolm.formats.gguf_writer import write_gguf
 from triolm.formats.hf_config import read_hf_config
 from triolm.formats.safetensors_loader import read_safetensors
-from support.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
-from support.model_factory import ARCHS, random_weights
+from triolm.model.config import ModelConfig, RopeScaling
 
 torch.set_num_threads(1)
 

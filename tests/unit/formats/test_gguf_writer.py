@@ -10,13 +10,13 @@ import torch
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
-from triolm.formats import gguf_layout as layout
-from triolm.formats import gguf_quants
-from triolm.model.config import ModelConfig, RopeScaling
-from triolm.formats.gguf_reader import read_gguf
-from triolm.formats.gguf_writer import FILE_TYPES, tensor_type, write_gguf
 from support.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
 from support.model_factory import random_weights
+from triolm.formats import gguf_layout as layout
+from triolm.formats import gguf_quants
+from triolm.formats.gguf_reader import read_gguf
+from triolm.formats.gguf_writer import FILE_TYPES, tensor_type, write_gguf
+from triolm.model.config import ModelConfig, RopeScaling
 
 torch.set_num_threads(1)
 

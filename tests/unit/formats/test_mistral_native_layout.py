@@ -7,14 +7,14 @@ Oracle independent of our own code: Mistral's reference rotary embedding treats 
 
 import torch
 
-from triolm.model.config import ModelConfig
 from triolm.formats.mistral_native import (
+    config_from_params,
     halves_to_interleaved,
     interleaved_to_halves,
     params_json,
-    config_from_params,
     to_native,
 )
+from triolm.model.config import ModelConfig
 from triolm.model.rope import RotaryEmbedding
 
 

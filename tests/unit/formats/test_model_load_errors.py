@@ -9,8 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from triolm.errors import ModelLoadError
 from triolm.formats.hf_config import read_hf_config
-from triolm.model.llama import LlamaModel
 from triolm.formats.safetensors_loader import read_safetensors
+from triolm.model.llama import LlamaModel
 
 
 @pytest.fixture

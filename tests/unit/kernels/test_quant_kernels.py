@@ -24,18 +24,17 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_reference
 
-from triolm.kernels import native
-from triolm.model import linear as lin
-from triolm.model.config import ModelConfig
+from support.engine_run import greedy_with_logits
+from support.model_factory import random_weights
+from support.paths import env_with_tests_on_path
+from support.random_blocks import random_blocks
 from triolm.formats.gguf_reader import read_gguf
 from triolm.formats.gguf_weights import read_gguf_for_engine
 from triolm.formats.gguf_writer import write_gguf
+from triolm.kernels import native
+from triolm.model import linear as lin
+from triolm.model.config import ModelConfig
 from triolm.model.llama import LlamaModel
-from support.model_factory import random_weights
-from support.random_blocks import random_blocks
-
-from support.engine_run import greedy_with_logits
-from support.paths import env_with_tests_on_path
 
 TYPES = tuple(native.BLOCK_KINDS)
 ROWS = (1, 2, 4, 8, 16, 20, 24, 64)

@@ -8,8 +8,8 @@ import transformers
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
 from triolm.formats.hf_config import read_hf_config
-from triolm.model.llama import LlamaModel
 from triolm.formats.safetensors_loader import read_safetensors
+from triolm.model.llama import LlamaModel
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "llama3"]
 TOLERANCE = 1e-4  # float32 end to end; differences come only from summation order

@@ -18,17 +18,17 @@ import pytest
 import torch
 import transformers
 
+from support.paths import DATA_DIR
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
 from triolm.formats import gguf_layout as layout
-from triolm.model.build import build_model
-from triolm.model.config import FULL
-from triolm.model.gemma import GemmaModel
 from triolm.formats.gguf_reader import read_gguf
 from triolm.formats.gguf_weights import read_gguf_for_engine
 from triolm.formats.hf_config import read_hf_config
 from triolm.formats.safetensors_loader import read_safetensors
-from support.paths import DATA_DIR
+from triolm.model.build import build_model
+from triolm.model.config import FULL
+from triolm.model.gemma import GemmaModel
 
 ARCHS = ["gemma2", "gemma3"]
 GGUF_TYPES = ("F32", "F16", "Q8_0")

@@ -12,13 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from triolm.model import linear as lin
-from triolm.kernels import native
+from support.engine_run import greedy_with_logits
 from triolm.formats.gguf_reader import read_gguf
 from triolm.formats.gguf_weights import read_gguf_for_engine
+from triolm.kernels import native
+from triolm.model import linear as lin
 from triolm.model.llama import LlamaModel
-
-from support.engine_run import greedy_with_logits
 
 TOLERANCE = 1e-4
 

@@ -22,6 +22,7 @@ from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy, TokenizerV
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
+from triolm.errors import InvalidRequestError, ModelLoadError
 from triolm.prompting.mistral import (
     MistralPrompt,
     apply_mistral_chat_template,
@@ -34,7 +35,6 @@ from triolm.prompting.mistral import (
     parse_mistral_tool_calls,
     render_mistral_prompt,
 )
-from triolm.errors import InvalidRequestError, ModelLoadError
 
 DATA = Path(mistral_common.__file__).parent / "data"
 ID_RE = re.compile(r"^[a-zA-Z0-9]{9}$")

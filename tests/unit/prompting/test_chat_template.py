@@ -8,9 +8,9 @@ from datetime import datetime
 
 import pytest
 
-from triolm.prompting.template import BUILTIN_TEMPLATES, DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
-from triolm.errors import InvalidRequestError
 from support.tokenizer_files import load_test_tokenizer, write_test_tokenizer
+from triolm.errors import InvalidRequestError
+from triolm.prompting.template import BUILTIN_TEMPLATES, DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
 
 WEATHER_TOOL = {
     "type": "function",

@@ -12,12 +12,12 @@ import json
 import openai
 import pytest
 
-from support.sessions_api import SessionsAPI
-from triolm.prompting.prompts import render_chat_text
-from triolm.loading.served_model import load_served_model
-from triolm.settings import ServerSettings
-from support.server_thread import ServerThread
 from support.paths import TEMPLATES_DIR
+from support.server_thread import ServerThread
+from support.sessions_api import SessionsAPI
+from triolm.loading.served_model import load_served_model
+from triolm.prompting.prompts import render_chat_text
+from triolm.settings import ServerSettings
 
 TEMPLATES = TEMPLATES_DIR
 

@@ -14,15 +14,6 @@ import pytest
 import torch
 
 from support.tokenizer_fixtures import spm_v3_tokenizer, tekken_tokenizer
-from triolm.prompting.grammar import GrammarCompiler, llg_tokenizer
-from triolm.prompting.tool_parsers.json_stream import JsonStream
-from triolm.prompting.tool_parsers import (
-    HERMES_FORMAT,
-    LLAMA3_JSON_FORMAT,
-    MISTRAL_FORMAT,
-    aggregate,
-    get_tool_parser,
-)
 from triolm.engine.constraint import (
     allocate_token_bitmask,
     apply_token_bitmask_,
@@ -30,6 +21,15 @@ from triolm.engine.constraint import (
     fill_token_bitmasks,
 )
 from triolm.errors import InvalidRequestError
+from triolm.prompting.grammar import GrammarCompiler, llg_tokenizer
+from triolm.prompting.tool_parsers import (
+    HERMES_FORMAT,
+    LLAMA3_JSON_FORMAT,
+    MISTRAL_FORMAT,
+    aggregate,
+    get_tool_parser,
+)
+from triolm.prompting.tool_parsers.json_stream import JsonStream
 
 
 @pytest.fixture(scope="module", autouse=True)

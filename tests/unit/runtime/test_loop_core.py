@@ -9,8 +9,8 @@ import pytest
 import torch
 import trio
 
-from triolm.model import linear as lin
 from triolm.kernels import native
+from triolm.model import linear as lin
 from triolm.runtime import loop_core
 
 pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler: the native kernels cannot exist here")

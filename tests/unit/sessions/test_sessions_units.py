@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from triolm.sessions.node import (MASK, PROMPT_LOGPROB, Generated, Node, build_node, find_extension,
-                                  find_token_extension)
+from triolm.sessions.node import MASK, PROMPT_LOGPROB, Generated, Node, build_node, find_extension, find_token_extension
 from triolm.sessions.registry import SessionNotFound, SessionRegistry, TooManySessions, common_block_prefix
 from triolm.sessions.session import Session
 

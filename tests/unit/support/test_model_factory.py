@@ -9,11 +9,11 @@ import time
 import pytest
 import torch
 
+from support.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
+from support.model_factory import ARCHS, make_test_model, model_config, random_weights
 from triolm.formats.gguf_reader import read_gguf
 from triolm.formats.hf_config import read_hf_config
 from triolm.formats.safetensors_loader import read_safetensors
-from support.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
-from support.model_factory import ARCHS, make_test_model, model_config, random_weights
 
 torch.set_num_threads(1)
 

@@ -13,8 +13,8 @@ import sentencepiece as spm
 from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 from tokenizers import Regex, pre_tokenizers
 
-from triolm.errors import ModelLoadError
 from support.tokenizer_files import SAMPLE_TEXTS, load_test_tokenizer, source_file
+from triolm.errors import ModelLoadError
 from triolm.tokenizers.convert import AddedSpec, spm_to_hf
 from triolm.tokenizers.gguf_vocab import (
     PRE_TOKENIZERS,

@@ -11,13 +11,13 @@ import sentencepiece as spm
 from mistral_common.tokens.tokenizers.sentencepiece import SentencePieceTokenizer
 from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
-from triolm.errors import ModelLoadError
 from support.tokenizer_files import SAMPLE_TEXTS, load_test_tokenizer, source_file
+from triolm.errors import ModelLoadError
 from triolm.tokenizers.convert import (
     SpmVocab,
     build_spm_tokenizer,
-    bytes_to_piece,
     byte_to_unicode,
+    bytes_to_piece,
     convert_to_hf_dir,
     merges_from_ranks,
     read_spm_vocab,

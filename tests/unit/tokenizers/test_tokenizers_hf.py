@@ -9,7 +9,6 @@ import shutil
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-from triolm.errors import ModelLoadError
 from support.tokenizer_files import (
     SAMPLE_TEXTS,
     TEST_TOKENIZER_KINDS,
@@ -18,6 +17,7 @@ from support.tokenizer_files import (
     source_file,
     write_test_tokenizer,
 )
+from triolm.errors import ModelLoadError
 from triolm.tokenizers.base import Tokenizer as TokenizerProtocol
 from triolm.tokenizers.hf import HFTokenizer
 

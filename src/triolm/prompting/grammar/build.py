@@ -13,11 +13,10 @@ import json
 from typing import Any, Mapping, Sequence
 
 import attrs
-
-from triolm.prompting.tool_parsers.base import TOOL_NAME_RE, Args, Lit, Name, Opt, Piece, Slot, ToolCallFormat
-from triolm.errors import InvalidRequestError
-
 import llguidance
+
+from triolm.errors import InvalidRequestError
+from triolm.prompting.tool_parsers.base import TOOL_NAME_RE, Args, Lit, Name, Opt, Piece, Slot, ToolCallFormat
 
 JSON_OPTIONS = {
     "item_separator": ", ",

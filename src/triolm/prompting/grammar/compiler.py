@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import llguidance
 
-from triolm.prompting.tool_parsers import ToolCallFormat, get_tool_call_format
 from triolm.errors import InvalidRequestError
+from triolm.prompting.tool_parsers import ToolCallFormat, get_tool_call_format
 from triolm.tokenizers.base import Tokenizer
 
 from .build import LarkBuilder, json_rule, lark_string, parse_tools, tool_calls_rule, tool_choice_mode

@@ -20,8 +20,8 @@ from triolm.prompting.tool_parsers.generic_json import GENERIC_FORMAT
 
 from .build import LarkBuilder, json_rule, lark_string, parse_tools, tool_calls_rule, tool_choice_mode
 from .compiler import GrammarCompiler
-from .llg import CompiledGrammar
 from .limits import GrammarLimits
+from .llg import CompiledGrammar
 
 
 def generic_tools_lark(tools: Sequence[Mapping[str, Any]], tool_choice: Any, *, parallel_tool_calls: bool = True,
