@@ -48,11 +48,13 @@ class GenerationsRun:
         finally:
             self._observe()
 
-    def _chunk(self, choices: list[dict], usage: dict | None = None) -> bytes:
+    def _chunk(self, choices: list[dict], usage: dict | None = None, extra: dict | None = None) -> bytes:
         data = {"id": self.request_id, "object": self.chunk_object, "created": self.created,
                 "model": self.model_name, "choices": choices}
         if usage is not None:
             data["usage"] = usage
+        if extra:
+            data.update(extra)
         return fmt.sse(data)
 
 

@@ -53,6 +53,7 @@ class SamplingFields(BaseModel):
     min_tokens: int = Field(default=0, ge=0)
     skip_special_tokens: bool = True
     return_tokens_as_token_ids: bool = False
+    return_token_ids: bool = False
     response_format: Optional[dict[str, Any]] = None
     guided_choice: Optional[list[str]] = None
     guided_regex: Optional[str] = None
