@@ -45,7 +45,7 @@ import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from triolm.testing.server_thread import free_port
+from support.server_thread import free_port
 from triolm.tokenizers.hf import HFTokenizer
 
 BLOCK = 16
@@ -104,7 +104,7 @@ class VLLMStandIn:
 
     def _logprobs(self, ids: list[int], lps: list[float], offset: int) -> dict:
         out = {"text_offset": [], "token_logprobs": [], "tokens": [], "top_logprobs": []}
-        for i, lp in zip(ids, lps):
+        for i, lp in zip(ids, lps, strict=True):
             name = f"token_id:{i}"
             out["text_offset"].append(offset)
             out["token_logprobs"].append(lp)
@@ -173,7 +173,7 @@ class VLLMStandIn:
                 self.running += 1
                 try:
                     offset, text_so_far = 0, ""
-                    for k, (token, lp) in enumerate(zip(ids, lps)):
+                    for k, (token, lp) in enumerate(zip(ids, lps, strict=True)):
                         await trio.sleep(self.token_delay)
                         text = self.tokenizer.decode(shown[:k + 1], skip_special_tokens=skip)
                         delta, text_so_far = text[len(text_so_far):], text
@@ -212,7 +212,7 @@ class VLLMStandIn:
         self._ready.set()
         await serve(self._app(), config, shutdown_trigger=self._stop.wait)
 
-    def __enter__(self) -> "VLLMStandIn":
+    def __enter__(self) -> VLLMStandIn:
         self._thread.start()
         self._ready.wait(10)
         return self

@@ -9,7 +9,7 @@ The table is an LRU of bounded size (a few hundred bytes an entry).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 BLOCK = 16
 

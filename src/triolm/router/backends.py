@@ -15,8 +15,8 @@ Everything here is synchronous and lives on the event loop: no locks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import attrs
 

@@ -11,22 +11,22 @@ without tool support) — those need the grammar inside the engine; they are 400
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
-from triolm.api import openai_format as fmt
-from triolm.api.chat_output import make_streamer, shape_message
-from triolm.api.errors import APIError, bad_request
-from triolm.api.sampling import check_context
-from triolm.api.schemas import ChatCompletionRequest
-from triolm.api.tool_calls import tool_calls_finish_reason
-from triolm.api.validation import RequestLimits, check_against_model, requested_max_tokens
-from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER
+from triolm.prompting.prompts import RenderedPrompt
+from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
+from triolm.protocol import openai_format as fmt
+from triolm.protocol.chat_output import make_streamer, shape_message
+from triolm.protocol.errors import APIError, bad_request
+from triolm.protocol.sampling import check_context
+from triolm.protocol.schemas import ChatCompletionRequest
+from triolm.protocol.tool_calls import tool_calls_finish_reason
+from triolm.protocol.validation import RequestLimits, check_against_model, requested_max_tokens
 from triolm.router import dispatch
 from triolm.router.backend_client import BackendBroke
 from triolm.router.backends import Choice
 from triolm.router.completion_shapes import ChoiceResult, MalformedCompletion, cached_prompt_tokens, read_choice
 from triolm.router.state import RouterState
-from triolm.serving.prompts import RenderedPrompt
 from triolm.sessions.turn import FinishedGeneration
 
 MAX_N = 16
@@ -34,11 +34,6 @@ MAX_N = 16
 _PASSED_THROUGH = ("n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                    "frequency_penalty", "logit_bias", "seed", "stop", "stop_token_ids", "ignore_eos",
                    "min_tokens", "response_format", "guided_choice", "guided_regex", "guided_json", "user")
-
-
-def wants_token_ids(body: ChatCompletionRequest) -> bool:
-    """vLLM's `return_token_ids`: prompt_token_ids on the response, token_ids per choice."""
-    return bool((body.model_extra or {}).get("return_token_ids", False))
 
 
 def tool_parsing_mode(state: RouterState, body: ChatCompletionRequest) -> str | None:
@@ -132,12 +127,12 @@ class FleetChat:
                       "stop_reason": r.stop_reason}
             if body.logprobs:
                 choice["logprobs"] = fmt.chat_logprobs(r.tokens, self.namer)
-            if wants_token_ids(body):
+            if body.return_token_ids:
                 choice["token_ids"] = [t.token_id for t in r.tokens]
             choices.append(choice)
         data = {"id": self.request_id, "object": "chat.completion", "created": self.created,
                 "model": fe.name, "choices": choices, "usage": self._usage()}
-        if wants_token_ids(body):
+        if body.return_token_ids:
             data["prompt_token_ids"] = self.prompt.token_ids
         return data
 
@@ -158,14 +153,15 @@ class FleetChat:
 
     async def _events(self, events: AsyncIterator[dict], on_done: Callable[[], None] | None):
         body, fe = self.body, self.state.frontend
-        ids = wants_token_ids(body)
+        ids = body.return_token_ids
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         streamers = [make_streamer(tool_parser=self.tool_parser, tool_names=self.tool_names,
                                    reasoning=fe.reasoning, prompt_text=self.prompt.text) for _ in self.results]
         extra = {"prompt_token_ids": self.prompt.token_ids} if ids else {}
         for i in range(len(self.results)):
-            yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                                "logprobs": None, "finish_reason": None}], **(extra if i == 0 else {}))
+            role = {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                    "finish_reason": None, **({"token_ids": []} if ids else {})}
+            yield self._chunk([role], **extra)
         failed = False
         try:
             async for event in events:

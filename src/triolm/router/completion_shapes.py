@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from triolm.serving.generation import TokenInfo
+from triolm.runtime.generation import TokenInfo
 
 _ID_PREFIX = "token_id:"
 
@@ -70,7 +70,7 @@ def read_choice(choice: object) -> ChoiceDelta:
     tokens = tuple(
         TokenInfo(token_id=int(i), logprob=float(lp) if lp is not None else 0.0,
                   top_logprobs=None if top is None else tuple((_token_id(n), float(v)) for n, v in top.items()))
-        for i, lp, top in zip(ids, values, tops))
+        for i, lp, top in zip(ids, values, tops, strict=True))
     return ChoiceDelta(index=choice.get("index", 0), text=text if isinstance(text, str) else "",
                        tokens=tokens, finish_reason=choice.get("finish_reason"),
                        stop_reason=choice.get("stop_reason"))

@@ -5,13 +5,18 @@ of it (the caller ends it with an error event)."""
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import trio
 
-from triolm.api.errors import APIError
-from triolm.router.backend_client import (BackendBroke, BackendRejected, BackendUnreachable, post_completion,
-                                          stream_completion)
+from triolm.protocol.errors import APIError
+from triolm.router.backend_client import (
+    BackendBroke,
+    BackendRejected,
+    BackendUnreachable,
+    post_completion,
+    stream_completion,
+)
 from triolm.router.backends import Backend, Choice, NoBackend
 from triolm.router.state import RouterState
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import attrs
 
-from triolm.chat.reasoning import ReasoningFormat, reasoning_format_for
-from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
-from triolm.chat.template_sandbox import RenderBudget
-from triolm.chat.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
 from triolm.errors import InvalidRequestError, ModelLoadError
-from triolm.models.gguf_reader import read_gguf_metadata
-from triolm.models.hf_config import read_hf_config
-from triolm.models.load_limits import check_chat_template
-from triolm.serving.served_model import longest_token_chars
+from triolm.formats.gguf_reader import read_gguf_metadata
+from triolm.formats.hf_config import read_hf_config
+from triolm.formats.load_limits import check_chat_template
+from triolm.loading.served_model import longest_token_chars
+from triolm.prompting.reasoning import ReasoningFormat, reasoning_format_for
+from triolm.prompting.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
+from triolm.prompting.template_sandbox import RenderBudget
+from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
 from triolm.tokenizers.base import Tokenizer
 from triolm.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
 from triolm.tokenizers.hf import HFTokenizer

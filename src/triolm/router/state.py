@@ -13,7 +13,7 @@ from triolm.router.backends import BackendPool
 from triolm.router.frontend import PromptFrontend
 from triolm.router.router_metrics import RouterMetrics
 from triolm.router.settings import RouterSettings
-from triolm.serving.lanes import PromptLanes
+from triolm.runtime.lanes import PromptLanes
 from triolm.sessions.registry import SessionRegistry
 
 

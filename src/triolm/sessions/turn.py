@@ -7,11 +7,11 @@ the same thing whichever process made it (contracts/sessions.md).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 
-from triolm.serving.prompts import RenderedPrompt
+from triolm.prompting.prompts import RenderedPrompt
 from triolm.sessions.node import Extension, Generated, Node, build_node
 from triolm.sessions.registry import SessionRegistry
 from triolm.sessions.session import Session
