@@ -40,14 +40,18 @@ class BackendBroke(Exception):
     pass
 
 
-_TRANSPORT_ERRORS = (httpx.TransportError,)  # connect/read/write errors, timeouts, protocol errors
+_TRANSPORT_ERRORS = (httpx.TransportError,)
+_KEEPALIVE_SECONDS = 2.0  # connect/read/write errors, timeouts, protocol errors
 
 
 def make_client(connect_timeout: float, request_timeout: float, api_key: str | None) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return httpx.AsyncClient(
         timeout=httpx.Timeout(request_timeout, connect=connect_timeout, pool=connect_timeout),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        # An idle keep-alive connection is dropped before the backend's own idle timeout
+        # (hypercorn's and uvicorn's: 5 s) can close it under a request being sent.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256,
+                            keepalive_expiry=_KEEPALIVE_SECONDS),
         headers=headers)
 
 
