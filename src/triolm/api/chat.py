@@ -108,7 +108,8 @@ class ChatRun(GenerationsRun):
         self.gens = [
             Generation(driver, plan.served.tokenizer, plan.prompt.token_ids,
                        build_sampling_params(body, plan.max_tokens, logprobs, seed_offset=i,
-                                             constraint=plan.constraint),
+                                             constraint=plan.constraint,
+                                             prompt_logprobs=body.prompt_logprobs if i == 0 else None),
                        stop=plan.stops,
                        # tool and thinking markup may be special tokens ([TOOL_CALLS], [THINK])
                        skip_special_tokens=body.skip_special_tokens and plan.tool_parser is None
@@ -146,6 +147,9 @@ class ChatRun(GenerationsRun):
                "usage": fmt.usage(len(p.prompt.token_ids), completion_tokens, cached)}
         if p.body.return_token_ids:
             out["prompt_token_ids"] = list(p.prompt.token_ids)
+        if p.body.prompt_logprobs is not None:
+            out["prompt_logprobs"] = fmt.vllm_prompt_logprobs(
+                p.prompt.token_ids, self.gens[0].result.prompt_logprobs or (), self.namer)
         return out
 
     # -- streaming --------------------------------------------------------------------

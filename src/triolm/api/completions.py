@@ -62,6 +62,10 @@ class CompletionRun(GenerationsRun):
         self.request_id, self.created, self.model_name = fmt.new_id("cmpl"), fmt.now(), served.name
         self.namer = fmt.TokenNamer(served.tokenizer, body.return_tokens_as_token_ids)
         stops = stop_strings(body)
+        # echo + logprobs gives the prompt's log-probabilities too (as vLLM does)
+        self.prompt_logprobs = body.prompt_logprobs
+        if self.prompt_logprobs is None and body.echo and body.logprobs is not None:
+            self.prompt_logprobs = body.logprobs
         self.gens: list[Generation] = []
         self.prompt_index: list[int] = []
         for p_index, prompt in enumerate(prompts):
@@ -69,7 +73,7 @@ class CompletionRun(GenerationsRun):
                                        prompt_param="prompt", min_tokens=body.min_tokens)
             for i in range(body.n):
                 params = build_sampling_params(body, max_tokens, body.logprobs, seed_offset=i,
-                                               constraint=constraint)
+                                               constraint=constraint, prompt_logprobs=self.prompt_logprobs)
                 self.gens.append(Generation(driver, served.tokenizer, prompt, params, stop=stops,
                                             skip_special_tokens=body.skip_special_tokens))
                 self.prompt_index.append(p_index)
@@ -79,6 +83,11 @@ class CompletionRun(GenerationsRun):
     def _echo_text(self, index: int) -> str:
         return self.served.tokenizer.decode(self.prompts[self.prompt_index[index]],
                                             skip_special_tokens=self.body.skip_special_tokens)
+
+    def _echo_logprobs(self, index: int) -> dict:
+        """The echoed prompt's part of choice `index`'s logprobs."""
+        return fmt.echoed_prompt_logprobs(self.prompts[self.prompt_index[index]],
+                                          self.gens[index].result.prompt_logprobs or (), self.namer)
 
     def _usage(self) -> dict:
         prompt_tokens = sum(len(p) for p in self.prompts)
@@ -94,6 +103,11 @@ class CompletionRun(GenerationsRun):
                       "finish_reason": r.finish_reason, "stop_reason": r.stop_reason}
             if self.body.logprobs is not None:
                 choice["logprobs"] = fmt.completion_logprobs(r.tokens, self.namer, len(prefix))
+                if self.body.echo:
+                    choice["logprobs"] = fmt.joined_logprobs(self._echo_logprobs(i), choice["logprobs"])
+            if self.body.prompt_logprobs is not None:
+                choice["prompt_logprobs"] = fmt.vllm_prompt_logprobs(
+                    self.prompts[self.prompt_index[i]], r.prompt_logprobs or (), self.namer)
             if self.body.return_token_ids:
                 choice["prompt_token_ids"] = list(self.prompts[self.prompt_index[i]])
                 choice["token_ids"] = r.token_ids
@@ -119,11 +133,21 @@ class CompletionRun(GenerationsRun):
                 out["token_ids"] = [t.token_id for t in tokens]
             return out
 
-        if body.echo:
+        # With logprobs, a choice's echo waits for its prefill, which gives the prompt's
+        # log-probabilities; without, it goes out at once.
+        echo_pending = [body.echo] * len(self.gens)
+
+        def echo_chunk(i: int) -> bytes:
+            echo_pending[i] = False
+            text = self._echo_text(i)
+            offsets[i] = len(text)
+            logprobs = self._echo_logprobs(i) if body.logprobs is not None else None
+            return self._chunk([choice(i, {"text": text, "logprobs": logprobs, "finish_reason": None})])
+
+        if body.logprobs is None:
             for i in range(len(self.gens)):
-                text = self._echo_text(i)
-                offsets[i] = len(text)
-                yield self._chunk([choice(i, {"text": text, "logprobs": None, "finish_reason": None})])
+                if echo_pending[i]:
+                    yield echo_chunk(i)
         try:
             async with merged_deltas(self.gens, self.state.settings.request_timeout) as events:
                 async for event in events:
@@ -132,11 +156,15 @@ class CompletionRun(GenerationsRun):
                         continue
                     if isinstance(event, TimedOut):
                         for i, done in enumerate(finished):
+                            if echo_pending[i]:
+                                yield echo_chunk(i)
                             if not done:
                                 yield self._chunk([choice(i, {"text": "", "logprobs": None,
                                                               "finish_reason": "length"})])
                         break
                     i, delta = event
+                    if echo_pending[i]:
+                        yield echo_chunk(i)
                     logprobs = None
                     if body.logprobs is not None:
                         logprobs = fmt.completion_logprobs(delta.tokens, self.namer, offsets[i])

@@ -46,7 +46,8 @@ _GREEDY_BELOW = 1e-5  # smaller temperatures are greedy (dividing logits by them
 
 
 def build_sampling_params(body: SamplingFields, max_tokens: int, logprobs: int | None,
-                          seed_offset: int = 0, constraint=None) -> SamplingParams:
+                          seed_offset: int = 0, constraint=None,
+                          prompt_logprobs: int | None = None) -> SamplingParams:
     seed = None if body.seed is None else body.seed + seed_offset
     temperature = 1.0 if body.temperature is None else body.temperature
     return SamplingParams(
@@ -64,5 +65,6 @@ def build_sampling_params(body: SamplingFields, max_tokens: int, logprobs: int |
         stop_token_ids=tuple(body.stop_token_ids or ()),
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
         constraint=constraint,
     )

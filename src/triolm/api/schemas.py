@@ -54,6 +54,8 @@ class SamplingFields(BaseModel):
     skip_special_tokens: bool = True
     return_tokens_as_token_ids: bool = False
     return_token_ids: bool = False
+    # -1 (vLLM: the whole vocabulary per prompt token) is refused: unbounded response size
+    prompt_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
     response_format: Optional[dict[str, Any]] = None
     guided_choice: Optional[list[str]] = None
     guided_regex: Optional[str] = None

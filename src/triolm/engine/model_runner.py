@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from triolm.engine.prompt_logprobs import prompt_token_logprobs
 from triolm.engine.sequence import Sequence
 from triolm.models.attention import AttentionMetadata, PrefillSeq
 from triolm.models.llama import LlamaModel
@@ -59,6 +60,12 @@ class ModelRunner:
         hidden = self.model.forward(torch.tensor(ids, dtype=torch.long), torch.cat(positions),
                                     self.kv_cache, meta, self.cache_state,
                                     before_layers=self.before_layers)
+        for seq, m in zip(seqs, meta_seqs):
+            if seq.needs_prompt_logprobs:  # prefilled whole: row i is position i
+                n = seq.num_prompt_tokens
+                seq.prompt_logprobs = prompt_token_logprobs(
+                    self.model.logits, hidden[m.start:m.start + n - 1], seq.token_ids[:n],
+                    seq.params.prompt_logprobs)
         return self.model.logits(hidden[torch.tensor(last_rows)])
 
     def _decode(self, seqs: list[Sequence]) -> torch.Tensor:

@@ -26,6 +26,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; N: sampled token's logprob + top-N
+    # None: none; N: every prompt token's logprob (after the first) + top-N. Such a
+    # prompt is prefilled whole, never from the prefix cache (block_manager).
+    prompt_logprobs: int | None = None
     constraint: object | None = None  # a GrammarSpec (see engine.constraint), compiled per sequence
 
     @property

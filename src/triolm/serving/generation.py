@@ -15,6 +15,7 @@ import trio
 
 from triolm.engine.constraint import ConstraintFailure
 from triolm.engine.llm_engine import StepOutput
+from triolm.engine.prompt_logprobs import PromptTokenLogprob
 from triolm.engine.sampling_params import SamplingParams
 from triolm.serving.engine_driver import EngineDriver
 from triolm.serving.stop_strings import StopStringMatcher
@@ -54,6 +55,8 @@ class GenerationResult:
     num_prefilled_tokens: int = 0
     first_token_time: float | None = None
     token_times: list[float] = attrs.Factory(list)
+    # the prompt's tokens after the first, when the sampling params asked for them
+    prompt_logprobs: tuple[PromptTokenLogprob, ...] | None = None
 
     @property
     def token_ids(self) -> list[int]:
@@ -120,6 +123,8 @@ class Generation:
         if r.first_token_time is None:
             r.first_token_time = now
             r.num_cached_prompt_tokens = out.num_cached_prompt_tokens
+        if out.prompt_logprobs is not None:
+            r.prompt_logprobs = out.prompt_logprobs
         r.num_prefilled_tokens = out.num_prefilled_tokens
         r.token_times.append(now)
         info = TokenInfo(out.token_id, out.logprob, out.top_logprobs)
