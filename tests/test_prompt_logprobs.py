@@ -118,7 +118,14 @@ def test_OAI_PLOGPROBS_005_streamed_echo_carries_the_prompt_logprobs(client, htt
         mine = [e["choices"][0] for e in events if e["choices"][0]["index"] == choice["index"]]
         joined = {k: sum((c["logprobs"][k] for c in mine if c["logprobs"]), []) for k in
                   ("tokens", "token_logprobs", "top_logprobs")}
-        assert joined == {k: choice["logprobs"][k] for k in joined}
+        want = choice["logprobs"]
+        assert joined["tokens"] == want["tokens"]
+        # equal up to summation order (the batches the two requests shared differ)
+        assert joined["token_logprobs"] == pytest.approx(want["token_logprobs"], abs=1e-4)
+        for got_top, want_top in zip(joined["top_logprobs"], want["top_logprobs"]):
+            assert (got_top is None) == (want_top is None)
+            if got_top is not None:
+                assert got_top == pytest.approx(want_top, abs=1e-4)
         assert "".join(c["text"] for c in mine) == choice["text"]
 
 

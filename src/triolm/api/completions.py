@@ -9,7 +9,7 @@ import trio
 from triolm.api import openai_format as fmt
 from triolm.api.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
 from triolm.api.errors import bad_request
-from triolm.api.sampling import build_sampling_params, check_context, stop_strings
+from triolm.api.sampling import build_sampling_params, check_context, stop_strings, truncated_prompt
 from triolm.api.schemas import CompletionRequest
 from triolm.api.state import AppState
 from triolm.api.structured import constraint_for_completion
@@ -42,7 +42,8 @@ async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[lis
                 check_prompt_chars(served, len(text), "prompt")
             except InvalidRequestError as exc:
                 raise bad_request(exc.message, param=exc.param, code=exc.code) from None
-            ids.append(await state.lanes.run(state.lanes.for_chars(len(text)), encode_text, served, text, True))
+            ids.append(await state.lanes.run(state.lanes.for_chars(len(text)), encode_text, served, text,
+                                             body.add_special_tokens))
     for seq in ids:
         if not seq:
             raise bad_request("prompt must not be empty", param="prompt")
@@ -50,7 +51,7 @@ async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[lis
             if not 0 <= t < vocab:
                 raise bad_request(f"prompt token id {t} is outside the vocabulary (0..{vocab - 1})",
                                   param="prompt")
-    return ids
+    return [truncated_prompt(seq, body, served.max_model_len) for seq in ids]
 
 
 class CompletionRun(GenerationsRun):
@@ -59,7 +60,8 @@ class CompletionRun(GenerationsRun):
     def __init__(self, state: AppState, body: CompletionRequest, prompts: list[list[int]], constraint=None):
         served, driver = state.require_ready()
         self.state, self.body, self.served, self.prompts = state, body, served, prompts
-        self.request_id, self.created, self.model_name = fmt.new_id("cmpl"), fmt.now(), served.name
+        self.request_id = fmt.new_id("cmpl") if body.request_id is None else f"cmpl-{body.request_id}"
+        self.created, self.model_name = fmt.now(), served.name
         self.namer = fmt.TokenNamer(served.tokenizer, body.return_tokens_as_token_ids)
         stops = stop_strings(body)
         # echo + logprobs gives the prompt's log-probabilities too (as vLLM does)
@@ -75,7 +77,8 @@ class CompletionRun(GenerationsRun):
                 params = build_sampling_params(body, max_tokens, body.logprobs, seed_offset=i,
                                                constraint=constraint, prompt_logprobs=self.prompt_logprobs)
                 self.gens.append(Generation(driver, served.tokenizer, prompt, params, stop=stops,
-                                            skip_special_tokens=body.skip_special_tokens))
+                                            skip_special_tokens=body.skip_special_tokens,
+                                            include_stop_str=body.include_stop_str_in_output))
                 self.prompt_index.append(p_index)
         admit(driver, len(self.gens))
         self.start = trio.current_time()

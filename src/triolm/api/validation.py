@@ -97,6 +97,10 @@ def check_against_model(body: SamplingFields, limits: RequestLimits) -> None:
     for token_id in body.stop_token_ids or ():
         if not 0 <= token_id < vocab_size:
             raise bad_request(f"stop_token_ids: {token_id} is outside the vocabulary", param="stop_token_ids")
+    for token_id in body.allowed_token_ids or ():
+        if not 0 <= token_id < vocab_size:
+            raise bad_request(f"allowed_token_ids: {token_id} is outside the vocabulary",
+                              param="allowed_token_ids")
     if body.prompt_logprobs is not None and body.stream:
         raise bad_request("prompt_logprobs are not available when stream is true", param="prompt_logprobs")
     if isinstance(body, ChatCompletionRequest) and body.logprobs is False and body.top_logprobs:

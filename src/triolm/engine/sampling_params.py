@@ -20,6 +20,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    allowed_token_ids: tuple[int, ...] = ()  # empty: all; else only these may be sampled
     seed: int | None = None
     max_tokens: int = 16
     min_tokens: int = 0

@@ -68,7 +68,7 @@ class Generation:
 
     def __init__(self, driver: EngineDriver, tokenizer: Tokenizer, prompt_ids: list[int],
                  params: SamplingParams, stop: list[str] | None = None,
-                 skip_special_tokens: bool = True):
+                 skip_special_tokens: bool = True, include_stop_str: bool = False):
         self.driver = driver
         self.tokenizer = tokenizer
         self.prompt_ids = prompt_ids
@@ -76,6 +76,7 @@ class Generation:
         self.request_id = f"gen-{next(_ids)}"
         self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip_special_tokens)
         self.stops = StopStringMatcher(stop or [])
+        self.include_stop_str = include_stop_str  # the matched stop string ends the text
         self.result = GenerationResult(num_prompt_tokens=len(prompt_ids))
         self.start_time = trio.current_time()
 
@@ -139,6 +140,8 @@ class Generation:
         finish, stop_reason = out.finish_reason, None
         if self.stops.matched is not None:
             finish, stop_reason = "stop", self.stops.matched
+            if self.include_stop_str:
+                text += self.stops.matched
             self.driver.abort(self.request_id)  # no-op if the engine already finished it
         elif finish is not None:
             text += self.stops.flush()
