@@ -19,6 +19,8 @@ from llguidance.gbnf_to_lark import gbnf_to_lark
 
 from triolm.errors import InvalidRequestError
 
+from .build import JSON_OPTIONS
+
 # The GBNF converter is Python: its work (holding the GIL) grows with the text, so the
 # text is bounded before it runs. Real grammars are a few kB.
 MAX_GRAMMAR_CHARS = 100_000
@@ -39,7 +41,7 @@ def user_grammar_lark(grammar: Any, param: str) -> str:
     if _GBNF.search(grammar):
         try:
             return gbnf_to_lark(grammar)
-        except (Exception, RecursionError) as exc:  # the converter raises bare Exceptions
+        except Exception as exc:  # the converter raises bare Exceptions (and RecursionError)
             raise InvalidRequestError(f"{param}: not a GBNF grammar this server can read: {exc}",
                                       param=param) from None
     raise InvalidRequestError(
@@ -79,5 +81,7 @@ def structural_tag_lark(tag: Any, param: str) -> str:
         trigger = next((t for t in triggers if s["begin"].startswith(t)), None)
         if trigger is None:
             raise InvalidRequestError(f"{where}.begin starts with none of the triggers", param=param)
-        tags.append(llguidance.StructTag(trigger=trigger, begin=s["begin"], grammar=dict(schema), end=s["end"]))
+        # as a JSON string, so the JSON is spelled as everywhere else (build.JSON_OPTIONS)
+        spelled = json.dumps({**schema, "x-guidance": {**JSON_OPTIONS, "lenient": True}}, ensure_ascii=False)
+        tags.append(llguidance.StructTag(trigger=trigger, begin=s["begin"], grammar=spelled, end=s["end"]))
     return llguidance.StructTag.to_grammar(tags, assume_special=False)
