@@ -9,8 +9,8 @@ import torch
 
 from triolm.engine.prompt_logprobs import prompt_token_logprobs
 from triolm.engine.sequence import Sequence
-from triolm.models.attention import AttentionMetadata, PrefillSeq
-from triolm.models.llama import LlamaModel
+from triolm.model.attention import AttentionMetadata, PrefillSeq
+from triolm.model.llama import LlamaModel
 
 
 class ModelRunner:

@@ -9,7 +9,7 @@ others are too — a slice of rows at a time, so a long prompt never holds a
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 import torch
@@ -40,9 +40,9 @@ def prompt_token_logprobs(logits_of: Callable[[torch.Tensor], torch.Tensor], hid
         ranks = (rows > chosen.unsqueeze(1)).sum(dim=1) + 1
         if top_n > 0:
             top_vals, top_ids = torch.topk(rows, top_n, dim=-1)
-            tops = [tuple(zip(i, v)) for i, v in zip(top_ids.tolist(), top_vals.tolist())]
+            tops = [tuple(zip(i, v, strict=True)) for i, v in zip(top_ids.tolist(), top_vals.tolist(), strict=True)]
         else:
             tops = [()] * len(rows)
         out.extend(PromptTokenLogprob(t, lp, r, top)
-                   for t, lp, r, top in zip(wanted.tolist(), chosen.tolist(), ranks.tolist(), tops))
+                   for t, lp, r, top in zip(wanted.tolist(), chosen.tolist(), ranks.tolist(), tops, strict=True))
     return tuple(out)

@@ -1,0 +1,275 @@
+"""Request bodies of the OpenAI routes (with vLLM's extensions), validated by pydantic.
+
+A validation failure becomes a 400 whose `param` names the offending field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from triolm.errors import InvalidRequestError
+from triolm.prompting.prompts import check_tool_definitions
+from triolm.protocol.errors import APIError
+from triolm.protocol.request_fields import refuse_unsupported
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+# What the chat template renderer itself binds (triolm.prompting.template): a request's
+# chat_template_kwargs may add variables, never replace these.
+RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token",
+                                         "eos_token", "raise_exception", "strftime_now"})
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+    # OpenAI pads chunks against length side channels; without it the stream is the same
+    include_obfuscation: Optional[bool] = None
+    continuous_usage_stats: bool = False
+
+    @field_validator("continuous_usage_stats")
+    @classmethod
+    def _continuous(cls, v):
+        if v:
+            raise ValueError("continuous_usage_stats is not supported (use include_usage)")
+        return v
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs`: one constraint (json, regex, choice, grammar,
+    json_object or structural_tag) and options."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: Optional[Union[dict[str, Any], str, bool]] = Field(default=None, alias="json")
+    regex: Optional[str] = None
+    choice: Optional[list[str]] = None
+    grammar: Optional[str] = None
+    json_object: Optional[bool] = None
+    structural_tag: Optional[Union[str, dict[str, Any]]] = None
+    # inert: JSON is always written without free whitespace; there is one backend
+    disable_any_whitespace: bool = False
+    disable_fallback: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: Optional[str] = None
+
+    @field_validator("disable_additional_properties")
+    @classmethod
+    def _no_additional(cls, v):
+        if v:
+            raise ValueError("disable_additional_properties is not supported: set "
+                             "additionalProperties: false in the schema")
+        return v
+
+    @field_validator("whitespace_pattern")
+    @classmethod
+    def _no_whitespace_pattern(cls, v):
+        if v is not None:
+            raise ValueError("whitespace_pattern is not supported: JSON is written with json.dumps' spacing")
+        return v
+
+
+class SamplingFields(BaseModel):
+    """Fields shared by chat and text completions. Unknown fields are refused
+    (`request_fields` says which known ones are, and why)."""
+
+    # NaN/Infinity (which Python's JSON accepts) would reach the sampler as NaN logits.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: Optional[str] = None
+    n: int = 1
+    max_tokens: Optional[int] = None
+    stop: Optional[Union[str, list[str]]] = None
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    top_k: Optional[int] = Field(default=None, ge=-1)
+    min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    # bounded so logits / penalty cannot overflow float32 into inf (then NaN probabilities)
+    repetition_penalty: Optional[float] = Field(default=None, ge=0.01, le=100.0)
+    presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: Optional[dict[str, float]] = None
+    seed: Optional[int] = Field(default=None, ge=-(1 << 63), lt=(1 << 64) - 64)  # torch's seed range
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    stop_token_ids: Optional[list[int]] = None
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    allowed_token_ids: Optional[list[int]] = Field(default=None, min_length=1)
+    truncate_prompt_tokens: Optional[int] = Field(default=None, ge=-1)
+    truncation_side: Optional[Literal["left", "right"]] = None
+    return_tokens_as_token_ids: bool = False
+    return_token_ids: bool = False
+    # -1 (vLLM: the whole vocabulary per prompt token) is refused: unbounded response size
+    prompt_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    request_id: Optional[str] = Field(default=None, min_length=1, max_length=256)
+    response_format: Optional[dict[str, Any]] = None
+    structured_outputs: Optional[StructuredOutputs] = None
+    guided_choice: Optional[list[str]] = None
+    guided_regex: Optional[str] = None
+    guided_json: Optional[Union[dict[str, Any], str]] = None
+    guided_grammar: Optional[str] = None
+    grammar: Optional[str] = None  # llama.cpp's server: a GBNF (or Lark) grammar
+    # Accepted and ignored: they change nothing in what is generated or returned
+    # (docs/openai-compat.md lists them).
+    user: Optional[str] = None
+    metadata: Optional[dict[str, Any]] = None
+    store: Optional[bool] = None
+    service_tier: Optional[str] = None
+    safety_identifier: Optional[str] = None
+    prompt_cache_key: Optional[str] = None
+    prompt_cache_retention: Optional[str] = None
+    session_id: Optional[str] = None
+    stream_interval: Optional[int] = Field(default=None, ge=1)
+    spaces_between_special_tokens: bool = True
+    guided_decoding_backend: Optional[str] = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, v):
+        if v is not None:
+            for key, bias in v.items():
+                if not -100.0 <= bias <= 100.0:
+                    raise ValueError(f"logit_bias value for {key} must be within [-100, 100]")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        if isinstance(v, list) and len(v) > 16:
+            raise ValueError("at most 16 stop sequences")
+        return v
+
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _truncate(cls, v):
+        if v == 0:
+            raise ValueError("must be at least 1 (or -1: the model's context)")
+        return v
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[dict[str, Any]]
+    max_completion_tokens: Optional[int] = None
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], dict[str, Any]]] = None
+    parallel_tool_calls: Optional[bool] = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+    # the template's own variables, given as fields (vLLM passes them the same way)
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high", "xhigh"]] = None
+    documents: Optional[list[dict[str, str]]] = None
+    add_special_tokens: bool = False  # on top of what the template writes (vLLM's default)
+    echo: bool = False  # prepend the last message when the reply continues it (vLLM)
+    include_reasoning: bool = True
+    # inert: a latency hint (predicted output) that never changes the output
+    prediction: Optional[dict[str, Any]] = None
+
+    @property
+    def template_variables(self) -> dict[str, Any] | None:
+        """chat_template_kwargs with the template variables given as fields."""
+        fields = {k: v for k, v in (("reasoning_effort", self.reasoning_effort),
+                                    ("documents", self.documents)) if v is not None}
+        if not fields:
+            return self.chat_template_kwargs
+        return {**(self.chat_template_kwargs or {}), **fields}
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, v):
+        try:
+            check_tool_definitions(v)
+        except InvalidRequestError as exc:
+            raise ValueError(exc.message) from None
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_needs_tools(cls, v, info: ValidationInfo):
+        if (v == "required" or isinstance(v, dict)) and not info.data.get("tools"):
+            raise ValueError(f"tool_choice {v!r} requires a non-empty 'tools' list")
+        return v
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, v):
+        reserved = sorted(set(v or ()) & RESERVED_TEMPLATE_VARIABLES)
+        if reserved:
+            raise ValueError(f"must not set the template's own variable(s) {', '.join(reserved)} "
+                             "(use the request's fields)")
+        return v
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, v):
+        if not v:
+            raise ValueError("messages must not be empty")
+        for i, m in enumerate(v):
+            role = m.get("role")
+            if role not in ROLES:
+                raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
+            content = m.get("content")
+            if content is not None and not isinstance(content, (str, list)):
+                raise ValueError(f"messages[{i}].content must be a string or a list of content parts")
+            if isinstance(content, list):
+                for part in content:
+                    if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                        raise ValueError(f"messages[{i}].content: only text parts are supported")
+            if role == "tool" and not isinstance(m.get("tool_call_id", ""), str):
+                raise ValueError(f"messages[{i}].tool_call_id must be a string")
+            if content is None and role != "assistant":
+                raise ValueError(f"messages[{i}].content is required for role {role!r}")
+        return v
+
+
+PromptType = Union[str, list[str], list[int], list[list[int]]]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: PromptType
+    echo: bool = False
+    logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    suffix: Optional[str] = None
+    add_special_tokens: bool = True  # BOS etc. when a prompt is text
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: Optional[str] = None
+    prompt: Optional[str] = None
+    messages: Optional[list[dict[str, Any]]] = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    tools: Optional[list[dict[str, Any]]] = None
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: Optional[str] = None
+    tokens: list[int]
+
+
+def parse_body(model: type[BaseModel], data: Any) -> BaseModel:
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object")
+    if issubclass(model, SamplingFields):
+        data = refuse_unsupported(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err.get("loc", ())]
+        param = loc[0] if loc else None
+        where = ".".join(loc)
+        if err.get("type") == "extra_forbidden":
+            raise APIError(400, f"unknown field '{where}': this server does not support it",
+                           param=param, code="unknown_parameter") from None
+        msg = err.get("msg", "invalid value")
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        raise APIError(400, f"invalid '{where}': {msg}" if where else msg, param=param) from None
