@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from quart import Request
 
