@@ -99,3 +99,24 @@ def test_OAI_PLOGPROBS_006_refused_forms(http, body, param):
     r = http.post("/v1/completions", json=body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_OAI_PLOGPROBS_007_echo_with_max_tokens_0_is_the_prompt_alone(client, http, served_model):
+    prompt = http.post("/tokenize", json={"prompt": "Once upon a time there was a cat"}).json()["tokens"]
+    r = client.completions.create(model=served_model.name, prompt=prompt, max_tokens=0, echo=True, logprobs=1,
+                                  extra_body={"return_token_ids": True})
+    (choice,) = r.choices
+    prompt_text = "Once upon a time there was a cat"  # the echo skips special tokens (BOS)
+    assert choice.text == prompt_text and choice.finish_reason == "length"
+    assert len(choice.logprobs.tokens) == len(prompt) and choice.logprobs.token_logprobs[0] is None
+    assert choice.token_ids == [] and r.usage.completion_tokens == 0 and r.usage.prompt_tokens == len(prompt)
+    with_one = client.completions.create(model=served_model.name, prompt=prompt, max_tokens=1, echo=True,
+                                         logprobs=1, temperature=0)
+    assert choice.logprobs.token_logprobs == pytest.approx(with_one.choices[0].logprobs.token_logprobs[:-1],
+                                                           abs=1e-4)
+    streamed = [c.choices[0] for c in client.completions.create(model=served_model.name, prompt=prompt,
+                                                                max_tokens=0, echo=True, stream=True)]
+    assert "".join(c.text for c in streamed) == prompt_text and streamed[-1].finish_reason == "length"
+    # without echo, max_tokens must still be at least 1
+    bad = http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 0})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"

@@ -68,10 +68,14 @@ class CompletionRun(GenerationsRun):
         self.prompt_logprobs = body.prompt_logprobs
         if self.prompt_logprobs is None and body.echo and body.logprobs is not None:
             self.prompt_logprobs = body.logprobs
+        # echo with max_tokens 0 (vLLM; scoring harnesses send it): the prompt alone. One
+        # token is generated (the prefill must sample) and not told.
+        self.echo_only = body.echo and requested_max_tokens(body) == 0
         self.gens: list[Generation] = []
         self.prompt_index: list[int] = []
         for p_index, prompt in enumerate(prompts):
-            max_tokens = check_context(len(prompt), requested_max_tokens(body) or 16, served.max_model_len,
+            wanted = 1 if self.echo_only else requested_max_tokens(body) or 16
+            max_tokens = check_context(len(prompt), wanted, served.max_model_len,
                                        prompt_param="prompt", min_tokens=body.min_tokens)
             for i in range(body.n):
                 params = build_sampling_params(body, max_tokens, body.logprobs, seed_offset=i,
@@ -94,18 +98,26 @@ class CompletionRun(GenerationsRun):
 
     def _usage(self) -> dict:
         prompt_tokens = sum(len(p) for p in self.prompts)
-        return fmt.usage(prompt_tokens, sum(len(g.result.tokens) for g in self.gens))
+        generated = 0 if self.echo_only else sum(len(g.result.tokens) for g in self.gens)
+        return fmt.usage(prompt_tokens, generated)
+
+    def _told(self, text: str, tokens, finish_reason: str | None, stop_reason) -> tuple:
+        """What is told of generated output: nothing but the end, for echo alone."""
+        if self.echo_only:
+            return "", (), "length" if finish_reason is not None else None, None
+        return text, tokens, finish_reason, stop_reason
 
     async def complete(self) -> dict:
         await self._run_to_end()
         choices = []
         for i, g in enumerate(self.gens):
             r = g.result
+            text, tokens, finish_reason, stop_reason = self._told(r.text, r.tokens, r.finish_reason, r.stop_reason)
             prefix = self._echo_text(i) if self.body.echo else ""
-            choice = {"index": i, "text": prefix + r.text, "logprobs": None,
-                      "finish_reason": r.finish_reason, "stop_reason": r.stop_reason}
+            choice = {"index": i, "text": prefix + text, "logprobs": None,
+                      "finish_reason": finish_reason, "stop_reason": stop_reason}
             if self.body.logprobs is not None:
-                choice["logprobs"] = fmt.completion_logprobs(r.tokens, self.namer, len(prefix))
+                choice["logprobs"] = fmt.completion_logprobs(tokens, self.namer, len(prefix))
                 if self.body.echo:
                     choice["logprobs"] = fmt.joined_logprobs(self._echo_logprobs(i), choice["logprobs"])
             if self.body.prompt_logprobs is not None:
@@ -113,7 +125,7 @@ class CompletionRun(GenerationsRun):
                     self.prompts[self.prompt_index[i]], r.prompt_logprobs or (), self.namer)
             if self.body.return_token_ids:
                 choice["prompt_token_ids"] = list(self.prompts[self.prompt_index[i]])
-                choice["token_ids"] = r.token_ids
+                choice["token_ids"] = [t.token_id for t in tokens]
             choices.append(choice)
         return {"id": self.request_id, "object": "text_completion", "created": self.created,
                 "model": self.served.name, "choices": choices, "usage": self._usage()}
@@ -168,15 +180,17 @@ class CompletionRun(GenerationsRun):
                     i, delta = event
                     if echo_pending[i]:
                         yield echo_chunk(i)
+                    text, tokens, finish_reason, stop_reason = self._told(
+                        delta.text, delta.tokens, delta.finish_reason, delta.stop_reason)
                     logprobs = None
                     if body.logprobs is not None:
-                        logprobs = fmt.completion_logprobs(delta.tokens, self.namer, offsets[i])
-                    offsets[i] += len(delta.text)
-                    if delta.finish_reason is not None:
+                        logprobs = fmt.completion_logprobs(tokens, self.namer, offsets[i])
+                    offsets[i] += len(text)
+                    if finish_reason is not None:
                         finished[i] = True
-                    yield self._chunk([choice(i, {"text": delta.text, "logprobs": logprobs,
-                                                  "finish_reason": delta.finish_reason,
-                                                  "stop_reason": delta.stop_reason}, delta.tokens)])
+                    yield self._chunk([choice(i, {"text": text, "logprobs": logprobs,
+                                                  "finish_reason": finish_reason,
+                                                  "stop_reason": stop_reason}, tokens)])
         except STREAM_ERRORS as exc:
             yield stream_error_event(exc)
         finally:

@@ -76,7 +76,8 @@ def check_against_model(body: SamplingFields, limits: RequestLimits) -> None:
                           code="request_too_large")
     max_tokens = requested_max_tokens(body)
     max_param = _max_tokens_field(body)
-    if max_tokens is not None and max_tokens < 1:
+    echo_only = isinstance(body, CompletionRequest) and body.echo and max_tokens == 0  # the prompt alone
+    if max_tokens is not None and max_tokens < 1 and not echo_only:
         raise bad_request(f"{max_param} must be at least 1, got {max_tokens}", param=max_param)
     if body.min_tokens >= limits.max_model_len:
         raise bad_request(f"min_tokens is {body.min_tokens}, but this model's maximum context length "
