@@ -30,6 +30,9 @@ def test_OAI_AUTH_002_every_configured_key_is_accepted_and_no_other(make_server,
     assert httpx.get(srv.base_url + "/v1/models").status_code == 401
     assert httpx.get(srv.base_url + "/v1/models", headers={"Authorization": "Basic k-one"}).status_code == 401
     assert httpx.get(srv.base_url + "/v1/models", headers={"Authorization": "bearer k-two"}).status_code == 200
+    # Anthropic's clients send x-api-key: any of the keys, and only those
+    assert httpx.get(srv.base_url + "/v1/models", headers={"x-api-key": "k-file-2"}).status_code == 200
+    assert httpx.get(srv.base_url + "/v1/models", headers={"x-api-key": "k-file"}).status_code == 401
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=srv.base_url + "/v1", api_key="nope", max_retries=0).models.list()
 

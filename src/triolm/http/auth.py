@@ -77,10 +77,15 @@ def is_guarded(request: Request) -> bool:
 
 
 def api_key_error(keys: ApiKeys, request: Request) -> APIError | None:
-    """The 401 for a guarded request without `Authorization: Bearer <one of the keys>`, else None."""
+    """The 401 for a guarded request without `Authorization: Bearer <one of the keys>` (or
+    `x-api-key: <one of the keys>`, as Anthropic's clients send it), else None."""
     if not keys or not is_guarded(request):
         return None
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and keys.accepts(presented.strip()):
         return None
-    return APIError(401, "invalid or missing API key (Authorization: Bearer …)", code="invalid_api_key")
+    x_api_key = request.headers.get("x-api-key")
+    if x_api_key is not None and keys.accepts(x_api_key.strip()):
+        return None
+    return APIError(401, "invalid or missing API key (Authorization: Bearer … or x-api-key)",
+                    code="invalid_api_key")

@@ -86,7 +86,7 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
 
 async def prepare_chat(state: AppState, body: ChatCompletionRequest,
                        prompt: RenderedPrompt | None = None) -> ChatPlan:
-    served, _ = state.require_ready()
+    served, _ = state.require_generation()
     state.check_model_name(body.model)
     check_against_model(body, request_limits(state))
     if prompt is not None and body.truncate_prompt_tokens is not None:

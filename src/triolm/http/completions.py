@@ -201,7 +201,7 @@ class CompletionRun(GenerationsRun):
 
 
 async def prepare_completion(state: AppState, body: CompletionRequest) -> CompletionRun:
-    served, _ = state.require_ready()
+    served, _ = state.require_generation()
     state.check_model_name(body.model)
     check_against_model(body, request_limits(state))
     if body.suffix:
