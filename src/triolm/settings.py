@@ -55,7 +55,7 @@ class ServerSettings:
     grammar_max_size: int = 500_000  # symbols in the grammar's productions
 
     @classmethod
-    def from_env(cls, environ=None, **overrides) -> "ServerSettings":
+    def from_env(cls, environ=None, **overrides) -> ServerSettings:
         """Settings from TRIOLM_<FIELD> variables (e.g. TRIOLM_MODEL, TRIOLM_MAX_NUM_SEQS)."""
         environ = os.environ if environ is None else environ
         values = {}
