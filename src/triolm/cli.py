@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--served-model-name", default=None, help="model id clients use (default: file/dir name)")
-    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session routes")
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session routes")
     s.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together")
     s.add_argument("--max-model-len", type=int, default=None,
                    help="context length (default: the model's, capped at 8192; above it: warning)")
