@@ -65,7 +65,7 @@ class ServerSettings:
     responses_store_ttl: float = 3600.0  # seconds
 
     @classmethod
-    def from_env(cls, environ=None, **overrides) -> "ServerSettings":
+    def from_env(cls, environ=None, **overrides) -> ServerSettings:
         """Settings from TRIOLM_<FIELD> variables (e.g. TRIOLM_MODEL, TRIOLM_MAX_NUM_SEQS)."""
         environ = os.environ if environ is None else environ
         values = {}

@@ -8,8 +8,9 @@ count of 2**32-1, a NaN epsilon, a 100 KB vocabulary token ...).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from gguf import GGUFValueType, GGUFWriter

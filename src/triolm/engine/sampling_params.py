@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from triolm.engine.constraint import GrammarSpec
+
 MAX_TOP_LOGPROBS = 20
 
 
@@ -30,7 +32,7 @@ class SamplingParams:
     # None: none; N: every prompt token's logprob (after the first) + top-N. Such a
     # prompt is prefilled whole, never from the prefix cache (block_manager).
     prompt_logprobs: int | None = None
-    constraint: object | None = None  # a GrammarSpec (see engine.constraint), compiled per sequence
+    constraint: GrammarSpec | None = None  # compiled per sequence into a TokenMatcher
 
     @property
     def greedy(self) -> bool:

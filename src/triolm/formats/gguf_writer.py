@@ -10,8 +10,9 @@ gemma's norms stored as w + 1 with its own keys (`gemma_gguf`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ def tensor_type(config: ModelConfig, hf: str, shape: tuple[int, ...], file_type:
     if overrides:
         explicit = overrides.get(hf) or overrides.get(name)
     if explicit is not None:
-        qtype = T[explicit]
+        qtype = T.__members__[explicit]
     else:
         qtype = next((t for suffix, t in mix.items() if name.endswith(suffix)), base)
         if name == "token_embd.weight" and config.tie_word_embeddings and "output.weight" in mix:
@@ -144,7 +145,7 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Mapping[st
         _write_metadata(w, config, arch, file_type, name, tokenizer_metadata or {})
         total = len(shapes) + llama3
         done = 0
-        if llama3:
+        if config.rope_scaling is not None and llama3:
             factors = layout.llama3_rope_factors(config.head_dim, config.rope_theta, config.rope_scaling)
             w.add_tensor(layout.ROPE_FREQS, factors.numpy())
             done += 1
@@ -174,8 +175,8 @@ def _encode(config: ModelConfig, hf: str, t: torch.Tensor, qtype: T) -> np.ndarr
     if heads:
         x = layout.permute_rows(x, heads)
     x = x + layout.norm_offset(config, hf)
-    x = x.contiguous().numpy()
-    return x if x.ndim == 1 else gguf_quants.quantize(x, qtype)
+    values = x.contiguous().numpy()
+    return values if values.ndim == 1 else gguf_quants.quantize(values, qtype)
 
 
 def _write_metadata(w: GGUFWriter, c: ModelConfig, arch: str, file_type: str, name: str,

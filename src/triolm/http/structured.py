@@ -115,9 +115,9 @@ async def generic_tools_constraint(state, served: ServedModel, body: ChatComplet
     """The reply in the generic JSON tool format (the template has no tool support), after
     the thinking of a reasoning model (the prompt tells whether it may think)."""
     if answer_constraint(body):
-        raise bad_request("response_format, structured_outputs, guided_* and grammar cannot be combined with tools on this model: its "
-                          "chat template has no tool-call format, so replies use the generic JSON tool "
-                          "format (docs/tool-calling.md)", param="tools")
+        raise bad_request("response_format, structured_outputs, guided_* and grammar cannot be combined with "
+                          "tools on this model: its chat template has no tool-call format, so replies use the "
+                          "generic JSON tool format (docs/tool-calling.md)", param="tools")
     compile_ = functools.partial(
         generic_tools_grammar, served.grammar, body.tools, body.tool_choice,
         parallel_tool_calls=body.parallel_tool_calls is not False, reasoning=served.reasoning,

@@ -7,7 +7,7 @@ import secrets
 import time
 
 from triolm.engine.prompt_logprobs import PromptTokenLogprob
-from triolm.runtime.generation import TokenInfo
+from triolm.engine.sampler import SampledToken
 from triolm.tokenizers.base import Tokenizer
 
 
@@ -35,7 +35,7 @@ SSE_KEEPALIVE = b": keep-alive\n\n"
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict:
-    out = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+    out: dict[str, object] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
            "total_tokens": prompt_tokens + completion_tokens}
     if cached_tokens is not None:
         out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
@@ -63,7 +63,7 @@ class TokenNamer:
         return list(self.tokenizer.token_bytes(token_id))
 
 
-def chat_logprobs(tokens: tuple[TokenInfo, ...] | list[TokenInfo], namer: TokenNamer) -> dict:
+def chat_logprobs(tokens: tuple[SampledToken, ...] | list[SampledToken], namer: TokenNamer) -> dict:
     content = []
     for t in tokens:
         content.append({
@@ -79,7 +79,7 @@ def chat_logprobs(tokens: tuple[TokenInfo, ...] | list[TokenInfo], namer: TokenN
 
 
 def completion_logprobs(tokens, namer: TokenNamer, text_offset_start: int = 0) -> dict:
-    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     offset = text_offset_start
     for t in tokens:
         name = namer.name(t.token_id)
@@ -117,18 +117,22 @@ def echoed_prompt_logprobs(prompt_ids: list[int], infos: tuple[PromptTokenLogpro
     """The prompt's part of a completions `logprobs` object with `echo`: its tokens, their
     log-probabilities (the first null) and top entries (the token itself among them, as
     vLLM gives them), offsets counting the prompt's token texts from 0."""
-    out = {"tokens": [], "token_logprobs": [None], "top_logprobs": [None], "text_offset": []}
+    tokens: list[str] = []
+    offsets: list[int] = []
     offset = 0
     for token_id in prompt_ids:
-        out["tokens"].append(namer.name(token_id))
-        out["text_offset"].append(offset)
+        tokens.append(namer.name(token_id))
+        offsets.append(offset)
         offset += len(namer.text(token_id))
+    token_logprobs: list[float | None] = [None]
+    top_logprobs: list[dict[str, float] | None] = [None]
     for info in infos:
-        out["token_logprobs"].append(_clamped(info.logprob))
+        token_logprobs.append(_clamped(info.logprob))
         top = {namer.name(i): _clamped(lp) for i, lp in info.top_logprobs}
         top.setdefault(namer.name(info.token_id), _clamped(info.logprob))
-        out["top_logprobs"].append(top)
-    return out
+        top_logprobs.append(top)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
+            "text_offset": offsets}
 
 
 def joined_logprobs(first: dict, second: dict) -> dict:
