@@ -6,11 +6,12 @@ from typing import Any, Mapping
 
 import torch
 
-from triolm.models.config import ModelConfig
+from triolm.models.config import MOE_ARCHITECTURES, ModelConfig
 from triolm.models.gemma import GemmaModel
 from triolm.models.llama import LlamaModel
+from triolm.models.moe import MoeModel
 
-Model = LlamaModel | GemmaModel
+Model = LlamaModel | GemmaModel | MoeModel
 
 _GEMMA = ("gemma2", "gemma3")
 
@@ -18,5 +19,7 @@ _GEMMA = ("gemma2", "gemma3")
 def build_model(config: ModelConfig, weights: Mapping[str, Any], dtype: torch.dtype = torch.float32,
                 max_positions: int | None = None) -> Model:
     """The decoder for `config.architecture`, built from HF-named `weights`."""
+    if config.architecture in MOE_ARCHITECTURES:
+        return MoeModel(config, weights, dtype=dtype, max_positions=max_positions)
     cls = GemmaModel if config.architecture in _GEMMA else LlamaModel
     return cls(config, weights, dtype=dtype, max_positions=max_positions)
