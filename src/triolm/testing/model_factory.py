@@ -197,6 +197,7 @@ def _source_digest() -> str:
     pkg = Path(__file__).resolve().parents[1]
     for rel in ("testing/model_factory.py", "testing/tokenizer_files.py", "models/random_init.py",
                 "models/gguf_writer.py", "models/gguf_layout.py", "models/gguf_quants.py",
+                "models/moe_layout.py", "models/moe_gguf.py", "models/moe_config.py",
                 "tokenizers/gguf_vocab.py", "tokenizers/convert.py", "tokenizers/hf.py",
                 "chat/templates"):
         p = pkg / rel
