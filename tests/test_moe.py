@@ -10,10 +10,12 @@ expert. Clause ids refer to contracts/moe.md.
 """
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import attrs
+import openai
 import pytest
 import torch
 import transformers
@@ -32,7 +34,10 @@ from triolm.models.hf_config import read_hf_config
 from triolm.models.moe import MoeModel, SparseMoe
 from triolm.models.random_init import random_weights
 from triolm.models.safetensors_loader import read_safetensors
+from triolm.serving.served_model import load_served_model
+from triolm.serving.settings import ServerSettings
 from triolm.testing.hostile_gguf import rewrite_gguf
+from triolm.testing.server_thread import ServerThread
 
 ARCHS = ["mixtral", "qwen3_moe"]
 GGUF_TYPES = ("F32", "F16", "Q8_0")
@@ -288,3 +293,28 @@ def test_moe_007_bad_gguf_metadata_fails_the_load_by_name(moe, tmp_path, changes
     path = rewrite_gguf(moe("qwen3_moe").gguf_path("F32"), tmp_path / "bad.gguf", changes, drop=drop)
     with pytest.raises(ModelLoadError, match=message):
         read_gguf(path)
+
+
+@pytest.mark.parametrize("arch, file_type", [("qwen3_moe", "Q8_0"), ("mixtral", None)])
+def test_moe_008_server_answers_chat_completions(moe, arch, file_type):
+    """The real server serves each family (qwen3_moe from its Q8_0 GGUF with the file's
+    chat template, mixtral from its HF directory): greedy answers are the model's top
+    choice at every step, with finite log-probabilities, and repeat exactly."""
+    paths = moe(arch)
+    model_path = paths.gguf_path(file_type) if file_type else paths.hf_dir
+    settings = ServerSettings(model=str(model_path), max_num_seqs=2)
+    served = load_served_model(settings)
+    assert isinstance(served.model, MoeModel)
+    with ServerThread(settings, served) as srv:
+        client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="x", max_retries=0)
+        answers = []
+        for _ in range(2):
+            r = client.chat.completions.create(
+                model=served.name, messages=[{"role": "user", "content": "Name three colours."}],
+                max_tokens=8, temperature=0, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+            assert r.usage.completion_tokens == 8 and r.choices[0].finish_reason == "length"
+            for step in r.choices[0].logprobs.content:
+                assert math.isfinite(step.logprob)
+                assert step.logprob == pytest.approx(max(t.logprob for t in step.top_logprobs), abs=1e-5)
+            answers.append(r.choices[0].message.content)
+        assert answers[0] == answers[1] and answers[0]
