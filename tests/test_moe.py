@@ -282,6 +282,19 @@ def test_moe_007_bad_hf_configs_fail_the_load_by_name(moe, tmp_path, changes, me
         read_hf_config(model_dir)
 
 
+def test_moe_007_missing_expert_is_named(moe, tmp_path):
+    """A checkpoint without one expert's tensor, and a GGUF file without one stacked
+    tensor, name what is missing."""
+    paths = moe("mixtral")
+    weights = read_safetensors(paths.hf_dir)
+    del weights["model.layers.1.block_sparse_moe.experts.5.w3.weight"]
+    with pytest.raises(ModelLoadError, match=r"block_sparse_moe\.experts\.5\.w3\.weight"):
+        build_model(paths.config, weights)
+    with pytest.raises(ModelLoadError, match=r"blk\.1\.ffn_up_exps\.weight"):
+        read_gguf(rewrite_gguf(paths.gguf_path("F32"), tmp_path / "cut.gguf",
+                               drop_tensors=("blk.1.ffn_up_exps.weight",)))
+
+
 @pytest.mark.parametrize("changes, drop, message", [
     ({"qwen3moe.expert_count": 0}, (), "metadata qwen3moe.expert_count must be between 1 and 4096"),
     ({"qwen3moe.expert_count": 1 << 31}, (), "metadata qwen3moe.expert_count must be between 1 and 4096"),
