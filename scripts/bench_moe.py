@@ -3,6 +3,7 @@
 
     python scripts/bench_moe.py                       # both shapes, 2 rounds
     python scripts/bench_moe.py --shapes qwen3moe-1b --rounds 1 --gen 32
+    python scripts/bench_moe.py --python-cost 8 64 512    # Python time per decode step
 
 Each shape is written as a random-weight F16 GGUF by triolm's writer conventions (one
 tensor at a time, experts stacked as llama.cpp's converter stacks them), quantized to
@@ -100,6 +101,56 @@ def moe_f16(label: str) -> Path:
     return out
 
 
+def python_cost(experts_list: list[int], steps: int) -> list[dict]:
+    """Python time per decode step (the step's wall time minus the time inside the one
+    native decode call) of tiny qwen3_moe models that differ only in their expert count:
+    4 sequences, hidden 64, 2 layers, 2 experts per token."""
+    from triolm.engine.llm_engine import EngineConfig, LLMEngine
+    from triolm.engine.sampling_params import SamplingParams
+    from triolm.kernels import native
+    from triolm.models.build import build_model
+    from triolm.models.config import ModelConfig
+    from triolm.models.random_init import random_weights
+
+    lib = native.lib()
+    step_fn = lib.tl_moe_decode_step
+    inside = [0.0]
+
+    def timed(*args):
+        t0 = time.perf_counter()
+        step_fn(*args)
+        inside[0] += time.perf_counter() - t0
+
+    lib.tl_moe_decode_step = timed
+    out = []
+    try:
+        for experts in experts_list:
+            config = ModelConfig(architecture="qwen3_moe", vocab_size=512, hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                 max_position_embeddings=1024, qk_norm=True, num_experts=experts,
+                                 num_experts_per_tok=2, moe_intermediate_size=32)
+            model = build_model(config, random_weights(config, seed=0))
+            engine = LLMEngine(model, (), EngineConfig(max_num_seqs=4, max_model_len=512))
+            params = SamplingParams(temperature=0, max_tokens=steps + 2, ignore_eos=True)
+            for i in range(4):
+                engine.add_request(f"r{i}", list(range(10 + i, 42 + i)), params)
+            engine.step()  # prefill
+            engine.step()  # first decode step (plan built)
+            inside[0] = 0.0
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                engine.step()
+            wall = time.perf_counter() - t0
+            row = {"experts": experts, "step_ms": 1000 * wall / steps,
+                   "native_ms": 1000 * inside[0] / steps, "python_ms": 1000 * (wall - inside[0]) / steps}
+            bc.log(f"python cost: {experts} experts: step {row['step_ms']:.3f} ms, native "
+                   f"{row['native_ms']:.3f} ms, Python {row['python_ms']:.3f} ms")
+            out.append(row)
+    finally:
+        lib.tl_moe_decode_step = step_fn
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", choices=tuple(SHAPES), default=list(SHAPES))
@@ -116,7 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--triolm-kv-cache-dtype", choices=["float32", "float16"], default=None)
     ap.add_argument("--results", default=None)
+    ap.add_argument("--python-cost", nargs="*", type=int, default=None, metavar="EXPERTS",
+                    help="only measure the Python time per decode step for these expert counts "
+                         "(default 8 64 512) and exit")
+    ap.add_argument("--python-cost-steps", type=int, default=200)
     args = ap.parse_args(argv)
+    if args.python_cost is not None:
+        rows = python_cost(args.python_cost or [8, 64, 512], args.python_cost_steps)
+        print(bc.markdown_table(["experts", "step ms", "native call ms", "Python ms"],
+                                [[r["experts"], f"{r['step_ms']:.3f}", f"{r['native_ms']:.3f}",
+                                  f"{r['python_ms']:.3f}"] for r in rows]))
+        return 0
     args.big_contexts = args.contexts
 
     results_dir = Path(args.results) if args.results else (

@@ -348,11 +348,11 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
             config = gemma_gguf.config_from_metadata(config, arch, key, meta.get("tokenizer.ggml.tokens"))
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from None
-    if moe_gguf.is_moe_file(arch, key):
-        try:
+    try:
+        if moe_gguf.is_moe_file(arch, key):
             config = moe_gguf.config_from_metadata(config, arch, key)
-        except (TypeError, ValueError) as exc:
-            raise ModelLoadError(f"{path}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
     return config
 
 

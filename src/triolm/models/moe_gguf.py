@@ -28,7 +28,12 @@ MOE_GGUF_ARCHS = ("qwen3moe",)
 
 def is_moe_file(arch: str, key: Callable[..., Any]) -> bool:
     """qwen3moe files, and llama files with experts (mixtral)."""
-    return arch in MOE_GGUF_ARCHS or (arch == "llama" and int(key("expert_count", 0) or 0) > 0)
+    if arch in MOE_GGUF_ARCHS:
+        return True
+    experts = key("expert_count", 0) if arch == "llama" else 0
+    if isinstance(experts, bool) or not isinstance(experts, int):
+        raise ValueError(f"metadata {arch}.expert_count: expected an integer, got {experts!r:.80}")
+    return experts > 0
 
 
 def config_from_metadata(base: ModelConfig, arch: str, key: Callable[..., Any]) -> ModelConfig:
