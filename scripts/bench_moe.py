@@ -50,11 +50,11 @@ def moe_f16(label: str) -> Path:
     import torch
     from gguf import GGMLQuantizationType, GGUFWriter
 
-    from triolm.models import gguf_layout as layout
-    from triolm.models import moe_gguf, moe_layout
-    from triolm.models.config import ModelConfig
-    from triolm.models.gguf_writer import _write_metadata
-    from triolm.testing.model_factory import _tokenizer_info
+    from support.model_factory import _tokenizer_info
+    from triolm.formats import gguf_layout as layout
+    from triolm.formats import moe_gguf, moe_layout
+    from triolm.formats.gguf_writer import _write_metadata
+    from triolm.model.config import ModelConfig
 
     out = bc.bench_model_dir() / f"{label}-seed0" / "model-F16.gguf"
     if out.exists():
@@ -108,9 +108,9 @@ def python_cost(experts_list: list[int], steps: int) -> list[dict]:
     from triolm.engine.llm_engine import EngineConfig, LLMEngine
     from triolm.engine.sampling_params import SamplingParams
     from triolm.kernels import native
-    from triolm.models.build import build_model
-    from triolm.models.config import ModelConfig
-    from triolm.models.random_init import random_weights
+    from triolm.model.build import build_model
+    from triolm.model.config import ModelConfig
+    from triolm.model.random_init import random_weights
 
     lib = native.lib()
     step_fn = lib.tl_moe_decode_step

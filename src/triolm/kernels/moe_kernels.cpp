@@ -12,7 +12,7 @@
 
    Threads: inside each linear (over chunks of output rows), as for dense layers.
 
-   table (int64, built by models/moe.py, SparseMoe.native_table):
+   table (int64, built by model/moe.py, SparseMoe.table):
      [0] experts, [1] top_k, [2] renormalise top-k (0/1), [3] hidden, [4] expert width,
      [5..7] router kind, w*, d*, then per expert MOE_EXPERT slots:
      gate_up kind, w*, d*, down kind, w*, d*                                          */
