@@ -81,8 +81,8 @@ def read_stacked(t: Any, names: list[str], shape: tuple[int, int, int], keep_qua
                  dtype: torch.dtype, keep_float16: bool) -> tuple[str, dict[str, Any]]:
     """One stacked expert tensor (a gguf ReaderTensor of numpy shape [experts, rows, cols])
     -> (its GGML type name, {HF name of each expert: its 2-D weight}). Block types stay
-    bytes (`(qtype, rows, cols, uint8 view)` for the caller to wrap); float types become
-    tensors of `dtype` (float16 for F16 with keep_float16), each a view of one whole."""
+    the file's bytes (uint8 [rows, row_bytes] views of the mapped file); float types
+    become tensors of `dtype` (float16 for F16 with keep_float16), views of one copy."""
     experts, rows, cols = shape
     qname = t.tensor_type.name
     if keep_quantized and qname in gguf_quants.RAW_MATRIX_TYPES:
