@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--served-model-name", default=None, help="model id clients use (default: file/dir name)")
-    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session routes")
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session routes")
     s.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together")
     s.add_argument("--max-model-len", type=int, default=None,
                    help="context length (default: the model's, capped at 8192; above it: warning)")
@@ -69,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes a grammar compile may use (400 past it)")
     s.add_argument("--grammar-max-size", type=int, default=500_000,
                    help="symbols a structured-output grammar may have (400 past it)")
+    s.add_argument("--task", choices=["auto", "generate", "embed"], default="auto",
+                   help="embed: serve /v1/embeddings (last-token pooling, normalized, unless the model's "
+                        "sentence-transformers or GGUF pooling metadata say otherwise); auto: embed when "
+                        "that metadata is present, else generate")
+    s.add_argument("--responses-store-entries", type=int, default=1024,
+                   help="Responses API: responses kept for previous_response_id and GET (0: none)")
+    s.add_argument("--responses-store-bytes", type=int, default=64 << 20,
+                   help="Responses API: bytes of stored conversations kept (oldest evicted first)")
+    s.add_argument("--responses-store-ttl", type=float, default=3600.0,
+                   help="Responses API: seconds a stored response is kept")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 import torch
@@ -130,7 +130,7 @@ class LLMEngine:
         logits = self.runner.run(seqs, is_prefill)
         sampled = self.sampler(logits, seqs)
         outputs = []
-        for seq, tok in zip(seqs, sampled):
+        for seq, tok in zip(seqs, sampled, strict=True):
             if isinstance(tok, Exception):
                 self._fail(seq, tok)
                 continue

@@ -74,7 +74,7 @@ class Sampler:
                 n = seq.params.logprobs
                 if n > 0:
                     vals, ids = torch.topk(lp, n)
-                    top = tuple(zip(ids.tolist(), vals.tolist()))
+                    top = tuple(zip(ids.tolist(), vals.tolist(), strict=True))
                 else:
                     top = ()
             out.append(SampledToken(token, float(lp[token]), top))
@@ -127,8 +127,11 @@ def _fill_bitmasks(seqs: list[Sequence], rows: list[int], bitmask: torch.Tensor,
     except Exception:
         pass
     for row in rows:
+        matcher = seqs[row].matcher
+        if matcher is None:  # rows are the constrained sequences
+            continue
         try:
-            seqs[row].matcher.fill_bitmask(bitmask, row)
+            matcher.fill_bitmask(bitmask, row)
         except Exception as exc:
             failed[row] = exc
 

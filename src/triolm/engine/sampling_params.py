@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from triolm.engine.constraint import GrammarSpec
+
 MAX_TOP_LOGPROBS = 20
 
 
@@ -26,7 +28,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; N: sampled token's logprob + top-N
-    constraint: object | None = None  # a GrammarSpec (see engine.constraint), compiled per sequence
+    constraint: GrammarSpec | None = None  # compiled per sequence into a TokenMatcher
 
     @property
     def greedy(self) -> bool:

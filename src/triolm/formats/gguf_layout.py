@@ -215,8 +215,8 @@ def rope_scaling_from_factors(factors: torch.Tensor, head_dim: int, theta: float
             candidates.append(RopeScaling("llama3", factor, 1.0, _tidy(high), int(round(old))))
     elif int(band.sum()) == 1:
         # One point: assume the usual low/high factors (1, 4) and solve for the context.
-        smooth = float((1.0 / f[band] - 1.0 / factor) / (1.0 - 1.0 / factor))
-        old = float(wavelen[band]) * (3.0 * smooth + 1.0)
+        smooth_at_point = float((1.0 / f[band] - 1.0 / factor) / (1.0 - 1.0 / factor))
+        old = float(wavelen[band]) * (3.0 * smooth_at_point + 1.0)
         candidates.append(RopeScaling("llama3", factor, 1.0, 4.0, int(round(old))))
     for old in (8192, 4096, 2048, 16384, 32768, 131072):
         candidates.append(RopeScaling("llama3", factor, 1.0, 4.0, old))

@@ -91,7 +91,7 @@ class _KVParser:
     (strings) and milliseconds (numeric arrays)."""
 
     def __init__(self, buf: np.ndarray):
-        self.buf = memoryview(buf).cast("B")  # zero-copy; slicing it is cheap
+        self.buf = memoryview(buf.data).cast("B")  # zero-copy; slicing it is cheap
         self.size = len(buf)
 
     def _need(self, offs: int, n: int) -> None:
@@ -110,7 +110,7 @@ class _KVParser:
     def strings(self, offs: int, count: int) -> tuple[list[str], int]:
         """`count` consecutive strings (the hot loop: vocabularies and merges)."""
         buf, size, unpack = self.buf, self.size, struct.unpack_from
-        out = []
+        out: list[str] = []
         append = out.append
         for _ in range(count):
             if offs + 8 > size:
@@ -174,7 +174,7 @@ class _CheckedReader(GGUFReader):
 
     metadata: dict[str, Any]
 
-    def _build_fields(self, offs, count):  # type: ignore[override]
+    def _build_fields(self, offs, count):
         if int(count) > len(self.data) // 12:
             raise _Corrupt(f"corrupt header: {int(count)} metadata fields in {len(self.data)} bytes")
         self.metadata, types, end = _KVParser(self.data).fields(int(offs), int(count))
@@ -191,19 +191,19 @@ class _CheckedReader(GGUFReader):
                 [np.array([self.metadata["general.alignment"]], dtype=np.uint32)], [0], [align_type])
         return end
 
-    def _build_tensor_info(self, offs, count):  # type: ignore[override]
+    def _build_tensor_info(self, offs, count):
         if int(count) > len(self.data) // 24:
             raise _Corrupt(f"corrupt header: {int(count)} tensors in {len(self.data)} bytes")
         return super()._build_tensor_info(offs, count)
 
-    def _get(self, offset, dtype, count=1, override_order=None):  # type: ignore[override]
+    def _get(self, offset, dtype, count=1, override_order=None):
         count = int(count)
         end = int(offset) + np.dtype(dtype).itemsize * count
         if offset < 0 or count < 0 or end > len(self.data):
             raise _Corrupt(f"truncated file: needs byte {end}, file has {len(self.data)}")
         return super()._get(offset, dtype, count, override_order)
 
-    def _build_tensors(self, start_offs, fields):  # type: ignore[override]
+    def _build_tensors(self, start_offs, fields):
         size = len(self.data)
         for field in fields:
             _, name_data, _, dims, raw_dtype, offset = field.parts
@@ -228,7 +228,7 @@ class _CheckedReader(GGUFReader):
         super()._build_tensors(start_offs, fields)
 
 
-def _open(path: Path) -> GGUFReader:
+def _open(path: Path) -> _CheckedReader:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:

@@ -96,7 +96,7 @@ def tensor_type(config: ModelConfig, hf: str, shape: tuple[int, ...], file_type:
     if overrides:
         explicit = overrides.get(hf) or overrides.get(name)
     if explicit is not None:
-        qtype = T[explicit]
+        qtype = T.__members__[explicit]
     else:
         qtype = next((t for suffix, t in mix.items() if name.endswith(suffix)), base)
         if name == "token_embd.weight" and config.tie_word_embeddings and "output.weight" in mix:
@@ -150,7 +150,7 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Mapping[st
         _write_metadata(w, config, arch, file_type, name, tokenizer_metadata or {})
         total = len(shapes) + llama3
         done = 0
-        if llama3:
+        if config.rope_scaling is not None and llama3:
             factors = layout.llama3_rope_factors(config.head_dim, config.rope_theta, config.rope_scaling)
             w.add_tensor(layout.ROPE_FREQS, factors.numpy())
             done += 1
@@ -193,8 +193,8 @@ def _encode(config: ModelConfig, hf: str, t: torch.Tensor, qtype: T) -> np.ndarr
     if heads:
         x = layout.permute_rows(x, heads)
     x = x + layout.norm_offset(config, hf)
-    x = x.contiguous().numpy()
-    return x if x.ndim == 1 else gguf_quants.quantize(x, qtype)
+    values = x.contiguous().numpy()
+    return values if values.ndim == 1 else gguf_quants.quantize(values, qtype)
 
 
 def _encode_stacked(experts: list[torch.Tensor], qtype: T) -> np.ndarray:

@@ -50,7 +50,7 @@ def _rope_scaling(raw: dict | None) -> RopeScaling | None:
 
 def config_from_hf_dict(cfg: dict, source: str = "config.json") -> ModelConfig:
     model_type = cfg.get("model_type")
-    arch = _MODEL_TYPES.get(model_type)
+    arch = _MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
     if arch is None:
         raise ModelLoadError(
             f"{source}: unsupported architecture {model_type!r} "

@@ -6,14 +6,14 @@ own prompt tokens and record what was generated.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import attrs
 import trio
 
 from triolm.errors import InvalidRequestError
 from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
-from triolm.http.state import AppState
+from triolm.http.state import AppState, request_limits
 from triolm.http.structured import constraint_for_chat, tool_parsing_mode
 from triolm.loading.served_model import ServedModel
 from triolm.prompting.prompts import (
@@ -29,7 +29,7 @@ from triolm.protocol.errors import bad_request
 from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.protocol.tool_calls import tool_calls_finish_reason
-from triolm.protocol.validation import check_against_model, request_limits, requested_max_tokens
+from triolm.protocol.validation import check_against_model, requested_max_tokens
 from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
 from triolm.runtime.generation import Generation
 from triolm.runtime.lanes import text_chars, verbatim_prompt_chars
@@ -83,7 +83,7 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
 
 async def prepare_chat(state: AppState, body: ChatCompletionRequest,
                        prompt: RenderedPrompt | None = None) -> ChatPlan:
-    served, _ = state.require_ready()
+    served, _ = state.require_generation()
     state.check_model_name(body.model)
     check_against_model(body, request_limits(state))
     if prompt is None:

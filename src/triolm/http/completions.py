@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import trio
 
 from triolm.errors import InvalidRequestError
 from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
-from triolm.http.state import AppState
+from triolm.http.state import AppState, request_limits
 from triolm.http.structured import constraint_for_completion
 from triolm.prompting.prompts import check_prompt_chars, encode_text
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import bad_request
 from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings
 from triolm.protocol.schemas import CompletionRequest
-from triolm.protocol.validation import check_against_model, request_limits, requested_max_tokens
+from triolm.protocol.validation import check_against_model, requested_max_tokens
 from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
 from triolm.runtime.generation import Generation
 
@@ -156,7 +156,7 @@ class CompletionRun(GenerationsRun):
 
 
 async def prepare_completion(state: AppState, body: CompletionRequest) -> CompletionRun:
-    served, _ = state.require_ready()
+    served, _ = state.require_generation()
     state.check_model_name(body.model)
     check_against_model(body, request_limits(state))
     if body.suffix:

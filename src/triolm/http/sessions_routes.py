@@ -160,7 +160,8 @@ async def _prepare(state: AppState, session: Session, body: ChatCompletionReques
         raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     extension = find_extension(session.nodes, text)
     if extension.parent is None and served.reasoning is not None:
-        kept = await state.lanes.run(state.lanes.for_chars(len(text)), find_extension_keeping_thinking, session.nodes, text, served.reasoning)
+        kept = await state.lanes.run(state.lanes.for_chars(len(text)), find_extension_keeping_thinking,
+                                     session.nodes, text, served.reasoning)
         if kept is not None:
             extension, text = kept
     new_ids = await state.lanes.run(state.lanes.for_chars(len(extension.suffix_text)), served.tokenizer.encode,

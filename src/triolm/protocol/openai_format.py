@@ -6,7 +6,7 @@ import json
 import secrets
 import time
 
-from triolm.runtime.generation import TokenInfo
+from triolm.engine.sampler import SampledToken
 from triolm.tokenizers.base import Tokenizer
 
 
@@ -34,7 +34,7 @@ SSE_KEEPALIVE = b": keep-alive\n\n"
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict:
-    out = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+    out: dict[str, object] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
            "total_tokens": prompt_tokens + completion_tokens}
     if cached_tokens is not None:
         out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
@@ -62,7 +62,7 @@ class TokenNamer:
         return list(self.tokenizer.token_bytes(token_id))
 
 
-def chat_logprobs(tokens: tuple[TokenInfo, ...] | list[TokenInfo], namer: TokenNamer) -> dict:
+def chat_logprobs(tokens: tuple[SampledToken, ...] | list[SampledToken], namer: TokenNamer) -> dict:
     content = []
     for t in tokens:
         content.append({
@@ -78,7 +78,7 @@ def chat_logprobs(tokens: tuple[TokenInfo, ...] | list[TokenInfo], namer: TokenN
 
 
 def completion_logprobs(tokens, namer: TokenNamer, text_offset_start: int = 0) -> dict:
-    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     offset = text_offset_start
     for t in tokens:
         name = namer.name(t.token_id)

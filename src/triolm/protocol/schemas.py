@@ -5,12 +5,11 @@ A validation failure becomes a 400 whose `param` names the offending field.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from triolm.errors import InvalidRequestError
-from triolm.prompting.prompts import check_tool_definitions
 from triolm.protocol.errors import APIError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -18,6 +17,18 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 # chat_template_kwargs may add variables, never replace these.
 RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token",
                                          "eos_token", "raise_exception", "strftime_now"})
+
+
+def check_tool_definitions(tools: list[dict] | None) -> None:
+    for i, tool in enumerate(tools or ()):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(fn, dict):
+            raise InvalidRequestError(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}", "tools")
+        if not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise InvalidRequestError(f"tools[{i}].function.name must be a non-empty string", "tools")
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise InvalidRequestError(f"tools[{i}].function.parameters must be a JSON schema object", "tools")
 
 
 class StreamOptions(BaseModel):
@@ -32,33 +43,33 @@ class SamplingFields(BaseModel):
     # NaN/Infinity (which Python's JSON accepts) would reach the sampler as NaN logits.
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    model: Optional[str] = None
+    model: str | None = None
     n: int = 1
-    max_tokens: Optional[int] = None
-    stop: Optional[Union[str, list[str]]] = None
-    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
-    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
-    top_k: Optional[int] = Field(default=None, ge=-1)
-    min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    max_tokens: int | None = None
+    stop: str | list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     # bounded so logits / penalty cannot overflow float32 into inf (then NaN probabilities)
-    repetition_penalty: Optional[float] = Field(default=None, ge=0.01, le=100.0)
-    presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: Optional[dict[str, float]] = None
-    seed: Optional[int] = Field(default=None, ge=-(1 << 63), lt=(1 << 64) - 64)  # torch's seed range
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=100.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = Field(default=None, ge=-(1 << 63), lt=(1 << 64) - 64)  # torch's seed range
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    stop_token_ids: Optional[list[int]] = None
+    stream_options: StreamOptions | None = None
+    stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
     skip_special_tokens: bool = True
     return_tokens_as_token_ids: bool = False
     return_token_ids: bool = False
-    response_format: Optional[dict[str, Any]] = None
-    guided_choice: Optional[list[str]] = None
-    guided_regex: Optional[str] = None
-    guided_json: Optional[Union[dict[str, Any], str]] = None
-    user: Optional[str] = None
+    response_format: dict[str, Any] | None = None
+    guided_choice: list[str] | None = None
+    guided_regex: str | None = None
+    guided_json: dict[str, Any] | str | None = None
+    user: str | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -79,15 +90,15 @@ class SamplingFields(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[dict[str, Any]]
-    max_completion_tokens: Optional[int] = None
+    max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
-    tools: Optional[list[dict[str, Any]]] = None
-    tool_choice: Optional[Union[Literal["none", "auto", "required"], dict[str, Any]]] = None
-    parallel_tool_calls: Optional[bool] = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    chat_template_kwargs: Optional[dict[str, Any]] = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @field_validator("tools")
     @classmethod
@@ -128,7 +139,8 @@ class ChatCompletionRequest(SamplingFields):
                 raise ValueError(f"messages[{i}].content must be a string or a list of content parts")
             if isinstance(content, list):
                 for part in content:
-                    if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    is_text = isinstance(part, dict) and part.get("type") == "text"
+                    if not is_text or not isinstance(part.get("text"), str):
                         raise ValueError(f"messages[{i}].content: only text parts are supported")
             if role == "tool" and not isinstance(m.get("tool_call_id", ""), str):
                 raise ValueError(f"messages[{i}].tool_call_id must be a string")
@@ -137,33 +149,36 @@ class ChatCompletionRequest(SamplingFields):
         return v
 
 
-PromptType = Union[str, list[str], list[int], list[list[int]]]
+PromptType = str | list[str] | list[int] | list[list[int]]
 
 
 class CompletionRequest(SamplingFields):
     prompt: PromptType
     echo: bool = False
-    logprobs: Optional[int] = Field(default=None, ge=0, le=20)
-    suffix: Optional[str] = None
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    suffix: str | None = None
 
 
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    model: Optional[str] = None
-    prompt: Optional[str] = None
-    messages: Optional[list[dict[str, Any]]] = None
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
-    tools: Optional[list[dict[str, Any]]] = None
+    tools: list[dict[str, Any]] | None = None
 
 
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    model: Optional[str] = None
+    model: str | None = None
     tokens: list[int]
 
 
-def parse_body(model: type[BaseModel], data: Any) -> BaseModel:
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(model: type[Body], data: Any) -> Body:
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
     try:

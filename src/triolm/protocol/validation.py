@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import attrs
 
-from triolm.http.state import AppState
 from triolm.protocol.errors import bad_request
 from triolm.protocol.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, parse_body
 
@@ -30,12 +29,6 @@ class RequestLimits:
     max_model_len: int
     max_n: int
     max_queue: int
-
-
-def request_limits(state: AppState) -> RequestLimits:
-    served, driver = state.require_ready()
-    return RequestLimits(vocab_size=served.config.vocab_size, max_model_len=served.max_model_len,
-                         max_n=state.settings.max_n, max_queue=driver.max_queue)
 
 
 def parse_request(kind: type[Request], data: Any) -> Request:

@@ -7,14 +7,15 @@ its token stream aborts the engine sequence, so its KV cache is freed before the
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
 
 import attrs
 import trio
 
 from triolm.engine.constraint import ConstraintFailure
 from triolm.engine.llm_engine import StepOutput
+from triolm.engine.sampler import SampledToken
 from triolm.engine.sampling_params import SamplingParams
 from triolm.runtime.engine_driver import EngineDriver
 from triolm.runtime.stop_strings import StopStringMatcher
@@ -25,18 +26,11 @@ _ids = itertools.count()
 
 
 @attrs.frozen
-class TokenInfo:
-    token_id: int
-    logprob: float
-    top_logprobs: tuple[tuple[int, float], ...] | None
-
-
-@attrs.frozen
 class Delta:
     """New text of one generation, with the tokens that arrived since the last delta."""
 
     text: str
-    tokens: tuple[TokenInfo, ...]
+    tokens: tuple[SampledToken, ...]
     finish_reason: str | None = None
     stop_reason: str | int | None = None  # the matched stop string or stop token id
 
@@ -46,7 +40,7 @@ class GenerationResult:
     """Accumulated outcome, filled while the generation streams."""
 
     text: str = ""
-    tokens: list[TokenInfo] = attrs.Factory(list)
+    tokens: list[SampledToken] = attrs.Factory(list)
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     num_prompt_tokens: int = 0
@@ -122,7 +116,7 @@ class Generation:
             r.num_cached_prompt_tokens = out.num_cached_prompt_tokens
         r.num_prefilled_tokens = out.num_prefilled_tokens
         r.token_times.append(now)
-        info = TokenInfo(out.token_id, out.logprob, out.top_logprobs)
+        info = SampledToken(out.token_id, out.logprob, out.top_logprobs)
         r.tokens.append(info)
         # The token that ends generation (EOS, a stop token id) is never part of the text.
         ends = out.finish_reason == "stop" and (

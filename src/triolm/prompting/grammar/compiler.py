@@ -15,7 +15,8 @@ import collections
 import json
 import logging
 import threading
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import llguidance
 
