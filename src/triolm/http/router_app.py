@@ -6,6 +6,7 @@ from __future__ import annotations
 import trio
 from quart_trio import QuartTrio
 
+from triolm.http.auth import ApiKeys
 from triolm.http.router_routes import admin, bp
 from triolm.http.router_session_turns import FleetTurns
 from triolm.http.server import install_http_basics
@@ -45,7 +46,7 @@ def create_router_app(settings: RouterSettings, frontend: PromptFrontend) -> Qua
     app.config["TRIOLM_ROUTER_STATE"] = state
     app.register_blueprint(bp)
     app.register_blueprint(admin)
-    install_http_basics(app, settings.api_key)
+    install_http_basics(app, ApiKeys([settings.api_key or ""]))
     register_session_routes(app, FleetTurns(state))
 
     @app.before_serving

@@ -58,7 +58,7 @@ async def render_prompt(st: RouterState, body: ChatCompletionRequest) -> Rendere
     try:
         text = await render_chat_text_in_worker(lanes.templates, limiter, fe, body.messages, body.tools,
                                                 body.add_generation_prompt, body.continue_final_message,
-                                                body.chat_template_kwargs)
+                                                body.template_variables)
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     return RenderedPrompt(text, await lanes.run(limiter, encode_text, fe, text, False))

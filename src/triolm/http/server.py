@@ -13,12 +13,13 @@ import sys
 
 import trio
 from quart import jsonify, request
+from quart_cors import cors
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.errors import ModelLoadError
-from triolm.http.auth import api_key_error
+from triolm.http.auth import ApiKeys, api_key_error, api_keys_of
 from triolm.http.embeddings import embeddings_bp
 from triolm.http.errors import error_response
 from triolm.http.framework_patches import ShieldedLastSendConnection, install_body_drain
@@ -44,6 +45,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     """Build the app. `served` injects an already-loaded model (tests share one)."""
     settings = settings or ServerSettings.from_env()
     app = QuartTrio("triolm")
+    app.asgi_http_class = ShieldedLastSendConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_size
     app.config["RESPONSE_TIMEOUT"] = None  # streams may be long; deadlines are our cancel scopes
     app.config["BODY_TIMEOUT"] = 60
@@ -57,7 +59,15 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     app.register_blueprint(responses_bp)
     app.register_blueprint(messages_bp)
     app.register_blueprint(embeddings_bp)
-    install_http_basics(app, settings.api_key)
+    _install_error_handlers(app)
+    _install_auth(app, api_keys_of(settings))
+    if settings.allowed_origins:
+        # after every response (errors and 401s included); preflights are answered by
+        # Quart's automatic OPTIONS, which the key check lets through
+        cors(app, allow_origin=list(settings.allowed_origins),
+             allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
+             allow_methods=["GET", "POST", "DELETE", "OPTIONS"], max_age=600)
+    install_body_drain(app)
     _install_sessions(app, state)
 
     @app.before_serving
@@ -167,15 +177,6 @@ def _load_with_progress(settings: ServerSettings, state: AppState) -> ServedMode
                                  f"{type(exc).__name__}: {exc}") from exc
 
 
-def install_http_basics(app: QuartTrio, api_key: str | None) -> None:
-    """What every triolm app (`triolm serve`, `triolm router`) shares: OpenAI error
-    objects, the API-key check, draining request bodies, the shielded last send."""
-    app.asgi_http_class = ShieldedLastSendConnection
-    _install_error_handlers(app)
-    _install_auth(app, api_key)
-    install_body_drain(app)
-
-
 def _install_error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(APIError)
     async def handle_api_error(err: APIError):
@@ -200,10 +201,19 @@ def _install_error_handlers(app: QuartTrio) -> None:
                                        error_type="internal_server_error"))
 
 
-def _install_auth(app: QuartTrio, api_key: str | None) -> None:
+def install_http_basics(app: QuartTrio, keys: ApiKeys) -> None:
+    """What `triolm router` shares with this app: OpenAI error objects, the API-key
+    check, draining request bodies, the shielded last send."""
+    app.asgi_http_class = ShieldedLastSendConnection
+    _install_error_handlers(app)
+    _install_auth(app, keys)
+    install_body_drain(app)
+
+
+def _install_auth(app: QuartTrio, keys: ApiKeys) -> None:
     @app.before_request
     async def check_api_key():
-        err = api_key_error(api_key, request)
+        err = api_key_error(keys, request)
         if err is None:
             return None
         await request.get_data()  # drain the body: keep the keep-alive connection usable
