@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from triolm.runtime.generation import TokenInfo
+from triolm.engine.sampler import SampledToken
 
 _ID_PREFIX = "token_id:"
 
@@ -23,7 +23,7 @@ class MalformedCompletion(ValueError):
 class ChoiceDelta:
     index: int
     text: str
-    tokens: tuple[TokenInfo, ...]
+    tokens: tuple[SampledToken, ...]
     finish_reason: str | None
     stop_reason: int | str | None
 
@@ -33,7 +33,7 @@ class ChoiceResult:
     """One choice, accumulated over a stream's deltas (or from one whole answer)."""
 
     text: str = ""
-    tokens: list[TokenInfo] = attrs.Factory(list)
+    tokens: list[SampledToken] = attrs.Factory(list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
 
@@ -68,7 +68,7 @@ def read_choice(choice: object) -> ChoiceDelta:
         raise MalformedCompletion(f"{len(ids)} token ids but {len(values)} logprobs: ask the backend for "
                                   "logprobs with return_tokens_as_token_ids")
     tokens = tuple(
-        TokenInfo(token_id=int(i), logprob=float(lp) if lp is not None else 0.0,
+        SampledToken(token_id=int(i), logprob=float(lp) if lp is not None else 0.0,
                   top_logprobs=None if top is None else tuple((_token_id(n), float(v)) for n, v in top.items()))
         for i, lp, top in zip(ids, values, tops, strict=True))
     return ChoiceDelta(index=choice.get("index", 0), text=text if isinstance(text, str) else "",
