@@ -44,11 +44,13 @@ def start(argv: list[str], log_path: Path) -> subprocess.Popen:
 
 def start_backend(model: str, port: int, logs: Path) -> subprocess.Popen:
     return start([str(BIN / "triolm"), "serve", model, "--port", str(port), "--max-num-seqs", "16",
-                  "--kv-cache-memory", str(256 << 20), "--log-level", "warning"], logs / f"backend-{port}.log")
+                  "--kv-cache-memory", str(256 << 20), "--log-level", "warning",
+                  "--template-timeout", "120"], logs / f"backend-{port}.log")
 
 
 def start_router(model: str, ports: list[int], port: int, logs: Path) -> subprocess.Popen:
-    argv = [str(BIN / "triolm"), "router", "--tokenizer", model, "--port", str(port), "--log-level", "warning"]
+    argv = [str(BIN / "triolm"), "router", "--tokenizer", model, "--port", str(port), "--log-level", "warning",
+            "--template-timeout", "120"]
     for p in ports:
         argv += ["--backend", f"http://127.0.0.1:{p}"]
     return start(argv, logs / f"router-{port}.log")
@@ -72,7 +74,8 @@ def stream_itl(client: httpx.Client, url: str, gen: int) -> tuple[float, int]:
     body = {"messages": MSGS, "max_tokens": gen, "ignore_eos": True, "temperature": 0, "stream": True}
     stamps, buffer = [], b""
     with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: {r.status_code} {r.read()[:300]!r}")
         for chunk in r.iter_bytes():
             buffer += chunk
             while b"\n\n" in buffer:
