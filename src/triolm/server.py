@@ -21,6 +21,7 @@ from triolm.api.auth import api_key_error
 from triolm.api.errors import APIError, error_response
 from triolm.api.routes import bp
 from triolm.api.state import AppState
+from triolm.api.trainer_routes import make_trainer_blueprint
 from triolm.chat.template_workers import open_template_workers
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.errors import ModelLoadError
@@ -31,6 +32,7 @@ from triolm.serving.loop_lag import monitor_loop_lag
 from triolm.serving.metrics import Metrics
 from triolm.serving.served_model import ServedModel, load_served_model
 from triolm.serving.settings import ServerSettings
+from triolm.serving.trainer_control import TrainerControl
 
 log = logging.getLogger("triolm")
 
@@ -48,6 +50,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     loop_busy = LoopBusyInstrument()  # lends the loop a kernel core while it has work
     app.config["TRIOLM_STATE"] = state
     app.register_blueprint(bp)
+    app.register_blueprint(make_trainer_blueprint(state))
     _install_error_handlers(app)
     _install_auth(app, state)
     _install_body_drain(app)
@@ -106,8 +109,9 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
         engine = LLMEngine(served.model, served.eos_token_ids, EngineConfig(
             max_num_seqs=settings.max_num_seqs, max_model_len=served.max_model_len,
             kv_cache_bytes=settings.kv_cache_memory, kv_cache_dtype=settings.kv_cache_dtype,
-            seed=settings.seed))
+            seed=settings.seed), weight_version=settings.weight_version)
         driver = EngineDriver(engine, settings.max_queue)
+        trainer = TrainerControl(driver, settings)
         if state.sessions is not None:
             state.sessions.attach(served, driver)
     except Exception as exc:
@@ -121,7 +125,7 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
             # otherwise walk it again and again with the event loop stopped (~150 ms each).
             gc.collect()
             gc.freeze()
-            state.served, state.driver = served, driver
+            state.served, state.driver, state.trainer = served, driver, trainer
             state.loading = "ready"
             log.info("model %s ready (max_model_len %d, %d KV blocks)", served.name,
                      served.max_model_len, engine.block_manager.num_blocks)

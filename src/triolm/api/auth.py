@@ -1,5 +1,5 @@
 """The API-key check, once for every guarded route: the OpenAI routes under /v1/ and
-/tokenize, /detokenize and every route of the sessions blueprint. Probes, /health and
+/tokenize, /detokenize and every route of the sessions and trainer blueprints. Probes, /health and
 /metrics stay open."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from triolm.api.errors import APIError
 
 GUARDED_PREFIXES = ("/v1/",)
 GUARDED_PATHS = frozenset({"/tokenize", "/detokenize"})
-GUARDED_BLUEPRINTS = frozenset({"sessions"})
+GUARDED_BLUEPRINTS = frozenset({"sessions", "trainer"})
 
 
 def is_guarded(request: Request) -> bool:

@@ -141,7 +141,8 @@ class ChatRun(GenerationsRun):
         cached = self.gens[0].result.num_cached_prompt_tokens if self.gens else 0
         return {"id": p.request_id, "object": "chat.completion", "created": p.created,
                 "model": p.served.name, "choices": choices,
-                "usage": fmt.usage(len(p.prompt.token_ids), completion_tokens, cached)}
+                "usage": fmt.usage(len(p.prompt.token_ids), completion_tokens, cached),
+                "weight_version": self.weight_version}
 
     # -- streaming --------------------------------------------------------------------
     async def stream(self) -> AsyncIterator[bytes]:
@@ -186,7 +187,9 @@ class ChatRun(GenerationsRun):
                             finish = tool_calls_finish_reason(finish)
                         yield self._chunk([{"index": i, "delta": {}, "logprobs": None,
                                             "finish_reason": finish,
-                                            "stop_reason": delta.stop_reason}])
+                                            "stop_reason": delta.stop_reason}],
+                                          weight_version=self.gens[i].result.weight_version
+                                          or self.weight_version)
         except STREAM_ERRORS as exc:
             yield stream_error_event(exc)
         finally:
@@ -194,5 +197,6 @@ class ChatRun(GenerationsRun):
         if include_usage:
             completion_tokens = sum(len(g.result.tokens) for g in self.gens)
             yield self._chunk([], fmt.usage(len(p.prompt.token_ids), completion_tokens,
-                                            self.gens[0].result.num_cached_prompt_tokens))
+                                            self.gens[0].result.num_cached_prompt_tokens),
+                              weight_version=self.weight_version)
         yield fmt.SSE_DONE

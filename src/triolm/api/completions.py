@@ -96,7 +96,8 @@ class CompletionRun(GenerationsRun):
                 choice["logprobs"] = fmt.completion_logprobs(r.tokens, self.namer, len(prefix))
             choices.append(choice)
         return {"id": self.request_id, "object": "text_completion", "created": self.created,
-                "model": self.served.name, "choices": choices, "usage": self._usage()}
+                "model": self.served.name, "choices": choices, "usage": self._usage(),
+                "weight_version": self.weight_version}
 
     async def stream(self) -> AsyncIterator[bytes]:
         body = self.body
@@ -127,15 +128,18 @@ class CompletionRun(GenerationsRun):
                     offsets[i] += len(delta.text)
                     if delta.finish_reason is not None:
                         finished[i] = True
+                    final = delta.finish_reason is not None
                     yield self._chunk([{"index": i, "text": delta.text, "logprobs": logprobs,
                                         "finish_reason": delta.finish_reason,
-                                        "stop_reason": delta.stop_reason}])
+                                        "stop_reason": delta.stop_reason}],
+                                      weight_version=(self.gens[i].result.weight_version
+                                                      or self.weight_version) if final else None)
         except STREAM_ERRORS as exc:
             yield stream_error_event(exc)
         finally:
             self._observe()
         if include_usage:
-            yield self._chunk([], self._usage())
+            yield self._chunk([], self._usage(), weight_version=self.weight_version)
         yield fmt.SSE_DONE
 
 

@@ -14,6 +14,7 @@ from triolm.serving.lanes import PromptLanes
 from triolm.serving.metrics import Metrics
 from triolm.serving.served_model import ServedModel
 from triolm.serving.settings import ServerSettings
+from triolm.serving.trainer_control import TrainerControl
 
 
 @attrs.define
@@ -30,6 +31,7 @@ class AppState:
     shutting_down: bool = False
     fatal: trio.Event | None = None
     sessions: object | None = None  # triolm.sessions.registry.SessionRegistry
+    trainer: TrainerControl | None = None  # weight swaps, pause, memory release
     started_at: float = attrs.Factory(time.time)
 
     @property

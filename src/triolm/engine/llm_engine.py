@@ -45,6 +45,7 @@ class StepOutput:
     num_cached_prompt_tokens: int  # prompt tokens found in the prefix cache at admission
     num_prefilled_tokens: int  # tokens computed by prefill so far (cost of this request)
     error: str | None = None  # finish_reason "error": the sequence's grammar failed (why)
+    weight_version: str = ""  # the weights that computed this token (LLMEngine.weight_version)
 
 
 KV_CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -61,9 +62,11 @@ def kv_cache_dtype(name: str | None, model_dtype: torch.dtype) -> torch.dtype:
 
 
 class LLMEngine:
-    def __init__(self, model: LlamaModel, eos_token_ids: tuple[int, ...], config: EngineConfig = EngineConfig()):
+    def __init__(self, model: LlamaModel, eos_token_ids: tuple[int, ...], config: EngineConfig = EngineConfig(),
+                 weight_version: str = "default"):
         self.config = config
         self.model = model
+        self.weight_version = weight_version
         c = model.config
         kv_dtype = kv_cache_dtype(config.kv_cache_dtype, model.dtype)
         bytes_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * kv_dtype.itemsize
@@ -108,6 +111,45 @@ class LLMEngine:
     def forget_prefix(self, token_ids: list[int], keep_tokens: int = 0) -> int:
         return self.block_manager.forget_prefix(token_ids, keep_tokens)
 
+    def abort_all(self) -> list[str]:
+        """Stop every request now; their ids."""
+        ids = list(self.sequences)
+        for request_id in ids:
+            self.abort(request_id)
+        return ids
+
+    # -- weights and memory -----------------------------------------------------------
+    def preempt_all(self) -> None:
+        """Send every running sequence back to the waiting queue without its KV blocks:
+        it is prefilled again (prompt and tokens so far) when stepping resumes."""
+        self.scheduler.preempt_all()
+
+    def swap_model(self, model: LlamaModel, weight_version: str) -> None:
+        """Serve other weights of the same shapes from the next step on. No sequence may
+        hold cache blocks (preempt or abort them first): their KV came from the old
+        weights. The prefix cache is emptied for the same reason."""
+        if self.block_manager.num_used:
+            raise RuntimeError("swap_model with cache blocks in use: preempt or abort first")
+        self.block_manager.reset_prefix_cache()
+        self.model = model
+        self.runner.set_model(model)
+        self.weight_version = weight_version
+
+    @property
+    def kv_cache_resident(self) -> bool:
+        return self.runner.kv_cache is not None
+
+    def release_kv_cache(self) -> None:
+        """Give the KV cache's memory back: sequences in flight are preempted (recomputed
+        once the cache is back), cached prefixes forgotten. No step may run until
+        `restore_kv_cache`."""
+        self.preempt_all()
+        self.block_manager.reset_prefix_cache()
+        self.runner.release_cache()
+
+    def restore_kv_cache(self) -> None:
+        self.runner.allocate_cache()
+
     # -- stepping ---------------------------------------------------------------------
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
@@ -141,7 +183,7 @@ class LLMEngine:
             reason = "error" if error is not None else self._finish_reason(seq, tok.token_id)
             outputs.append(StepOutput(seq.request_id, tok.token_id, tok.logprob, tok.top_logprobs,
                                       reason, seq.num_prompt_tokens, seq.num_prefix_hit_tokens,
-                                      seq.num_prefilled_tokens, error))
+                                      seq.num_prefilled_tokens, error, self.weight_version))
             if reason is not None:
                 self.sequences.pop(seq.request_id, None)
                 self.scheduler.remove(seq)

@@ -18,10 +18,11 @@ class ModelRunner:
         c = model.config
         self.model = model
         self.block_size = block_size
-        self.kv_cache = _lazy_zeros(
-            (c.num_hidden_layers, 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim),
-            kv_dtype or model.dtype)
-        self.cache_state = model.cache_state(self.kv_cache)
+        self._cache_shape = (c.num_hidden_layers, 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim)
+        self._cache_dtype = kv_dtype or model.dtype
+        self.kv_cache: torch.Tensor | None = None
+        self.cache_state = None
+        self.allocate_cache()
         # Called once per forward, inputs ready, just before the layers: the server hands
         # out the previous step's tokens there, so the event loop's Python runs while this
         # thread is in the kernels with the GIL released (at step end it would contend
@@ -30,7 +31,26 @@ class ModelRunner:
 
     @property
     def kv_cache_bytes(self) -> int:
+        if self.kv_cache is None:
+            return 0
         return self.kv_cache.numel() * self.kv_cache.element_size()
+
+    def allocate_cache(self) -> None:
+        """A fresh (zero) cache, unless one is there."""
+        if self.kv_cache is None:
+            self.kv_cache = _lazy_zeros(self._cache_shape, self._cache_dtype)
+            self.cache_state = self.model.cache_state(self.kv_cache)
+
+    def release_cache(self) -> None:
+        """Drop the cache: its anonymous mapping is unmapped once nothing views it."""
+        self.kv_cache = None
+        self.cache_state = None
+
+    def set_model(self, model: LlamaModel) -> None:
+        """Run other weights of the same shapes over the same cache."""
+        self.model = model
+        if self.kv_cache is not None:
+            self.cache_state = model.cache_state(self.kv_cache)
 
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
         table = torch.tensor(seq.block_table, dtype=torch.long)

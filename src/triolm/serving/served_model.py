@@ -84,10 +84,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     if dtype is None:
         raise ModelLoadError(f"unsupported dtype {settings.dtype!r} (supported: {', '.join(_DTYPES)})")
     progress("reading weights", 0.1)
-    if path.is_file():
-        config, tensors, tokenizer, template_source = _load_gguf(path)
-    else:
-        config, tensors, tokenizer, template_source = _load_directory(path, settings, progress)
+    config, tensors, tokenizer, template_source = read_model_files(path, settings, progress)
     progress("building the model", 0.7)
     max_len = _max_model_len(settings, config)
     model = build_model(config, tensors, dtype=dtype, max_positions=max_len + 1)
@@ -135,6 +132,21 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
                        tool_parser=tool_parser, max_model_len=max_len,
                        weights_bytes=weights_bytes, card=card, reasoning=reasoning,
                        max_token_chars=longest_token_chars(tokenizer))
+
+
+def read_model_files(path: Path, settings: ServerSettings, progress: Progress = _noop):
+    """(config, tensors, tokenizer, chat template source) of a GGUF file or a model
+    directory (Hugging Face or Mistral's native layout)."""
+    if path.is_file():
+        return _load_gguf(path)
+    return _load_directory(path, settings, progress)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dtype = _DTYPES.get(name)
+    if dtype is None:
+        raise ModelLoadError(f"unsupported dtype {name!r} (supported: {', '.join(_DTYPES)})")
+    return dtype
 
 
 def longest_token_chars(tokenizer: Tokenizer) -> int:
