@@ -76,11 +76,26 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
         raise bad_request(mapped.message, param=mapped.param or "messages") from None
 
 
+async def prompt_from_token_ids(state: AppState, served: ServedModel, token_ids: list[int]) -> RenderedPrompt:
+    """A chat prompt given as token ids (`prompt_token_ids`): used as they are, with their
+    decoded text (special tokens kept) as the prompt's text."""
+    vocab = served.config.vocab_size
+    bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise bad_request(f"prompt_token_ids: token id {bad} is outside the vocabulary (0..{vocab - 1})",
+                          param="prompt_token_ids")
+    text = await state.lanes.run(state.lanes.for_chars(len(token_ids) * 4), served.tokenizer.decode,
+                                 token_ids, False)
+    return RenderedPrompt(text, list(token_ids))
+
+
 async def prepare_chat(state: AppState, body: ChatCompletionRequest,
                        prompt: RenderedPrompt | None = None) -> ChatPlan:
     served, _ = state.require_ready()
     state.check_model_name(body.model)
     check_against_model(body, request_limits(state))
+    if prompt is None and body.prompt_token_ids is not None:
+        prompt = await prompt_from_token_ids(state, served, body.prompt_token_ids)
     if prompt is None:
         prompt = await render_for_request(state, served, body)
     max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), served.max_model_len,

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from triolm.api.errors import APIError
 from triolm.errors import InvalidRequestError
@@ -77,7 +78,10 @@ class SamplingFields(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[dict[str, Any]]
+    messages: Optional[list[dict[str, Any]]] = None
+    # The prompt as token ids, instead of messages (no template is rendered): an RL
+    # client continues a rollout with exactly the ids it holds.
+    prompt_token_ids: Optional[list[int]] = None
     max_completion_tokens: Optional[int] = None
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
@@ -113,9 +117,19 @@ class ChatCompletionRequest(SamplingFields):
                              "(use the request's fields)")
         return v
 
+    @model_validator(mode="after")
+    def _one_prompt(self):
+        if (self.messages is None) == (self.prompt_token_ids is None):
+            raise ValueError("give exactly one of 'messages' or 'prompt_token_ids'")
+        if self.prompt_token_ids is not None and not self.prompt_token_ids:
+            raise ValueError("prompt_token_ids must not be empty")
+        return self
+
     @field_validator("messages")
     @classmethod
     def _messages(cls, v):
+        if v is None:
+            raise ValueError("messages must be a list of messages")
         if not v:
             raise ValueError("messages must not be empty")
         for i, m in enumerate(v):

@@ -23,6 +23,7 @@ class GenerationPaused(Exception):
 @attrs.define
 class GenerationControl:
     weight_version: str = "default"
+    pending_weight_version: str | None = None  # loaded, waiting for its swap
     paused: bool = False
     pause_mode: str = "queue"
     released: frozenset[str] = frozenset()  # MEMORY_TAGS given back
@@ -39,6 +40,7 @@ class GenerationControl:
 
     def to_json(self) -> dict:
         return {"weight_version": self.weight_version,
+                "weight_update_pending": self.pending_weight_version,
                 "generation": "paused" if self.paused else "running",
                 "pause_mode": self.pause_mode if self.paused else None,
                 "memory": {tag: "released" if tag in self.released else "resident" for tag in MEMORY_TAGS}}

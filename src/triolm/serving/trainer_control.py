@@ -1,11 +1,13 @@
 """The operations an RL trainer runs on a live server between training steps: swap the
 weights, pause and continue generation, release and resume memory.
 
-Each runs on the engine thread between two steps (`EngineDriver.run_on_engine`), one
-at a time (a lock: a pause arriving during a weight swap waits for it), and each is
-idempotent: pausing a paused server or releasing released memory changes nothing. Once
-started, an operation completes even if its HTTP client goes away (shielded), so the
-served model, the engine and the reported state never disagree.
+Each takes effect on the engine thread between two steps. Weight updates run one at a
+time, and so do memory releases and resumes (a lock each); pause and continue are flag
+flips that apply in the order they arrive, so a continue is never stuck behind a weight
+swap that waits for paused requests. Every operation is idempotent: pausing a paused
+server or releasing released memory changes nothing. Once started, an operation
+completes even if its HTTP client goes away (shielded), so the served model, the engine
+and the reported state never disagree.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class TrainerControl:
     def __init__(self, driver: EngineDriver, settings: ServerSettings):
         self.driver = driver
         self.settings = settings
-        self._lock = trio.Lock()
+        self._weights_lock = trio.Lock()
+        self._memory_lock = trio.Lock()
         self._load_limiter = trio.CapacityLimiter(1)
 
     @property
@@ -47,18 +50,22 @@ class TrainerControl:
         """Load the weights at `path` off the event loop, then swap them in between two
         steps under `policy`, and `install` the new served model right then (no
         checkpoint between). WeightMismatch / ModelLoadError leave the old weights serving."""
-        async with self._lock:
+        async with self._weights_lock:
             loaded: LoadedWeights = await trio.to_thread.run_sync(
                 load_weights, served, path, weight_version, self.settings, limiter=self._load_limiter)
             swap = swap_for_policy(loaded, policy, self.driver.abort_all_now)
 
             def swap_and_record(engine: LLMEngine) -> int:
                 affected = swap(engine)
-                self.driver.set_control(weight_version=weight_version)
+                self.driver.set_control(weight_version=weight_version, pending_weight_version=None)
                 return affected
 
             with trio.CancelScope(shield=True):
-                affected = await self.driver.run_on_engine(swap_and_record, when_idle=policy == "wait")
+                self.driver.set_control(pending_weight_version=weight_version)
+                try:
+                    affected = await self.driver.run_on_engine(swap_and_record, when_idle=policy == "wait")
+                finally:
+                    self.driver.set_control(pending_weight_version=None)
                 new_served = attrs.evolve(served, model=loaded.model, path=str(path),
                                           weights_bytes=loaded.model.weights_bytes)
                 install(new_served)
@@ -66,19 +73,18 @@ class TrainerControl:
 
     async def pause(self, mode: str) -> GenerationControl:
         """Stop stepping; returns once the step in progress (if any) has ended."""
-        async with self._lock:
-            with trio.CancelScope(shield=True):
-                return await self.driver.run_on_engine(
-                    lambda engine: self.driver.set_control(paused=True, pause_mode=mode))
+        control = self.driver.set_control(paused=True, pause_mode=mode)
+        with trio.CancelScope(shield=True):
+            await self.driver.run_on_engine(lambda engine: None)  # the step boundary
+        return control
 
     async def continue_generation(self) -> GenerationControl:
-        async with self._lock:
-            return self.driver.set_control(paused=False)
+        return self.driver.set_control(paused=False)
 
     async def release_memory(self, tags: frozenset[str]) -> GenerationControl:
         """Give back the KV cache: requests in flight go back to waiting and are
         recomputed once it is resumed."""
-        async with self._lock:
+        async with self._memory_lock:
             def release(engine: LLMEngine) -> GenerationControl:
                 if "kv_cache" in tags and engine.kv_cache_resident:
                     engine.release_kv_cache()
@@ -88,7 +94,7 @@ class TrainerControl:
                 return await self.driver.run_on_engine(release)
 
     async def resume_memory(self, tags: frozenset[str]) -> GenerationControl:
-        async with self._lock:
+        async with self._memory_lock:
             def resume(engine: LLMEngine) -> GenerationControl:
                 if "kv_cache" in tags:
                     engine.restore_kv_cache()
