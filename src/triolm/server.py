@@ -111,7 +111,8 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
             kv_cache_bytes=settings.kv_cache_memory, kv_cache_dtype=settings.kv_cache_dtype,
             seed=settings.seed), weight_version=settings.weight_version)
         driver = EngineDriver(engine, settings.max_queue)
-        trainer = TrainerControl(driver, settings)
+        trainer = TrainerControl(driver, settings, served=lambda: state.served,
+                                 install=lambda new: _install_served(state, new))
         if state.sessions is not None:
             state.sessions.attach(served, driver)
     except Exception as exc:
@@ -134,6 +135,13 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
         # `triolm serve` exit non-zero, rather than keep answering probes while hanging.
         state.driver = None
         _fail(state, f"engine driver crashed: {exc!r}", exc)
+
+
+def _install_served(state: AppState, served: ServedModel) -> None:
+    """The served model after a weight swap, release or resume."""
+    state.served = served
+    if state.sessions is not None:
+        state.sessions.attach(served, state.driver)
 
 
 def _fail(state: AppState, message: str, exc: BaseException | None = None) -> None:

@@ -55,7 +55,6 @@ def make_trainer_blueprint(state: AppState) -> Blueprint:
     async def update_weights_from_disk():
         body = parse_body(UpdateWeightsRequest, await _json(allow_empty=False))
         control = trainer()
-        served, _ = state.require_ready()
         policy = body.policy or ("abort" if body.abort_all_requests else DEFAULT_IN_FLIGHT_POLICY)
         if policy not in IN_FLIGHT_POLICIES:
             raise bad_request(f"policy must be one of {', '.join(IN_FLIGHT_POLICIES)}, not {policy!r}",
@@ -66,11 +65,8 @@ def make_trainer_blueprint(state: AppState) -> Blueprint:
         if not version:
             raise bad_request("weight_version must not be empty", param="weight_version")
 
-        def install(new_served) -> None:
-            state.served = new_served
-
         try:
-            update = await control.update_weights(served, Path(body.model_path), version, policy, install)
+            update = await control.update_weights(Path(body.model_path), version, policy)
         except WeightMismatch as exc:
             raise bad_request(str(exc), param="model_path", code="weights_mismatch") from None
         except (ModelLoadError, OSError) as exc:
@@ -98,7 +94,12 @@ def make_trainer_blueprint(state: AppState) -> Blueprint:
 
     async def resume_memory():
         tags = _tags(await _json(allow_empty=True), default=frozenset(MEMORY_TAGS))
-        return _state_json(await trainer().resume_memory(tags))
+        control = trainer()
+        try:
+            return _state_json(await control.resume_memory(tags))
+        except (WeightMismatch, ModelLoadError, OSError) as exc:
+            raise APIError(500, f"cannot reload the released weights: {exc}",
+                           code="weights_reload_failed") from None
 
     async def is_paused():
         return jsonify({"is_paused": trainer().state.paused})

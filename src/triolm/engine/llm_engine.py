@@ -65,7 +65,7 @@ class LLMEngine:
     def __init__(self, model: LlamaModel, eos_token_ids: tuple[int, ...], config: EngineConfig = EngineConfig(),
                  weight_version: str = "default"):
         self.config = config
-        self.model = model
+        self.model: LlamaModel | None = model  # None while released
         self.weight_version = weight_version
         c = model.config
         kv_dtype = kv_cache_dtype(config.kv_cache_dtype, model.dtype)
@@ -149,6 +149,20 @@ class LLMEngine:
 
     def restore_kv_cache(self) -> None:
         self.runner.allocate_cache()
+
+    @property
+    def weights_resident(self) -> bool:
+        return self.model is not None
+
+    def release_weights(self) -> None:
+        """Drop the model (no step may run until `restore_weights`). Sequences keep their
+        cache blocks: the same weights come back."""
+        self.model = None
+        self.runner.release_model()
+
+    def restore_weights(self, model: LlamaModel) -> None:
+        self.model = model
+        self.runner.set_model(model)
 
     # -- stepping ---------------------------------------------------------------------
     def has_unfinished(self) -> bool:

@@ -16,7 +16,7 @@ class ModelRunner:
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
                  kv_dtype: torch.dtype | None = None):
         c = model.config
-        self.model = model
+        self.model: LlamaModel | None = model  # None while the weights are released
         self.block_size = block_size
         self._cache_shape = (c.num_hidden_layers, 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim)
         self._cache_dtype = kv_dtype or model.dtype
@@ -39,11 +39,16 @@ class ModelRunner:
         """A fresh (zero) cache, unless one is there."""
         if self.kv_cache is None:
             self.kv_cache = _lazy_zeros(self._cache_shape, self._cache_dtype)
-            self.cache_state = self.model.cache_state(self.kv_cache)
+            if self.model is not None:
+                self.cache_state = self.model.cache_state(self.kv_cache)
 
     def release_cache(self) -> None:
         """Drop the cache: its anonymous mapping is unmapped once nothing views it."""
         self.kv_cache = None
+        self.cache_state = None
+
+    def release_model(self) -> None:
+        self.model = None
         self.cache_state = None
 
     def set_model(self, model: LlamaModel) -> None:

@@ -37,7 +37,7 @@ class ServedModel:
     name: str
     path: str
     config: ModelConfig
-    model: Model
+    model: Model | None  # None while released (POST /release_memory_occupation, tag "weights")
     tokenizer: Tokenizer
     chat_template: object  # triolm.chat.template.ChatTemplate
     mistral_tokenizer: object | None  # mistral_common MistralTokenizer in mistral mode

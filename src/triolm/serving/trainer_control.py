@@ -1,8 +1,8 @@
 """The operations an RL trainer runs on a live server between training steps: swap the
 weights, pause and continue generation, release and resume memory.
 
-Each takes effect on the engine thread between two steps. Weight updates run one at a
-time, and so do memory releases and resumes (a lock each); pause and continue are flag
+Each takes effect on the engine thread between two steps. Weight updates, memory
+releases and resumes run one at a time (a lock); pause and continue are flag
 flips that apply in the order they arrive, so a continue is never stuck behind a weight
 swap that waits for paused requests. Every operation is idempotent: pausing a paused
 server or releasing released memory changes nothing. Once started, an operation
@@ -12,6 +12,8 @@ and the reported state never disagree.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 from pathlib import Path
 from typing import Callable
 
@@ -34,30 +36,37 @@ class WeightUpdate:
 
 
 class TrainerControl:
-    def __init__(self, driver: EngineDriver, settings: ServerSettings):
+    """`served()` gives the served model now; `install(served)` replaces it (the app's
+    state and whoever else holds it), called right after the engine changed."""
+
+    def __init__(self, driver: EngineDriver, settings: ServerSettings,
+                 served: Callable[[], ServedModel], install: Callable[[ServedModel], None]):
         self.driver = driver
         self.settings = settings
-        self._weights_lock = trio.Lock()
-        self._memory_lock = trio.Lock()
+        self.served = served
+        self.install = install
+        self._lock = trio.Lock()  # weight updates, memory releases and resumes: one at a time
         self._load_limiter = trio.CapacityLimiter(1)
 
     @property
     def state(self) -> GenerationControl:
         return self.driver.control
 
-    async def update_weights(self, served: ServedModel, path: Path, weight_version: str, policy: str,
-                             install: Callable[[ServedModel], None]) -> WeightUpdate:
+    async def update_weights(self, path: Path, weight_version: str, policy: str) -> WeightUpdate:
         """Load the weights at `path` off the event loop, then swap them in between two
         steps under `policy`, and `install` the new served model right then (no
         checkpoint between). WeightMismatch / ModelLoadError leave the old weights serving."""
-        async with self._weights_lock:
+        async with self._lock:
+            served = self.served()
             loaded: LoadedWeights = await trio.to_thread.run_sync(
                 load_weights, served, path, weight_version, self.settings, limiter=self._load_limiter)
             swap = swap_for_policy(loaded, policy, self.driver.abort_all_now)
 
             def swap_and_record(engine: LLMEngine) -> int:
                 affected = swap(engine)
-                self.driver.set_control(weight_version=weight_version, pending_weight_version=None)
+                # new weights are resident weights, whatever a release said
+                self.driver.set_control(weight_version=weight_version, pending_weight_version=None,
+                                        released=self.state.released - {"weights"})
                 return affected
 
             with trio.CancelScope(shield=True):
@@ -66,9 +75,9 @@ class TrainerControl:
                     affected = await self.driver.run_on_engine(swap_and_record, when_idle=policy == "wait")
                 finally:
                     self.driver.set_control(pending_weight_version=None)
-                new_served = attrs.evolve(served, model=loaded.model, path=str(path),
+                new_served = attrs.evolve(self.served(), model=loaded.model, path=str(path),
                                           weights_bytes=loaded.model.weights_bytes)
-                install(new_served)
+                self.install(new_served)
             return WeightUpdate(new_served, weight_version, affected)
 
     async def pause(self, mode: str) -> GenerationControl:
@@ -82,23 +91,59 @@ class TrainerControl:
         return self.driver.set_control(paused=False)
 
     async def release_memory(self, tags: frozenset[str]) -> GenerationControl:
-        """Give back the KV cache: requests in flight go back to waiting and are
-        recomputed once it is resumed."""
-        async with self._memory_lock:
+        """Give back the KV cache (requests in flight go back to waiting and are
+        recomputed once it is resumed) and, with tag "weights", the weights (reloaded
+        from their file on resume; requests in flight keep their cache)."""
+        async with self._lock:
             def release(engine: LLMEngine) -> GenerationControl:
                 if "kv_cache" in tags and engine.kv_cache_resident:
                     engine.release_kv_cache()
+                if "weights" in tags and engine.weights_resident:
+                    engine.release_weights()
                 return self.driver.set_control(released=self.state.released | tags)
 
             with trio.CancelScope(shield=True):
-                return await self.driver.run_on_engine(release)
+                control = await self.driver.run_on_engine(release)
+                if "weights" in tags:
+                    self.install(attrs.evolve(self.served(), model=None))
+                return_freed_memory()
+            return control
 
     async def resume_memory(self, tags: frozenset[str]) -> GenerationControl:
-        async with self._memory_lock:
+        """WeightMismatch / ModelLoadError / OSError if the released weights' file changed
+        under the server (the weights stay released)."""
+        async with self._lock:
+            served = self.served()
+            model = None
+            if "weights" in tags and "weights" in self.state.released:
+                loaded = await trio.to_thread.run_sync(
+                    load_weights, served, Path(served.path), self.state.weight_version, self.settings,
+                    limiter=self._load_limiter)
+                model = loaded.model
+                del loaded
+
             def resume(engine: LLMEngine) -> GenerationControl:
                 if "kv_cache" in tags:
                     engine.restore_kv_cache()
+                if model is not None:
+                    engine.restore_weights(model)
                 return self.driver.set_control(released=self.state.released - tags)
 
             with trio.CancelScope(shield=True):
-                return await self.driver.run_on_engine(resume)
+                control = await self.driver.run_on_engine(resume)
+                if model is not None:
+                    self.install(attrs.evolve(self.served(), model=model))
+                return_freed_memory()  # what the loader read besides the weights
+            return control
+
+
+def return_freed_memory() -> None:
+    """Hand the heap pages freed by a release back to the OS (glibc keeps them for reuse
+    otherwise, and the process's RSS would not drop). Collects first: the loader's
+    tokenizer and file readers may sit in reference cycles."""
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
