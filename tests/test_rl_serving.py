@@ -374,12 +374,13 @@ def test_rl_sessions_002_prompt_token_ids_in_chat(http_a):
     assert len(nodes) == 1 and nodes[0]["parent_id"] == node["id"]
     assert nodes[0]["tokens"][:len(node["tokens"]) + 2] == node["tokens"] + [9, 9]
     assert nodes[0]["metadata"]["num_new_prompt_tokens"] == 2
-    for bad, param in (({"prompt_token_ids": []}, None), ({"prompt_token_ids": [10 ** 9]}, "prompt_token_ids"),
-                       ({"prompt_token_ids": [1], "messages": [{"role": "user", "content": "x"}]}, None), ({}, None)):
+    for bad, param in (({"prompt_token_ids": []}, "prompt_token_ids"),
+                       ({"prompt_token_ids": [10 ** 9]}, "prompt_token_ids"),
+                       ({"prompt_token_ids": [1], "messages": [{"role": "user", "content": "x"}]},
+                        "prompt_token_ids"),
+                       ({}, "messages")):
         r = http_a.post("/v1/chat/completions", json={"max_tokens": 2, **bad})
-        assert r.status_code == 400, bad
-        if param:
-            assert r.json()["error"]["param"] == param
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, bad
 
 
 def _wait_for(condition, timeout: float = 60.0) -> None:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from triolm.api.errors import APIError
 from triolm.errors import InvalidRequestError
@@ -82,6 +81,16 @@ class ChatCompletionRequest(SamplingFields):
     # The prompt as token ids, instead of messages (no template is rendered): an RL
     # client continues a rollout with exactly the ids it holds.
     prompt_token_ids: Optional[list[int]] = None
+
+    def check_one_prompt(self) -> None:
+        """Exactly one of messages and prompt_token_ids (a 400 naming the field)."""
+        if self.messages is None and self.prompt_token_ids is None:
+            raise APIError(400, "'messages' is required (or 'prompt_token_ids')", param="messages")
+        if self.messages is not None and self.prompt_token_ids is not None:
+            raise APIError(400, "give either 'messages' or 'prompt_token_ids', not both",
+                           param="prompt_token_ids")
+        if self.prompt_token_ids is not None and not self.prompt_token_ids:
+            raise APIError(400, "prompt_token_ids must not be empty", param="prompt_token_ids")
     max_completion_tokens: Optional[int] = None
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
@@ -116,14 +125,6 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError(f"must not set the template's own variable(s) {', '.join(reserved)} "
                              "(use the request's fields)")
         return v
-
-    @model_validator(mode="after")
-    def _one_prompt(self):
-        if (self.messages is None) == (self.prompt_token_ids is None):
-            raise ValueError("give exactly one of 'messages' or 'prompt_token_ids'")
-        if self.prompt_token_ids is not None and not self.prompt_token_ids:
-            raise ValueError("prompt_token_ids must not be empty")
-        return self
 
     @field_validator("messages")
     @classmethod
