@@ -300,6 +300,36 @@ def test_rl_pause_003_concurrent_calls_and_vllm_aliases(server_a, http_a, b_path
     assert [s.token_ids for s in streams] == want
 
 
+def test_rl_pause_004_in_flight_modes_abort_retract_wait(server_a, http_a):
+    want = greedy(http_a, PROMPTS[0], 120)[0]
+    # abort (vLLM's default): the stream in flight ends now with what it has
+    stream = StreamReader(server_a.base_url, PROMPTS[0], 120).start()
+    assert stream.first_token.wait(60)
+    r = http_a.post("/pause", params={"mode": "abort"})
+    assert r.status_code == 200 and r.json()["generation"] == "paused"
+    stream.join()
+    assert stream.finish_reason == "abort" and stream.token_ids == want[:len(stream.token_ids)]
+    assert len(stream.token_ids) < 120
+    http_a.post("/continue_generation")
+    # retract (SGLang): back to waiting without KV, recomputed on continue
+    stream = StreamReader(server_a.base_url, PROMPTS[0], 120).start()
+    assert stream.first_token.wait(60)
+    assert http_a.post("/pause_generation", json={"mode": "retract"}).status_code == 200
+    health = http_a.get("/health").json()
+    assert health["kv_cache_usage"] == 0.0 and health["requests_waiting"] == 1
+    http_a.post("/continue_generation")
+    assert stream.join().token_ids == want
+    # wait: the pause takes effect once the stream in flight has finished
+    stream = StreamReader(server_a.base_url, PROMPTS[0], 120).start()
+    assert stream.first_token.wait(60)
+    assert http_a.post("/pause", params={"mode": "wait"}).json()["generation"] == "paused"
+    assert http_a.get("/health").json()["requests_running"] == 0
+    assert stream.join().token_ids == want and stream.finish_reason == "length"
+    http_a.post("/continue_generation")
+    r = http_a.post("/pause", json={"mode": ["abort"]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "mode"
+
+
 def test_rl_auth_001_trainer_routes_need_the_api_key(served_model, b_paths):
     settings = ServerSettings(model=served_model.path, api_key="sekrit", weight_version="A")
     with ServerThread(settings, served_model) as srv:

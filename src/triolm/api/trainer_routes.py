@@ -1,7 +1,7 @@
 """Routes an RL trainer drives between training steps (SGLang's names, vLLM's as aliases).
 
     POST /update_weights_from_disk     {"model_path", "weight_version"?, "policy"?}
-    POST /pause_generation  (/pause)   {"mode"?: "queue" | "reject"}
+    POST /pause_generation  (/pause)   {"mode"?: "queue" | "reject" | "abort" | "wait" | "retract"}
     POST /continue_generation (/resume)
     POST /release_memory_occupation (/sleep)   {"tags"?: ["kv_cache", "weights"]}  /sleep?level=1|2
     POST /resume_memory_occupation (/wake_up)  {"tags"?}                           /wake_up?tags=…
@@ -23,13 +23,11 @@ from triolm.api.errors import APIError, bad_request
 from triolm.api.schemas import parse_body
 from triolm.api.state import AppState
 from triolm.errors import ModelLoadError
-from triolm.serving.generation_control import MEMORY_TAGS, PAUSE_MODES
+from triolm.serving.generation_control import MEMORY_TAGS, PAUSE_MODE_ALIASES, PAUSE_MODES
 from triolm.serving.trainer_control import TrainerControl
 from triolm.serving.weight_update import DEFAULT_IN_FLIGHT_POLICY, IN_FLIGHT_POLICIES, WeightMismatch
 
 BLUEPRINT_NAME = "trainer"
-#: SGLang's pause mode for "in-flight sequences keep their state, new ones wait".
-_MODE_ALIASES = {"in_place": "queue"}
 #: vLLM's sleep levels: 1 discards the KV cache (weights stay), 2 discards both.
 _SLEEP_LEVELS = {1: frozenset({"kv_cache"}), 2: frozenset(MEMORY_TAGS)}
 
@@ -78,8 +76,10 @@ def make_trainer_blueprint(state: AppState) -> Blueprint:
 
     async def pause():
         data = await _json(allow_empty=True)
-        mode = data.get("mode", "queue")
-        mode = _MODE_ALIASES.get(mode, mode)
+        mode = data.get("mode", request.args.get("mode", "queue"))  # vLLM: /pause?mode=keep
+        if not isinstance(mode, str):
+            raise bad_request("mode must be a string", param="mode")
+        mode = PAUSE_MODE_ALIASES.get(mode, mode)
         if mode not in PAUSE_MODES:
             raise bad_request(f"mode must be one of {', '.join(PAUSE_MODES)}, not {mode!r}", param="mode")
         return _state_json(await trainer().pause(mode))

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import attrs
 
-#: Pause modes: in-flight sequences stop stepping in both; new requests either queue
-#: until generation continues ("queue") or are refused with a 503 ("reject").
-PAUSE_MODES = ("queue", "reject")
+#: Pause modes. "queue" and "reject": sequences in flight stop stepping where they are
+#: (their KV kept); new requests queue until generation continues, or are refused with
+#: a 503. The peers' modes (new requests queue in each): "abort" ends the sequences in
+#: flight (finish_reason "abort"), "wait" lets them finish first, "retract" sends them
+#: back to waiting without their KV (recomputed on continue). Aliases: SGLang's
+#: "in_place" and vLLM's "keep" are "queue".
+PAUSE_MODES = ("queue", "reject", "abort", "wait", "retract")
+PAUSE_MODE_ALIASES = {"in_place": "queue", "keep": "queue"}
 #: What `release_memory_occupation` can give back (SGLang's tags).
 MEMORY_TAGS = ("kv_cache", "weights")
 

@@ -81,10 +81,23 @@ class TrainerControl:
             return WeightUpdate(new_served, weight_version, affected)
 
     async def pause(self, mode: str) -> GenerationControl:
-        """Stop stepping; returns once the step in progress (if any) has ended."""
-        control = self.driver.set_control(paused=True, pause_mode=mode)
+        """Stop stepping (what happens to the sequences in flight: see PAUSE_MODES);
+        returns once the engine has stopped."""
+        new_requests = "reject" if mode == "reject" else "queue"
         with trio.CancelScope(shield=True):
-            await self.driver.run_on_engine(lambda engine: None)  # the step boundary
+            if mode == "wait":  # in flight run to their end; new ones queue meanwhile
+                return await self.driver.run_on_engine(
+                    lambda engine: self.driver.set_control(paused=True, pause_mode=new_requests),
+                    when_idle=True)
+            control = self.driver.set_control(paused=True, pause_mode=new_requests)
+
+            def at_step_boundary(engine: LLMEngine) -> None:
+                if mode == "abort":
+                    self.driver.abort_all_now(engine, "generation paused (mode 'abort')")
+                elif mode == "retract":
+                    engine.preempt_all()
+
+            await self.driver.run_on_engine(at_step_boundary)
         return control
 
     async def continue_generation(self) -> GenerationControl:
