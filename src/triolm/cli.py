@@ -11,9 +11,9 @@ from pathlib import Path
 
 import trio
 
-from triolm.chat.reasoning import REASONING_PARSERS
-from triolm.serving.random_tiny import RANDOM_TINY_NAME
-from triolm.serving.settings import ServerSettings
+from triolm.loading.random_tiny import RANDOM_TINY_NAME
+from triolm.prompting.reasoning import REASONING_PARSERS
+from triolm.settings import ServerSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,15 +83,15 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 async def serve(settings: ServerSettings) -> int:
     """Serve until a signal (or a model that cannot serve); the stages of the shutdown and
-    their deadlines are in `triolm.serving.shutdown`."""
+    their deadlines are in `triolm.runtime.shutdown`."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
-    from triolm import fast_send
-    from triolm.server import create_app
-    from triolm.serving import shutdown
+    from triolm.http import framework_patches
+    from triolm.http.server import create_app
+    from triolm.runtime import shutdown
 
-    fast_send.install()
+    framework_patches.install_fast_send_server()
     app = create_app(settings)
     state = app.config["TRIOLM_STATE"]
     state.fatal = trio.Event()

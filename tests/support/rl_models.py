@@ -10,8 +10,8 @@ from pathlib import Path
 import attrs
 from safetensors.torch import save_file
 
-from triolm.models.random_init import random_weights
-from triolm.testing.model_factory import TestModelPaths, hf_config_dict, make_test_model
+from support.model_factory import TestModelPaths, hf_config_dict, make_test_model
+from triolm.model.random_init import random_weights
 
 
 def model_b(seed: int = 1) -> TestModelPaths:
