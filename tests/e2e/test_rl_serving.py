@@ -387,11 +387,13 @@ def test_rl_sessions_002_prompt_token_ids_in_chat(http_a):
     prompt = [1, 2, 3, 4, 5]
     want = greedy(http_a, prompt, 10)[0]
     body = {"prompt_token_ids": prompt, "max_tokens": 10, "temperature": 0, "ignore_eos": True,
-            "logprobs": True, "return_tokens_as_token_ids": True}
+            "logprobs": True, "return_tokens_as_token_ids": True, "return_token_ids": True}
     r = http_a.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
-    got = [int(c["token"].removeprefix("token_id:")) for c in r.json()["choices"][0]["logprobs"]["content"]]
-    assert got == want
+    choice = r.json()["choices"][0]
+    got = [int(c["token"].removeprefix("token_id:")) for c in choice["logprobs"]["content"]]
+    assert got == want and choice["token_ids"] == want  # ids in and out, with logprobs
+    assert r.json()["prompt_token_ids"] == prompt
     session = http_a.post("/sessions/create", json={}).json()["uuid"]
     assert http_a.post(f"/{session}/v1/chat/completions", json=body).status_code == 200
     node = http_a.get(f"/{session}/nodes").json()["nodes"][0]
