@@ -19,10 +19,12 @@ from quart import Blueprint, jsonify, request
 
 from triolm.errors import ModelLoadError
 from triolm.http.body import read_json_object
+from triolm.http.errors import error_response
 from triolm.http.state import AppState
 from triolm.loading.weight_update import WeightMismatch
 from triolm.protocol.errors import APIError, bad_request
 from triolm.protocol.schemas import parse_body
+from triolm.runtime.engine_driver import GenerationCut
 from triolm.runtime.generation_control import MEMORY_TAGS, PAUSE_MODE_ALIASES, PAUSE_MODES
 from triolm.runtime.trainer_control import DEFAULT_IN_FLIGHT_POLICY, IN_FLIGHT_POLICIES, TrainerControl
 
@@ -41,6 +43,10 @@ class UpdateWeightsRequest(BaseModel):
 
 def make_trainer_blueprint(state: AppState) -> Blueprint:
     bp = Blueprint(BLUEPRINT_NAME, __name__)
+
+    @bp.errorhandler(GenerationCut)
+    async def shutting_down(exc: GenerationCut):
+        return error_response(APIError(503, str(exc), code="shutting_down"))
 
     def trainer() -> TrainerControl:
         state.require_ready()

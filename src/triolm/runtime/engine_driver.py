@@ -187,6 +187,8 @@ class EngineDriver:
         with self._work:
             if self._cut is not None:
                 raise self._cut
+            if self._stopping:  # the engine thread is gone or going: nothing would run it
+                raise GenerationCut("the server is shutting down")
             (self._idle_calls if when_idle else self._calls).append(call)
             self._work.notify()
         return await call.wait()
