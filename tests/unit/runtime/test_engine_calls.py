@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import trio
+import trio.testing
 
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
@@ -48,10 +49,11 @@ async def test_an_idle_call_waits_for_the_requests_in_flight_and_holds_new_ones(
         async def idle_call() -> None:
             await driver.run_on_engine(when_idle, when_idle=True)
 
+        outputs = [await first.receive()]  # in flight
         nursery.start_soon(idle_call)
         await trio.testing.wait_all_tasks_blocked()
         later = driver.submit("later", [4, 5], GREEDY)  # arrives while the call waits
-        outputs = [await first.receive() for _ in range(LONG.max_tokens)]
+        outputs += [await first.receive() for _ in range(LONG.max_tokens - 1)]
         assert outputs[-1].finish_reason == "length"
         assert (await later.receive()).request_id == "later"
         assert seen == {"unfinished": False, "later_admitted": False, "steps": LONG.max_tokens}
