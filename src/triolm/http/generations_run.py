@@ -89,6 +89,11 @@ STREAM_ERRORS = (OverloadedError, ValueError, EngineFailure, ConstraintFailure)
 
 
 def stream_error_event(exc: Exception) -> bytes:
+    return fmt.sse({"error": stream_error(exc).body()["error"]})
+
+
+def stream_error(exc: Exception) -> APIError:
+    """The API error a failure after a stream's 200 maps to (one of STREAM_ERRORS)."""
     if isinstance(exc, OverloadedError):
         err = APIError(429, str(exc), code="overloaded")
     elif isinstance(exc, ConstraintFailure):
@@ -99,7 +104,7 @@ def stream_error_event(exc: Exception) -> bytes:
         err = APIError(500, str(exc))
     else:
         err = bad_request(str(exc))
-    return fmt.sse({"error": err.body()["error"]})
+    return err
 
 
 def admit(driver: EngineDriver, count: int) -> None:

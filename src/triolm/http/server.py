@@ -13,20 +13,25 @@ import sys
 
 import trio
 from quart import jsonify, request
+from quart_cors import cors
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.errors import ModelLoadError
-from triolm.http.auth import api_key_error
+from triolm.http.auth import api_key_error, api_keys_of
+from triolm.http.embeddings import embeddings_bp
 from triolm.http.errors import error_response
 from triolm.http.framework_patches import ShieldedLastSendConnection, install_body_drain
+from triolm.http.messages_routes import messages_bp
+from triolm.http.responses_routes import responses_bp
 from triolm.http.routes import bp
 from triolm.http.state import AppState
 from triolm.http.trainer_routes import make_trainer_blueprint
 from triolm.loading.served_model import ServedModel, load_served_model
 from triolm.prompting.template_workers import open_template_workers
 from triolm.protocol.errors import APIError
+from triolm.protocol.responses_store import ResponseStore
 from triolm.runtime.engine_driver import EngineDriver
 from triolm.runtime.lanes import PromptLanes
 from triolm.runtime.loop_core import LoopBusyInstrument
@@ -47,13 +52,24 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     app.config["RESPONSE_TIMEOUT"] = None  # streams may be long; deadlines are our cancel scopes
     app.config["BODY_TIMEOUT"] = 60
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.graceful_timeout
-    state = AppState(settings=settings, metrics=Metrics(lambda: None))
+    state = AppState(settings=settings, metrics=Metrics(lambda: None),
+                     responses=ResponseStore(settings.responses_store_entries, settings.responses_store_bytes,
+                                             settings.responses_store_ttl))
     loop_busy = LoopBusyInstrument()  # lends the loop a kernel core while it has work
     app.config["TRIOLM_STATE"] = state
     app.register_blueprint(bp)
     app.register_blueprint(make_trainer_blueprint(state))
+    app.register_blueprint(responses_bp)
+    app.register_blueprint(messages_bp)
+    app.register_blueprint(embeddings_bp)
     _install_error_handlers(app)
     _install_auth(app, state)
+    if settings.allowed_origins:
+        # after every response (errors and 401s included); preflights are answered by
+        # Quart's automatic OPTIONS, which the key check lets through
+        cors(app, allow_origin=list(settings.allowed_origins),
+             allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
+             allow_methods=["GET", "POST", "DELETE", "OPTIONS"], max_age=600)
     install_body_drain(app)
     _install_sessions(app, state)
 
@@ -198,9 +214,11 @@ def _install_error_handlers(app: QuartTrio) -> None:
 
 
 def _install_auth(app: QuartTrio, state: AppState) -> None:
+    keys = api_keys_of(state.settings)
+
     @app.before_request
     async def check_api_key():
-        err = api_key_error(state.settings.api_key, request)
+        err = api_key_error(keys, request)
         if err is None:
             return None
         await request.get_data()  # drain the body: keep the keep-alive connection usable

@@ -10,6 +10,8 @@ import trio
 
 from triolm.loading.served_model import ServedModel
 from triolm.protocol.errors import APIError
+from triolm.protocol.responses_store import ResponseStore
+from triolm.protocol.validation import RequestLimits
 from triolm.runtime.engine_driver import EngineDriver
 from triolm.runtime.lanes import PromptLanes
 from triolm.runtime.metrics import Metrics
@@ -32,6 +34,7 @@ class AppState:
     fatal: trio.Event | None = None
     sessions: object | None = None  # triolm.sessions.registry.SessionRegistry
     trainer: TrainerControl | None = None  # weight swaps, pause, memory release
+    responses: ResponseStore | None = None  # stored Responses API responses (previous_response_id)
     started_at: float = attrs.Factory(time.time)
 
     @property
@@ -46,7 +49,21 @@ class AppState:
             raise APIError(503, f"model not ready: {detail}", code="model_not_ready")
         return self.served, self.driver
 
+    def require_generation(self) -> tuple[ServedModel, EngineDriver]:
+        """`require_ready`, and a model served for generation (not embeddings)."""
+        served, driver = self.require_ready()
+        if served.embedding is not None:
+            raise APIError(400, f"the model `{served.name}` is served for embeddings (--task embed): "
+                                "use /v1/embeddings", param="model", code="wrong_task")
+        return served, driver
+
     def check_model_name(self, requested: str | None) -> None:
         if requested and self.served is not None and requested != self.served.name:
             raise APIError(404, f"The model `{requested}` does not exist. Served: `{self.served.name}`.",
                            param="model", code="model_not_found")
+
+
+def request_limits(state: AppState) -> RequestLimits:
+    served, driver = state.require_ready()
+    return RequestLimits(vocab_size=served.config.vocab_size, max_model_len=served.max_model_len,
+                         max_n=state.settings.max_n, max_queue=driver.max_queue)

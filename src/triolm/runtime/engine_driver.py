@@ -261,7 +261,7 @@ class EngineDriver:
             for call in left:
                 call.fail(GenerationCut("the engine stopped before this call ran"))
 
-    def _wait_for_work(self, held: "_HeldOutputs") -> tuple | None:
+    def _wait_for_work(self, held: _HeldOutputs) -> tuple | None:
         """(adds, aborts, calls) to apply before the next step; None once stopping.
         Calls waiting for an idle engine come last in `calls`, once it is idle."""
         with self._work:
@@ -282,7 +282,7 @@ class EngineDriver:
                 calls, self._idle_calls = calls + self._idle_calls, []
             return adds, aborts, calls
 
-    def _step(self, held: "_HeldOutputs") -> list[StepOutput]:
+    def _step(self, held: _HeldOutputs) -> list[StepOutput]:
         start = time.perf_counter()
         try:
             outputs = self.engine.step()
