@@ -10,7 +10,7 @@ import torch
 from triolm.engine.prompt_logprobs import prompt_token_logprobs
 from triolm.engine.sequence import Sequence
 from triolm.model.attention import AttentionMetadata, PrefillSeq
-from triolm.model.llama import LlamaModel
+from triolm.model.llama import CacheState, LlamaModel
 
 
 class ModelRunner:
@@ -22,7 +22,7 @@ class ModelRunner:
         self._cache_shape = (c.num_hidden_layers, 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim)
         self._cache_dtype = kv_dtype or model.dtype
         self.kv_cache: torch.Tensor | None = None
-        self.cache_state = None
+        self.cache_state: CacheState | None = None  # set while both model and cache are there
         self.allocate_cache()
         # Called once per forward, inputs ready, just before the layers: the server hands
         # out the previous step's tokens there, so the event loop's Python runs while this
@@ -65,11 +65,15 @@ class ModelRunner:
 
     def run(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
         """Logits [len(seqs), vocab] for the next token of each sequence."""
+        model, kv_cache, state = self.model, self.kv_cache, self.cache_state
+        if model is None or kv_cache is None or state is None:
+            raise RuntimeError("no step can run while the weights or the KV cache are released")
         if is_prefill:
-            return self._prefill(seqs)
-        return self._decode(seqs)
+            return self._prefill(model, kv_cache, state, seqs)
+        return self._decode(model, kv_cache, state, seqs)
 
-    def _prefill(self, seqs: list[Sequence]) -> torch.Tensor:
+    def _prefill(self, model: LlamaModel, kv_cache: torch.Tensor, state: CacheState,
+                 seqs: list[Sequence]) -> torch.Tensor:
         ids, positions, slots, meta_seqs, last_rows = [], [], [], [], []
         offset = 0
         for seq in seqs:
@@ -82,32 +86,33 @@ class ModelRunner:
             offset += end - start
             last_rows.append(offset - 1)
         meta = AttentionMetadata(True, torch.cat(slots), meta_seqs)
-        hidden = self.model.forward(torch.tensor(ids, dtype=torch.long), torch.cat(positions),
-                                    self.kv_cache, meta, self.cache_state,
+        hidden = model.forward(torch.tensor(ids, dtype=torch.long), torch.cat(positions),
+                                    kv_cache, meta, state,
                                     before_layers=self.before_layers)
         for seq, m in zip(seqs, meta_seqs, strict=True):
             top_n = seq.params.prompt_logprobs
             if top_n is not None and seq.prompt_logprobs is None:  # prefilled whole: row i is position i
                 n = seq.num_prompt_tokens
                 seq.prompt_logprobs = prompt_token_logprobs(
-                    self.model.logits, hidden[m.start:m.start + n - 1], seq.token_ids[:n], top_n)
-        return self.model.logits(hidden[torch.tensor(last_rows)])
+                    model.logits, hidden[m.start:m.start + n - 1], seq.token_ids[:n], top_n)
+        return model.logits(hidden[torch.tensor(last_rows)])
 
-    def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
+    def _decode(self, model: LlamaModel, kv_cache: torch.Tensor, state: CacheState,
+                seqs: list[Sequence]) -> torch.Tensor:
         ids = torch.tensor([s.last_token for s in seqs], dtype=torch.long)
         lengths = [len(s) for s in seqs]
-        if self.model.native_decode:
+        if model.native_decode:
             # The kernel walks block tables itself: one small int32 tensor per step.
-            self.model.rope.ensure(max(lengths))
+            model.rope.ensure(max(lengths))
             width = max(len(s.block_table) for s in seqs)
             tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in seqs],
                                   dtype=torch.int32)
             meta = AttentionMetadata(False, torch.empty(0, dtype=torch.long), block_tables=tables,
                                      seq_lens=torch.tensor(lengths, dtype=torch.int32),
                                      block_size=self.block_size)
-            hidden = self.model.forward(ids, torch.tensor(lengths) - 1, self.kv_cache, meta,
-                                        self.cache_state, before_layers=self.before_layers)
-            return self.model.logits(hidden)
+            hidden = model.forward(ids, torch.tensor(lengths) - 1, kv_cache, meta,
+                                        state, before_layers=self.before_layers)
+            return model.logits(hidden)
         longest = max(lengths)
         context = torch.zeros(len(seqs), longest, dtype=torch.long)
         for row, seq in enumerate(seqs):
@@ -117,9 +122,9 @@ class ModelRunner:
         positions = lens - 1
         slot_mapping = context[torch.arange(len(seqs)), positions]
         meta = AttentionMetadata(False, slot_mapping, decode_slots=context, decode_mask=mask)
-        hidden = self.model.forward(ids, positions, self.kv_cache, meta, self.cache_state,
+        hidden = model.forward(ids, positions, kv_cache, meta, state,
                                     before_layers=self.before_layers)
-        return self.model.logits(hidden)
+        return model.logits(hidden)
 
 
 def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

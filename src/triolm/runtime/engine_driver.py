@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
