@@ -170,7 +170,8 @@ def return_freed_memory() -> None:
     trim(0)
 
 
-def swap_for_policy(loaded: LoadedWeights, policy: str, abort_all):
+def swap_for_policy(loaded: LoadedWeights, policy: str,
+                    abort_all: Callable[[LLMEngine, str], int]) -> Callable[[LLMEngine], int]:
     """The engine-thread function that installs `loaded` under `policy`; it returns how
     many requests in flight it aborted or sent back to be recomputed.
     `abort_all(engine, reason)` ends every request in the engine (the driver's)."""
