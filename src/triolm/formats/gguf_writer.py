@@ -159,8 +159,8 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Mapping[st
         for hf, shape in shapes.items():
             if hf in experts:  # written with the other experts of its stacked tensor
                 name = experts[hf]
-                if name in stacked:  # the first of its experts
-                    names, stacked_shape = stacked.pop(name)
+                names, stacked_shape = stacked.pop(name, (None, None))
+                if names is not None and stacked_shape is not None:
                     qtype = tensor_type(config, name, stacked_shape, file_type, type_overrides)
                     w.add_tensor(name, _encode_stacked([tensors[n] for n in names], qtype),
                                  raw_dtype=None if qtype in (T.F32, T.F16) else qtype)
