@@ -223,6 +223,9 @@ def test_rl_weights_007_mismatch_is_400_and_old_weights_keep_serving(server_a, h
     r = http_a.post("/update_weights_from_disk", json={"model_path": str(b_paths.hf_dir), "policy": "later"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "policy"
     assert http_a.post("/update_weights_from_disk", json={}).status_code == 400
+    for extra, param in (({"flush_cache": False}, "flush_cache"), ({"pin": 1}, "pin")):
+        r = http_a.post("/update_weights_from_disk", json={"model_path": str(b_paths.hf_dir), **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
     stream.join()
     assert stream.finish_reason == "length" and len(stream.token_ids) == 200
     assert stream.final["weight_version"] == "A"

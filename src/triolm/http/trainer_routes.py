@@ -13,6 +13,7 @@ All behind --api-key (the "trainer" blueprint). Contract: contracts/rl-serving.m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 from quart import Blueprint, jsonify, request
@@ -34,11 +35,13 @@ _SLEEP_LEVELS = {1: frozenset({"kv_cache"}), 2: frozenset(MEMORY_TAGS)}
 
 
 class UpdateWeightsRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")  # an ignored field would be a silent lie
     model_path: str
     weight_version: str | None = None
     policy: str | None = None
     abort_all_requests: bool = False  # SGLang's flag: the same as policy "abort"
+    load_format: Literal["auto"] | None = None  # SGLang's; the format is read from the file
+    flush_cache: Literal[True] = True  # SGLang's; the prefix cache is always flushed
 
 
 def make_trainer_blueprint(state: AppState) -> Blueprint:
