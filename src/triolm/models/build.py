@@ -6,9 +6,12 @@ from typing import Any, Mapping
 
 import torch
 
+from triolm.models import phi3
 from triolm.models.config import ModelConfig
 from triolm.models.gemma import GemmaModel
+from triolm.models.granite import GraniteModel
 from triolm.models.llama import LlamaModel
+from triolm.models.smollm3 import SmolLM3Model
 
 Model = LlamaModel | GemmaModel
 
@@ -18,5 +21,10 @@ _GEMMA = ("gemma2", "gemma3")
 def build_model(config: ModelConfig, weights: Mapping[str, Any], dtype: torch.dtype = torch.float32,
                 max_positions: int | None = None) -> Model:
     """The decoder for `config.architecture`, built from HF-named `weights`."""
-    cls = GemmaModel if config.architecture in _GEMMA else LlamaModel
+    if config.architecture == "phi3":
+        weights = phi3.llama_weights(config, weights)
+    cls = GemmaModel if config.architecture in _GEMMA else _LLAMA_VARIANTS.get(config.architecture, LlamaModel)
     return cls(config, weights, dtype=dtype, max_positions=max_positions)
+
+
+_LLAMA_VARIANTS: dict[str, type[LlamaModel]] = {"granite": GraniteModel, "smollm3": SmolLM3Model}

@@ -24,7 +24,7 @@ from gguf.gguf_reader import ReaderField
 
 from triolm.errors import ModelLoadError
 from triolm.models import gguf_layout as layout
-from triolm.models import gemma_gguf, gguf_quants
+from triolm.models import family_gguf, gemma_gguf, gguf_quants
 from triolm.models.config import ModelConfig, RopeScaling, invalid_fields
 
 GGUF_MAGIC = b"GGUF"
@@ -252,7 +252,8 @@ def _open(path: Path) -> GGUFReader:
 
 
 def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[str],
-                          factors: torch.Tensor | None) -> ModelConfig:
+                          factors: torch.Tensor | None,
+                          extra_tensors: dict[str, np.ndarray] | None = None) -> ModelConfig:
     arch = meta.get("general.architecture")
     if arch not in layout.SUPPORTED_GGUF_ARCHS:
         raise ModelLoadError(
@@ -348,6 +349,11 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
             config = gemma_gguf.config_from_metadata(config, arch, key, meta.get("tokenizer.ggml.tokens"))
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from None
+    if arch in family_gguf.FAMILY_ARCHS:
+        try:
+            config = family_gguf.config_from_metadata(config, arch, key, extra_tensors or {})
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: {exc}") from None
     return config
 
 
@@ -366,6 +372,14 @@ _KEYS = {
     "rope_local_theta": "rope.freq_base_swa", "query_pre_attn_scalar": "attention.key_length",
     "attn_logit_softcapping": "attn_logit_softcapping", "final_logit_softcapping": "final_logit_softcapping",
 }
+_KEYS.update({
+    "partial_rotary_factor": "rope.dimension_count", "embedding_multiplier": "embedding_scale",
+    "residual_multiplier": "residual_scale", "attention_multiplier": "attention.scale",
+    "logits_scaling": "logit_scale", "rope_layers": "block_count",
+    "rope_scaling.short_factor": "rope_factors_short.weight (tensor)",
+    "rope_scaling.long_factor": "rope_factors_long.weight (tensor)",
+    "rope_scaling.attention_factor": "rope.scaling.attn_factor",
+})
 
 
 def _is_int(value: Any) -> bool:
@@ -401,7 +415,14 @@ def read_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
             raise ModelLoadError(f"{path}: tensor {layout.ROPE_FREQS} must be F32, "
                                  f"got {rf.tensor_type.name}")
         factors = torch.from_numpy(np.array(rf.data, dtype=np.float32)).reshape(-1)
-    config = _config_from_metadata(path, meta, set(by_name), factors)
+    extra = {}
+    for name in family_gguf.EXTRA_TENSORS:
+        if name in by_name:
+            t = by_name[name]
+            if t.tensor_type != GGMLQuantizationType.F32:
+                raise ModelLoadError(f"{path}: tensor {name} must be F32, got {t.tensor_type.name}")
+            extra[name] = np.array(t.data, dtype=np.float32).reshape(-1)
+    config = _config_from_metadata(path, meta, set(by_name), factors, extra)
     if config.vocab_size < 0:
         embd = by_name.get("token_embd.weight")
         if embd is None:

@@ -18,7 +18,7 @@ import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 
 from triolm.models import gguf_layout as layout
-from triolm.models import gemma_gguf, gguf_quants
+from triolm.models import family_gguf, gemma_gguf, gguf_quants
 from triolm.models.config import ModelConfig
 
 T = GGMLQuantizationType
@@ -122,10 +122,11 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Mapping[st
     llama3 = config.rope_scaling is not None and config.rope_scaling.rope_type == "llama3"
     if llama3 and arch not in layout.PERMUTED_ARCHS:
         raise ValueError(f"llama.cpp's {arch} architecture has no llama3 rope scaling")
-    if config.rope_scaling is not None and not llama3 and arch not in gemma_gguf.GEMMA_ARCHS:
+    if config.rope_scaling is not None and not llama3 and arch not in gemma_gguf.GEMMA_ARCHS + ("phi3",):
         raise ValueError(f"cannot write {config.rope_scaling.rope_type} rope scaling for {arch}")
     if arch in gemma_gguf.GEMMA_ARCHS:
         gemma_gguf.check_writable(config)
+    family_gguf.check_writable(config)
     if config.architecture == "mistral" and "mistral" not in name.lower():
         name = f"mistral-{name}"  # how llama.cpp-land tells mistral from llama
     shapes = layout.expected_shapes(config)
@@ -142,11 +143,15 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Mapping[st
     w = GGUFWriter(tmp, arch)
     try:
         _write_metadata(w, config, arch, file_type, name, tokenizer_metadata or {})
-        total = len(shapes) + llama3
+        extra = family_gguf.extra_tensors(config)
+        total = len(shapes) + llama3 + len(extra)
         done = 0
         if llama3:
             factors = layout.llama3_rope_factors(config.head_dim, config.rope_theta, config.rope_scaling)
             w.add_tensor(layout.ROPE_FREQS, factors.numpy())
+            done += 1
+        for extra_name, values in extra.items():
+            w.add_tensor(extra_name, values)
             done += 1
         for hf, shape in shapes.items():
             qtype = tensor_type(config, hf, shape, file_type, type_overrides)
@@ -191,11 +196,12 @@ def _write_metadata(w: GGUFWriter, c: ModelConfig, arch: str, file_type: str, na
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_rope_freq_base(c.rope_theta)
-    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_dimension_count(c.rotary_dim)
     w.add_key_length(c.head_dim)
     w.add_value_length(c.head_dim)
     if arch in gemma_gguf.GEMMA_ARCHS:
         gemma_gguf.write_metadata(w, c)
+    family_gguf.write_metadata(w, c)
     w.add_file_type(int(_FILE_TYPES[file_type][2]))
     w.add_quantization_version(GGML_QUANT_VERSION)
     for key, value in tokenizer_metadata.items():
