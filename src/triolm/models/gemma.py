@@ -74,6 +74,8 @@ class GemmaLayer:
         if self.q_norm is not None:
             q, k = gemma_norm(q, self.q_norm, eps), gemma_norm(k, self.k_norm, eps)
         q, k = self.rope.apply(q, positions), self.rope.apply(k, positions)
+        if self.window is not None and meta.window is not None:
+            meta = meta.window  # this layer's KV lives in the sliding-window pool
         attn = windowed_paged_attention(q, k, v, cache_k, cache_v, meta, self.scale, self.window,
                                         self.softcap, positions)
         x += gemma_norm(self.o_proj(attn.reshape(-1, self.q_size)), self.post_attn_norm, eps)
@@ -83,11 +85,18 @@ class GemmaLayer:
 
 
 class GemmaCacheState:
-    """Per-layer (k, v) views of one KV cache (the runner makes one per cache)."""
+    """Per-layer (k, v) views of the KV cache (the runner makes one per cache). With a
+    `window_cache`, global layers take kv_cache's entries in order and sliding-window
+    layers window_cache's (`engine/window_blocks.py`); else every layer is in kv_cache."""
 
-    def __init__(self, kv_cache: torch.Tensor):
+    def __init__(self, kv_cache: torch.Tensor, window_cache: torch.Tensor | None = None,
+                 sliding: tuple[bool, ...] = ()):
         self.kv_cache = kv_cache
-        self.layers = [(kv_cache[i, 0], kv_cache[i, 1]) for i in range(kv_cache.shape[0])]
+        if window_cache is None:
+            self.layers = [(kv_cache[i, 0], kv_cache[i, 1]) for i in range(kv_cache.shape[0])]
+            return
+        pools = {False: iter(kv_cache), True: iter(window_cache)}
+        self.layers = [(t[0], t[1]) for t in (next(pools[flag]) for flag in sliding)]
 
 
 class GemmaModel:
@@ -130,8 +139,9 @@ class GemmaModel:
         kinds["lm_head:" + self.lm_head.kind] = 1
         return kinds
 
-    def cache_state(self, kv_cache: torch.Tensor) -> GemmaCacheState:
-        return GemmaCacheState(kv_cache)
+    def cache_state(self, kv_cache: torch.Tensor, window_cache: torch.Tensor | None = None) -> GemmaCacheState:
+        sliding = tuple(self.config.is_sliding(i) for i in range(self.config.num_hidden_layers))
+        return GemmaCacheState(kv_cache, window_cache, sliding)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
