@@ -343,3 +343,15 @@ def test_chat_completion_through_the_server(family, arch):
     assert reply.usage.prompt_tokens == len(ids)
     assert reply.usage.completion_tokens == 8
     assert reply.choices[0].message.content == served.tokenizer.decode(expected[:8])
+
+
+def test_phi3_gguf_ends_turns_at_its_end_token(family):
+    """FAMILY-6: a Phi-3 vocabulary's <|end|> ends generation, as in llama.cpp."""
+    from triolm.models.family_gguf import config_from_metadata
+
+    base = family("phi3").config
+    tokens = ["<unk>", "<s>", "</s>", "<|user|>", "<|end|>", "<|assistant|>"]
+    config = config_from_metadata(base, "phi3", lambda name, default=None: default, {}, tokens)
+    assert config.eos_token_ids == base.eos_token_ids + (4,)
+    assert config_from_metadata(base, "phi3", lambda name, default=None: default, {},
+                                tokens[:3]).eos_token_ids == base.eos_token_ids

@@ -30,12 +30,22 @@ def _f32(value: Any) -> float:
     return float(str(np.float32(value)))
 
 
+#: Phi-3's end of turn: llama.cpp ends generation on it (its vocabulary's eos is
+#: <|endoftext|>), as Phi's generation_config.json does.
+PHI3_END_OF_TURN = "<|end|>"
+
+
 def config_from_metadata(base: ModelConfig, arch: str, key: Callable[..., Any],
-                         tensors: Mapping[str, Any]) -> ModelConfig:
+                         tensors: Mapping[str, Any], tokens: list[str] | None = None) -> ModelConfig:
     """Complete the llama-style `base` config; `key(name, default)` reads `{arch}.{name}`;
-    `tensors` holds the file's EXTRA_TENSORS as float32 arrays."""
+    `tensors` holds the file's EXTRA_TENSORS as float32 arrays; `tokens` the vocabulary."""
     if arch == "phi3":
-        return phi3.config_from_metadata(attrs.evolve(base, architecture="phi3"), key, tensors)
+        config = phi3.config_from_metadata(attrs.evolve(base, architecture="phi3"), key, tensors)
+        if tokens is not None and PHI3_END_OF_TURN in tokens:
+            end = tokens.index(PHI3_END_OF_TURN)
+            if end not in config.eos_token_ids:
+                config = attrs.evolve(config, eos_token_ids=config.eos_token_ids + (end,))
+        return config
     if arch == "granite":
         attention = key("attention.scale", 0.0)
         return attrs.evolve(

@@ -351,7 +351,8 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
             raise ModelLoadError(f"{path}: {exc}") from None
     if arch in family_gguf.FAMILY_ARCHS:
         try:
-            config = family_gguf.config_from_metadata(config, arch, key, extra_tensors or {})
+            config = family_gguf.config_from_metadata(config, arch, key, extra_tensors or {},
+                                                      meta.get("tokenizer.ggml.tokens"))
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from None
     return config
