@@ -355,3 +355,25 @@ def test_phi3_gguf_ends_turns_at_its_end_token(family):
     assert config.eos_token_ids == base.eos_token_ids + (4,)
     assert config_from_metadata(base, "phi3", lambda name, default=None: default, {},
                                 tokens[:3]).eos_token_ids == base.eos_token_ids
+
+
+def test_unsupported_architecture_names_it_and_the_families(family, tmp_path):
+    """FAMILY-8: an unknown architecture fails with a ModelLoadError naming it and the
+    supported list, the new families included, from config.json and from GGUF."""
+    cfg = json.loads((family("granite").hf_dir / "config.json").read_text())
+    with pytest.raises(ModelLoadError, match=r"'gpt_neox'.*phi3, granite, smollm3"):
+        config_from_hf_dict({**cfg, "model_type": "gpt_neox"})
+    src = family("smollm3").gguf_path("F32")
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(tmp_path / "x.gguf", "falcon")
+    for name, field in reader.fields.items():
+        if name.startswith("smollm3.") and field.types and field.types[0] != gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(name.replace("smollm3.", "falcon.", 1), field.contents(), field.types[0])
+    for t in reader.tensors[:2]:
+        writer.add_tensor(t.name, t.data.copy(), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelLoadError, match=r"'falcon'.*phi3, granite, smollm3"):
+        read_gguf(tmp_path / "x.gguf")
