@@ -126,3 +126,33 @@ def test_window_3_prefix_hit_counts_only_with_its_window_in_the_pool(gemma3):
     logits, tokens, cached = results["diverges"]
     assert cached == 0
     assert_matches(hf, other, logits, tokens)
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_window_4_gemma_decode_step_is_one_native_call(tiny_model, monkeypatch, arch):
+    """WINDOW-4: a Gemma decode step (sliding windows, soft-caps, both RoPE tables, the
+    window pool) runs as one native call: no per-layer Python; its logits equal
+    transformers' (the torch path's oracle)."""
+    from triolm.kernels import native
+    from triolm.models.gemma import GemmaLayer
+
+    if not native.available():
+        pytest.skip("native kernels unavailable on this machine")
+    paths = tiny_model(arch)
+    model = build_model(paths.config, read_safetensors(paths.hf_dir))
+    assert model.native_decode
+    calls = {"prefill": 0, "decode": 0}
+    layer_forward = GemmaLayer.forward
+
+    def counting(self, x, positions, cache_k, cache_v, meta):
+        calls["prefill" if meta.is_prefill else "decode"] += 1
+        return layer_forward(self, x, positions, cache_k, cache_v, meta)
+
+    monkeypatch.setattr(GemmaLayer, "forward", counting)
+    engine = LLMEngine(model, (), EngineConfig(max_num_seqs=2, max_model_len=256, block_size=BLOCK))
+    ids = prompt(paths.config.vocab_size, 70)
+    results = run(engine, {"a": (ids, 17), "b": (prompt(paths.config.vocab_size, 30, seed=3), 17)})
+    assert calls == {"prefill": paths.config.num_hidden_layers, "decode": 0}
+    hf = transformers.AutoModelForCausalLM.from_pretrained(paths.hf_dir, dtype=torch.float32).eval()
+    logits, tokens, _ = results["a"]
+    assert_matches(hf, ids, logits, tokens)

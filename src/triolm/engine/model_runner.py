@@ -109,6 +109,15 @@ class ModelRunner:
             meta = AttentionMetadata(False, torch.empty(0, dtype=torch.long), block_tables=tables,
                                      seq_lens=torch.tensor(lengths, dtype=torch.int32),
                                      block_size=self.block_size)
+            if self.window_cache is not None:
+                # released blocks (-1) point at the scratch block: never read (window_blocks)
+                scratch = self.scratch_slot // self.block_size
+                width = max(len(s.window_table) for s in seqs)
+                local = torch.tensor([s.window_table + [-1] * (width - len(s.window_table)) for s in seqs],
+                                     dtype=torch.int32)
+                meta.window = AttentionMetadata(False, torch.empty(0, dtype=torch.long),
+                                                block_tables=torch.where(local >= 0, local, scratch),
+                                                seq_lens=meta.seq_lens, block_size=self.block_size)
             hidden = self.model.forward(ids, torch.tensor(lengths) - 1, self.kv_cache, meta,
                                         self.cache_state, before_layers=self.before_layers)
             return self.model.logits(hidden)
