@@ -22,8 +22,8 @@ import torch
 
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
-from triolm.models.build import build_model
-from triolm.models.gguf_weights import read_gguf_for_engine
+from triolm.formats.gguf_weights import read_gguf_for_engine
+from triolm.model.build import build_model
 
 
 def rss_bytes() -> int:

@@ -17,7 +17,7 @@ from triolm.engine.sampling_params import SamplingParams
 from triolm.engine.scheduler import Scheduler
 from triolm.engine.sequence import Sequence
 from triolm.engine.window_blocks import WindowBlocks
-from triolm.models.llama import LlamaModel
+from triolm.model.llama import LlamaModel
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Callable
 import torch
 
 from triolm.engine.sequence import Sequence
-from triolm.models.attention import AttentionMetadata, PrefillSeq
-from triolm.models.build import Model
-from triolm.models.gemma import GemmaModel
+from triolm.model.attention import AttentionMetadata, PrefillSeq
+from triolm.model.build import Model
+from triolm.model.gemma import GemmaModel
 
 
 def window_layers(model: Model) -> list[int]:
