@@ -376,3 +376,28 @@ def test_unsupported_architecture_names_it_and_the_families(family, tmp_path):
     writer.close()
     with pytest.raises(ModelLoadError, match=r"'falcon'.*phi3, granite, smollm3"):
         read_gguf(tmp_path / "x.gguf")
+
+
+def test_bad_gguf_family_values_fail_the_load_naming_the_key(family, tmp_path):
+    """FAMILY-5: a phi3 file whose long factors do not cover the rotated dims, or a
+    granite file without its logit scale, fails to load naming the tensor or key."""
+    paths = family("phi3")
+    s = paths.config.rope_scaling
+    odd = attrs.evolve(paths.config, rope_scaling=attrs.evolve(s, long_factor=s.long_factor[:-1]))
+    write_gguf(tmp_path / "phi3.gguf", odd, read_safetensors(paths.hf_dir), file_type="F32")
+    with pytest.raises(ModelLoadError, match="rope_factors_long"):
+        read_gguf(tmp_path / "phi3.gguf")
+    granite = family("granite")
+    reader = gguf.GGUFReader(granite.gguf_path("F32"))
+    writer = gguf.GGUFWriter(tmp_path / "granite.gguf", "granite")
+    for name, field in reader.fields.items():
+        if name.startswith("granite.") and name != "granite.logit_scale" and field.types[0] != gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(name, field.contents(), field.types[0])
+    for t in reader.tensors:
+        writer.add_tensor(t.name, t.data.copy(), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelLoadError, match="granite.logit_scale"):
+        read_gguf(tmp_path / "granite.gguf")
