@@ -8,10 +8,11 @@ from pathlib import Path
 import attrs
 
 from triolm.errors import ModelLoadError
-from triolm.formats import phi3
+from triolm.formats import moe_config, phi3
 from triolm.model import granite, smollm3
 from triolm.model.config import (
     FULL,
+    MOE_ARCHITECTURES,
     SLIDING,
     SUPPORTED_ARCHITECTURES,
     ModelConfig,
@@ -20,7 +21,7 @@ from triolm.model.config import (
 )
 
 _MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
-                "gemma2": "gemma2", "gemma3_text": "gemma3"}
+                "gemma2": "gemma2", "gemma3_text": "gemma3", "mixtral": "mixtral", "qwen3_moe": "qwen3_moe"}
 _MODEL_TYPES.update(phi3="phi3", granite="granite", smollm3="smollm3")
 
 
@@ -53,7 +54,7 @@ def _rope_scaling(raw: dict | None) -> RopeScaling | None:
 
 def config_from_hf_dict(cfg: dict, source: str = "config.json") -> ModelConfig:
     model_type = cfg.get("model_type")
-    arch = _MODEL_TYPES.get(model_type)
+    arch = _MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
     if arch is None:
         raise ModelLoadError(
             f"{source}: unsupported architecture {model_type!r} "
@@ -63,6 +64,8 @@ def config_from_hf_dict(cfg: dict, source: str = "config.json") -> ModelConfig:
         hidden = int(cfg["hidden_size"])
         if arch in ("gemma2", "gemma3"):
             config = _gemma_config(cfg, arch)
+        elif arch in MOE_ARCHITECTURES:
+            config = moe_config.from_hf_dict(cfg, _llama_config(cfg, arch, heads, hidden))
         elif arch in _FAMILY_CONFIGS:
             config = _FAMILY_CONFIGS[arch](cfg, heads, hidden)
         else:

@@ -7,8 +7,8 @@ callback so the CLI can draw a progress bar.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import attrs
 import torch
@@ -236,7 +236,7 @@ def _maybe_mistral_tokenizer(path: Path, settings: ServerSettings, config: Model
             raise ModelLoadError("--tokenizer-mode mistral needs a model directory with a "
                                  "mistral-common tokenizer file (tekken.json, tokenizer.model.v3, …)")
         return None
-    from triolm.prompting.mistral import find_mistral_tokenizer_file, load_mistral_tokenizer
+    from triolm.tokenizers.mistral_tokenizer import find_mistral_tokenizer_file, load_mistral_tokenizer
 
     found = find_mistral_tokenizer_file(path)
     if found is None:

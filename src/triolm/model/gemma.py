@@ -18,7 +18,8 @@ kernels/gemma_decode.cpp), else the per-layer torch path.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import torch
@@ -193,7 +194,7 @@ class GemmaModel:
             return self._native_decode_step(x.contiguous(), meta, state, before_layers)
         if before_layers is not None:
             before_layers()
-        for layer, (k, v) in zip(self.layers, state.layers):
+        for layer, (k, v) in zip(self.layers, state.layers, strict=True):
             layer.forward(x, positions, k, v, meta)
         return x
 

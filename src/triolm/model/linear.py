@@ -172,7 +172,7 @@ class Q8Linear(_PackedLinear):
         self._w, self._d = self.codes.data_ptr(), self.scales.data_ptr()
 
     @classmethod
-    def from_blocks(cls, blocks: torch.Tensor, rows: int, cols: int) -> "Q8Linear":
+    def from_blocks(cls, blocks: torch.Tensor, rows: int, cols: int) -> Q8Linear:
         """From raw GGML Q8_0 bytes [rows, cols/32 * 34]: fp16 scale + 32 int8 per block."""
         b = blocks.reshape(rows * (cols // 32), 34)
         scales = b[:, :2].contiguous().view(torch.float16).float().reshape(rows, cols // 32)
@@ -180,7 +180,7 @@ class Q8Linear(_PackedLinear):
         return cls(codes, scales)
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor) -> "Q8Linear":
+    def quantize(cls, weight: torch.Tensor) -> Q8Linear:
         """Q8_0-quantize a float weight like ggml does (scale = absmax/127 in float16)."""
         rows, cols = weight.shape
         b = weight.float().reshape(rows, cols // 32, 32)
@@ -281,7 +281,7 @@ class StackedLinear:
 
     MAX_PARTS = 8  # tl_linear_ext's table limit (quant_linear.cpp)
 
-    def __init__(self, parts: list["Linear"]):
+    def __init__(self, parts: list[Linear]):
         if not 1 <= len(parts) <= self.MAX_PARTS:
             raise ValueError(f"a stacked linear has 1 to {self.MAX_PARTS} parts, got {len(parts)}")
         self.parts = parts
@@ -296,7 +296,7 @@ class StackedLinear:
         self._table = None
         if all(r is not None for r in refs):
             flat = [len(parts)]
-            for p, (code, w, d) in zip(parts, refs):
+            for p, (code, w, d) in zip(parts, refs, strict=True):
                 flat += [code, w, d, p.out_features]
             self._table = torch.tensor(flat, dtype=torch.int64)
 
