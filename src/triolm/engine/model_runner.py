@@ -10,19 +10,39 @@ import torch
 from triolm.engine.prompt_logprobs import prompt_token_logprobs
 from triolm.engine.sequence import Sequence
 from triolm.model.attention import AttentionMetadata, PrefillSeq
-from triolm.model.llama import LlamaModel
+from triolm.model.build import Model
+from triolm.model.gemma import GemmaModel
+
+
+def window_layers(model: Model) -> list[int]:
+    """The layers whose KV lives in the sliding-window pool (`window_blocks`)."""
+    c = model.config
+    if not c.sliding_window or not isinstance(model, GemmaModel):
+        return []
+    return [i for i in range(c.num_hidden_layers) if c.is_sliding(i)]
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
-                 kv_dtype: torch.dtype | None = None):
+    def __init__(self, model: Model, num_blocks: int, block_size: int,
+                 kv_dtype: torch.dtype | None = None, num_window_blocks: int = 0):
+        """`num_window_blocks`: the sliding-window layers' pool (0 without such layers);
+        their cache has one block more, the scratch block."""
         c = model.config
         self.model = model
         self.block_size = block_size
+        dtype = kv_dtype or model.dtype
+        local = window_layers(model)
         self.kv_cache = _lazy_zeros(
-            (c.num_hidden_layers, 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim),
-            kv_dtype or model.dtype)
-        self.cache_state = model.cache_state(self.kv_cache)
+            (c.num_hidden_layers - len(local), 2, num_blocks * block_size, c.num_key_value_heads, c.head_dim),
+            dtype)
+        self.window_cache: torch.Tensor | None = None
+        self.scratch_slot = num_window_blocks * block_size
+        if local:
+            self.window_cache = _lazy_zeros(
+                (len(local), 2, (num_window_blocks + 1) * block_size, c.num_key_value_heads, c.head_dim), dtype)
+            self.cache_state = model.cache_state(self.kv_cache, self.window_cache)
+        else:
+            self.cache_state = model.cache_state(self.kv_cache)
         # Called once per forward, inputs ready, just before the layers: the server hands
         # out the previous step's tokens there, so the event loop's Python runs while this
         # thread is in the kernels with the GIL released (at step end it would contend
@@ -31,7 +51,17 @@ class ModelRunner:
 
     @property
     def kv_cache_bytes(self) -> int:
-        return self.kv_cache.numel() * self.kv_cache.element_size()
+        caches = [self.kv_cache] + ([self.window_cache] if self.window_cache is not None else [])
+        return sum(t.numel() * t.element_size() for t in caches)
+
+    def _window_slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
+        """Slots of positions [start, end) in the sliding-window cache; the scratch slot
+        where seq holds no block (released, or never stored)."""
+        table = torch.tensor(seq.window_table, dtype=torch.long)
+        pos = torch.arange(start, end)
+        blocks = table[pos // self.block_size]
+        slots = blocks * self.block_size + pos % self.block_size
+        return torch.where(blocks >= 0, slots, self.scratch_slot)
 
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
         table = torch.tensor(seq.block_table, dtype=torch.long)
@@ -57,6 +87,12 @@ class ModelRunner:
             offset += end - start
             last_rows.append(offset - 1)
         meta = AttentionMetadata(True, torch.cat(slots), meta_seqs)
+        if self.window_cache is not None:
+            meta.window = AttentionMetadata(True, torch.cat([
+                self._window_slots(seq, seq.num_cached_tokens, len(seq)) for seq in seqs]), [
+                PrefillSeq(m.start, m.end, m.num_cached,
+                           self._window_slots(seq, 0, len(seq)) if m.num_cached > 0 else None)
+                for seq, m in zip(seqs, meta_seqs)])
         hidden = self.model.forward(torch.tensor(ids, dtype=torch.long), torch.cat(positions),
                                     self.kv_cache, meta, self.cache_state,
                                     before_layers=self.before_layers)
@@ -80,6 +116,15 @@ class ModelRunner:
             meta = AttentionMetadata(False, torch.empty(0, dtype=torch.long), block_tables=tables,
                                      seq_lens=torch.tensor(lengths, dtype=torch.int32),
                                      block_size=self.block_size)
+            if self.window_cache is not None:
+                # released blocks (-1) point at the scratch block: never read (window_blocks)
+                scratch = self.scratch_slot // self.block_size
+                width = max(len(s.window_table) for s in seqs)
+                local = torch.tensor([s.window_table + [-1] * (width - len(s.window_table)) for s in seqs],
+                                     dtype=torch.int32)
+                meta.window = AttentionMetadata(False, torch.empty(0, dtype=torch.long),
+                                                block_tables=torch.where(local >= 0, local, scratch),
+                                                seq_lens=meta.seq_lens, block_size=self.block_size)
             hidden = self.model.forward(ids, torch.tensor(lengths) - 1, self.kv_cache, meta,
                                         self.cache_state, before_layers=self.before_layers)
             return self.model.logits(hidden)
@@ -92,6 +137,12 @@ class ModelRunner:
         positions = lens - 1
         slot_mapping = context[torch.arange(len(seqs)), positions]
         meta = AttentionMetadata(False, slot_mapping, decode_slots=context, decode_mask=mask)
+        if self.window_cache is not None:
+            local = torch.full((len(seqs), longest), self.scratch_slot, dtype=torch.long)
+            for row, seq in enumerate(seqs):
+                local[row, : lengths[row]] = self._window_slots(seq, 0, lengths[row])
+            meta.window = AttentionMetadata(False, local[torch.arange(len(seqs)), positions],
+                                            decode_slots=local, decode_mask=mask)
         hidden = self.model.forward(ids, positions, self.kv_cache, meta, self.cache_state,
                                     before_layers=self.before_layers)
         return self.model.logits(hidden)

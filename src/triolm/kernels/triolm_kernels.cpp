@@ -738,16 +738,20 @@ static void decode_attention(
         T* k_cache, T* v_cache,
         const int32_t* block_tables, i64 max_blocks, const int32_t* seq_lens,
         const float* cos_table, const float* sin_table, int rope,
-        float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads) {
-    /* Pass 1 rotates and stores the new key/value and the queries; pass 2 splits every
+        float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads,
+        i64 window, float softcap) {
+    /* window > 0: attend over the last `window` positions only (sliding-window layers;
+       blocks before them need not exist); softcap > 0: scores -> cap * tanh(score / cap).
+       Pass 1 rotates and stores the new key/value and the queries; pass 2 splits every
        context into chunks of ATT_CHUNK positions (so one long sequence still spreads
        over all threads) and keeps per chunk the running max, the exp-sum and the
        unnormalized value sum; pass 3 merges the chunks of each head. */
     const i64 ATT_CHUNK = g_att_chunk;
     const i64 G = H / KVH;
     const i64 slot_stride = KVH * D;
+    auto first_pos = [&](i64 b) -> i64 { return window > 0 && seq_lens[b] > window ? seq_lens[b] - window : 0; };
     i64 lmax = 1;
-    for (i64 b = 0; b < B; b++) lmax = seq_lens[b] > lmax ? seq_lens[b] : lmax;
+    for (i64 b = 0; b < B; b++) lmax = seq_lens[b] - first_pos(b) > lmax ? seq_lens[b] - first_pos(b) : lmax;
     const i64 nch = (lmax + ATT_CHUNK - 1) / ATT_CHUNK;
     const i64 part_len = (D + 2 + 15) / 16 * 16;  // max, sum, acc[D]; padded to 64 bytes
     thread_local std::vector<float> qbuf_v, part_v;
@@ -782,7 +786,7 @@ static void decode_attention(
 
     parallel_for(B * KVH * nch, nthreads, [&](i64 task) {
         const i64 c = task % nch, bk = task / nch, b = bk / KVH, kh = bk % KVH;
-        const i64 L = seq_lens[b], t0 = c * ATT_CHUNK;
+        const i64 L = seq_lens[b], t0 = first_pos(b) + c * ATT_CHUNK;
         const i64 t1 = t0 + ATT_CHUNK < L ? t0 + ATT_CHUNK : L;
         float* pbase = part + ((b * H + kh * G) * nch + c) * part_len;  // head g at + g * nch * part_len
         if (t0 >= L) {
@@ -807,7 +811,8 @@ static void decode_attention(
             krows_v[t - t0] = k_cache + slot * slot_stride + kh * D;
             vrows_v[t - t0] = v_cache + slot * slot_stride + kh * D;
         }
-        if (attn_chunk_vec<T>(qr, (int)G, D, krows_v.data(), vrows_v.data(), n, scale, scores, ATT_CHUNK, accs,
+        if (softcap <= 0.f &&
+            attn_chunk_vec<T>(qr, (int)G, D, krows_v.data(), vrows_v.data(), n, scale, scores, ATT_CHUNK, accs,
                               ms_v.data())) {
             for (i64 g = 0; g < G; g++) {
                 float* pg = pbase + g * nch * part_len;
@@ -825,6 +830,12 @@ static void decode_attention(
             for (i64 i = 0; i < run; i++, t++, kr += slot_stride)
                 for (i64 g = 0; g < G; g++) scores[g * ATT_CHUNK + (t - t0)] = dot_kv(qr + g * D, kr, (int)D) * scale;
         }
+        if (softcap > 0.f)
+            for (i64 g = 0; g < G; g++)
+                for (i64 i = 0; i < n; i++) {
+                    float& sc = scores[g * ATT_CHUNK + i];
+                    sc = softcap * tanhf(sc / softcap);
+                }
         for (i64 g = 0; g < G; g++) {
             float* sg = scores + g * ATT_CHUNK;
             float mx = sg[0];
@@ -872,11 +883,30 @@ extern "C" void tl_decode_attention(
     if (kv_kind == KV_F16)
         decode_attention(q, ldq, k_new, ldk, v_new, ldv, (uint16_t*)k_cache, (uint16_t*)v_cache, block_tables,
                          max_blocks, seq_lens, cos_table, sin_table, rope, out, B, H, KVH, D, block_size, scale,
-                         nthreads);
+                         nthreads, 0, 0.f);
     else
         decode_attention(q, ldq, k_new, ldk, v_new, ldv, (float*)k_cache, (float*)v_cache, block_tables,
                          max_blocks, seq_lens, cos_table, sin_table, rope, out, B, H, KVH, D, block_size, scale,
-                         nthreads);
+                         nthreads, 0, 0.f);
+}
+
+/* tl_decode_attention over the last `window` positions (0: all) with scores soft-capped
+   at `softcap` (0: none): Gemma's layers (gemma_decode.cpp). */
+extern "C" void tl_decode_attention_windowed(
+        const float* q, i64 ldq, const float* k_new, i64 ldk, const float* v_new, i64 ldv,
+        void* k_cache, void* v_cache, int kv_kind,
+        const int32_t* block_tables, i64 max_blocks, const int32_t* seq_lens,
+        const float* cos_table, const float* sin_table,
+        float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads,
+        i64 window, float softcap) {
+    if (kv_kind == KV_F16)
+        decode_attention(q, ldq, k_new, ldk, v_new, ldv, (uint16_t*)k_cache, (uint16_t*)v_cache, block_tables,
+                         max_blocks, seq_lens, cos_table, sin_table, 1, out, B, H, KVH, D, block_size, scale,
+                         nthreads, window, softcap);
+    else
+        decode_attention(q, ldq, k_new, ldk, v_new, ldv, (float*)k_cache, (float*)v_cache, block_tables,
+                         max_blocks, seq_lens, cos_table, sin_table, 1, out, B, H, KVH, D, block_size, scale,
+                         nthreads, window, softcap);
 }
 
 /* ------------------------------------------------------------------ whole decode step
