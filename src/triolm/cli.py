@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-sessions", type=int, default=1024)
     s.add_argument("--session-idle-timeout", type=float, default=3600.0)
     s.add_argument("--seed", type=int, default=None, help="seed of the default sampler (unseeded requests)")
+    s.add_argument("--weight-version", default="default",
+                   help="name of the served weights in responses until POST /update_weights_from_disk")
     s.add_argument("--grammar-compile-timeout", type=float, default=2.0,
                    help="seconds a new structured-output grammar may take to compile (400 after)")
     s.add_argument("--grammar-compile-memory", type=int, default=512 << 20,

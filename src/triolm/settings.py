@@ -54,6 +54,7 @@ class ServerSettings:
     max_sessions: int = 1024
     session_idle_timeout: float = 3600.0
     seed: int | None = None
+    weight_version: str = "default"  # reported with every generated token until weights are updated
     # structured output: budget of a new grammar's first compile, and its size limit
     # (triolm.prompting.grammar.limits.GrammarLimits holds the finer llguidance limits)
     grammar_compile_timeout: float = 2.0  # seconds

@@ -149,6 +149,13 @@ class BlockManager:
                 self.window.register(seq, i, h, tokens)
             prefix_hash = h
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (the KV was computed by weights no longer served, or
+        the cache's memory was given back). Blocks in use keep their contents."""
+        for block in self.blocks:
+            block.hash, block.token_ids = None, ()
+        self.hash_to_block.clear()
+
     def forget_prefix(self, token_ids: list[int], keep_tokens: int = 0) -> int:
         """Drop cached blocks holding this token prefix (e.g. a deleted session's), except
         the blocks lying wholly inside its first `keep_tokens` tokens (a prefix others still

@@ -19,7 +19,7 @@ from quart import Blueprint, jsonify, request
 
 from triolm.errors import InvalidRequestError
 from triolm.http.body import read_json_object
-from triolm.http.chat import ChatPlan, ChatRun, prepare_chat, render_for_request
+from triolm.http.chat import ChatPlan, ChatRun, prepare_chat, prompt_from_token_ids, render_for_request
 from triolm.http.routes import sse_response
 from triolm.http.state import AppState
 from triolm.prompting.prompts import RenderedPrompt, render_chat_text_in_worker
@@ -91,9 +91,17 @@ def register_sessions(app, state: AppState) -> None:
     @bp.get("/<session_id>/nodes")
     async def get_nodes(session_id: str):
         session = lookup(session_id)
-        data = {"nodes": [n.to_json() for n in session.nodes]}
-        if session.track_tree:
-            data["tree"] = [n.to_json() for n in session.tree]
+        since = _since(request.args.get("since"))
+        if since is None:
+            data = {"nodes": [n.to_json() for n in session.nodes]}
+            if session.track_tree:
+                data["tree"] = [n.to_json() for n in session.tree]
+        else:
+            nodes, replaced = session.changes_since(since)
+            data = {"nodes": [n.to_json() for n in nodes], "replaced_node_ids": replaced}
+            if session.track_tree:
+                data["tree"] = [n.to_json() for n in session.tree if n.revision > since]
+        data["marker"] = session.revision
         return jsonify(data)
 
     @bp.post("/<session_id>/v1/chat/completions/render")
@@ -139,6 +147,20 @@ def register_sessions(app, state: AppState) -> None:
     app.register_blueprint(bp)
 
 
+def _since(raw: str | None) -> int | None:
+    """The `since` marker of GET /{uuid}/nodes: a revision number a response gave."""
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise bad_request(f"since must be a marker from an earlier response (an integer >= 0), "
+                          f"not {raw!r}", param="since")
+    return value
+
+
 async def _json_object(allow_empty: bool = False) -> dict:
     return await read_json_object(await request.get_data(cache=False), allow_empty)
 
@@ -146,6 +168,11 @@ async def _json_object(allow_empty: bool = False) -> dict:
 async def _prepare(state: AppState, session: Session, body: ChatCompletionRequest) -> _Prepared:
     """Render the prompt and find the node it extends; tokenize only the new text."""
     served, _ = state.require_ready()
+    if body.prompt_token_ids is not None:
+        # The client's own ids: the node they extend is matched token by token.
+        prompt = await prompt_from_token_ids(state, served, body.prompt_token_ids)
+        parent, new_ids = find_token_extension(session.nodes, prompt.token_ids)
+        return _Prepared(session, Extension(parent, ""), prompt, new_ids)
     if served.mistral_tokenizer is not None:
         # mistral-common renders tokens, not text: match nodes token by token.
         prompt = await render_for_request(state, served, body)
@@ -213,10 +240,12 @@ def _record(registry: SessionRegistry, prepared: _Prepared, plan: ChatPlan, run:
                 "num_generated_tokens": len(ids),
                 "extended_node": parent.id if parent is not None else None,
                 "stop_token_stands_in": prepared.extension.stop_token_stands_in}
+        step["weight_version"] = r.weight_version
         gen_record = Generated(token_ids=ids, logprobs=[t.logprob for t in r.tokens], text=r.text,
                                finish_reason=r.finish_reason,
                                stop_text=_stop_text(plan, ids, r.finish_reason, r.stop_reason),
-                               metadata=step)
+                               metadata=step,
+                               weight_spans=tuple((s.weight_version, s.count) for s in r.weight_spans))
         children.append(build_node(session.new_node_id(), parent, prepared.new_prompt_ids,
                                    prepared.prompt.text, gen_record))
     if children:

@@ -38,7 +38,7 @@ class ServedModel:
     name: str
     path: str
     config: ModelConfig
-    model: Model
+    model: Model | None  # None while released (POST /release_memory_occupation, tag "weights")
     tokenizer: Tokenizer
     chat_template: object  # triolm.prompting.template.ChatTemplate
     mistral_tokenizer: object | None  # mistral_common MistralTokenizer in mistral mode
@@ -139,6 +139,22 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
                        tool_parser=tool_parser, max_model_len=max_len,
                        weights_bytes=weights_bytes, card=card, reasoning=reasoning,
                        max_token_chars=longest_token_chars(tokenizer), embedding=embedding)
+
+
+def read_model_files(path: Path, settings: ServerSettings, progress: Progress = _noop):
+    """(config, tensors, tokenizer, chat template source) of a GGUF file or a model
+    directory (Hugging Face or Mistral's native layout)."""
+    if path.is_file():
+        config, tensors, tokenizer, template, _ = _load_gguf(path)
+        return config, tensors, tokenizer, template
+    return _load_directory(path, settings, progress)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dtype = _DTYPES.get(name)
+    if dtype is None:
+        raise ModelLoadError(f"unsupported dtype {name!r} (supported: {', '.join(_DTYPES)})")
+    return dtype
 
 
 def longest_token_chars(tokenizer: Tokenizer) -> int:
