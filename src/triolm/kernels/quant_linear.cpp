@@ -52,8 +52,11 @@ void parallel_for(i64 n, int nthreads, F&& body) {
 template <class B>
 static inline void prefetch_block(const uint8_t* blk) {
     const char* p = (const char*)blk + QPF_AHEAD;
-    for (int off = 0; off < B::BYTES; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
-    if (B::BYTES % 64) _mm_prefetch(p + B::BYTES - 1, _MM_HINT_T0);
+    /* Blocks of up to 64 bytes: a line holds the end of at least one of them, so the
+       block's last byte alone covers every line (one prefetch per block, not two). */
+    if (B::BYTES > 64)
+        for (int off = 0; off < B::BYTES - 1; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+    _mm_prefetch(p + B::BYTES - 1, _MM_HINT_T0);
 }
 
 /* MR x-rows by NR weight rows; lo and hi halves of each group accumulate separately
@@ -106,6 +109,27 @@ void tile_codes_1(const uint8_t* w, i64 row_bytes, i64 K, const float* x, const 
     }
     for (int n = 0; n < NR; n++) {
         const float v = _mm512_reduce_add_ps(s[n]) + off[n];
+        y[n] = acc ? y[n] + v : v;
+    }
+}
+
+/* One x-row, NR weight rows of a K-quant with `dot1`. sx: sums of x per 32 values. */
+template <class B, int NR>
+void tile_kdot_1(const uint8_t* w, i64 row_bytes, i64 K, const float* x, const float* sx, float* y, int acc) {
+    __m512 a0[NR], a1[NR];
+    __m256 off[NR];
+    for (int n = 0; n < NR; n++) { a0[n] = a1[n] = _mm512_setzero_ps(); off[n] = _mm256_setzero_ps(); }
+    const i64 nb = K / B::QK;
+    for (i64 b = 0; b < nb; b++)
+        for (int n = 0; n < NR; n++) {
+            const uint8_t* blk = w + n * row_bytes + b * B::BYTES;
+            prefetch_block<B>(blk);
+            B::dot1(blk, x + b * B::QK, sx + b * (B::QK / 32), a0[n], a1[n], off[n]);
+        }
+    for (int n = 0; n < NR; n++) {
+        const __m256 o = off[n];
+        const float v = _mm512_reduce_add_ps(_mm512_add_ps(a0[n], a1[n])) -
+                        _mm512_reduce_add_ps(_mm512_insertf32x8(_mm512_setzero_ps(), o, 0));
         y[n] = acc ? y[n] + v : v;
     }
 }
@@ -165,12 +189,17 @@ void block_rows(const uint8_t* w, i64 rows, i64 K, const float* x, i64 ldx, floa
             const i64 nb = K / 32;
             thread_local std::vector<float> sxv;
             if ((i64)sxv.size() < nb) sxv.resize(nb);
-            if (B::CODES == 2)
+            if (B::CODES >= 2)
                 for (i64 b = 0; b < nb; b++)
                     sxv[b] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(x + b * 32), _mm512_loadu_ps(x + b * 32 + 16)));
             i64 n = 0;
-            for (; n + 2 <= rows; n += 2) tile_codes_1<B, 2>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
-            for (; n < rows; n++) tile_codes_1<B, 1>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
+            if constexpr (B::CODES == 3) {
+                for (; n + 2 <= rows; n += 2) tile_kdot_1<B, 2>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
+                for (; n < rows; n++) tile_kdot_1<B, 1>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
+            } else {
+                for (; n + 2 <= rows; n += 2) tile_codes_1<B, 2>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
+                for (; n < rows; n++) tile_codes_1<B, 1>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
+            }
             return;
         }
     }
