@@ -31,13 +31,14 @@ from triolm.models.gguf_reader import read_gguf
 from triolm.models.gguf_weights import read_gguf_for_engine
 from triolm.models.gguf_writer import write_gguf
 from triolm.models.llama import LlamaModel
+from triolm.serving.settings import ServerSettings
 from triolm.testing.model_factory import random_weights
 from triolm.testing.random_blocks import random_blocks
 
 from support.engine_run import greedy_with_logits
 
 TYPES = tuple(native.BLOCK_KINDS)
-ROWS = (1, 2, 4, 8, 16, 20, 24, 64)
+ROWS = (1, 2, 4, 8, 13, 16, 20, 24, 64)
 OUT, COLS = 70, 512  # 70 output rows: chunk and register-tile tails; 512: two K-quant blocks
 BOUND = 1e-5
 LOGITS_TOLERANCE = 1e-4
@@ -137,6 +138,37 @@ def test_block_linear_matches_gguf_dequantize(qtype, rows):
     start = acc.clone()
     layer(x, out=acc)
     assert _relative_error(acc, x, ref, start) <= BOUND
+
+
+#: bfloat16 keeps 8 significant bits: inputs, weights and outputs each round by <= 2^-9.
+BF16_BOUND = 2e-2
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0", "BF16"])
+def test_prefill_precision_float32_is_default_and_bfloat16_is_opt_in(qtype, monkeypatch):
+    """Prefill (80 rows: expansion + GEMM) is exact unless bfloat16 is asked for; then it
+    is close (within bfloat16's rounding) but no longer exact, and float32 is exact again."""
+    assert ServerSettings().prefill_precision == "float32"
+    assert lin.PrefillPrecision.dtype == torch.float32
+    blocks, ref = _case(qtype, seed=3)
+    layer = lin.BlockLinear(qtype, torch.from_numpy(blocks), OUT, COLS)
+    stacked = lin.StackedLinear([layer, lin.BlockLinear(qtype, torch.from_numpy(blocks), OUT, COLS)])
+    x = torch.randn(80, COLS, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(lin.PrefillPrecision, "dtype", torch.float32)
+    lin.PrefillPrecision.set("bfloat16")
+    lossy = _relative_error(layer(x), x, ref)
+    acc = torch.randn(80, OUT)
+    start = acc.clone()
+    layer(x, out=acc)
+    lossy_acc = _relative_error(acc, x, ref, start)
+    lossy_stacked = _relative_error(stacked(x), x, torch.cat([ref, ref]))
+    assert 1e-4 < lossy <= BF16_BOUND and lossy_acc <= BF16_BOUND and 1e-4 < lossy_stacked <= BF16_BOUND
+    lin.PrefillPrecision.set("float32")
+    assert _relative_error(layer(x), x, ref) <= BOUND
+    with pytest.raises(ValueError, match="prefill precision"):
+        lin.PrefillPrecision.set("float16")
+    with pytest.raises(ValueError):
+        ServerSettings(prefill_precision="int8")
 
 
 @pytest.mark.parametrize("qtype", TYPES)

@@ -46,20 +46,54 @@ BLOCK_NATIVE_MAX_ROWS = 64
 
 
 class _Scratch:
-    """One growable float32 buffer shared by every layer (they run one at a time)."""
+    """One growable buffer shared by every layer (they run one at a time)."""
 
-    def __init__(self) -> None:
-        self.buf = torch.empty(0)
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+        self.buf = torch.empty(0, dtype=dtype)
 
     def get(self, rows: int, cols: int) -> torch.Tensor:
         n = rows * cols
         if self.buf.numel() < n:
             with torch.inference_mode(False):  # usable in and out of inference mode
-                self.buf = torch.empty(n)
+                self.buf = torch.empty(n, dtype=self.dtype)
         return self.buf[:n].view(rows, cols)
 
 
 _scratch = _Scratch()
+_scratch_bf16 = _Scratch(torch.bfloat16)
+
+#: `--prefill-precision`: the element type of prefill's GEMMs on reduced-size weights.
+PREFILL_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class PrefillPrecision:
+    """float32 (default) keeps prefill exact. bfloat16 rounds the activations, the
+    expanded weights and the GEMM's outputs to bfloat16, which this CPU multiplies
+    several times faster (AVX512-BF16): lossy, so opt-in; docs/quantized-weights.md
+    has its measured logprob drift. Decode (the native kernels) is exact either way."""
+
+    dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def set(cls, name: str) -> None:
+        if name not in PREFILL_PRECISIONS:
+            raise ValueError(f"prefill precision must be one of {sorted(PREFILL_PRECISIONS)}, not {name!r}")
+        cls.dtype = PREFILL_PRECISIONS[name]
+
+
+def _expanded_gemm(layer: "_PackedLinear | StackedLinear", x: torch.Tensor,
+                   out: torch.Tensor | None) -> torch.Tensor:
+    """x @ W.T (+ out) through the weight expanded into scratch and torch's GEMM."""
+    w = layer.expand_into(_scratch.get(layer.out_features, layer.in_features))
+    if PrefillPrecision.dtype == torch.bfloat16 and x.dtype == torch.float32:
+        wb = _scratch_bf16.get(layer.out_features, layer.in_features).copy_(w)
+        y = F.linear(x.to(torch.bfloat16), wb).float()
+        return y if out is None else out.add_(y)
+    w = w.to(x.dtype)
+    if out is None:
+        return F.linear(x, w)
+    return out.addmm_(x, w.t())
 
 
 class DenseLinear:
@@ -115,10 +149,7 @@ class _PackedLinear:
             y = out if out is not None else torch.empty(rows, self.out_features)
             self._native(x, y, out is not None)
             return y
-        w = self.expand_into(_scratch.get(self.out_features, self.in_features)).to(x.dtype)
-        if out is None:
-            return F.linear(x, w)
-        return out.addmm_(x, w.t())
+        return _expanded_gemm(self, x, out)
 
     def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.expand_into(torch.empty(self.out_features, self.in_features)).to(dtype)
@@ -312,10 +343,7 @@ class StackedLinear:
                           y.data_ptr(), y.stride(0), rows, self.out_features, self.in_features,
                           int(out is not None), native.num_threads())
             return y
-        w = self.expand_into(_scratch.get(self.out_features, self.in_features)).to(x.dtype)
-        if out is None:
-            return F.linear(x, w)
-        return out.addmm_(x, w.t())
+        return _expanded_gemm(self, x, out)
 
     def expand_into(self, buf: torch.Tensor) -> torch.Tensor:
         r0 = 0

@@ -20,6 +20,7 @@ from triolm.chat.template_sandbox import RenderBudget
 from triolm.errors import InvalidRequestError, ModelLoadError
 from triolm.models.config import ModelConfig
 from triolm.models.build import Model, build_model
+from triolm.models.linear import PrefillPrecision
 from triolm.models.load_limits import MAX_CHAT_TEMPLATE_BYTES, check_chat_template
 from triolm.serving import default_model, random_tiny
 from triolm.serving.settings import ServerSettings
@@ -91,6 +92,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     progress("building the model", 0.7)
     max_len = _max_model_len(settings, config)
     model = build_model(config, tensors, dtype=dtype, max_positions=max_len + 1)
+    PrefillPrecision.set(settings.prefill_precision)
     weights_bytes = model.weights_bytes
     del tensors
     progress("tokenizer and chat template", 0.9)
