@@ -127,14 +127,41 @@ def test_portable_block_kernels_match_gguf_dequantize(portable_errors, qtype):
 @pytest.mark.parametrize("rows", ROWS + (80,))
 @pytest.mark.parametrize("qtype", TYPES)
 def test_block_linear_matches_gguf_dequantize(qtype, rows):
-    """The layer's own choice of path (native up to BLOCK_NATIVE_MAX_ROWS, expansion +
-    GEMM beyond: 80 rows), with and without accumulating into `out`."""
-    assert (rows > lin.BLOCK_NATIVE_MAX_ROWS) == (rows == 80)
+    """The layer's own choice of path (in registers up to 16 rows, chunk expansion
+    beyond: 80 rows is a prompt), with and without accumulating into `out`."""
     blocks, ref = _case(qtype, seed=rows)
     layer = lin.BlockLinear(qtype, torch.from_numpy(blocks), OUT, COLS)
     x = torch.randn(rows, COLS, generator=torch.Generator().manual_seed(rows))
     assert _relative_error(layer(x), x, ref) <= BOUND
     acc = torch.randn(rows, OUT)
+    start = acc.clone()
+    layer(x, out=acc)
+    assert _relative_error(acc, x, ref, start) <= BOUND
+
+
+LONG_COLS = 1280  # above the kernels' 1024-column slice limit: slices of 512, 512, 256
+
+
+@pytest.mark.parametrize("qtype", TYPES + ("F16", "Q8_0-repacked"))
+def test_prompt_rows_over_long_columns_match_gguf_dequantize(qtype):
+    """Prompts over rows longer than one column slice: each expanded chunk is multiplied
+    slice by slice with partial sums added in y (the block kinds, float16 and the
+    repacked Q8_0 alike), accumulating or not."""
+    rng = np.random.default_rng(5)
+    if qtype == "F16":
+        ref = torch.from_numpy(rng.standard_normal((OUT, LONG_COLS)).astype(np.float16)).float()
+        layer = lin.Float16Linear(ref)
+    elif qtype == "Q8_0-repacked":
+        layer = lin.Q8Linear.quantize(torch.randn(OUT, LONG_COLS, generator=torch.Generator().manual_seed(5)))
+        ref = layer.dense()
+    else:
+        blocks = random_blocks(qtype, OUT, LONG_COLS, rng)
+        ref = torch.from_numpy(np.ascontiguousarray(gguf_reference.dequantize(
+            blocks, GGMLQuantizationType[qtype]).reshape(OUT, LONG_COLS), dtype=np.float32))
+        layer = lin.BlockLinear(qtype, torch.from_numpy(blocks), OUT, LONG_COLS)
+    x = torch.randn(80, LONG_COLS, generator=torch.Generator().manual_seed(6))
+    assert _relative_error(layer(x), x, ref) <= BOUND
+    acc = torch.randn(80, OUT)
     start = acc.clone()
     layer(x, out=acc)
     assert _relative_error(acc, x, ref, start) <= BOUND
