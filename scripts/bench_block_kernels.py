@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from triolm.kernels import native
-from triolm.models import linear as lin
-from triolm.testing.random_blocks import random_blocks
+from triolm.model import linear as lin
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test support: random blocks
+from support.random_blocks import random_blocks  # noqa: E402
 
 
 def bench(qtype: str, n: int, k: int, rows: int, threads: int, repeat: int, total_mb: int,
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expand", action="store_true", help="time tl_dequant_blocks instead")
     args = ap.parse_args(argv)
     n, k = (int(v) for v in args.shape.lower().split("x"))
-    print(f"| type | shape | rows | threads | GB/s of weights |")
+    print("| type | shape | rows | threads | GB/s of weights |")
     print("|---|---|---|---|---|")
     for qtype in args.types:
         for rows in args.rows:

@@ -19,6 +19,9 @@ from typing import Any, Callable
 
 import attrs
 
+# Test support (generated models, servers in threads) lives in tests/support.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench-results"
 GGUF_TYPES = ("F32", "F16", "Q8_0")
@@ -42,7 +45,7 @@ def bench_model(gguf_types: tuple[str, ...] = GGUF_TYPES):
     Built once into its own cache directory. A build from older factory sources is
     reused as is (the weights do not change with unrelated source edits), so a run
     does not pay a minute of rebuilding whenever someone touches the factory."""
-    from triolm.testing.model_factory import make_test_model
+    from support.model_factory import make_test_model
 
     base = bench_model_dir()
     for manifest in sorted(base.glob("llama-smollm-135m-seed0-*/manifest.json"),

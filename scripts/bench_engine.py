@@ -28,8 +28,8 @@ import bench_common as bc  # noqa: E402
 
 def load_engine(path: Path, max_num_seqs: int, max_model_len: int):
     from triolm.engine.llm_engine import EngineConfig, LLMEngine
-    from triolm.serving.served_model import load_served_model
-    from triolm.serving.settings import ServerSettings
+    from triolm.loading.served_model import load_served_model
+    from triolm.settings import ServerSettings
 
     settings = ServerSettings(model=str(path), max_num_seqs=max_num_seqs, max_model_len=max_model_len)
     t0 = time.perf_counter()

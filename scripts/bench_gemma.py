@@ -14,13 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import httpx
 
-from triolm.serving.served_model import load_served_model
-from triolm.serving.settings import ServerSettings
-from triolm.testing.server_thread import ServerThread
+# Test support (generated models, servers in threads) lives in tests/support.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.server_thread import ServerThread
+from triolm.loading.served_model import load_served_model
+from triolm.settings import ServerSettings
 
 PROMPT_TEXT = "The history of the lighthouse begins"
 

@@ -30,10 +30,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import tokenizer_fixtures  # noqa: E402
-
-from triolm.chat.grammar import GrammarCompiler  # noqa: E402
+from support import tokenizer_fixtures  # noqa: E402
 from triolm.engine.constraint import allocate_token_bitmask, apply_token_bitmask_, fill_token_bitmasks  # noqa: E402
+from triolm.prompting.grammar import GrammarCompiler  # noqa: E402
 
 SCHEMA = {
     "type": "object",

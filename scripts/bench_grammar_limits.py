@@ -23,11 +23,10 @@ import attrs
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import tokenizer_fixtures
-
-from triolm.chat.grammar import GrammarCompiler
-from triolm.chat.grammar.limits import GrammarLimits
+from support import tokenizer_fixtures
 from triolm.errors import InvalidRequestError
+from triolm.prompting.grammar import GrammarCompiler
+from triolm.prompting.grammar.limits import GrammarLimits
 
 SCALED = ("max_grammar_size", "max_items_in_row", "step_max_items", "initial_lexer_fuel",
           "step_lexer_fuel", "max_lexer_states")

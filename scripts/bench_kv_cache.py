@@ -7,7 +7,7 @@ buys in decode speed and memory (engine level, no HTTP).
 
 Drift: a real model (default the SmolLM2-135M-Instruct file) continues a few text
 prompts greedily with a float32 cache; the same tokens are then teacher-forced through
-a float16-cache engine (`triolm.testing.forced_decode`). Reported: the chosen tokens'
+a float16-cache engine (`support.forced_decode`). Reported: the chosen tokens'
 logprob differences (max, mean, p99), the largest difference over the whole
 distribution, how often float16's argmax equals float32's token, and how long free
 greedy generation stays identical.
@@ -58,10 +58,10 @@ def engine_for(served, dtype: str, max_num_seqs: int, max_model_len: int, budget
 def drift(path: str, tokens: int) -> dict:
     import torch
 
+    from support.forced_decode import forced_logits
     from triolm.engine.llm_engine import generate_greedy
-    from triolm.serving.served_model import load_served_model
-    from triolm.serving.settings import ServerSettings
-    from triolm.testing.forced_decode import forced_logits
+    from triolm.loading.served_model import load_served_model
+    from triolm.settings import ServerSettings
 
     bc.log(f"drift: loading {path}")
     served = load_served_model(ServerSettings(model=path, max_model_len=tokens + 256))
@@ -151,8 +151,8 @@ def kernel(args) -> dict:
 def speed(args) -> dict:
     import torch
 
-    from triolm.serving.served_model import load_served_model
-    from triolm.serving.settings import ServerSettings
+    from triolm.loading.served_model import load_served_model
+    from triolm.settings import ServerSettings
 
     paths = bc.bench_model((args.kind,))
     path = paths.model_path(args.kind)

@@ -185,12 +185,12 @@ def big_f16(layers: int) -> Path:
     padded with unused tokens to 128256 entries."""
     import numpy as np
     import torch
-    from gguf import GGUFWriter, GGMLQuantizationType, TokenType
+    from gguf import GGMLQuantizationType, GGUFWriter, TokenType
 
-    from triolm.models import gguf_layout as layout
-    from triolm.models.config import ModelConfig
-    from triolm.models.gguf_writer import _write_metadata
-    from triolm.testing.model_factory import _tokenizer_info
+    from support.model_factory import _tokenizer_info
+    from triolm.formats import gguf_layout as layout
+    from triolm.formats.gguf_writer import _write_metadata
+    from triolm.model.config import ModelConfig
 
     out = bc.bench_model_dir() / f"llama3.2-3b-shape-{layers}layers-seed0" / "model-F16.gguf"
     if out.exists():

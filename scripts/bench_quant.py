@@ -35,8 +35,8 @@ def measure(path: str, gen: int, repeat: int) -> dict:
 
     from triolm.engine.llm_engine import EngineConfig, LLMEngine
     from triolm.engine.sampling_params import SamplingParams
-    from triolm.serving.served_model import load_served_model
-    from triolm.serving.settings import ServerSettings
+    from triolm.loading.served_model import load_served_model
+    from triolm.settings import ServerSettings
 
     rss0 = _status_mb("VmRSS")
     settings = ServerSettings(model=path, max_num_seqs=4, max_model_len=2048)

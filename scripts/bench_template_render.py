@@ -17,8 +17,8 @@ from pathlib import Path
 
 import trio
 
-from triolm.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
-from triolm.chat.template_workers import open_template_workers
+from triolm.prompting.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
+from triolm.prompting.template_workers import open_template_workers
 
 MESSAGES = [{"role": "system", "content": "You are a concise assistant. " * 4},
             {"role": "user", "content": ("Summarise in one line why the sky is blue, mentioning Rayleigh "
@@ -28,7 +28,7 @@ MESSAGES = [{"role": "system", "content": "You are a concise assistant. " * 4},
 def template_of(gguf: str | None) -> ChatTemplate:
     if gguf is None:
         return ChatTemplate(DEFAULT_CHAT_TEMPLATE, "", "<|im_end|>")
-    from triolm.serving.served_model import _load_gguf
+    from triolm.loading.served_model import _load_gguf
 
     _, _, tokenizer, source = _load_gguf(Path(gguf))
     return ChatTemplate(source or DEFAULT_CHAT_TEMPLATE, tokenizer.bos_token or "", tokenizer.eos_token or "")

@@ -43,7 +43,7 @@ import trio
 import trio_parallel
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from triolm.chat.mistral import (
+from triolm.prompting.mistral import (
     DEFAULT_TOKENIZATION_THREADS,
     apply_mistral_chat_template,
     async_apply_mistral_chat_template,

@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import tokenizer_fixtures  # noqa: E402
-
-from triolm.chat.grammar import GrammarCompiler  # noqa: E402
-from triolm.chat.grammar.llg import llg_tokenizer  # noqa: E402
+from support import tokenizer_fixtures  # noqa: E402
 from triolm.engine.constraint import apply_token_bitmask_  # noqa: E402
+from triolm.prompting.grammar import GrammarCompiler  # noqa: E402
+from triolm.prompting.grammar.llg import llg_tokenizer  # noqa: E402
 
 SCHEMA = {
     "type": "object",

@@ -13,11 +13,15 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
-from triolm.models.gguf_writer import FILE_TYPES
-from triolm.testing.model_factory import ARCHS, DEFAULT_GGUF_TYPES, SIZES, default_cache_dir, make_test_model
+# Test support (generated models, servers in threads) lives in tests/support.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.model_factory import ARCHS, DEFAULT_GGUF_TYPES, SIZES, default_cache_dir, make_test_model
+from triolm.formats.gguf_writer import FILE_TYPES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "build_seconds": round(time.perf_counter() - t0, 2),
     }
     if args.time_load:
-        from triolm.models.gguf_reader import read_gguf
+        from triolm.formats.gguf_reader import read_gguf
 
         report["load_seconds"] = {}
         for ft in args.gguf:

@@ -21,10 +21,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `triolm serve` does (c
 
 import torch  # noqa: E402
 
-from triolm.models.attention import AttentionMetadata, PrefillSeq  # noqa: E402
-from triolm.models.linear import PrefillPrecision  # noqa: E402
-from triolm.serving.served_model import load_served_model  # noqa: E402
-from triolm.serving.settings import ServerSettings  # noqa: E402
+from triolm.loading.served_model import load_served_model  # noqa: E402
+from triolm.model.attention import AttentionMetadata, PrefillSeq  # noqa: E402
+from triolm.model.linear import PrefillPrecision  # noqa: E402
+from triolm.settings import ServerSettings  # noqa: E402
 
 TEXT = ("The history of the printing press begins in the fifteenth century, when movable type "
         "made books cheaper to produce. Within fifty years presses spread across Europe, and the "

@@ -1,6 +1,6 @@
 """Record llama.cpp's tokenization and greedy tokens on the real gemma-3-270m Q4_K_M file.
 
-The output (tests/data/gemma3_270m_llamacpp.json) is what tests/test_gemma_real_file.py
+The output (tests/data/gemma3_270m_llamacpp.json) is what tests/e2e/test_gemma_real_file.py
 checks triolm against, so CI needs neither llama.cpp nor a recording run. Start
 llama-server on the file first, e.g.
 

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import httpx
 import torch
 
-from triolm.testing.model_factory import make_test_model
+# Test support (generated models, servers in threads) lives in tests/support.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.model_factory import make_test_model
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "gemma_tiny_llamacpp.json"
 

@@ -10,10 +10,10 @@ import httpx
 import openai
 import pytest
 
-from triolm.serving.served_model import load_served_model
-from triolm.serving.settings import ServerSettings
-from triolm.testing.model_factory import make_test_model
-from triolm.testing.server_thread import ServerThread
+from support.model_factory import make_test_model
+from support.server_thread import ServerThread
+from triolm.loading.served_model import load_served_model
+from triolm.settings import ServerSettings
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +79,7 @@ def no_framework_errors(caplog):
     """A response that crashed inside the ASGI framework (a stream cut short) is logged
     by the test server, never seen by the client as an error: fail on it here."""
     yield
-    crashed = [r for r in caplog.get_records("call") if r.name == "triolm.testing.hypercorn"
+    crashed = [r for r in caplog.get_records("call") if r.name == "support.hypercorn"
                and r.levelno >= logging.ERROR]
     assert not crashed, crashed[0].getMessage()
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import trio
 
-from triolm.chat.reasoning import REASONING_PARSERS
-from triolm.serving.random_tiny import RANDOM_TINY_NAME
-from triolm.serving.settings import ServerSettings
+from triolm.loading.random_tiny import RANDOM_TINY_NAME
+from triolm.prompting.reasoning import REASONING_PARSERS
+from triolm.settings import ServerSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes a grammar compile may use (400 past it)")
     s.add_argument("--grammar-max-size", type=int, default=500_000,
                    help="symbols a structured-output grammar may have (400 past it)")
+    s.add_argument("--task", choices=["auto", "generate", "embed"], default="auto",
+                   help="embed: serve /v1/embeddings (last-token pooling, normalized, unless the model's "
+                        "sentence-transformers or GGUF pooling metadata say otherwise); auto: embed when "
+                        "that metadata is present, else generate")
+    s.add_argument("--responses-store-entries", type=int, default=1024,
+                   help="Responses API: responses kept for previous_response_id and GET (0: none)")
+    s.add_argument("--responses-store-bytes", type=int, default=64 << 20,
+                   help="Responses API: bytes of stored conversations kept (oldest evicted first)")
+    s.add_argument("--responses-store-ttl", type=float, default=3600.0,
+                   help="Responses API: seconds a stored response is kept")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     return parser
 
@@ -84,15 +94,15 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 async def serve(settings: ServerSettings) -> int:
     """Serve until a signal (or a model that cannot serve); the stages of the shutdown and
-    their deadlines are in `triolm.serving.shutdown`."""
+    their deadlines are in `triolm.runtime.shutdown`."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
-    from triolm import fast_send
-    from triolm.server import create_app
-    from triolm.serving import shutdown
+    from triolm.http import framework_patches
+    from triolm.http.server import create_app
+    from triolm.runtime import shutdown
 
-    fast_send.install()
+    framework_patches.install_fast_send_server()
     app = create_app(settings)
     state = app.config["TRIOLM_STATE"]
     state.fatal = trio.Event()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from triolm.testing.server_thread import free_port
+from support.server_thread import free_port
 
 
 class ServerProcess:

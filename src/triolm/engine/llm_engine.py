@@ -16,7 +16,7 @@ from triolm.engine.sampler import Sampler
 from triolm.engine.sampling_params import SamplingParams
 from triolm.engine.scheduler import Scheduler
 from triolm.engine.sequence import Sequence
-from triolm.models.llama import LlamaModel
+from triolm.model.llama import LlamaModel
 
 log = logging.getLogger(__name__)
 

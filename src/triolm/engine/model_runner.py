@@ -8,8 +8,8 @@ from typing import Callable
 import torch
 
 from triolm.engine.sequence import Sequence
-from triolm.models.attention import AttentionMetadata, PrefillSeq
-from triolm.models.llama import LlamaModel
+from triolm.model.attention import AttentionMetadata, PrefillSeq
+from triolm.model.llama import LlamaModel
 
 
 class ModelRunner:

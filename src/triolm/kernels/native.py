@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-
 log = logging.getLogger(__name__)
 
 _SOURCE_DIR = Path(__file__).parent
@@ -161,7 +160,7 @@ def prepare_async() -> None:
 
 
 def loop_busy_flag() -> ctypes.c_int | None:
-    """The kernels' `tl_loop_busy` flag (see serving/loop_core.py); None while the library
+    """The kernels' `tl_loop_busy` flag (see runtime/loop_core.py); None while the library
     is not loaded (this never builds it)."""
     dll = _lib if _tried else None
     return None if dll is None else ctypes.c_int.in_dll(dll, "tl_loop_busy")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from triolm.chat.reasoning import WHITESPACE, ReasoningFormat, strip_thinking
+from triolm.prompting.reasoning import WHITESPACE, ReasoningFormat, strip_thinking
 from triolm.sessions.node import Extension, Node
 
 

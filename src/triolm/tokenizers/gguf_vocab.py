@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from triolm.errors import ModelLoadError
-from triolm.models.load_limits import check_tokens
+from triolm.formats.load_limits import check_tokens
 from triolm.tokenizers.convert import (
     AddedSpec,
     SpmVocab,

@@ -1,0 +1,221 @@
+"""/v1/chat/completions: prepare (render off the loop, validate), generate, shape.
+
+`prepare_chat` and `ChatRun` are also used by the sessions routes, which supply their
+own prompt tokens and record what was generated.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import attrs
+import trio
+
+from triolm.errors import InvalidRequestError
+from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
+from triolm.http.state import AppState
+from triolm.http.structured import constraint_for_chat, tool_parsing_mode
+from triolm.loading.served_model import ServedModel
+from triolm.prompting.prompts import (
+    RenderedPrompt,
+    check_prompt_chars,
+    encode_text,
+    render_chat_prompt,
+    render_chat_text_in_worker,
+)
+from triolm.protocol import openai_format as fmt
+from triolm.protocol.chat_output import make_streamer, shape_message
+from triolm.protocol.errors import bad_request
+from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings
+from triolm.protocol.schemas import ChatCompletionRequest
+from triolm.protocol.tool_calls import tool_calls_finish_reason
+from triolm.protocol.validation import check_against_model, request_limits, requested_max_tokens
+from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
+from triolm.runtime.generation import Generation
+from triolm.runtime.lanes import text_chars, verbatim_prompt_chars
+
+
+@attrs.define
+class ChatPlan:
+    body: ChatCompletionRequest
+    served: ServedModel
+    prompt: RenderedPrompt
+    max_tokens: int
+    stops: list[str]
+    tool_parser: str | None  # parse tool calls out of the output with this parser
+    constraint: object | None
+    request_id: str = attrs.Factory(lambda: fmt.new_id("chatcmpl"))
+    created: int = attrs.Factory(fmt.now)
+
+
+async def render_for_request(state: AppState, served: ServedModel, body: ChatCompletionRequest,
+                             check_context: bool = True) -> RenderedPrompt:
+    """The prompt of a chat request: rendered (in a template worker process, or by
+    mistral-common in a thread) and tokenized in the lane its size picks. With
+    `check_context`, text that cannot fit the context is refused before any of that."""
+    lanes = state.lanes
+    try:
+        if check_context:
+            check_prompt_chars(served, verbatim_prompt_chars(body.messages), "messages")
+        limiter = lanes.for_chars(text_chars(body.messages) + text_chars(body.tools))
+        if served.mistral_tokenizer is not None:
+            return await lanes.run(
+                limiter, render_chat_prompt, served, body.messages, body.tools,
+                body.add_generation_prompt, body.continue_final_message, body.chat_template_kwargs)
+        text = await render_chat_text_in_worker(
+            lanes.templates, limiter, served, body.messages, body.tools, body.add_generation_prompt,
+            body.continue_final_message, body.chat_template_kwargs)
+        # The template already contains bos and other special tokens as text.
+        return RenderedPrompt(text, await lanes.run(limiter, encode_text, served, text, False))
+    except InvalidRequestError as exc:
+        raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
+    except Exception as exc:
+        if served.mistral_tokenizer is None:
+            raise
+        # mistral-common's validation errors name the problem in the message
+        from triolm.prompting.mistral import invalid_request_from_mistral_error
+
+        mapped = invalid_request_from_mistral_error(exc)
+        if mapped is None:
+            raise
+        raise bad_request(mapped.message, param=mapped.param or "messages") from None
+
+
+async def prepare_chat(state: AppState, body: ChatCompletionRequest,
+                       prompt: RenderedPrompt | None = None) -> ChatPlan:
+    served, _ = state.require_generation()
+    state.check_model_name(body.model)
+    check_against_model(body, request_limits(state))
+    if prompt is None:
+        prompt = await render_for_request(state, served, body)
+    max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), served.max_model_len,
+                               min_tokens=body.min_tokens)
+    constraint = await constraint_for_chat(state, served, body, prompt.text)
+    return ChatPlan(body=body, served=served, prompt=prompt, max_tokens=max_tokens,
+                    stops=stop_strings(body), tool_parser=tool_parsing_mode(served, body),
+                    constraint=constraint)
+
+
+class ChatRun(GenerationsRun):
+    """The n generations of one chat request, and their OpenAI shapes."""
+
+    chunk_object = "chat.completion.chunk"
+
+    def __init__(self, state: AppState, plan: ChatPlan):
+        self.state = state
+        self.plan = plan
+        self.request_id, self.created, self.model_name = plan.request_id, plan.created, plan.served.name
+        body = plan.body
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        self.namer = fmt.TokenNamer(plan.served.tokenizer, body.return_tokens_as_token_ids)
+        _, driver = state.require_ready()
+        admit(driver, body.n)
+        self.gens = [
+            Generation(driver, plan.served.tokenizer, plan.prompt.token_ids,
+                       build_sampling_params(body, plan.max_tokens, logprobs, seed_offset=i,
+                                             constraint=plan.constraint),
+                       stop=plan.stops,
+                       # tool and thinking markup may be special tokens ([TOOL_CALLS], [THINK])
+                       skip_special_tokens=body.skip_special_tokens and plan.tool_parser is None
+                       and plan.served.reasoning is None)
+            for i in range(body.n)
+        ]
+        self.tool_names = [t.get("function", {}).get("name") for t in (body.tools or [])] or None
+        self.start = trio.current_time()
+
+    # -- non-streaming ----------------------------------------------------------------
+    async def complete(self) -> dict:
+        await self._run_to_end()
+        return self.response_json()
+
+    def response_json(self) -> dict:
+        p = self.plan
+        choices = []
+        for i, g in enumerate(self.gens):
+            r = g.result
+            message, called = shape_message(r.text, tool_parser=p.tool_parser, tool_names=self.tool_names,
+                                            reasoning=p.served.reasoning, prompt_text=p.prompt.text,
+                                            cut_short=r.finish_reason == "length")
+            finish = tool_calls_finish_reason(r.finish_reason) if called else r.finish_reason
+            choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish,
+                      "stop_reason": r.stop_reason}
+            if p.body.logprobs:
+                choice["logprobs"] = fmt.chat_logprobs(r.tokens, self.namer)
+            if p.body.return_token_ids:
+                choice["token_ids"] = r.token_ids
+            choices.append(choice)
+        completion_tokens = sum(len(g.result.tokens) for g in self.gens)
+        cached = self.gens[0].result.num_cached_prompt_tokens if self.gens else 0
+        out = {"id": p.request_id, "object": "chat.completion", "created": p.created,
+               "model": p.served.name, "choices": choices,
+               "usage": fmt.usage(len(p.prompt.token_ids), completion_tokens, cached)}
+        if p.body.return_token_ids:
+            out["prompt_token_ids"] = list(p.prompt.token_ids)
+        return out
+
+    # -- streaming --------------------------------------------------------------------
+    def _with_ids(self, choice: dict, tokens) -> dict:
+        """A stream choice with the ids of the tokens it tells, when the request asks."""
+        if self.plan.body.return_token_ids:
+            choice["token_ids"] = [t.token_id for t in tokens]
+        return choice
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        p = self.plan
+        body = p.body
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        streamers = [make_streamer(tool_parser=p.tool_parser, tool_names=self.tool_names,
+                                   reasoning=p.served.reasoning, prompt_text=p.prompt.text)
+                     for _ in self.gens]
+        finished = [False] * len(self.gens)
+        token_ids = body.return_token_ids
+        # vLLM's shape: the prompt's ids on each first (role) chunk, each chunk's new
+        # token ids on its choice; concatenated they are the choice's token_ids.
+        extra = {"prompt_token_ids": list(p.prompt.token_ids)} if token_ids else None
+        for i in range(len(self.gens)):
+            yield self._chunk([self._with_ids({"index": i, "delta": {"role": "assistant", "content": ""},
+                                               "logprobs": None, "finish_reason": None}, ())],
+                              extra=extra)
+        try:
+            async with merged_deltas(self.gens, self.state.settings.request_timeout) as events:
+                async for event in events:
+                    if isinstance(event, Tick):
+                        yield fmt.SSE_KEEPALIVE
+                        continue
+                    if isinstance(event, TimedOut):
+                        for i, done in enumerate(finished):
+                            if not done:
+                                finished[i] = True
+                                yield self._chunk([self._with_ids({"index": i, "delta": {}, "logprobs": None,
+                                                                   "finish_reason": "length"}, ())])
+                        break
+                    i, delta = event
+                    streamer = streamers[i]
+                    deltas = streamer.push(delta.text) if streamer else (
+                        [{"content": delta.text}] if delta.text else [])
+                    if delta.finish_reason is not None and streamer is not None:
+                        deltas += streamer.finish(cut_short=delta.finish_reason == "length")
+                    logprobs = fmt.chat_logprobs(delta.tokens, self.namer) if body.logprobs else None
+                    per_token = bool(logprobs) or token_ids  # every token is told, text or not
+                    for j, d in enumerate(deltas or ([{}] if per_token else [])):
+                        yield self._chunk([self._with_ids({"index": i, "delta": d,
+                                                           "logprobs": logprobs if j == 0 else None,
+                                                           "finish_reason": None},
+                                                          delta.tokens if j == 0 else ())])
+                    if delta.finish_reason is not None:
+                        finished[i] = True
+                        finish = delta.finish_reason
+                        if streamer is not None and streamer.saw_tool_call:
+                            finish = tool_calls_finish_reason(finish)
+                        yield self._chunk([self._with_ids({"index": i, "delta": {}, "logprobs": None,
+                                                           "finish_reason": finish,
+                                                           "stop_reason": delta.stop_reason}, ())])
+        except STREAM_ERRORS as exc:
+            yield stream_error_event(exc)
+        finally:
+            self._observe()
+        if include_usage:
+            completion_tokens = sum(len(g.result.tokens) for g in self.gens)
+            yield self._chunk([], fmt.usage(len(p.prompt.token_ids), completion_tokens,
+                                            self.gens[0].result.num_cached_prompt_tokens))
+        yield fmt.SSE_DONE

@@ -1,0 +1,1 @@
+"""Torch modules: the llama and gemma architectures and their layers."""

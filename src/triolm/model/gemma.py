@@ -1,0 +1,209 @@
+"""The Gemma 2 / Gemma 3 decoder, on the same weights, cache and engine as `llama.py`.
+
+What differs from llama, each as Hugging Face computes it:
+- the embedding is scaled by sqrt(hidden) (rounded to the activation dtype);
+- RMSNorm multiplies by (1 + w), in float32; each layer has four norms: before and
+  after attention, before and after the MLP (the "post" ones on the branch, before
+  the residual add), and gemma3 has per-head q/k norms;
+- the MLP is GELU(tanh)-gated;
+- layers alternate local (sliding-window attention, RoPE base 10k) and global (full
+  attention, the file's base and rope scaling) as `config.layer_types` says;
+- attention is scaled by query_pre_attn_scalar^-1/2; gemma2 soft-caps attention
+  scores and final logits (`windowed_attention.py`).
+
+Weights keep the representation the file gives them (`make_linear`); decode runs the
+per-layer torch path (the one-call native decode step is llama's layout).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from triolm.model import linear as lin
+from triolm.model.attention import AttentionMetadata
+from triolm.model.config import ModelConfig
+from triolm.model.llama import _take, _vector, make_linear, rms_norm
+from triolm.model.rope import RotaryEmbedding
+from triolm.model.windowed_attention import windowed_paged_attention
+
+
+def gemma_norm(x: torch.Tensor, multiplier: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's Gemma RMSNorm: normalise in float32, multiply by (1 + w) (`multiplier`,
+    float32), cast back to the activation dtype."""
+    if x.dtype == torch.float32:
+        return rms_norm(x, multiplier, eps)
+    return F.rms_norm(x.float(), (x.shape[-1],), multiplier, eps).to(x.dtype)
+
+
+class GemmaLayer:
+    def __init__(self, config: ModelConfig, index: int, w: dict[str, Any], rope: RotaryEmbedding):
+        c = config
+        self.config = c
+        self.input_norm = w["input_layernorm"]
+        self.post_attn_norm = w["post_attention_layernorm"]
+        self.pre_ffn_norm = w["pre_feedforward_layernorm"]
+        self.post_ffn_norm = w["post_feedforward_layernorm"]
+        self.q_norm, self.k_norm = w.get("q_norm"), w.get("k_norm")
+        self.qkv: lin.Linear = w["qkv"]
+        self.qkv_bias = w.get("qkv_bias")
+        self.o_proj: lin.Linear = w["o_proj"]
+        self.gate_up: lin.Linear = w["gate_up"]
+        self.down: lin.Linear = w["down"]
+        self.rope = rope
+        self.window = c.sliding_window if c.is_sliding(index) else None
+        self.scale = (c.query_pre_attn_scalar or c.head_dim) ** -0.5
+        self.softcap = c.attn_logit_softcapping
+        self.q_size = c.num_attention_heads * c.head_dim
+        self.kv_size = c.num_key_value_heads * c.head_dim
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache_k: torch.Tensor,
+                cache_v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        c = self.config
+        eps = c.rms_norm_eps
+        qkv = self.qkv(gemma_norm(x, self.input_norm, eps))
+        if self.qkv_bias is not None:
+            qkv += self.qkv_bias
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.reshape(-1, c.num_attention_heads, c.head_dim)
+        k = k.reshape(-1, c.num_key_value_heads, c.head_dim)
+        v = v.reshape(-1, c.num_key_value_heads, c.head_dim)
+        if self.q_norm is not None:
+            q, k = gemma_norm(q, self.q_norm, eps), gemma_norm(k, self.k_norm, eps)
+        q, k = self.rope.apply(q, positions), self.rope.apply(k, positions)
+        attn = windowed_paged_attention(q, k, v, cache_k, cache_v, meta, self.scale, self.window,
+                                        self.softcap, positions)
+        x += gemma_norm(self.o_proj(attn.reshape(-1, self.q_size)), self.post_attn_norm, eps)
+        gate, up = self.gate_up(gemma_norm(x, self.pre_ffn_norm, eps)).chunk(2, dim=-1)
+        x += gemma_norm(self.down(F.gelu(gate, approximate="tanh") * up), self.post_ffn_norm, eps)
+        return x
+
+
+class GemmaCacheState:
+    """Per-layer (k, v) views of one KV cache (the runner makes one per cache)."""
+
+    def __init__(self, kv_cache: torch.Tensor):
+        self.kv_cache = kv_cache
+        self.layers = [(kv_cache[i, 0], kv_cache[i, 1]) for i in range(kv_cache.shape[0])]
+
+
+class GemmaModel:
+    """Forward pass of a Gemma 2/3 causal LM over a paged KV cache; the interface of
+    `LlamaModel` (weights by HF name, float or quantized, see `make_linear`)."""
+
+    native_decode = False  # the engine's per-layer path (see module doc)
+
+    def __init__(self, config: ModelConfig, weights: Mapping[str, Any],
+                 dtype: torch.dtype = torch.float32, max_positions: int | None = None):
+        c = config
+        self.config = c
+        self.dtype = dtype
+        positions = max_positions or c.max_position_embeddings
+        self.rope = RotaryEmbedding(c, positions, dtype)
+        # gemma3's local layers have their own base and no scaling; gemma2 has one RoPE
+        local_scaling = c.rope_scaling if c.architecture == "gemma2" else None
+        local = attrs.evolve(c, rope_theta=c.rope_local_theta, rope_scaling=local_scaling)
+        self.local_rope = (self.rope if (local.rope_theta, local.rope_scaling) == (c.rope_theta, c.rope_scaling)
+                           else RotaryEmbedding(local, positions, dtype))
+        w = _gemma_weights(c, weights, dtype)
+        self.embed: lin.Linear = w["embed"]
+        self.lm_head: lin.Linear = w["lm_head"]
+        self.norm = w["norm"]
+        self.layers = [GemmaLayer(c, i, w["layers"][i], self.local_rope if c.is_sliding(i) else self.rope)
+                       for i in range(c.num_hidden_layers)]
+        self.embed_scale = torch.tensor(c.hidden_size ** 0.5, dtype=dtype)
+
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of weights as held in memory (the tied output matrix counted once)."""
+        head = self.lm_head.nbytes if self.lm_head is not self.embed else 0
+        return self.embed.nbytes + head + sum(p.nbytes for layer in self.layers for p in _projections(layer))
+
+    def weight_kinds(self) -> dict[str, int]:
+        kinds: dict[str, int] = {}
+        for layer in self.layers:
+            for p in _projections(layer):
+                kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        kinds["lm_head:" + self.lm_head.kind] = 1
+        return kinds
+
+    def cache_state(self, kv_cache: torch.Tensor) -> GemmaCacheState:
+        return GemmaCacheState(kv_cache)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                kv_cache: torch.Tensor, meta: AttentionMetadata,
+                state: GemmaCacheState | None = None,
+                before_layers: Callable[[], None] | None = None) -> torch.Tensor:
+        """Hidden states [T, hidden] for a flat batch. kv_cache: [layers, 2, slots, kvh, d]."""
+        x = self.embed.rows(input_ids).to(self.dtype) * self.embed_scale
+        if state is None or state.kv_cache is not kv_cache:
+            state = GemmaCacheState(kv_cache)
+        if before_layers is not None:
+            before_layers()
+        for layer, (k, v) in zip(self.layers, state.layers):
+            layer.forward(x, positions, k, v, meta)
+        return x
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits for the given rows of hidden states (soft-capped if the model says)."""
+        logits = self.lm_head(gemma_norm(hidden, self.norm, self.config.rms_norm_eps))
+        cap = self.config.final_logit_softcapping
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits.float()
+
+
+def _projections(layer: GemmaLayer) -> tuple[lin.Linear, ...]:
+    return layer.qkv, layer.o_proj, layer.gate_up, layer.down
+
+
+def _gemma_weights(config: ModelConfig, weights: Mapping[str, Any], dtype: torch.dtype) -> dict:
+    """Check every tensor's presence and shape; fuse q|k|v and gate|up; norms become
+    their float32 multipliers 1 + w."""
+    c = config
+    hid, inter = c.hidden_size, c.intermediate_size
+    qd, kvd = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+
+    def norm(name: str, size: int) -> torch.Tensor:
+        return 1.0 + _vector(weights, name, (size,), dtype).float()
+
+    def matrix(name: str, shape: tuple[int, int]) -> lin.Linear:
+        return make_linear(_take(weights, name, shape), dtype)
+
+    layers = []
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+
+        def mat(name: str, shape: tuple[int, int], p: str = p) -> lin.Linear:
+            return matrix(p + name, shape)
+
+        layer = {
+            name: norm(p + name + ".weight", hid)
+            for name in ("input_layernorm", "post_attention_layernorm",
+                         "pre_feedforward_layernorm", "post_feedforward_layernorm")
+        }
+        layer["qkv"] = lin.concat([mat("self_attn.q_proj.weight", (qd, hid)),
+                                   mat("self_attn.k_proj.weight", (kvd, hid)),
+                                   mat("self_attn.v_proj.weight", (kvd, hid))])
+        layer["o_proj"] = mat("self_attn.o_proj.weight", (hid, qd))
+        layer["gate_up"] = lin.concat([mat("mlp.gate_proj.weight", (inter, hid)),
+                                       mat("mlp.up_proj.weight", (inter, hid))])
+        layer["down"] = mat("mlp.down_proj.weight", (hid, inter))
+        if c.attention_bias:
+            layer["qkv_bias"] = torch.cat([
+                _vector(weights, p + f"self_attn.{n}_proj.bias", (size,), dtype)
+                for n, size in (("q", qd), ("k", kvd), ("v", kvd))])
+        if c.qk_norm:
+            layer["q_norm"] = norm(p + "self_attn.q_norm.weight", c.head_dim)
+            layer["k_norm"] = norm(p + "self_attn.k_norm.weight", c.head_dim)
+        layers.append(layer)
+    embed = matrix("model.embed_tokens.weight", (c.vocab_size, hid))
+    lm_head = embed
+    if "lm_head.weight" in weights and not c.tie_word_embeddings:
+        lm_head = matrix("lm_head.weight", (c.vocab_size, hid))
+    return {"embed": embed, "lm_head": lm_head, "norm": norm("model.norm.weight", hid), "layers": layers}

@@ -1,0 +1,2 @@
+"""The OpenAI protocol without a web framework: request schemas and validation, sampling
+parameters, response shapes, tool-call shaping, errors."""

@@ -1,0 +1,91 @@
+"""Shapes of OpenAI response objects: ids, usage, logprobs (chat and completions formats)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+from triolm.runtime.generation import TokenInfo
+from triolm.tokenizers.base import Tokenizer
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def sse(data: dict) -> bytes:
+    """One SSE event whose `data:` line no line splitter can break. Python's str.splitlines
+    (so httpx `iter_lines`, and many hand-written SSE readers) also splits on U+2028,
+    U+2029 and U+0085, which JSON may hold raw inside a string; written as \\u escapes
+    the line stays whole and decodes to the same JSON (json.dumps escapes the rest)."""
+    payload = json.dumps(data, ensure_ascii=False)
+    if not payload.isascii():
+        payload = payload.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
+    return f"data: {payload}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+SSE_KEEPALIVE = b": keep-alive\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict:
+    out = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+           "total_tokens": prompt_tokens + completion_tokens}
+    if cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return out
+
+
+class TokenNamer:
+    """How a token is named in logprobs: its text, or `token_id:N` when asked (vLLM's
+    return_tokens_as_token_ids, unambiguous for byte tokens)."""
+
+    def __init__(self, tokenizer: Tokenizer, as_ids: bool):
+        self.tokenizer = tokenizer
+        self.as_ids = as_ids
+
+    def name(self, token_id: int) -> str:
+        if self.as_ids:
+            return f"token_id:{token_id}"
+        return self.text(token_id)
+
+    def text(self, token_id: int) -> str:
+        """The text the token contributes (what `text_offset` advances by)."""
+        return self.tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
+
+    def bytes(self, token_id: int) -> list[int]:
+        return list(self.tokenizer.token_bytes(token_id))
+
+
+def chat_logprobs(tokens: tuple[TokenInfo, ...] | list[TokenInfo], namer: TokenNamer) -> dict:
+    content = []
+    for t in tokens:
+        content.append({
+            "token": namer.name(t.token_id),
+            "logprob": max(t.logprob, -9999.0),
+            "bytes": namer.bytes(t.token_id),
+            "top_logprobs": [
+                {"token": namer.name(i), "logprob": max(lp, -9999.0), "bytes": namer.bytes(i)}
+                for i, lp in (t.top_logprobs or ())
+            ],
+        })
+    return {"content": content}
+
+
+def completion_logprobs(tokens, namer: TokenNamer, text_offset_start: int = 0) -> dict:
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    offset = text_offset_start
+    for t in tokens:
+        name = namer.name(t.token_id)
+        out["tokens"].append(name)
+        out["token_logprobs"].append(None if t.logprob is None else max(t.logprob, -9999.0))
+        out["top_logprobs"].append(
+            None if t.top_logprobs is None else {namer.name(i): max(lp, -9999.0) for i, lp in t.top_logprobs})
+        out["text_offset"].append(offset)
+        offset += len(namer.text(t.token_id))
+    return out

@@ -1,0 +1,101 @@
+"""The one request validator of every generating route (/v1/chat/completions,
+/v1/completions, the session routes): a JSON object becomes a checked request, or a 400
+naming the field and the limit.
+
+Two stages, because some limits are the served model's:
+- `parse_request` — shape, ranges and field combinations (pydantic, `schemas`);
+- `check_against_model` — what needs the model's numbers but not the prompt: n, the
+  vocabulary, max/min_tokens against the context, the generations the server can queue.
+The prompt-length checks (`sampling.check_context`) follow rendering/tokenization.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import attrs
+
+from triolm.http.state import AppState
+from triolm.protocol.errors import bad_request
+from triolm.protocol.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields, parse_body
+
+Request = TypeVar("Request", ChatCompletionRequest, CompletionRequest)
+
+
+@attrs.frozen
+class RequestLimits:
+    """The numbers a request is checked against: the model's and the server's."""
+
+    vocab_size: int
+    max_model_len: int
+    max_n: int
+    max_queue: int
+
+
+def request_limits(state: AppState) -> RequestLimits:
+    served, driver = state.require_ready()
+    return RequestLimits(vocab_size=served.config.vocab_size, max_model_len=served.max_model_len,
+                         max_n=state.settings.max_n, max_queue=driver.max_queue)
+
+
+def parse_request(kind: type[Request], data: Any) -> Request:
+    return parse_body(kind, data)
+
+
+def _max_tokens_field(body: SamplingFields) -> str:
+    """The field that sets the length: chat's max_completion_tokens wins over max_tokens."""
+    if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
+def requested_max_tokens(body: SamplingFields) -> int | None:
+    if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens is not None:
+        return body.max_completion_tokens
+    return body.max_tokens
+
+
+def num_prompts(body: SamplingFields) -> int:
+    """How many prompts a request holds (a chat, a string or a list of ids is one)."""
+    if not isinstance(body, CompletionRequest):
+        return 1
+    prompt = body.prompt
+    if isinstance(prompt, list) and prompt and not all(isinstance(p, int) for p in prompt):
+        return len(prompt)
+    return 1
+
+
+def check_against_model(body: SamplingFields, limits: RequestLimits) -> None:
+    """The checks that need the model's and server's numbers but not the prompt."""
+    if body.n < 1 or body.n > limits.max_n:
+        raise bad_request(f"n must be between 1 and {limits.max_n}, got {body.n}", param="n")
+    generations = num_prompts(body) * body.n
+    if generations > limits.max_queue:
+        raise bad_request(f"this request asks for {generations} generations, more than the server "
+                          f"ever queues at once (--max-queue {limits.max_queue})", param="n",
+                          code="request_too_large")
+    max_tokens = requested_max_tokens(body)
+    max_param = _max_tokens_field(body)
+    if max_tokens is not None and max_tokens < 1:
+        raise bad_request(f"{max_param} must be at least 1, got {max_tokens}", param=max_param)
+    if body.min_tokens >= limits.max_model_len:
+        raise bad_request(f"min_tokens is {body.min_tokens}, but this model's maximum context length "
+                          f"is {limits.max_model_len} tokens (prompt included)", param="min_tokens",
+                          code="context_length_exceeded")
+    if max_tokens is not None and body.min_tokens > max_tokens:
+        raise bad_request(f"min_tokens ({body.min_tokens}) must not exceed {max_param} ({max_tokens})",
+                          param="min_tokens")
+    vocab_size = limits.vocab_size
+    for key in body.logit_bias or ():
+        try:
+            token_id = int(key)
+        except ValueError:
+            raise bad_request(f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
+        if not 0 <= token_id < vocab_size:
+            raise bad_request(f"logit_bias token id {token_id} is outside the vocabulary "
+                              f"(0..{vocab_size - 1})", param="logit_bias")
+    for token_id in body.stop_token_ids or ():
+        if not 0 <= token_id < vocab_size:
+            raise bad_request(f"stop_token_ids: {token_id} is outside the vocabulary", param="stop_token_ids")
+    if isinstance(body, ChatCompletionRequest) and body.logprobs is False and body.top_logprobs:
+        raise bad_request("top_logprobs requires logprobs: true", param="top_logprobs")

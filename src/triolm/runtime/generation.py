@@ -1,0 +1,151 @@
+"""One generation's lifetime on the event loop: submit, stream text deltas, stop, clean up.
+
+Whatever ends the consumer — finished, stop string, timeout, client disconnect — closing
+its token stream aborts the engine sequence, so its KV cache is freed before the next step.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import aclosing, asynccontextmanager
+from typing import AsyncIterator, Awaitable, Callable
+
+import attrs
+import trio
+
+from triolm.engine.constraint import ConstraintFailure
+from triolm.engine.llm_engine import StepOutput
+from triolm.engine.sampling_params import SamplingParams
+from triolm.runtime.engine_driver import EngineDriver
+from triolm.runtime.stop_strings import StopStringMatcher
+from triolm.tokenizers.base import Tokenizer
+from triolm.tokenizers.detokenizer import IncrementalDetokenizer
+
+_ids = itertools.count()
+
+
+@attrs.frozen
+class TokenInfo:
+    token_id: int
+    logprob: float
+    top_logprobs: tuple[tuple[int, float], ...] | None
+
+
+@attrs.frozen
+class Delta:
+    """New text of one generation, with the tokens that arrived since the last delta."""
+
+    text: str
+    tokens: tuple[TokenInfo, ...]
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None  # the matched stop string or stop token id
+
+
+@attrs.define
+class GenerationResult:
+    """Accumulated outcome, filled while the generation streams."""
+
+    text: str = ""
+    tokens: list[TokenInfo] = attrs.Factory(list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    num_prompt_tokens: int = 0
+    num_cached_prompt_tokens: int = 0
+    num_prefilled_tokens: int = 0
+    first_token_time: float | None = None
+    token_times: list[float] = attrs.Factory(list)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t.token_id for t in self.tokens]
+
+
+class Generation:
+    """Iterate `deltas()` once; read `result` afterwards (or during)."""
+
+    def __init__(self, driver: EngineDriver, tokenizer: Tokenizer, prompt_ids: list[int],
+                 params: SamplingParams, stop: list[str] | None = None,
+                 skip_special_tokens: bool = True):
+        self.driver = driver
+        self.tokenizer = tokenizer
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.request_id = f"gen-{next(_ids)}"
+        self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip_special_tokens)
+        self.stops = StopStringMatcher(stop or [])
+        self.result = GenerationResult(num_prompt_tokens=len(prompt_ids))
+        self.start_time = trio.current_time()
+
+    @asynccontextmanager
+    async def stream(self) -> AsyncIterator[Callable[[], Awaitable[Delta | None]]]:
+        """Submit the request and give an awaitable `next_delta()`, None once finished.
+
+        `next_delta` is cancel-safe (a cancelled wait loses no token), so a caller may
+        wait under a deadline without a task of its own. Leaving the block before the
+        end aborts the engine sequence."""
+        stream = self.driver.submit(self.request_id, self.prompt_ids, self.params)
+        finished = False
+
+        async def next_delta() -> Delta | None:
+            nonlocal finished
+            if finished:
+                return None
+            try:
+                item = await stream.receive()
+            except trio.EndOfChannel:
+                # the stream ended without a finishing token: aborted from elsewhere
+                finished = True
+                self.result.finish_reason = self.result.finish_reason or "abort"
+                return None
+            if isinstance(item, Exception):
+                raise item
+            delta = self._on_output(item)
+            finished = delta.finish_reason is not None
+            return delta
+
+        async with stream:  # closing it before the last token aborts the sequence
+            yield next_delta
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        async with self.stream() as next_delta:
+            while (delta := await next_delta()) is not None:
+                yield delta
+
+    def _on_output(self, out: StepOutput) -> Delta:
+        r = self.result
+        if out.error is not None:  # the grammar failed: no text past what it allowed
+            r.finish_reason = "error"
+            raise ConstraintFailure(out.error)
+        now = trio.current_time()
+        if r.first_token_time is None:
+            r.first_token_time = now
+            r.num_cached_prompt_tokens = out.num_cached_prompt_tokens
+        r.num_prefilled_tokens = out.num_prefilled_tokens
+        r.token_times.append(now)
+        info = TokenInfo(out.token_id, out.logprob, out.top_logprobs)
+        r.tokens.append(info)
+        # The token that ends generation (EOS, a stop token id) is never part of the text.
+        ends = out.finish_reason == "stop" and (
+            out.token_id in self.driver.engine.eos_token_ids or out.token_id in self.params.stop_token_ids)
+        piece = "" if ends else self.detokenizer.push(out.token_id)
+        if out.finish_reason is not None:
+            piece += self.detokenizer.flush()
+        text = self.stops.feed(piece)
+        finish, stop_reason = out.finish_reason, None
+        if self.stops.matched is not None:
+            finish, stop_reason = "stop", self.stops.matched
+            self.driver.abort(self.request_id)  # no-op if the engine already finished it
+        elif finish is not None:
+            text += self.stops.flush()
+            if finish == "stop" and out.token_id in self.params.stop_token_ids:
+                stop_reason = out.token_id
+        r.text += text
+        if finish is not None:
+            r.finish_reason, r.stop_reason = finish, stop_reason
+        return Delta(text, (info,), finish, stop_reason)
+
+    async def run_to_end(self) -> GenerationResult:
+        async with aclosing(self.deltas()) as deltas:
+            async for _ in deltas:
+                pass
+        return self.result

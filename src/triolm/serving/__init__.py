@@ -1,1 +1,0 @@
-"""The bridge between Trio and the engine: request lifecycle, engine driver, tokenization off the loop."""
