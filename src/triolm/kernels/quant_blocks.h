@@ -415,8 +415,30 @@ struct Q4_K {
 struct Q5_K {
     static constexpr int QK = 256, BYTES = 176;
     static constexpr bool SHARED = true;
-    static constexpr int CODES = 0;
+    static constexpr int CODES = 3;  // see `dot1`
 #if defined(__AVX512F__)
+    /* One x-row: as Q4_K::dot1, the 5-bit codes looked up in two 16-entry tables (bit 4,
+       from qh, picks the second). */
+    static inline void dot1(const uint8_t* b, const float* x, const float* sx, __m512& a0, __m512& a1, __m256& off) {
+        alignas(64) float dm[16];
+        scales_mins_k4(b, dm);
+        off = _mm256_fmadd_ps(_mm256_load_ps(dm + 8), _mm256_loadu_ps(sx), off);
+        const __m512 t0 = iota16(0.f), t1 = iota16(16.f);
+        const __m512i qh0 = bytes16(b + 16), qh1 = bytes16(b + 32);
+        for (int c = 0; c < 4; c++) {
+            const __m512i q0 = bytes16(b + 48 + c * 32), q1 = bytes16(b + 64 + c * 32);
+            const __m512i be = _mm512_set1_epi32(1 << (2 * c)), bo = _mm512_set1_epi32(2 << (2 * c));
+            const float* xc = x + c * 64;
+            const __m512 e0 = _mm512_permutex2var_ps(t0, with_high(nib_lo(q0), _mm512_test_epi32_mask(qh0, be)), t1);
+            const __m512 e1 = _mm512_permutex2var_ps(t0, with_high(nib_lo(q1), _mm512_test_epi32_mask(qh1, be)), t1);
+            const __m512 o0 = _mm512_permutex2var_ps(t0, with_high(nib_hi(q0), _mm512_test_epi32_mask(qh0, bo)), t1);
+            const __m512 o1 = _mm512_permutex2var_ps(t0, with_high(nib_hi(q1), _mm512_test_epi32_mask(qh1, bo)), t1);
+            const __m512 e = _mm512_fmadd_ps(e1, _mm512_loadu_ps(xc + 16), _mm512_mul_ps(e0, _mm512_loadu_ps(xc)));
+            const __m512 o = _mm512_fmadd_ps(o1, _mm512_loadu_ps(xc + 48), _mm512_mul_ps(o0, _mm512_loadu_ps(xc + 32)));
+            a0 = _mm512_fmadd_ps(e, _mm512_set1_ps(dm[2 * c]), a0);
+            a1 = _mm512_fmadd_ps(o, _mm512_set1_ps(dm[2 * c + 1]), a1);
+        }
+    }
     template <class Emit>
     static inline void block(const uint8_t* b, Emit&& emit) {
         const float d = f16(b), dmin = f16(b + 2);
