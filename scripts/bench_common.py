@@ -7,6 +7,7 @@ cheap: on a 2-core machine the client competes with the server for CPU.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -14,8 +15,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 
@@ -175,7 +177,7 @@ class RequestResult:
 
     @property
     def itls(self) -> list[float]:
-        return [b - a for a, b in zip(self.times, self.times[1:])]
+        return [b - a for a, b in itertools.pairwise(self.times)]
 
     @property
     def decode_tps(self) -> float | None:
@@ -349,10 +351,10 @@ def histogram_delta_quantile(before: dict[float, float], after: dict[float, floa
     if total <= 0:
         return None, None, 0
     target = total * q
-    quant = next((le for le, c in zip(les, counts) if c >= target), les[-1])
+    quant = next((le for le, c in zip(les, counts, strict=True) if c >= target), les[-1])
     prev = 0.0
     top = None
-    for le, c in zip(les, counts):
+    for le, c in zip(les, counts, strict=True):
         if c > prev:
             top = le
         prev = c

@@ -76,15 +76,15 @@ def drift(path: str, tokens: int) -> dict:
     ref = forced_logits(full, prompts, conts)
     got = forced_logits(half, prompts, conts)
     chosen_diff, dist_diff, agree, total = [], 0.0, 0, 0
-    for r, g, toks in zip(ref, got, ref_tokens):
+    for r, g, toks in zip(ref, got, ref_tokens, strict=True):
         lr, lg = r.log_softmax(-1), g.log_softmax(-1)
         idx = torch.tensor(toks).unsqueeze(1)
         chosen_diff += (lr.gather(1, idx) - lg.gather(1, idx)).abs().squeeze(1).tolist()
         dist_diff = max(dist_diff, (lr - lg).abs().max().item())
         agree += int((g.argmax(-1) == torch.tensor(toks)).sum())
         total += len(toks)
-    prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x))
-              for x, y in zip(ref_tokens, free_half)]
+    prefix = [next((i for i, (a, b) in enumerate(zip(x, y, strict=False)) if a != b), len(x))
+              for x, y in zip(ref_tokens, free_half, strict=True)]
     out = {"model": path, "prompts": len(prompts), "tokens_per_prompt": tokens,
            "chosen_logprob_diff_max": max(chosen_diff),
            "chosen_logprob_diff_mean": sum(chosen_diff) / len(chosen_diff),
@@ -116,7 +116,8 @@ def kernel(args) -> dict:
         return {}
     kvh, group, d, bs, layers = 3, 3, 64, 16, 30
     heads = kvh * group
-    out: dict = {"layers": layers, "distinct_caches": args.kernel_caches, "heads": heads, "kv_heads": kvh, "head_dim": d, "ms_per_step": {}}
+    out: dict = {"layers": layers, "distinct_caches": args.kernel_caches, "heads": heads, "kv_heads": kvh,
+                 "head_dim": d, "ms_per_step": {}}
     for ctx in args.contexts:
         nb = -(-(ctx + 1) // bs)
         tables = torch.arange(nb, dtype=torch.int32).unsqueeze(0)

@@ -7,8 +7,8 @@
     python scripts/bench_llama_server.py --llama-server /path/to/llama-server
 
 Per GGUF file both servers run side by side (the one not measured frozen with SIGSTOP,
-so its idle wake-ups steal nothing from the other), each case is run against one then the other (the order alternates by round), and medians of
-the rounds are reported:
+so its idle wake-ups steal nothing from the other), each case is run against one then the
+other (the order alternates by round), and medians of the rounds are reported:
 
 - single-stream decode tok/s (128-token prompt, `--gen` tokens, first token excluded);
 - 16-stream aggregate tok/s, prompts included (16 concurrent 128-token requests: all
@@ -447,12 +447,12 @@ def table(results: list[dict]) -> str:
             srv = r["servers"][s]
             rows.append([r["label"], s] + [bc.fmt(srv["summary"].get(n)) for n in names]
                         + [bc.fmt(srv.get("peak_rss_mb"), 0)])
-        t, l = r["servers"]["triolm"], r["servers"]["llama-server"]
+        t, ls = r["servers"]["triolm"], r["servers"]["llama-server"]
         ratios = []
         for n in names:
-            a, b = t["summary"].get(n), l["summary"].get(n)
+            a, b = t["summary"].get(n), ls["summary"].get(n)
             ratios.append(f"{a / b:.2f}×" if a and b else "–")
-        a, b = t.get("peak_rss_mb"), l.get("peak_rss_mb")
+        a, b = t.get("peak_rss_mb"), ls.get("peak_rss_mb")
         rows.append([r["label"], "triolm / llama-server"] + ratios + [f"{a / b:.2f}×" if a and b else "–"])
     return bc.markdown_table(headers, rows)
 
@@ -479,7 +479,7 @@ def plot(results: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
     labels = [r["label"] for r in results]
     x = np.arange(len(labels))
-    for ax, (key, title) in zip(axes.flat, panels):
+    for ax, (key, title) in zip(axes.flat, panels, strict=False):
         for i, s in enumerate(SERVERS):
             vals = [(r["servers"][s].get(key) if key == "peak_rss_mb" else r["servers"][s]["summary"].get(key)) or 0
                     for r in results]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -61,7 +62,7 @@ def socket_itl_ms(url: str, model: str, prompt: list[int], gen: int) -> float:
             tail = window[-8:]
     if len(times) < gen // 2:
         raise RuntimeError(f"the stream carried {len(times)} events for {gen} tokens")
-    itls = [b - a for a, b in zip(times[1:-2], times[2:-2])]  # not the first, [DONE] or usage
+    itls = [b - a for a, b in itertools.pairwise(times[1:-2])]  # not the first, [DONE] or usage
     return bc.median(itls) * 1000
 
 

@@ -317,10 +317,12 @@ def report_sections(report: dict) -> list[str]:
         weights = (engine.get(kind) or {}).get("weights_mb")
         lines_lag = _lv(srv, max(int(c) for c in srv["levels"])) if srv.get("levels") else {}
         over_rows.append([kind, bc.fmt(step, 2), bc.fmt(itl, 2), bc.fmt(over, 1), bc.fmt(over16, 1),
-                          bc.fmt(lines_lag.get("loop_lag_p99_ms_le"), 1), bc.fmt(lines_lag.get("loop_lag_max_ms_le"), 1),
+                          bc.fmt(lines_lag.get("loop_lag_p99_ms_le"), 1),
+                          bc.fmt(lines_lag.get("loop_lag_max_ms_le"), 1),
                           bc.fmt(srv.get("startup_s"), 2), bc.fmt(srv.get("peak_rss_mb"), 0), bc.fmt(weights, 0)])
     lines += ["## Serving overhead, event loop, start-up, memory", "",
-              bc.markdown_table(["weights", "engine decode step ms", "HTTP ITL p50 ms", "HTTP ITL / engine step − 1 % (unpaired; see bench_overhead.py)",
+              bc.markdown_table(["weights", "engine decode step ms", "HTTP ITL p50 ms",
+                                 "HTTP ITL / engine step − 1 % (unpaired; see bench_overhead.py)",
                                  "16-stream engine/HTTP − 1 %", "loop lag p99 ms (≤, 16 streams)",
                                  "loop lag max ms (≤)", "start-up s", "peak RSS MB", "weights MB"], over_rows), ""]
     return lines

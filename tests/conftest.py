@@ -10,24 +10,35 @@ import httpx
 import openai
 import pytest
 
-from support.model_factory import make_test_model
+from support.model_factory import DEFAULT_GGUF_TYPES, make_test_model
 from support.server_thread import ServerThread
 from triolm.loading.served_model import load_served_model
 from triolm.settings import ServerSettings
 
+# the `api` fixture of the session-route tests
+pytest_plugins = ["support.sessions_api"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    """Factory: tiny_model(arch, gguf_types=...) -> TestModelPaths (built once, cached on disk)."""
+    """Factory: tiny_model(arch, gguf_types=..., **make_test_model_kwargs) -> TestModelPaths
+    (built once per session, cached on disk across runs)."""
     built = {}
 
-    def make(arch: str = "qwen2", gguf_types=("F32",)):
-        key = (arch, tuple(gguf_types))
+    def make(arch: str = "qwen2", gguf_types=("F32",), **kwargs):
+        key = (arch, tuple(gguf_types), tuple(sorted(kwargs.items())))
         if key not in built:
-            built[key] = make_test_model(arch=arch, gguf_types=gguf_types)
+            built[key] = make_test_model(arch=arch, gguf_types=gguf_types, **kwargs)
         return built[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_every_type(tiny_model):
+    """Factory: tiny_model_every_type(arch) -> the tiny model with every GGUF file type the
+    factory writes by default (F32, F16, Q8_0, Q4_0)."""
+    return lambda arch="llama": tiny_model(arch, gguf_types=DEFAULT_GGUF_TYPES)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from triolm.http.auth import api_keys_of
 from triolm.loading.random_tiny import RANDOM_TINY_NAME
 from triolm.prompting.reasoning import REASONING_PARSERS
 from triolm.settings import ServerSettings
@@ -27,7 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--served-model-name", default=None, help="model id clients use (default: file/dir name)")
-    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session routes")
+    s.add_argument("--api-key", action="append", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session "
+                        "routes; repeat it for several valid keys")
+    s.add_argument("--api-key-file", default=None,
+                   help="a file of valid API keys, one a line (# comments); with or instead of --api-key")
+    s.add_argument("--allowed-origins", action="append", default=None,
+                   help="CORS: an origin (https://app.example, or *) whose pages may call the API; repeat it "
+                        "or separate by commas (default: no CORS)")
     s.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together")
     s.add_argument("--max-model-len", type=int, default=None,
                    help="context length (default: the model's, capped at 8192; above it: warning)")
@@ -89,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     values = {k: v for k, v in vars(args).items() if k not in ("command", "model_option")}
     values["model"] = args.model or args.model_option
+    keys = values.pop("api_key") or []
+    values["api_key"] = keys[0] if keys else None
+    values["extra_api_keys"] = tuple(keys[1:]) or None
+    origins = [o for given in values.pop("allowed_origins") or [] for o in given.split(",") if o.strip()]
+    values["allowed_origins"] = tuple(o.strip() for o in origins) or None
     return ServerSettings.from_env(**values)
 
 
@@ -176,7 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
-        return trio.run(serve, settings_from_args(args))
+        settings = settings_from_args(args)
+        try:
+            api_keys_of(settings)
+        except ValueError as exc:
+            print(f"triolm serve: error: {exc}", file=sys.stderr)
+            return 2
+        return trio.run(serve, settings)
     return 2
 
 

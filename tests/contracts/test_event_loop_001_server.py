@@ -32,7 +32,8 @@ import pytest
 
 from support.loop_probe import CONTRACT_BOUND_S, Measurement, ServerProcess, chat_body, large_text
 from support.model_factory import make_test_model
-from triolm.prompting.mistral import apply_mistral_chat_template, load_mistral_tokenizer
+from triolm.prompting.mistral import apply_mistral_chat_template
+from triolm.tokenizers.mistral_tokenizer import load_mistral_tokenizer
 
 PROBE_BOUND_S = 0.100  # triolm's own bound for a probe while tokenizing
 LOOP_LAG_BOUND_S = 0.100  # the contract's loop-yield bound (EL-001.1), on the server's lag metric

@@ -244,7 +244,7 @@ def mutations(base: dict):
         if isinstance(base[key], list) and base[key]:
             for value in WEIRD[:6]:
                 yield key, {**base, key: [value]}
-    for i, value in enumerate(WEIRD):  # message fields
+    for value in WEIRD:  # message fields
         if "messages" in base:
             for field in ("role", "content", "name", "tool_calls", "tool_call_id"):
                 yield f"messages.{field}", {**base, "messages": [{"role": "user", "content": "hi", field: value}]}

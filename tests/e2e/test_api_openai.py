@@ -231,7 +231,7 @@ def test_completion_logprobs_format(client, http, served_model):
     assert lp.text_offset[0] == 0
     for i in range(1, n):
         assert lp.text_offset[i] == lp.text_offset[i - 1] + len(lp.tokens[i - 1])
-    for tok, tlp, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+    for tok, tlp, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
         assert len(top) == 2 and tok in top and top[tok] == pytest.approx(tlp)
         assert tlp == pytest.approx(max(top.values()))
     # with token ids as names, offsets still count characters of text

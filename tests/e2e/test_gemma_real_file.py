@@ -28,7 +28,7 @@ from triolm.model.config import FULL, SLIDING
 from triolm.settings import ServerSettings
 from triolm.tokenizers.hf import HFTokenizer
 
-pytestmark = [pytest.mark.slow, pytest.mark.network]
+pytestmark = pytest.mark.network
 
 REFERENCE = json.loads((DATA_DIR / "gemma3_270m_llamacpp.json").read_text())
 NEAR_TIE = 0.3  # nats between llama.cpp's two best tokens

@@ -4,7 +4,7 @@ session lifecycle, completions recorded as nodes, render, masking, errors.
 
 from __future__ import annotations
 
-from support.sessions_api import MASK, api, assert_well_formed, eos_after, generated_part  # noqa: F401
+from support.sessions_api import MASK, assert_well_formed, eos_after, generated_part
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -115,7 +115,7 @@ def test_completion_with_n(api):
     prompt = api.render(uid, messages)["token_ids"]
     assert prompt == api.render(api.create(), messages)["token_ids"]  # (no node extended)
     contents = []
-    for node, choice in zip(nodes, data["choices"]):
+    for node, choice in zip(nodes, data["choices"], strict=False):
         assert node["tokens"][:len(prompt)] == prompt
         assert node["full_text"].endswith(choice["message"]["content"])
         contents.append(tuple(node["tokens"][len(prompt):]))

@@ -5,6 +5,7 @@ differently, prefill cost, branches, tree, streaming, limits, expiry, cache free
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -12,14 +13,7 @@ import attrs
 import httpx
 
 from support.server_thread import ServerThread
-from support.sessions_api import (  # noqa: F401
-    MASK,
-    SessionsAPI,
-    api,
-    assert_well_formed,
-    eos_after,
-    generated_part,
-)
+from support.sessions_api import MASK, SessionsAPI, assert_well_formed, eos_after, generated_part
 from triolm.prompting.template import ChatTemplate
 
 BLOCK = 16
@@ -222,7 +216,7 @@ def test_track_tree_keeps_every_node_with_parent_links(api):
     assert len(tree["nodes"]) == 1
     assert [n["parent_id"] for n in tree["tree"]] == [None, 0, 1]
     assert tree["tree"][-1] == tree["nodes"][0]
-    for parent, child in zip(tree["tree"], tree["tree"][1:]):
+    for parent, child in itertools.pairwise(tree["tree"]):
         assert child["tokens"][:len(parent["tokens"])] == parent["tokens"]
     assert "tree" not in api.http.get(f"/{plain}/nodes").json()
 
@@ -268,7 +262,7 @@ def test_deleting_a_session_forgets_its_cached_prefixes_but_not_shared_ones(api)
     theirs = [system, {"role": "user", "content": "Somebody else's question, also long enough to "
                                                   "fill another block or two of the cache."}]
     a, b = (api.render(api.create(), m)["token_ids"] for m in (mine, theirs))
-    shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y) // BLOCK * BLOCK
+    shared = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y) // BLOCK * BLOCK
     assert shared >= BLOCK and len(a) - shared > 2 * BLOCK and len(b) - shared > 2 * BLOCK
     gone, kept = api.create(), api.create()
     api.chat(gone, mine, max_tokens=2, seed=22)

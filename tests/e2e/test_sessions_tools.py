@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from support.sessions_api import MASK, api, assert_well_formed  # noqa: F401
+from support.sessions_api import MASK, assert_well_formed
 
 
 def tool(name: str, **enums: list[str]) -> dict:
@@ -143,7 +143,7 @@ def test_10_message_agentic_conversation_is_one_node(api, served_model):
     assert lengths == sorted(lengths) and len(set(lengths)) == 6  # each step extended the last
     steps = final["metadata"]["steps"]
     assert [s["extended_node"] is not None for s in steps] == [False] + [True] * 5
-    for previous_len, s in zip(lengths, steps[1:]):  # each step prefilled only what was new
+    for previous_len, s in zip(lengths, steps[1:], strict=False):  # each step prefilled only what was new
         uncomputed = s["num_prompt_tokens"] - (previous_len - 1)
         assert uncomputed <= s["num_prefilled_tokens"] < uncomputed + 16
     masked = sum(1 for t in final["masked_tokens"] if t == MASK)

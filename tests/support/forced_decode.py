@@ -33,7 +33,7 @@ def forced_logits(engine: LLMEngine, prompts: list[list[int]],
             bm.allocate(seq)
         _record(engine, seqs, rows, is_prefill=True)
         for step in range(steps):
-            for seq, cont in zip(seqs, continuations):
+            for seq, cont in zip(seqs, continuations, strict=True):
                 seq.append(cont[step])
                 bm.append_slot(seq)
             _record(engine, seqs, rows, is_prefill=False)

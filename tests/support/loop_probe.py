@@ -43,7 +43,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -155,7 +156,7 @@ class ServerProcess:
         """Stall the server's loop; returns once the stall is over."""
         self._command(f"stall {seconds}")
 
-    def lag_account(self) -> "LagAccount":
+    def lag_account(self) -> LagAccount:
         return LagAccount(**self._command("lag"))
 
     def close(self) -> None:
@@ -167,7 +168,7 @@ class ServerProcess:
             self.popen.kill()
             self.popen.wait()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -309,7 +310,7 @@ class ProbePoller(threading.Thread):
                 self.probes.append(Probe(sent, latency, path, status, waited))
                 self.stop.wait(max(0.0, POLL_S - latency))
 
-    def __enter__(self) -> "ProbePoller":
+    def __enter__(self) -> ProbePoller:
         self.start()
         time.sleep(3 * POLL_S)  # a few idle probes first (connection made, baseline)
         return self
@@ -335,14 +336,14 @@ class LagHistogram(NamedTuple):
     count: float
 
     @classmethod
-    def scrape(cls, base_url: str) -> "LagHistogram":
+    def scrape(cls, base_url: str) -> LagHistogram:
         text = httpx.get(base_url + "/metrics", timeout=CONTRACT_BOUND_S * 5).text
         buckets = {float(le): float(v) for le, v in
                    re.findall(r'^triolm:event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
         count = float(re.search(r"^triolm:event_loop_lag_seconds_count (\S+)$", text, re.M).group(1))
         return cls(buckets, count)
 
-    def since(self, before: "LagHistogram") -> tuple[float, int]:
+    def since(self, before: LagHistogram) -> tuple[float, int]:
         """(upper bound of the largest lag observed since `before`, observations)."""
         new = self.count - before.count
         for le in sorted(self.buckets):
@@ -372,7 +373,7 @@ class Measurement:
         self.lag_observations = 0
         self.lag = LagAccount()
 
-    def __enter__(self) -> "Measurement":
+    def __enter__(self) -> Measurement:
         self._lag_before = LagHistogram.scrape(self.srv.base_url)
         self.srv.lag_account()  # starts a new account
         self.poller.__enter__()

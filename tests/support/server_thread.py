@@ -67,7 +67,7 @@ class ServerThread:
         config.errorlog = errorlog
         await serve(self.app, config, shutdown_trigger=self._stop.wait)
 
-    def start(self, timeout: float = 120.0) -> "ServerThread":
+    def start(self, timeout: float = 120.0) -> ServerThread:
         self._thread.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -89,7 +89,7 @@ class ServerThread:
                 pass
         self._thread.join(timeout=30)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc) -> None:

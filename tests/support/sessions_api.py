@@ -58,13 +58,13 @@ def eos_after(eos_id: int, n: int) -> dict:
 
 def generated_part(node: dict) -> tuple[list[int], list[float]]:
     """The unmasked positions of a node: (token ids, logprobs)."""
-    pairs = [(m, lp) for m, lp in zip(node["masked_tokens"], node["logprobs"]) if m != MASK]
+    pairs = [(m, lp) for m, lp in zip(node["masked_tokens"], node["logprobs"], strict=True) if m != MASK]
     return [m for m, _ in pairs], [lp for _, lp in pairs]
 
 
 def assert_well_formed(node: dict) -> None:
     assert len(node["tokens"]) == len(node["masked_tokens"]) == len(node["logprobs"]) > 0
-    for tok, masked, lp in zip(node["tokens"], node["masked_tokens"], node["logprobs"]):
+    for tok, masked, lp in zip(node["tokens"], node["masked_tokens"], node["logprobs"], strict=True):
         if masked == MASK:
             assert lp == 1.0
         else:

@@ -18,7 +18,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import mistral_common
@@ -156,7 +156,7 @@ def write_test_tokenizer(kind: str, out_dir: str | Path, chat_template: str | No
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_test_tokenizer(kind: str) -> HFTokenizer:
     """The converted tokenizer of `kind` (no chat template), cached per process."""
     return HFTokenizer.from_dir(converted_dir(kind))

@@ -20,13 +20,13 @@ SPM_V3 = DATA / "mistral_instruct_tokenizer_240323.model.v3"
 TEKKEN = DATA / "tekken_240911.json"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def spm_v3_tokenizer() -> HFTokenizer:
     """32,768 ids; SentencePiece BPE with byte fallback; `[TOOL_CALLS]` is a control token."""
     return spm_to_hf(SPM_V3)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tekken_tokenizer() -> HFTokenizer:
     """131,072 ids: 1,000 special tokens then byte-level BPE."""
     return tekken_to_hf(TEKKEN)

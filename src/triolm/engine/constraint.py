@@ -19,7 +19,8 @@ it in `error`; the engine then ends that sequence alone with the error, never wi
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -101,8 +102,8 @@ _BYTE_BIAS = np.where((np.arange(256)[:, None] >> np.arange(8)) & 1, 0.0, -np.in
 def bitmask_to_bool(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Unpack int32 words [..., words] into a bool tensor [..., vocab_size]."""
     if bitmask.device.type == "cpu":
-        bits = np.unpackbits(bitmask.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")
-        return torch.from_numpy(bits[..., :vocab_size]).view(torch.bool)
+        unpacked = np.unpackbits(bitmask.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")
+        return torch.from_numpy(unpacked[..., :vocab_size]).view(torch.bool)
     shifts = _SHIFTS.get(bitmask.device)
     if shifts is None:
         shifts = _SHIFTS[bitmask.device] = torch.arange(32, dtype=torch.int32, device=bitmask.device)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from triolm.engine.constraint import GrammarSpec
+
 MAX_TOP_LOGPROBS = 20
 
 
@@ -20,13 +22,17 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    allowed_token_ids: tuple[int, ...] = ()  # empty: all; else only these may be sampled
     seed: int | None = None
     max_tokens: int = 16
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; N: sampled token's logprob + top-N
-    constraint: object | None = None  # a GrammarSpec (see engine.constraint), compiled per sequence
+    # None: none; N: every prompt token's logprob (after the first) + top-N. Such a
+    # prompt is prefilled whole, never from the prefix cache (block_manager).
+    prompt_logprobs: int | None = None
+    constraint: GrammarSpec | None = None  # compiled per sequence into a TokenMatcher
 
     @property
     def greedy(self) -> bool:

@@ -39,7 +39,8 @@ class Scheduler:
 
     def schedule(self) -> tuple[list[Sequence], bool]:
         """The sequences to run this step, and whether it is a prefill step."""
-        batch, tokens = [], 0
+        batch: list[Sequence] = []
+        tokens = 0
         while self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not self.blocks.can_allocate(seq):

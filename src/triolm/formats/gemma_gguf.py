@@ -14,7 +14,8 @@ we write runs the same in llama.cpp and a file it runs loads the same here:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from gguf import RopeScalingType

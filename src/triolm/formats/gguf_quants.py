@@ -147,8 +147,8 @@ def dequantize(data: np.ndarray, qtype: GGMLQuantizationType, n_rows: int, n_col
         return raw.reshape(n_rows, n_cols).to(dtype, copy=True)
     fn = _TORCH_DEQUANT.get(qtype)
     if fn is None:
-        out = gguf_quants.dequantize(data, qtype)
-        return torch.from_numpy(np.ascontiguousarray(out)).reshape(n_rows, n_cols).to(dtype)
+        values = gguf_quants.dequantize(data, qtype)
+        return torch.from_numpy(np.ascontiguousarray(values)).reshape(n_rows, n_cols).to(dtype)
     bs, ts = GGML_QUANT_SIZES[qtype]
     blocks = torch_view(data.view(np.uint8)).reshape(-1, ts)
     out = torch.empty(blocks.shape[0], bs, dtype=torch.float32)

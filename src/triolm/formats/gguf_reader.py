@@ -13,8 +13,9 @@ import math
 import os
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import attrs
 import numpy as np
@@ -23,7 +24,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueTy
 from gguf.gguf_reader import ReaderField
 
 from triolm.errors import ModelLoadError
-from triolm.formats import gemma_gguf, gguf_quants
+from triolm.formats import gemma_gguf, gguf_quants, moe_gguf, moe_layout
 from triolm.formats import gguf_layout as layout
 from triolm.model.config import ModelConfig, RopeScaling, invalid_fields
 
@@ -90,7 +91,7 @@ class _KVParser:
     (strings) and milliseconds (numeric arrays)."""
 
     def __init__(self, buf: np.ndarray):
-        self.buf = memoryview(buf).cast("B")  # zero-copy; slicing it is cheap
+        self.buf = memoryview(buf.data).cast("B")  # zero-copy; slicing it is cheap
         self.size = len(buf)
 
     def _need(self, offs: int, n: int) -> None:
@@ -109,7 +110,7 @@ class _KVParser:
     def strings(self, offs: int, count: int) -> tuple[list[str], int]:
         """`count` consecutive strings (the hot loop: vocabularies and merges)."""
         buf, size, unpack = self.buf, self.size, struct.unpack_from
-        out = []
+        out: list[str] = []
         append = out.append
         for _ in range(count):
             if offs + 8 > size:
@@ -173,7 +174,7 @@ class _CheckedReader(GGUFReader):
 
     metadata: dict[str, Any]
 
-    def _build_fields(self, offs, count):  # type: ignore[override]
+    def _build_fields(self, offs, count):
         if int(count) > len(self.data) // 12:
             raise _Corrupt(f"corrupt header: {int(count)} metadata fields in {len(self.data)} bytes")
         self.metadata, types, end = _KVParser(self.data).fields(int(offs), int(count))
@@ -190,19 +191,19 @@ class _CheckedReader(GGUFReader):
                 [np.array([self.metadata["general.alignment"]], dtype=np.uint32)], [0], [align_type])
         return end
 
-    def _build_tensor_info(self, offs, count):  # type: ignore[override]
+    def _build_tensor_info(self, offs, count):
         if int(count) > len(self.data) // 24:
             raise _Corrupt(f"corrupt header: {int(count)} tensors in {len(self.data)} bytes")
         return super()._build_tensor_info(offs, count)
 
-    def _get(self, offset, dtype, count=1, override_order=None):  # type: ignore[override]
+    def _get(self, offset, dtype, count=1, override_order=None):
         count = int(count)
         end = int(offset) + np.dtype(dtype).itemsize * count
         if offset < 0 or count < 0 or end > len(self.data):
             raise _Corrupt(f"truncated file: needs byte {end}, file has {len(self.data)}")
         return super()._get(offset, dtype, count, override_order)
 
-    def _build_tensors(self, start_offs, fields):  # type: ignore[override]
+    def _build_tensors(self, start_offs, fields):
         size = len(self.data)
         for field in fields:
             _, name_data, _, dims, raw_dtype, offset = field.parts
@@ -227,7 +228,7 @@ class _CheckedReader(GGUFReader):
         super()._build_tensors(start_offs, fields)
 
 
-def _open(path: Path) -> GGUFReader:
+def _open(path: Path) -> _CheckedReader:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -348,6 +349,11 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
             config = gemma_gguf.config_from_metadata(config, arch, key, meta.get("tokenizer.ggml.tokens"))
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from None
+    try:
+        if moe_gguf.is_moe_file(arch, key):
+            config = moe_gguf.config_from_metadata(config, arch, key)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
     return config
 
 
@@ -365,6 +371,8 @@ _KEYS = {
     "sliding_window": "attention.sliding_window", "layer_types": "attention.sliding_window_pattern",
     "rope_local_theta": "rope.freq_base_swa", "query_pre_attn_scalar": "attention.key_length",
     "attn_logit_softcapping": "attn_logit_softcapping", "final_logit_softcapping": "final_logit_softcapping",
+    "num_experts": "expert_count", "num_experts_per_tok": "expert_used_count",
+    "moe_intermediate_size": "expert_feed_forward_length", "dense_mlp_layers": "block_count",
 }
 
 
@@ -445,7 +453,14 @@ _threads_saved = 1
 def _read_tensors(path: Path, model: GGUFModel, by_name: dict, dtype: torch.dtype,
                   keep_quantized: bool, keep_float16: bool) -> None:
     config = model.config
+    stacked = moe_layout.stacked_gguf_tensors(config)
+    source = moe_gguf.expert_source(config)
     for hf, shape in layout.expected_shapes(config).items():
+        if hf in source:
+            if hf not in model.tensor_types:  # its stacked tensor is not read yet
+                _read_stacked_experts(path, model, by_name, source[hf], *stacked[source[hf]],
+                                      dtype, keep_quantized, keep_float16)
+            continue
         name = layout.gguf_name(hf, config.architecture)
         t = by_name.get(name)
         if t is None:
@@ -477,3 +492,28 @@ def _read_tensors(path: Path, model: GGUFModel, by_name: dict, dtype: torch.dtyp
         if offset:
             w = w - offset  # back to HF's value (gemma stores w + 1)
         model.tensors[hf] = w
+
+
+def _read_stacked_experts(path: Path, model: GGUFModel, by_name: dict, name: str, names: list[str],
+                          shape: tuple[int, int, int], dtype: torch.dtype, keep_quantized: bool,
+                          keep_float16: bool) -> None:
+    """Every expert of one stacked GGUF tensor (`blk.N.ffn_up_exps.weight`), each as a
+    view of its slice (see moe_gguf)."""
+    t = by_name.get(name)
+    if t is None:
+        raise ModelLoadError(f"{path}: missing tensor {name} (the stacked experts {names[0]} ...)")
+    got = moe_gguf.stacked_shape_in_file(t)
+    if got != shape:
+        raise ModelLoadError(f"{path}: tensor {name} has shape {list(got)}, expected "
+                             f"{list(shape)} for this config")
+    qname = t.tensor_type.name
+    if qname not in gguf_quants.SUPPORTED_TYPES:
+        raise ModelLoadError(f"{path}: tensor {name} has unsupported type {qname} "
+                             f"(supported: {', '.join(gguf_quants.SUPPORTED_TYPES)})")
+    qname, experts = moe_gguf.read_stacked(t, names, shape, keep_quantized, dtype, keep_float16)
+    for hf, w in experts.items():
+        model.tensor_types[hf] = qname
+        if w.dtype == torch.uint8:
+            model.quantized[hf] = QuantizedTensor(qname, (shape[1], shape[2]), w)
+        else:
+            model.tensors[hf] = w

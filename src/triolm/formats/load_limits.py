@@ -7,7 +7,7 @@ template, both parsed by code whose cost grows faster than their length.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from triolm.errors import ModelLoadError
 

@@ -155,12 +155,13 @@ async def _prepare(state: AppState, session: Session, body: ChatCompletionReques
         text = await render_chat_text_in_worker(
             state.lanes.templates, state.lanes.for_chars(text_chars(body.messages) + text_chars(body.tools)),
             served, body.messages, body.tools, body.add_generation_prompt, body.continue_final_message,
-            body.chat_template_kwargs)
+            body.template_variables)
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     extension = find_extension(session.nodes, text)
     if extension.parent is None and served.reasoning is not None:
-        kept = await state.lanes.run(state.lanes.for_chars(len(text)), find_extension_keeping_thinking, session.nodes, text, served.reasoning)
+        kept = await state.lanes.run(state.lanes.for_chars(len(text)), find_extension_keeping_thinking,
+                                     session.nodes, text, served.reasoning)
         if kept is not None:
             extension, text = kept
     new_ids = await state.lanes.run(state.lanes.for_chars(len(extension.suffix_text)), served.tokenizer.encode,

@@ -11,6 +11,7 @@ import trio
 from triolm.loading.served_model import ServedModel
 from triolm.protocol.errors import APIError
 from triolm.protocol.responses_store import ResponseStore
+from triolm.protocol.validation import RequestLimits
 from triolm.runtime.engine_driver import EngineDriver
 from triolm.runtime.lanes import PromptLanes
 from triolm.runtime.metrics import Metrics
@@ -58,3 +59,9 @@ class AppState:
         if requested and self.served is not None and requested != self.served.name:
             raise APIError(404, f"The model `{requested}` does not exist. Served: `{self.served.name}`.",
                            param="model", code="model_not_found")
+
+
+def request_limits(state: AppState) -> RequestLimits:
+    served, driver = state.require_ready()
+    return RequestLimits(vocab_size=served.config.vocab_size, max_model_len=served.max_model_len,
+                         max_n=state.settings.max_n, max_queue=driver.max_queue)

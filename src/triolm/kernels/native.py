@@ -4,8 +4,9 @@ The library is compiled from the `.cpp` files beside this module with the system
 compiler for this very CPU (`-march=native`) into ~/.cache/triolm/kernels/, keyed by a
 hash of the sources, flags, compiler and CPU flags; later starts load it in milliseconds. Set
 TRIOLM_NATIVE=0 to disable it (TRIOLM_NATIVE_FLAGS adds compiler flags, e.g.
--DPF_AHEAD=8192 to try another prefetch distance; TRIOLM_KERNEL_CACHE moves the cache). When it cannot be built (no compiler, not x86/Linux),
-`lib()` returns None and the model uses its pure-torch paths: same results, slower.
+-DPF_AHEAD=8192 to try another prefetch distance; TRIOLM_KERNEL_CACHE moves the cache). When
+it cannot be built (no compiler, not x86/Linux), `lib()` returns None and the model uses its
+pure-torch paths: same results, slower.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ _SIGNATURES = {
                              _ptr, _ptr, _int, _ptr, _i64, _i64, _i64, _i64, _i64, _float, _int],
                             None),
     "tl_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float, _int], None),
+    "tl_moe_ffn": ([_ptr, _ptr, _i64, _ptr, _i64, _i64, _int], None),
+    "tl_moe_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float, _int], None),
 }
 
 

@@ -7,8 +7,8 @@ callback so the CLI can draw a progress bar.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import attrs
 import torch

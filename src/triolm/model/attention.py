@@ -2,8 +2,8 @@
 
 The cache of one layer is a flat tensor of slots `[num_slots, kv_heads, head_dim]`
 (slot = block * block_size + offset), in the model's dtype or a narrower one
-(`--kv-cache-dtype float16`): values are rounded on write and widened on read. A step writes its new keys/values into their
-slots, then each sequence attends over the slots its block table names.
+(`--kv-cache-dtype float16`): values are rounded on write and widened on read. A step
+writes its new keys/values into their slots, then each sequence attends over the slots its block table names.
 
 This module is the torch path (prefill, and decode when the native kernels are not
 built). Native decode (`tl_decode_attention` in kernels/triolm_kernels.cpp) walks the block tables in

@@ -17,7 +17,8 @@ per-layer torch path (the one-call native decode step is llama's layout).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import torch
@@ -144,7 +145,7 @@ class GemmaModel:
             state = GemmaCacheState(kv_cache)
         if before_layers is not None:
             before_layers()
-        for layer, (k, v) in zip(self.layers, state.layers):
+        for layer, (k, v) in zip(self.layers, state.layers, strict=True):
             layer.forward(x, positions, k, v, meta)
         return x
 

@@ -11,7 +11,8 @@ residual adds folded into the projections).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +152,7 @@ class LlamaModel:
         kinds["lm_head:" + self.lm_head.kind] = 1
         return kinds
 
-    def cache_state(self, kv_cache: torch.Tensor) -> "CacheState":
+    def cache_state(self, kv_cache: torch.Tensor) -> CacheState:
         """Per-cache things worth making once: layer views and the native decode plan.
         The engine's runner keeps one for its cache; a model may serve several engines."""
         return CacheState(self, kv_cache)
@@ -159,7 +160,7 @@ class LlamaModel:
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_cache: torch.Tensor, meta: AttentionMetadata,
-                state: "CacheState | None" = None,
+                state: CacheState | None = None,
                 before_layers: Callable[[], None] | None = None) -> torch.Tensor:
         """Hidden states [T, hidden] for a flat batch. kv_cache: [layers, 2, slots, kvh, d].
 
@@ -182,7 +183,7 @@ class LlamaModel:
             return x
         if before_layers is not None:
             before_layers()
-        for layer, (k, v) in zip(self.layers, caches):
+        for layer, (k, v) in zip(self.layers, caches, strict=True):
             layer.forward(x, positions, self.rope, k, v, meta)
         return x
 
@@ -216,7 +217,7 @@ class CacheState:
             plan = [c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
                     c.num_key_value_heads, c.head_dim, m.rope.cos.data_ptr(), m.rope.sin.data_ptr(),
                     native.KV_KINDS[self.kv_cache.dtype]]
-            for layer, (k, v) in zip(m.layers, self.layers):
+            for layer, (k, v) in zip(m.layers, self.layers, strict=True):
                 plan += [ptr(layer.input_norm), ptr(layer.post_attn_norm), *layer.qkv.native_ref(),
                          ptr(layer.qkv_bias), ptr(layer.q_norm), ptr(layer.k_norm),
                          *layer.o_proj.native_ref(), *layer.gate_up.native_ref(),
@@ -273,7 +274,7 @@ def fuse_weights(config: ModelConfig, weights: Mapping[str, Any], dtype: torch.d
         p = f"model.layers.{i}."
 
         def mat(name: str, shape: tuple[int, int]) -> lin.Linear:
-            return make_linear(_take(weights, p + name, shape), dtype)
+            return make_linear(_take(weights, p + name, shape), dtype)  # noqa: B023 (called within this iteration)
 
         layer = {
             "input_layernorm": _vector(weights, p + "input_layernorm.weight", (hid,), dtype),

@@ -15,7 +15,8 @@ the messages a tool-less chat template is given instead of `tools` and tool turn
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from triolm.prompting.tool_parsers.generic_json import GENERIC_FORMAT, render_response
 

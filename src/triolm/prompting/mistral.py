@@ -32,7 +32,6 @@ import secrets
 import string
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -48,12 +47,11 @@ from mistral_common.exceptions import (
     MistralCommonException,
 )
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
-from mistral_common.protocol.instruct.validator import ValidationMode
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from mistral_common.tokens.tokenizers.sentencepiece import SentencePieceTokenizer
 
-from triolm.errors import InvalidRequestError, ModelLoadError
+from triolm.errors import InvalidRequestError
 
 __all__ = [
     "DEFAULT_TOKENIZATION_THREADS",
@@ -62,9 +60,7 @@ __all__ = [
     "async_apply_mistral_chat_template",
     "async_render_mistral_prompt",
     "build_mistral_chat_request",
-    "find_mistral_tokenizer_file",
     "invalid_request_from_mistral_error",
-    "load_mistral_tokenizer",
     "mistral_request_errors",
     "new_mistral_tool_call_id",
     "parse_mistral_tool_calls",
@@ -437,60 +433,3 @@ def _openai_tool_call(name: str, arguments: dict[str, Any], call_id: str | None)
         "type": "function",
         "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
     }
-
-
-# --------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------
-
-_SPM_FILE_RE = re.compile(r"^tokenizer(?:\.mm)?\.model\.v(\d+)(m\d+)?$")
-
-
-def find_mistral_tokenizer_file(model_dir: str | Path) -> Path | None:
-    """The mistral-common tokenizer file shipped in a model directory, or None.
-
-    Preference: `tekken.json`, then another `*tekken*.json`, then the newest
-    versioned sentencepiece file (`tokenizer.model.v7` over `.v3`; text-only over
-    multimodal of the same version). A bare `tokenizer.model` is Hugging Face's
-    and does not count: such models keep their HF tokenizer.
-    """
-    directory = Path(model_dir)
-    if not directory.is_dir():
-        return None
-    if (directory / "tekken.json").is_file():
-        return directory / "tekken.json"
-    tekkens = sorted(p for p in directory.glob("*tekken*.json") if p.is_file())
-    if tekkens:
-        return tekkens[-1]
-    ranked = []
-    for path in directory.iterdir():
-        match = _SPM_FILE_RE.match(path.name)
-        if match and path.is_file():
-            ranked.append((int(match.group(1)), match.group(2) is None and ".mm." not in path.name, path.name, path))
-    return max(ranked)[3] if ranked else None
-
-
-def load_mistral_tokenizer(
-    path: str | Path, mode: ValidationMode = ValidationMode.test
-) -> MistralTokenizer:
-    """Load a mistral-common tokenizer from its file or from a model directory.
-
-    `mode` is mistral-common's validation mode; the default (`test`) checks
-    message structure but does not require a model name in each request.
-    Raises ModelLoadError naming the path and the problem.
-    """
-    source = Path(path)
-    if source.is_dir():
-        found = find_mistral_tokenizer_file(source)
-        if found is None:
-            raise ModelLoadError(
-                f"{source}: no mistral-common tokenizer file (expected tekken.json or "
-                "tokenizer.model.v<N>, e.g. tokenizer.model.v3)"
-            )
-        source = found
-    elif not source.is_file():
-        raise ModelLoadError(f"{source}: no such tokenizer file or model directory")
-    try:
-        return MistralTokenizer.from_file(str(source), mode=mode)
-    except Exception as exc:  # corrupt JSON, unknown version, not a tokenizer…
-        raise ModelLoadError(f"{source}: not a loadable mistral-common tokenizer: {exc}") from exc

@@ -11,7 +11,8 @@ synchronous `render_chat_*` functions render in-process, for library use and tes
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -131,18 +132,6 @@ def check_prompt_chars(served: ServedModel, chars: int, param: str) -> None:
 
 def encode_text(served: ServedModel, text: str, add_special_tokens: bool = True) -> list[int]:
     return served.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-
-
-def check_tool_definitions(tools: list[dict] | None) -> None:
-    for i, tool in enumerate(tools or ()):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(fn, dict):
-            raise InvalidRequestError(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}", "tools")
-        if not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise InvalidRequestError(f"tools[{i}].function.name must be a non-empty string", "tools")
-        params = fn.get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise InvalidRequestError(f"tools[{i}].function.parameters must be a JSON schema object", "tools")
 
 
 def arguments_as_text(arguments: Any) -> str:

@@ -20,7 +20,7 @@ machine, so streamed parts add up to the whole-text split.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import attrs
 

@@ -24,8 +24,8 @@ import contextvars
 import math
 import re
 import time
-from collections.abc import Sequence
-from typing import Any, Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import attrs
 import jinja2
@@ -135,7 +135,7 @@ def _check_printf(deadline: _Deadline, fmt: str) -> None:
 
 
 _FORMAT_SPEC = re.compile(r"\{[^{}]*:([^{}]*)\}")
-_WIDE_NUMBER = re.compile(r"\d{%d,}" % len(str(_MAX_FIELD_WIDTH)))
+_WIDE_NUMBER = re.compile(rf"\d{{{len(str(_MAX_FIELD_WIDTH))},}}")
 
 
 def _check_str_format(fmt: str) -> None:

@@ -26,8 +26,9 @@ import logging
 import math
 import multiprocessing
 import resource
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import attrs
 import trio

@@ -5,13 +5,13 @@ A validation failure becomes a 400 whose `param` names the offending field.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from triolm.errors import InvalidRequestError
-from triolm.prompting.prompts import check_tool_definitions
 from triolm.protocol.errors import APIError
+from triolm.protocol.request_fields import refuse_unsupported
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 # What the chat template renderer itself binds (triolm.prompting.template): a request's
@@ -20,45 +20,122 @@ RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_pr
                                          "eos_token", "raise_exception", "strftime_now"})
 
 
+def check_tool_definitions(tools: list[dict] | None) -> None:
+    for i, tool in enumerate(tools or ()):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(fn, dict):
+            raise InvalidRequestError(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}", "tools")
+        if not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise InvalidRequestError(f"tools[{i}].function.name must be a non-empty string", "tools")
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise InvalidRequestError(f"tools[{i}].function.parameters must be a JSON schema object", "tools")
+
+
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+    # OpenAI pads chunks against length side channels; without it the stream is the same
+    include_obfuscation: bool | None = None
     continuous_usage_stats: bool = False
+
+    @field_validator("continuous_usage_stats")
+    @classmethod
+    def _continuous(cls, v):
+        if v:
+            raise ValueError("continuous_usage_stats is not supported (use include_usage)")
+        return v
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs`: one constraint (json, regex, choice, grammar,
+    json_object or structural_tag) and options."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: dict[str, Any] | str | bool | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | dict[str, Any] | None = None
+    # inert: JSON is always written without free whitespace; there is one backend
+    disable_any_whitespace: bool = False
+    disable_fallback: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+
+    @field_validator("disable_additional_properties")
+    @classmethod
+    def _no_additional(cls, v):
+        if v:
+            raise ValueError("disable_additional_properties is not supported: set "
+                             "additionalProperties: false in the schema")
+        return v
+
+    @field_validator("whitespace_pattern")
+    @classmethod
+    def _no_whitespace_pattern(cls, v):
+        if v is not None:
+            raise ValueError("whitespace_pattern is not supported: JSON is written with json.dumps' spacing")
+        return v
 
 
 class SamplingFields(BaseModel):
-    """Fields shared by chat and text completions."""
+    """Fields shared by chat and text completions. Unknown fields are refused
+    (`request_fields` says which known ones are, and why)."""
 
     # NaN/Infinity (which Python's JSON accepts) would reach the sampler as NaN logits.
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    model: Optional[str] = None
+    model: str | None = None
     n: int = 1
-    max_tokens: Optional[int] = None
-    stop: Optional[Union[str, list[str]]] = None
-    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
-    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
-    top_k: Optional[int] = Field(default=None, ge=-1)
-    min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    max_tokens: int | None = None
+    stop: str | list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     # bounded so logits / penalty cannot overflow float32 into inf (then NaN probabilities)
-    repetition_penalty: Optional[float] = Field(default=None, ge=0.01, le=100.0)
-    presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
-    logit_bias: Optional[dict[str, float]] = None
-    seed: Optional[int] = Field(default=None, ge=-(1 << 63), lt=(1 << 64) - 64)  # torch's seed range
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=100.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = Field(default=None, ge=-(1 << 63), lt=(1 << 64) - 64)  # torch's seed range
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    stop_token_ids: Optional[list[int]] = None
+    stream_options: StreamOptions | None = None
+    stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
     skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    allowed_token_ids: list[int] | None = Field(default=None, min_length=1)
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+    truncation_side: Literal["left", "right"] | None = None
     return_tokens_as_token_ids: bool = False
     return_token_ids: bool = False
-    response_format: Optional[dict[str, Any]] = None
-    guided_choice: Optional[list[str]] = None
-    guided_regex: Optional[str] = None
-    guided_json: Optional[Union[dict[str, Any], str]] = None
-    user: Optional[str] = None
+    # -1 (vLLM: the whole vocabulary per prompt token) is refused: unbounded response size
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
+    request_id: str | None = Field(default=None, min_length=1, max_length=256)
+    response_format: dict[str, Any] | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_choice: list[str] | None = None
+    guided_regex: str | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_grammar: str | None = None
+    grammar: str | None = None  # llama.cpp's server: a GBNF (or Lark) grammar
+    # Accepted and ignored: they change nothing in what is generated or returned
+    # (docs/openai-compat.md lists them).
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    session_id: str | None = None
+    stream_interval: int | None = Field(default=None, ge=1)
+    spaces_between_special_tokens: bool = True
+    guided_decoding_backend: str | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -76,18 +153,42 @@ class SamplingFields(BaseModel):
             raise ValueError("at most 16 stop sequences")
         return v
 
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _truncate(cls, v):
+        if v == 0:
+            raise ValueError("must be at least 1 (or -1: the model's context)")
+        return v
+
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[dict[str, Any]]
-    max_completion_tokens: Optional[int] = None
+    max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
-    tools: Optional[list[dict[str, Any]]] = None
-    tool_choice: Optional[Union[Literal["none", "auto", "required"], dict[str, Any]]] = None
-    parallel_tool_calls: Optional[bool] = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    chat_template_kwargs: Optional[dict[str, Any]] = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    # the template's own variables, given as fields (vLLM passes them the same way)
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    documents: list[dict[str, str]] | None = None
+    add_special_tokens: bool = False  # on top of what the template writes (vLLM's default)
+    echo: bool = False  # prepend the last message when the reply continues it (vLLM)
+    include_reasoning: bool = True
+    # inert: a latency hint (predicted output) that never changes the output
+    prediction: dict[str, Any] | None = None
+
+    @property
+    def template_variables(self) -> dict[str, Any] | None:
+        """chat_template_kwargs with the template variables given as fields."""
+        fields = {k: v for k, v in (("reasoning_effort", self.reasoning_effort),
+                                    ("documents", self.documents)) if v is not None}
+        if not fields:
+            return self.chat_template_kwargs
+        return {**(self.chat_template_kwargs or {}), **fields}
 
     @field_validator("tools")
     @classmethod
@@ -128,7 +229,8 @@ class ChatCompletionRequest(SamplingFields):
                 raise ValueError(f"messages[{i}].content must be a string or a list of content parts")
             if isinstance(content, list):
                 for part in content:
-                    if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    is_text = isinstance(part, dict) and part.get("type") == "text"
+                    if not is_text or not isinstance(part.get("text"), str):
                         raise ValueError(f"messages[{i}].content: only text parts are supported")
             if role == "tool" and not isinstance(m.get("tool_call_id", ""), str):
                 raise ValueError(f"messages[{i}].tool_call_id must be a string")
@@ -137,35 +239,41 @@ class ChatCompletionRequest(SamplingFields):
         return v
 
 
-PromptType = Union[str, list[str], list[int], list[list[int]]]
+PromptType = str | list[str] | list[int] | list[list[int]]
 
 
 class CompletionRequest(SamplingFields):
     prompt: PromptType
     echo: bool = False
-    logprobs: Optional[int] = Field(default=None, ge=0, le=20)
-    suffix: Optional[str] = None
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    suffix: str | None = None
+    add_special_tokens: bool = True  # BOS etc. when a prompt is text
 
 
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    model: Optional[str] = None
-    prompt: Optional[str] = None
-    messages: Optional[list[dict[str, Any]]] = None
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
-    tools: Optional[list[dict[str, Any]]] = None
+    tools: list[dict[str, Any]] | None = None
 
 
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    model: Optional[str] = None
+    model: str | None = None
     tokens: list[int]
 
 
-def parse_body(model: type[BaseModel], data: Any) -> BaseModel:
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(model: type[Body], data: Any) -> Body:
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
+    if issubclass(model, SamplingFields):
+        data = refuse_unsupported(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -173,6 +281,9 @@ def parse_body(model: type[BaseModel], data: Any) -> BaseModel:
         loc = [str(p) for p in err.get("loc", ())]
         param = loc[0] if loc else None
         where = ".".join(loc)
+        if err.get("type") == "extra_forbidden":
+            raise APIError(400, f"unknown field '{where}': this server does not support it",
+                           param=param, code="unknown_parameter") from None
         msg = err.get("msg", "invalid value")
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]

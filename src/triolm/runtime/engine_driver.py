@@ -168,7 +168,7 @@ class EngineDriver:
             held.hand_out()
             self.engine.call_before_layers(None)
 
-    def _wait_for_work(self, held: "_HeldOutputs") -> tuple | None:
+    def _wait_for_work(self, held: _HeldOutputs) -> tuple | None:
         """(adds, aborts, calls) to apply before the next step; None once stopping."""
         with self._work:
             while not (self._stopping or self._adds or self._aborts or self._calls
@@ -182,7 +182,7 @@ class EngineDriver:
             calls, self._calls = self._calls, []
             return adds, aborts, calls
 
-    def _step(self, held: "_HeldOutputs") -> list[StepOutput]:
+    def _step(self, held: _HeldOutputs) -> list[StepOutput]:
         start = time.perf_counter()
         try:
             outputs = self.engine.step()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -39,6 +41,6 @@ class Metrics:
         if result.first_token_time is not None:
             self.ttft.observe(result.first_token_time - start_time)
         times = result.token_times
-        for a, b in zip(times, times[1:]):
+        for a, b in itertools.pairwise(times):
             self.itl.observe(b - a)
         self.e2e.observe(end_time - start_time)

@@ -19,7 +19,7 @@ import collections
 import ctypes
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 

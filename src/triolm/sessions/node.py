@@ -9,7 +9,7 @@ turn keeps them and tokenizes only the text that is new (see contracts/sessions.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 

@@ -13,7 +13,7 @@ whole conversation stays one node, token for token.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from triolm.prompting.reasoning import WHITESPACE, ReasoningFormat, strip_thinking
 from triolm.sessions.node import Extension, Node

@@ -10,11 +10,12 @@ system prompt stays cached for the others).
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid as uuidlib
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from triolm.sessions.session import Session
 
@@ -114,7 +115,7 @@ class SessionRegistry:
             session.active -= 1
             self._touch(session)
 
-    def sweep(self) -> list[Session]:
+    def sweep(self) -> builtins.list[Session]:
         """Drop the sessions idle for longer than the timeout; returns them."""
         if self.idle_timeout is None:
             return []

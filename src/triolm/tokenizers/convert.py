@@ -21,10 +21,11 @@ import base64
 import enum
 import json
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
@@ -88,12 +89,13 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _proto_fields(buf: bytes) -> Iterable[tuple[int, int, object]]:
+def _proto_fields(buf: bytes) -> Iterable[tuple[int, int, Any]]:
     """Yield (field_number, wire_type, value) of one protobuf message (proto2 wire format)."""
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
@@ -124,8 +126,8 @@ def read_spm_vocab(model_file: str | Path) -> SpmVocab:
     pieces: list[str] = []
     scores: list[float] = []
     types: list[int] = []
-    trainer: dict[int, object] = {}
-    normalizer: dict[int, object] = {}
+    trainer: dict[int, Any] = {}
+    normalizer: dict[int, Any] = {}
     try:
         for number, _, value in _proto_fields(buf):
             if number == 1:  # repeated SentencePiece {piece=1, score=2, type=3}
@@ -245,6 +247,7 @@ def build_spm_tokenizer(vocab: SpmVocab, *, add_bos: bool = True, add_eos: bool 
         raise ValueError(f"SentencePiece vocabulary: {n} pieces, {len(vocab.scores)} scores, "
                          f"{len(vocab.types)} types")
     unk = vocab.piece(vocab.unk_id)
+    model: models.Model
     if vocab.model_type == "bpe":
         ids = {p: i for i, p in enumerate(vocab.pieces)}
         if len(ids) != n:
@@ -252,7 +255,7 @@ def build_spm_tokenizer(vocab: SpmVocab, *, add_bos: bool = True, add_eos: bool 
         model = models.BPE(vocab=ids, merges=spm_merges(vocab.pieces, vocab.scores, vocab.types),
                            unk_token=unk, fuse_unk=True, byte_fallback=vocab.byte_fallback)
     elif vocab.model_type == "unigram":
-        model = models.Unigram([(p, s) for p, s in zip(vocab.pieces, vocab.scores)],
+        model = models.Unigram([(p, s) for p, s in zip(vocab.pieces, vocab.scores, strict=False)],
                                unk_id=vocab.unk_id, byte_fallback=vocab.byte_fallback)
     else:
         raise ValueError(f"unsupported SentencePiece model type {vocab.model_type!r}")
@@ -263,7 +266,7 @@ def build_spm_tokenizer(vocab: SpmVocab, *, add_bos: bool = True, add_eos: bool 
         steps.append(decoders.Strip(" ", 1, 0))
     tok.decoder = decoders.Sequence(steps)
     added = []
-    for i, (p, t) in enumerate(zip(vocab.pieces, vocab.types)):
+    for p, t in zip(vocab.pieces, vocab.types, strict=False):
         if t in (TokenType.CONTROL, TokenType.UNKNOWN):
             added.append(AddedToken(p, special=True, normalized=False))
         elif t == TokenType.USER_DEFINED:
@@ -458,10 +461,12 @@ def tekken_to_hf(path: str | Path, *, add_bos: bool = True, chat_template: str |
     tok = build_byte_level_bpe(
         vocab, merges, [tv.pattern], [AddedSpec(i, s, True) for i, s in enumerate(tv.specials)],
         ignore_merges=True, bos="<s>", eos="</s>", add_bos=add_bos)
+    eos = tok.token_to_id("</s>")
+    assert eos is not None, "build_byte_level_bpe adds </s>"
     return HFTokenizer(
         tok,
         bos_token_id=tok.token_to_id("<s>"),
-        eos_token_ids=(tok.token_to_id("</s>"),),
+        eos_token_ids=(eos,),
         add_bos=add_bos,
         chat_template=chat_template,
         unk_token_id=tok.token_to_id("<unk>"),

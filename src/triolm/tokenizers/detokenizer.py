@@ -91,6 +91,6 @@ class IncrementalDetokenizer:
                 piece = self.tokenizer.id_to_token(token_id)
             except Exception:  # an id the vocabulary cannot name is simply not a byte piece
                 piece = None
-            known = bool(piece) and _BYTE_PIECE.fullmatch(piece) is not None
+            known = isinstance(piece, str) and _BYTE_PIECE.fullmatch(piece) is not None
             self._byte_piece[token_id] = known
         return known

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from triolm.errors import ModelLoadError
 from triolm.formats.load_limits import check_tokens
@@ -244,7 +245,7 @@ def _spm_scores_from_merges(tokens: list[str], types: list[int], merges: list[tu
         first.setdefault(a + b, rank)
     n_merges = len(merges)
     scores = []
-    for i, (tok, typ) in enumerate(zip(tokens, types)):
+    for i, (tok, typ) in enumerate(zip(tokens, types, strict=False)):
         if typ != TokenType.NORMAL:
             scores.append(0.0)
         elif tok in first:
@@ -469,7 +470,8 @@ def tokenizer_from_gguf_metadata(fields: Mapping[str, Any]) -> HFTokenizer:
             if not sep or not a or not b:
                 raise ModelLoadError(f"GGUF metadata {K_MERGES}[{j}]: {m!r} is not 'left right'")
             merges.append((a, b))
-        added = [AddedSpec(i, t, typ != TokenType.USER_DEFINED) for i, (t, typ) in enumerate(zip(tokens, types))
+        added = [AddedSpec(i, t, typ != TokenType.USER_DEFINED)
+                 for i, (t, typ) in enumerate(zip(tokens, types, strict=False))
                  if typ in (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)]
         add_bos = bool(_get(fields, K_ADD_BOS, bool, pre.add_bos))
         add_eos = bool(_get(fields, K_ADD_EOS, bool, False))

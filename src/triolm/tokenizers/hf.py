@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -261,7 +262,7 @@ class HFTokenizer:
         # the whole text: ~0.3 s at 500 KB, a frozen event loop even from a worker thread).
         ids = self.hf_tokenizer.encode_batch([text], add_special_tokens=False)[0].ids
         if add_special_tokens:
-            if self.add_bos:
+            if self.add_bos and self._bos is not None:  # add_bos implies a BOS id
                 ids.insert(0, self._bos)
             if self.add_eos:
                 ids.append(self._eos[0])

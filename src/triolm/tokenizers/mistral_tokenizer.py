@@ -25,14 +25,16 @@ control tokens by name and keeps the space a run of text starts with after one
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from mistral_common.protocol.instruct.validator import ValidationMode
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from mistral_common.tokens.tokenizers.sentencepiece import SentencePieceTokenizer
 from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
+from triolm.errors import ModelLoadError
 from triolm.tokenizers.convert import bytes_to_piece, unicode_to_byte
 
 __all__ = ["MistralTokenizerAdapter", "load_mistral_tokenizer_adapter"]
@@ -139,7 +141,7 @@ class MistralTokenizerAdapter:
         table = unicode_to_byte()
         try:
             data = bytes(table[c] for c in token)
-            return self._raw._model.encode_single_token(data) + self._num_special
+            return self._tekkenizer()._model.encode_single_token(data) + self._num_special
         except KeyError:
             return None
 
@@ -166,19 +168,28 @@ class MistralTokenizerAdapter:
         if not 0 <= token_id < self._vocab_size:
             raise IndexError(f"token id {token_id} is out of range (vocabulary of {self._vocab_size})")
 
+    def _tekkenizer(self) -> Tekkenizer:
+        assert isinstance(self._raw, Tekkenizer), "a tekken-only path on a SentencePiece tokenizer"
+        return self._raw
+
+    def _spm_pieces(self) -> list[str]:
+        assert self._pieces is not None, "a SentencePiece-only path on a tekken tokenizer"
+        return self._pieces
+
     def _tekken_bytes(self, token_id: int) -> bytes:
-        return self._raw._model.decode_single_token_bytes(token_id - self._num_special)
+        return self._tekkenizer()._model.decode_single_token_bytes(token_id - self._num_special)
 
     def _spm_decode_keep(self, ids: list[int]) -> str:
         """Special tokens by name; each run of text between them decoded by sentencepiece,
         with the leading space it drops put back when a special token precedes the run."""
         model = self._raw._model
+        pieces = self._spm_pieces()
         parts: list[str] = []
         run: list[int] = []
 
         def flush(after_special: bool) -> None:
             text = model.decode(run)
-            if after_special and self._pieces[run[0]].startswith(_SPACE):
+            if after_special and pieces[run[0]].startswith(_SPACE):
                 text = " " + text
             parts.append(text)
 
@@ -189,7 +200,7 @@ class MistralTokenizerAdapter:
                 if run:
                     flush(run_after_special)
                     run = []
-                parts.append(self._pieces[token])
+                parts.append(pieces[token])
                 after_special = True
             else:
                 if not run:
@@ -208,6 +219,57 @@ class MistralTokenizerAdapter:
 def load_mistral_tokenizer_adapter(path: str | Path) -> MistralTokenizerAdapter:
     """The adapter over the mistral-common tokenizer in `path` (a tokenizer file or a
     model directory holding one); ModelLoadError when there is none or it is broken."""
-    from triolm.prompting.mistral import load_mistral_tokenizer
-
     return MistralTokenizerAdapter(load_mistral_tokenizer(path))
+
+
+_SPM_FILE_RE = re.compile(r"^tokenizer(?:\.mm)?\.model\.v(\d+)(m\d+)?$")
+
+
+def find_mistral_tokenizer_file(model_dir: str | Path) -> Path | None:
+    """The mistral-common tokenizer file shipped in a model directory, or None.
+
+    Preference: `tekken.json`, then another `*tekken*.json`, then the newest
+    versioned sentencepiece file (`tokenizer.model.v7` over `.v3`; text-only over
+    multimodal of the same version). A bare `tokenizer.model` is Hugging Face's
+    and does not count: such models keep their HF tokenizer.
+    """
+    directory = Path(model_dir)
+    if not directory.is_dir():
+        return None
+    if (directory / "tekken.json").is_file():
+        return directory / "tekken.json"
+    tekkens = sorted(p for p in directory.glob("*tekken*.json") if p.is_file())
+    if tekkens:
+        return tekkens[-1]
+    ranked = []
+    for path in directory.iterdir():
+        match = _SPM_FILE_RE.match(path.name)
+        if match and path.is_file():
+            ranked.append((int(match.group(1)), match.group(2) is None and ".mm." not in path.name, path.name, path))
+    return max(ranked)[3] if ranked else None
+
+
+def load_mistral_tokenizer(
+    path: str | Path, mode: ValidationMode = ValidationMode.test
+) -> MistralTokenizer:
+    """Load a mistral-common tokenizer from its file or from a model directory.
+
+    `mode` is mistral-common's validation mode; the default (`test`) checks
+    message structure but does not require a model name in each request.
+    Raises ModelLoadError naming the path and the problem.
+    """
+    source = Path(path)
+    if source.is_dir():
+        found = find_mistral_tokenizer_file(source)
+        if found is None:
+            raise ModelLoadError(
+                f"{source}: no mistral-common tokenizer file (expected tekken.json or "
+                "tokenizer.model.v<N>, e.g. tokenizer.model.v3)"
+            )
+        source = found
+    elif not source.is_file():
+        raise ModelLoadError(f"{source}: no such tokenizer file or model directory")
+    try:
+        return MistralTokenizer.from_file(str(source), mode=mode)
+    except Exception as exc:  # corrupt JSON, unknown version, not a tokenizer…
+        raise ModelLoadError(f"{source}: not a loadable mistral-common tokenizer: {exc}") from exc

@@ -11,7 +11,6 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as T
 
-from support.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
 from support.model_factory import ARCHS, random_weights
 from triolm.errors import ModelLoadError
 from triolm.formats import gguf_layout as layout
@@ -45,8 +44,8 @@ def write_small(tmp_path, config=None, file_type="F32", name="m.gguf", extra_met
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_f32_gguf_equals_safetensors_exactly(tiny_model, arch):
-    paths = tiny_model(arch)
+def test_f32_gguf_equals_safetensors_exactly(tiny_model_every_type, arch):
+    paths = tiny_model_every_type(arch)
     st = read_safetensors(paths.hf_dir)
     model = read_gguf(paths.gguf_path("F32"))
     assert set(model.tensors) == set(st)
@@ -60,8 +59,8 @@ def test_f32_gguf_equals_safetensors_exactly(tiny_model, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_config_from_metadata_equals_hf_config(tiny_model, arch):
-    paths = tiny_model(arch)
+def test_config_from_metadata_equals_hf_config(tiny_model_every_type, arch):
+    paths = tiny_model_every_type(arch)
     model = read_gguf(paths.gguf_path("F32"))
     assert model.config == read_hf_config(paths.hf_dir)
     assert model.config == paths.config
@@ -105,8 +104,8 @@ def _block_bound(x: torch.Tensor, qtype: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_0"])
-def test_quantized_within_known_error_bound(tiny_model, arch, qtype):
-    paths = tiny_model(arch)
+def test_quantized_within_known_error_bound(tiny_model_every_type, arch, qtype):
+    paths = tiny_model_every_type(arch)
     st = read_safetensors(paths.hf_dir)
     model = read_gguf(paths.gguf_path(qtype))
     for name, want in st.items():
@@ -316,17 +315,17 @@ def test_unsupported_version(tmp_path):
 
 
 @pytest.mark.parametrize("keep", [10, 30, 200, 0.3, 0.7, -1])
-def test_truncated_file(tiny_model, tmp_path, keep):
-    src = tiny_model("llama").gguf_path("F32").read_bytes()  # 32k-token vocab in the header
+def test_truncated_file(tiny_model_every_type, tmp_path, keep):
+    src = tiny_model_every_type("llama").gguf_path("F32").read_bytes()  # 32k-token vocab in the header
     n = keep if isinstance(keep, int) and keep > 0 else int(len(src) * keep) if keep > 0 else len(src) - 1
     p = tmp_path / "cut.gguf"
     p.write_bytes(src[:n])
     _expect_error(p, "truncated")
 
 
-def test_corrupt_array_length_fails_fast(tmp_path, tiny_model):
+def test_corrupt_array_length_fails_fast(tmp_path, tiny_model_every_type):
     """A garbage element count must not make the reader loop or allocate for ages."""
-    src = bytearray(tiny_model("llama").gguf_path("F32").read_bytes())
+    src = bytearray(tiny_model_every_type("llama").gguf_path("F32").read_bytes())
     key = b"tokenizer.ggml.tokens"
     at = src.index(key) + len(key) + 4 + 4  # value type (array), item type (string)
     src[at:at + 8] = (1 << 60).to_bytes(8, "little")

@@ -10,7 +10,6 @@ import torch
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
-from support.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
 from support.model_factory import random_weights
 from triolm.formats import gguf_layout as layout
 from triolm.formats import gguf_quants
@@ -231,13 +230,13 @@ def test_every_file_type_reads_back(tmp_path):
                 assert rel == 0.0
 
 
-def test_tiny_model_tokenizer_metadata_round_trips(tiny_model):
+def test_tiny_model_tokenizer_metadata_round_trips(tiny_model_every_type):
     """The factory's GGUF carries the tokenizer: rebuilt from the file's metadata it
     tokenizes like the HF directory's tokenizer."""
     from triolm.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
     from triolm.tokenizers.hf import HFTokenizer
 
-    paths = tiny_model("llama")
+    paths = tiny_model_every_type("llama")
     meta = read_gguf(paths.gguf_path("Q8_0")).metadata
     from_gguf = tokenizer_from_gguf_metadata(meta)
     from_dir = HFTokenizer.from_dir(paths.hf_dir)
@@ -247,13 +246,13 @@ def test_tiny_model_tokenizer_metadata_round_trips(tiny_model):
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "llama3"])
-def test_llama_cpp_computes_the_logits_transformers_does(tiny_model, arch):
+def test_llama_cpp_computes_the_logits_transformers_does(tiny_model_every_type, arch):
     """The files are for llama.cpp too: loaded by llama-cpp-python, the F32 GGUF gives the
     logits transformers computes from the HF directory (names, permutation, biases,
     q/k norms, tied output and rope_freqs all have to be right for that)."""
     llama_cpp = pytest.importorskip("llama_cpp")
     transformers = pytest.importorskip("transformers")
-    paths = tiny_model(arch)
+    paths = tiny_model_every_type(arch)
     ids = [1] + [(7919 * i) % 31000 + 100 for i in range(1, 40)]
     hf = transformers.AutoModelForCausalLM.from_pretrained(paths.hf_dir, dtype=torch.float32)
     with torch.no_grad():
@@ -288,7 +287,7 @@ def _llama_cpp_logits(llama_cpp, path, ids) -> np.ndarray:
     return np.asarray(llm.scores[:len(ids)]).copy()
 
 
-def test_llama_cpp_decodes_our_quantized_blocks_as_we_do(tiny_model, tmp_path):
+def test_llama_cpp_decodes_our_quantized_blocks_as_we_do(tiny_model_every_type, tmp_path):
     """Each encoding we write, run by llama.cpp, gives the logits transformers computes
     from *our* dequantization of the same file. llama.cpp rounds activations to 8 bits
     for quantized matmuls: measured ~1-2% max relative difference; against the original
@@ -298,7 +297,7 @@ def test_llama_cpp_decodes_our_quantized_blocks_as_we_do(tiny_model, tmp_path):
     transformers = pytest.importorskip("transformers")
     from support.model_factory import hf_config_dict
 
-    meta = {k: v for k, v in read_gguf(tiny_model("llama").gguf_path("F32")).metadata.items()
+    meta = {k: v for k, v in read_gguf(tiny_model_every_type("llama").gguf_path("F32")).metadata.items()
             if k.startswith("tokenizer.")}
     config = config_for("llama", vocab_size=32000, hidden_size=256, intermediate_size=512, head_dim=64,
                         rope_theta=10000.0, bos_token_id=1, eos_token_ids=(2,))

@@ -82,7 +82,7 @@ def reference_logits(hf, prompt, tokens, steps=16):
 
 
 def assert_matches_transformers(model, hf, vocab, label):
-    for prompt, (ours, tokens) in zip(prompts_for(vocab), engine_run(model, prompts_for(vocab))):
+    for prompt, (ours, tokens) in zip(prompts_for(vocab), engine_run(model, prompts_for(vocab)), strict=True):
         ref = reference_logits(hf, prompt, tokens)
         assert ours.shape == ref.shape == (17, vocab)
         diff = (ours - ref).abs().max().item()

@@ -27,14 +27,13 @@ from triolm.prompting.mistral import (
     MistralPrompt,
     apply_mistral_chat_template,
     async_render_mistral_prompt,
-    find_mistral_tokenizer_file,
     invalid_request_from_mistral_error,
-    load_mistral_tokenizer,
     mistral_request_errors,
     new_mistral_tool_call_id,
     parse_mistral_tool_calls,
     render_mistral_prompt,
 )
+from triolm.tokenizers.mistral_tokenizer import find_mistral_tokenizer_file, load_mistral_tokenizer
 
 DATA = Path(mistral_common.__file__).parent / "data"
 ID_RE = re.compile(r"^[a-zA-Z0-9]{9}$")

@@ -9,7 +9,6 @@ import time
 import pytest
 import torch
 
-from support.fixtures import generated_models_dir, tiny_model  # noqa: F401 (fixtures)
 from support.model_factory import ARCHS, make_test_model, model_config, random_weights
 from triolm.formats.gguf_reader import read_gguf
 from triolm.formats.hf_config import read_hf_config
@@ -20,14 +19,15 @@ torch.set_num_threads(1)
 HF_CLASS = {"llama": ("LlamaForCausalLM", "llama"), "mistral": ("MistralForCausalLM", "mistral"),
             "qwen2": ("Qwen2ForCausalLM", "qwen2"), "qwen3": ("Qwen3ForCausalLM", "qwen3"),
             "llama3": ("LlamaForCausalLM", "llama"), "gemma2": ("Gemma2ForCausalLM", "gemma2"),
-            "gemma3": ("Gemma3ForCausalLM", "gemma3_text")}
+            "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
+            "mixtral": ("MixtralForCausalLM", "mixtral"), "qwen3_moe": ("Qwen3MoeForCausalLM", "qwen3_moe")}
 VOCAB = {"llama": 32000, "mistral": 32768, "qwen2": 131072, "qwen3": 131072, "llama3": 131072,
-         "gemma2": 32000, "gemma3": 32000}
+         "gemma2": 32000, "gemma3": 32000, "mixtral": 32000, "qwen3_moe": 131072}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_hf_directory_contents(tiny_model, arch):
-    paths = tiny_model(arch)
+def test_hf_directory_contents(tiny_model_every_type, arch):
+    paths = tiny_model_every_type(arch)
     d = paths.hf_dir
     cfg = json.loads((d / "config.json").read_text())
     assert (cfg["architectures"][0], cfg["model_type"]) == HF_CLASS[arch]
@@ -47,10 +47,10 @@ def test_hf_directory_contents(tiny_model, arch):
     assert set(paths.gguf) >= {"F32", "F16", "Q8_0", "Q4_0"}
 
 
-def test_mistral_dir_loads_in_mistral_common(tiny_model):
+def test_mistral_dir_loads_in_mistral_common(tiny_model_every_type):
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    paths = tiny_model("mistral")
+    paths = tiny_model_every_type("mistral")
     tok = MistralTokenizer.from_file(str(paths.hf_dir / "tokenizer.model.v3"))
     assert tok.instruct_tokenizer.tokenizer.n_words == paths.config.vocab_size
 
@@ -116,11 +116,11 @@ def test_smollm_135m_shape():
     assert 120e6 < n < 130e6  # SmolLM-135M's layers with a 32k (not 49k) vocabulary
 
 
-def test_transformers_reads_the_directory_and_logits_are_informative(tiny_model):
+def test_transformers_reads_the_directory_and_logits_are_informative(tiny_model_every_type):
     """transformers loads the directory as the named class, and the random weights give
     peaked, context-dependent next-token distributions (so wrong math is visible)."""
     transformers = pytest.importorskip("transformers")
-    paths = tiny_model("llama")
+    paths = tiny_model_every_type("llama")
     model = transformers.AutoModelForCausalLM.from_pretrained(paths.hf_dir, dtype=torch.float32)
     assert type(model).__name__ == "LlamaForCausalLM"
     ids = torch.tensor([[1, 450, 4996, 17354, 1701, 432, 17204, 975]])
@@ -134,7 +134,7 @@ def test_transformers_reads_the_directory_and_logits_are_informative(tiny_model)
     assert float((logits[-1] - other[-1]).abs().max()) > 0.1
 
 
-def test_gguf_config_matches_for_every_built_type(tiny_model):
-    paths = tiny_model("qwen3")
+def test_gguf_config_matches_for_every_built_type(tiny_model_every_type):
+    paths = tiny_model_every_type("qwen3")
     for ft, path in paths.gguf.items():
         assert read_gguf(path).config == paths.config, ft

@@ -10,7 +10,8 @@ escapes json.dumps writes (no `\\/`, `\\u` only for control characters).
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 import llguidance
@@ -114,7 +115,8 @@ def tool_choice_mode(tool_choice: Any, tools: Sequence[ToolSpec] | None) -> tupl
                 "tool_choice must look like {'type': 'function', 'function': {'name': ...}}", param="tool_choice"
             )
         if not tools or name not in {t.name for t in tools}:
-            raise InvalidRequestError(f"tool_choice names function {name!r}, which is not in tools", param="tool_choice")
+            raise InvalidRequestError(f"tool_choice names function {name!r}, which is not in tools",
+                                      param="tool_choice")
         return "named", name
     raise InvalidRequestError("tool_choice must be a string or an object", param="tool_choice")
 
@@ -183,5 +185,7 @@ def tool_calls_rule(
         calls = f"{call} ({sep} {call})*"
     else:
         calls = f"{call} ({sep} {call}){{0,{limit - 1}}}"
-    body = " ".join(x for x in (b.pieces(fmt.begin) if fmt.begin else "", calls, b.pieces(fmt.end) if fmt.end else "") if x)
+    begin = b.pieces(fmt.begin) if fmt.begin else ""
+    end = b.pieces(fmt.end) if fmt.end else ""
+    body = " ".join(x for x in (begin, calls, end) if x)
     return b.add(b.fresh("tool_calls"), body)

@@ -13,7 +13,8 @@ the rest of it. The thinking is free text up to the closing marker.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from triolm.prompting.reasoning import ReasoningFormat
 from triolm.prompting.tool_parsers.generic_json import GENERIC_FORMAT

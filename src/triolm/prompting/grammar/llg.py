@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 import llguidance
 import torch
@@ -89,8 +89,8 @@ class _TokenTable:
         return out
 
 
-_CACHE: "weakref.WeakKeyDictionary[object, dict[int, llguidance.LLTokenizer]]" = weakref.WeakKeyDictionary()
-_TABLES: "weakref.WeakKeyDictionary[object, dict[int, _TokenTable]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[object, dict[int, llguidance.LLTokenizer]] = weakref.WeakKeyDictionary()
+_TABLES: weakref.WeakKeyDictionary[object, dict[int, _TokenTable]] = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 
 

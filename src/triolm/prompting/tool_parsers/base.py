@@ -20,7 +20,8 @@ import json
 import re
 import secrets
 import string
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import attrs
 
@@ -205,7 +206,7 @@ class ToolParser(abc.ABC):
         self.tool_names = frozenset(tool_names) if tool_names is not None else None
 
     @abc.abstractmethod
-    def streaming(self) -> "StreamingToolParser":
+    def streaming(self) -> StreamingToolParser:
         """A fresh incremental parser for one response."""
 
     def parse(self, text: str, cut_short: bool = False) -> ParsedToolCalls:
