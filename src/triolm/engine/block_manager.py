@@ -9,8 +9,12 @@ something else, so a later prompt starting with the same tokens picks it up
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from triolm.engine.sequence import Sequence
+
+if TYPE_CHECKING:  # window_blocks builds on this module's Block
+    from triolm.engine.window_blocks import WindowBlocks
 
 
 class Block:
@@ -28,8 +32,10 @@ def chain_hash(token_ids: tuple[int, ...], prefix_hash: int | None) -> int:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(self, num_blocks: int, block_size: int, window: WindowBlocks | None = None):
         self.block_size = block_size
+        #: the sliding-window layers' own pool (models with local layers), kept in step
+        self.window = window
         self.blocks = [Block(i) for i in range(num_blocks)]
         # Free blocks in LRU order: the least recently freed is reused first, so cached
         # prefixes survive as long as possible.
@@ -78,14 +84,22 @@ class BlockManager:
             prefix_hash = h
         return hits
 
-    def can_allocate(self, seq: Sequence) -> bool:
+    def _usable_prefix(self, seq: Sequence) -> list[int]:
         hits = self._cached_prefix(seq)
+        if self.window is not None:
+            hits = hits[:self.window.usable_hit(seq, len(hits))]
+        return hits
+
+    def can_allocate(self, seq: Sequence) -> bool:
+        hits = self._usable_prefix(seq)
+        if self.window is not None and not self.window.can_allocate(seq, len(hits)):
+            return False
         free_hits = sum(1 for b in hits if self.blocks[b].ref_count == 0)
         return len(self.free) - free_hits >= self.blocks_needed(seq) - len(hits)
 
     def allocate(self, seq: Sequence) -> None:
         assert not seq.block_table
-        hits = self._cached_prefix(seq)
+        hits = self._usable_prefix(seq)
         for block_id in hits:
             block = self.blocks[block_id]
             if block.ref_count == 0:
@@ -95,6 +109,8 @@ class BlockManager:
         seq.num_cached_tokens = len(hits) * self.block_size
         while len(seq.block_table) < self.blocks_needed(seq):
             seq.block_table.append(self._take_free().block_id)
+        if self.window is not None:
+            self.window.allocate(seq, len(hits))
 
     def deallocate(self, seq: Sequence) -> None:
         for block_id in reversed(seq.block_table):
@@ -104,14 +120,20 @@ class BlockManager:
                 self.free[block_id] = None
         seq.block_table = []
         seq.num_cached_tokens = 0
+        if self.window is not None:
+            self.window.deallocate(seq)
 
     def can_append(self, seq: Sequence) -> bool:
         """Room for the KV of seq's newest token (a new block when it starts one)."""
+        if self.window is not None and not self.window.can_append(seq):
+            return False
         return len(seq.block_table) * self.block_size > len(seq) - 1 or len(self.free) > 0
 
     def append_slot(self, seq: Sequence) -> None:
         if len(seq.block_table) * self.block_size <= len(seq) - 1:
             seq.block_table.append(self._take_free().block_id)
+        if self.window is not None:
+            self.window.append_slot(seq)
 
     def register_full_blocks(self, seq: Sequence, num_computed: int) -> None:
         """Publish the hashes of seq's blocks that are full and whose KV is computed."""
@@ -123,6 +145,8 @@ class BlockManager:
             if block.hash != h:
                 block.hash, block.token_ids = h, tokens
                 self.hash_to_block.setdefault(h, block.block_id)
+            if self.window is not None:
+                self.window.register(seq, i, h, tokens)
             prefix_hash = h
 
     def reset_prefix_cache(self) -> None:
@@ -146,5 +170,7 @@ class BlockManager:
                 del self.hash_to_block[h]
                 self.blocks[block_id].hash, self.blocks[block_id].token_ids = None, ()
                 dropped += 1
+            if i >= keep_blocks and self.window is not None:
+                self.window.forget(h)
             prefix_hash = h
         return dropped

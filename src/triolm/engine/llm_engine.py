@@ -11,12 +11,13 @@ import attrs
 import torch
 
 from triolm.engine.block_manager import BlockManager
-from triolm.engine.model_runner import ModelRunner
+from triolm.engine.model_runner import ModelRunner, window_layers
 from triolm.engine.prompt_logprobs import PromptTokenLogprob
 from triolm.engine.sampler import Sampler
 from triolm.engine.sampling_params import SamplingParams
 from triolm.engine.scheduler import Scheduler
 from triolm.engine.sequence import Sequence
+from triolm.engine.window_blocks import WindowBlocks
 from triolm.model.llama import LlamaModel
 
 log = logging.getLogger(__name__)
@@ -72,18 +73,30 @@ class LLMEngine:
         self.weight_version = weight_version
         c = model.config
         kv_dtype = kv_cache_dtype(config.kv_cache_dtype, model.dtype)
-        bytes_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * kv_dtype.itemsize
+        token_bytes = 2 * c.num_key_value_heads * c.head_dim * kv_dtype.itemsize  # one layer's
+        local = len(window_layers(model))
+        window = None
+        budget = config.kv_cache_bytes
+        if local:
+            # sliding-window layers: a window's blocks per sequence, twice (a prefill after
+            # a prefix hit reads the hit's window while storing its own), plus the scratch block
+            per_seq = WindowBlocks.blocks_per_sequence(c.sliding_window, config.block_size)
+            window = WindowBlocks(2 * per_seq * config.max_num_seqs, config.block_size, c.sliding_window)
+            budget -= (window.num_blocks + 1) * config.block_size * local * token_bytes
+        bytes_per_token = (c.num_hidden_layers - local) * token_bytes
         wanted_blocks = -(-config.max_model_len // config.block_size) * config.max_num_seqs
-        budget_blocks = config.kv_cache_bytes // (bytes_per_token * config.block_size)
+        budget_blocks = (max(0, budget) // (bytes_per_token * config.block_size) if bytes_per_token
+                         else wanted_blocks)  # every layer is a sliding-window one
         num_blocks = max(1, min(wanted_blocks, budget_blocks))
         if num_blocks * config.block_size < config.max_model_len:
             log.warning("KV cache holds %d tokens, less than max_model_len %d",
                         num_blocks * config.block_size, config.max_model_len)
         self.eos_token_ids = tuple(eos_token_ids)
-        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.block_manager = BlockManager(num_blocks, config.block_size, window)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens or max(config.max_model_len, 512))
-        self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype,
+                                  window.num_blocks if window is not None else 0)
         self.sampler = Sampler(self.eos_token_ids, config.seed)
         self.sequences: dict[str, Sequence] = {}
         self._arrivals = itertools.count()

@@ -99,7 +99,9 @@ class CompletionRun(GenerationsRun):
     def _usage(self) -> dict:
         prompt_tokens = sum(len(p) for p in self.prompts)
         generated = 0 if self.echo_only else sum(len(g.result.tokens) for g in self.gens)
-        return fmt.usage(prompt_tokens, generated)
+        # a prompt's n generations share its prefill: its first one reports the cache hit
+        cached = sum(self.gens[i].result.num_cached_prompt_tokens for i in range(0, len(self.gens), self.body.n))
+        return fmt.usage(prompt_tokens, generated, cached)
 
     def _told(self, text: str, tokens, finish_reason: str | None, stop_reason) -> tuple:
         """What is told of generated output: nothing but the end, for echo alone."""

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.errors import ModelLoadError
-from triolm.http.auth import api_key_error, api_keys_of
+from triolm.http.auth import ApiKeys, api_key_error, api_keys_of
 from triolm.http.embeddings import embeddings_bp
 from triolm.http.errors import error_response
 from triolm.http.framework_patches import ShieldedLastSendConnection, install_body_drain
@@ -63,7 +63,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     app.register_blueprint(messages_bp)
     app.register_blueprint(embeddings_bp)
     _install_error_handlers(app)
-    _install_auth(app, state)
+    _install_auth(app, api_keys_of(settings))
     if settings.allowed_origins:
         # after every response (errors and 401s included); preflights are answered by
         # Quart's automatic OPTIONS, which the key check lets through
@@ -213,9 +213,16 @@ def _install_error_handlers(app: QuartTrio) -> None:
                                        error_type="internal_server_error"))
 
 
-def _install_auth(app: QuartTrio, state: AppState) -> None:
-    keys = api_keys_of(state.settings)
+def install_http_basics(app: QuartTrio, keys: ApiKeys) -> None:
+    """What `triolm router` shares with this app: OpenAI error objects, the API-key
+    check, draining request bodies, the shielded last send."""
+    app.asgi_http_class = ShieldedLastSendConnection
+    _install_error_handlers(app)
+    _install_auth(app, keys)
+    install_body_drain(app)
 
+
+def _install_auth(app: QuartTrio, keys: ApiKeys) -> None:
     @app.before_request
     async def check_api_key():
         err = api_key_error(keys, request)

@@ -19,6 +19,7 @@ from triolm.loading import default_model, random_tiny
 from triolm.loading.embedding_spec import EmbeddingSpec, resolve_task, spec_from_gguf_metadata, spec_from_model_dir
 from triolm.model.build import Model, build_model
 from triolm.model.config import ModelConfig
+from triolm.model.linear import PrefillPrecision
 from triolm.prompting.reasoning import ReasoningFormat, reasoning_format_for
 from triolm.prompting.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
 from triolm.prompting.template_sandbox import RenderBudget
@@ -95,6 +96,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     progress("building the model", 0.7)
     max_len = _max_model_len(settings, config)
     model = build_model(config, tensors, dtype=dtype, max_positions=max_len + 1)
+    PrefillPrecision.set(settings.prefill_precision)
     weights_bytes = model.weights_bytes
     del tensors
     progress("tokenizer and chat template", 0.9)

@@ -26,6 +26,7 @@ class Session:
     # for just what changed since the revision it last saw.
     revision: int = 0
     replaced: list[tuple[int, int]] = attrs.Factory(list)  # (revision, id of the node replaced)
+    backend: str | None = None  # in `triolm router`: the backend holding this session's prefix cache
     _ids: itertools.count = attrs.Factory(itertools.count)
 
     def new_node_id(self) -> int:
