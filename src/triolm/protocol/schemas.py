@@ -116,6 +116,7 @@ class SamplingFields(BaseModel):
     # -1 (vLLM: the whole vocabulary per prompt token) is refused: unbounded response size
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
     request_id: str | None = Field(default=None, min_length=1, max_length=256)
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=1024)
     response_format: dict[str, Any] | None = None
     structured_outputs: StructuredOutputs | None = None
     guided_choice: list[str] | None = None
