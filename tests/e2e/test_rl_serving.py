@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from support.rl_client import GREEDY, StreamReader, greedy, sse_events
-from support.rl_models import model_b, relabelled_vocab_copy, wider_mlp_copy
+from support.rl_models import model_b, model_b_gguf, relabelled_vocab_copy, wider_mlp_copy
 from support.server_thread import ServerThread
 from triolm.loading.served_model import load_served_model
 from triolm.settings import ServerSettings
@@ -234,12 +234,19 @@ def test_rl_weights_007_mismatch_is_400_and_old_weights_keep_serving(server_a, h
 
 
 def test_rl_weights_008_gguf_weights(http_a, fresh_b, b_paths):
-    """The new weights may come as a GGUF file of the same model."""
+    """The new weights may come as a GGUF file of the same model, quantized too."""
     r = update(http_a, b_paths.gguf_path("F32"), "B-gguf")
     assert r.status_code == 200, r.text
     with httpx.Client(base_url=fresh_b.base_url, timeout=120) as http_b:
         want = reference(http_b, PROMPTS[:3], 12)
     assert reference(http_a, PROMPTS[:3], 12) == want
+    q8 = model_b_gguf("Q8_0")
+    assert update(http_a, q8, "B-q8").status_code == 200
+    settings = ServerSettings(model=str(q8), weight_version="B-q8")
+    with ServerThread(settings, load_served_model(settings)) as fresh_q8:
+        with httpx.Client(base_url=fresh_q8.base_url, timeout=120) as http_q8:
+            want_q8 = reference(http_q8, PROMPTS[:3], 12)
+    assert reference(http_a, PROMPTS[:3], 12) == want_q8
 
 
 # -- pause and continue ----------------------------------------------------------------------

@@ -19,6 +19,11 @@ def model_b(seed: int = 1) -> TestModelPaths:
     return make_test_model(arch="qwen2", seed=seed, gguf_types=("F32",))
 
 
+def model_b_gguf(file_type: str) -> Path:
+    """B as a GGUF file of `file_type` (e.g. "Q8_0")."""
+    return make_test_model(arch="qwen2", seed=1, gguf_types=("F32", file_type)).gguf_path(file_type)
+
+
 def wider_mlp_copy(a: TestModelPaths, out: Path) -> Path:
     """A's tokenizer and architecture with a wider MLP (intermediate_size 96, not 128)."""
     config = attrs.evolve(a.config, intermediate_size=96)
