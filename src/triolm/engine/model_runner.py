@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from triolm.engine.prompt_logprobs import prompt_token_logprobs
 from triolm.engine.sequence import Sequence
 from triolm.model.attention import AttentionMetadata, PrefillSeq
-from triolm.model.build import Model
 from triolm.model.gemma import GemmaModel
+from triolm.model.llama import LlamaModel
 
 
-def window_layers(model: Model) -> list[int]:
+def window_layers(model: LlamaModel | GemmaModel) -> list[int]:
     """The layers whose KV lives in the sliding-window pool (`window_blocks`)."""
     c = model.config
     if not c.sliding_window or not isinstance(model, GemmaModel):
@@ -23,7 +24,7 @@ def window_layers(model: Model) -> list[int]:
 
 
 class ModelRunner:
-    def __init__(self, model: Model, num_blocks: int, block_size: int,
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int,
                  kv_dtype: torch.dtype | None = None, num_window_blocks: int = 0):
         """`num_window_blocks`: the sliding-window layers' pool (0 without such layers);
         their cache has one block more, the scratch block."""
@@ -37,7 +38,10 @@ class ModelRunner:
             dtype)
         self.window_cache: torch.Tensor | None = None
         self.scratch_slot = num_window_blocks * block_size
-        if local:
+        # the model's own per-cache state (CacheState, GemmaCacheState, MoeCacheState),
+        # which only that model's forward reads
+        self.cache_state: Any
+        if local and isinstance(model, GemmaModel):
             self.window_cache = _lazy_zeros(
                 (len(local), 2, (num_window_blocks + 1) * block_size, c.num_key_value_heads, c.head_dim), dtype)
             self.cache_state = model.cache_state(self.kv_cache, self.window_cache)
@@ -92,7 +96,7 @@ class ModelRunner:
                 self._window_slots(seq, seq.num_cached_tokens, len(seq)) for seq in seqs]), [
                 PrefillSeq(m.start, m.end, m.num_cached,
                            self._window_slots(seq, 0, len(seq)) if m.num_cached > 0 else None)
-                for seq, m in zip(seqs, meta_seqs)])
+                for seq, m in zip(seqs, meta_seqs, strict=True)])
         hidden = self.model.forward(torch.tensor(ids, dtype=torch.long), torch.cat(positions),
                                     self.kv_cache, meta, self.cache_state,
                                     before_layers=self.before_layers)
