@@ -31,6 +31,12 @@ def chain_hash(token_ids: tuple[int, ...], prefix_hash: int | None) -> int:
     return hash((prefix_hash, token_ids))
 
 
+def chain_start(seq: Sequence) -> int | None:
+    """Where a sequence's hash chain starts: a salted one in a chain of its salt's own."""
+    salt = seq.params.cache_salt
+    return None if salt is None else hash(("cache_salt", salt))
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, window: WindowBlocks | None = None):
         self.block_size = block_size
@@ -72,7 +78,7 @@ class BlockManager:
         a prompt whose log-probabilities are asked for: they come from its prefill."""
         if seq.needs_prompt_logprobs:
             return []
-        hits, prefix_hash = [], None
+        hits, prefix_hash = [], chain_start(seq)
         usable = len(seq) - 1
         for i in range(usable // self.block_size):
             tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
@@ -137,7 +143,7 @@ class BlockManager:
 
     def register_full_blocks(self, seq: Sequence, num_computed: int) -> None:
         """Publish the hashes of seq's blocks that are full and whose KV is computed."""
-        prefix_hash = None
+        prefix_hash = chain_start(seq)
         for i in range(num_computed // self.block_size):
             block = self.blocks[seq.block_table[i]]
             tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
@@ -148,6 +154,13 @@ class BlockManager:
             if self.window is not None:
                 self.window.register(seq, i, h, tokens)
             prefix_hash = h
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (the KV was computed by weights no longer served, or
+        the cache's memory was given back). Blocks in use keep their contents."""
+        for block in self.blocks:
+            block.hash, block.token_ids = None, ()
+        self.hash_to_block.clear()
 
     def forget_prefix(self, token_ids: list[int], keep_tokens: int = 0) -> int:
         """Drop cached blocks holding this token prefix (e.g. a deleted session's), except

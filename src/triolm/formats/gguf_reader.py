@@ -252,6 +252,12 @@ def _open(path: Path) -> _CheckedReader:
         raise ModelLoadError(f"{path}: corrupt GGUF file: {exc}") from None
 
 
+def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The file's metadata only (tokenizer, chat template, context length): for a process
+    that renders and tokenizes prompts without the weights (triolm router)."""
+    return _open(Path(path)).metadata
+
+
 def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[str],
                           factors: torch.Tensor | None,
                           extra_tensors: dict[str, np.ndarray] | None = None) -> ModelConfig:

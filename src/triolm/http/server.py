@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.errors import ModelLoadError
-from triolm.http.auth import api_key_error, api_keys_of
+from triolm.http.auth import ApiKeys, api_key_error, api_keys_of
 from triolm.http.embeddings import embeddings_bp
 from triolm.http.errors import error_response
 from triolm.http.framework_patches import ShieldedLastSendConnection, install_body_drain
@@ -27,6 +27,7 @@ from triolm.http.messages_routes import messages_bp
 from triolm.http.responses_routes import responses_bp
 from triolm.http.routes import bp
 from triolm.http.state import AppState
+from triolm.http.trainer_routes import make_trainer_blueprint
 from triolm.loading.served_model import ServedModel, load_served_model
 from triolm.prompting.template_workers import open_template_workers
 from triolm.protocol.errors import APIError
@@ -36,6 +37,7 @@ from triolm.runtime.lanes import PromptLanes
 from triolm.runtime.loop_core import LoopBusyInstrument
 from triolm.runtime.loop_lag import monitor_loop_lag
 from triolm.runtime.metrics import Metrics
+from triolm.runtime.trainer_control import TrainerControl
 from triolm.settings import ServerSettings
 
 log = logging.getLogger("triolm")
@@ -56,11 +58,12 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     loop_busy = LoopBusyInstrument()  # lends the loop a kernel core while it has work
     app.config["TRIOLM_STATE"] = state
     app.register_blueprint(bp)
+    app.register_blueprint(make_trainer_blueprint(state))
     app.register_blueprint(responses_bp)
     app.register_blueprint(messages_bp)
     app.register_blueprint(embeddings_bp)
     _install_error_handlers(app)
-    _install_auth(app, state)
+    _install_auth(app, api_keys_of(settings))
     if settings.allowed_origins:
         # after every response (errors and 401s included); preflights are answered by
         # Quart's automatic OPTIONS, which the key check lets through
@@ -123,8 +126,10 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
         engine = LLMEngine(served.model, served.eos_token_ids, EngineConfig(
             max_num_seqs=settings.max_num_seqs, max_model_len=served.max_model_len,
             kv_cache_bytes=settings.kv_cache_memory, kv_cache_dtype=settings.kv_cache_dtype,
-            seed=settings.seed))
+            seed=settings.seed), weight_version=settings.weight_version)
         driver = EngineDriver(engine, settings.max_queue)
+        trainer = TrainerControl(driver, settings, served=lambda: state.served,
+                                 install=lambda new: _install_served(state, new))
         if state.sessions is not None:
             state.sessions.attach(served, driver)
     except Exception as exc:
@@ -138,7 +143,7 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
             # otherwise walk it again and again with the event loop stopped (~150 ms each).
             gc.collect()
             gc.freeze()
-            state.served, state.driver = served, driver
+            state.served, state.driver, state.trainer = served, driver, trainer
             state.loading = "ready"
             log.info("model %s ready (max_model_len %d, %d KV blocks)", served.name,
                      served.max_model_len, engine.block_manager.num_blocks)
@@ -147,6 +152,13 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
         # `triolm serve` exit non-zero, rather than keep answering probes while hanging.
         state.driver = None
         _fail(state, f"engine driver crashed: {exc!r}", exc)
+
+
+def _install_served(state: AppState, served: ServedModel) -> None:
+    """The served model after a weight swap, release or resume."""
+    state.served = served
+    if state.sessions is not None:
+        state.sessions.attach(served, state.driver)
 
 
 def _fail(state: AppState, message: str, exc: BaseException | None = None) -> None:
@@ -201,9 +213,16 @@ def _install_error_handlers(app: QuartTrio) -> None:
                                        error_type="internal_server_error"))
 
 
-def _install_auth(app: QuartTrio, state: AppState) -> None:
-    keys = api_keys_of(state.settings)
+def install_http_basics(app: QuartTrio, keys: ApiKeys) -> None:
+    """What `triolm router` shares with this app: OpenAI error objects, the API-key
+    check, draining request bodies, the shielded last send."""
+    app.asgi_http_class = ShieldedLastSendConnection
+    _install_error_handlers(app)
+    _install_auth(app, keys)
+    install_body_drain(app)
 
+
+def _install_auth(app: QuartTrio, keys: ApiKeys) -> None:
     @app.before_request
     async def check_api_key():
         err = api_key_error(keys, request)

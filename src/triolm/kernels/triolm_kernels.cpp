@@ -379,6 +379,11 @@ static void expand_rows(const WeightRef& W, i64 n0, i64 n1, float* out) {
    so it never takes this path. */
 static i64 g_expand_min_rows = 24;
 extern "C" void tl_set_expand_min_rows(i64 rows) { g_expand_min_rows = rows; }
+/* Float16 converts cheaply in registers: expanded only beyond this many x-rows. */
+static const i64 g_f16_inreg_max_rows = 64;
+/* Column slices of expanded chunks (quant_linear.cpp's KC, KC_MAX). */
+#define KSLICE 512
+#define KSLICE_MAX 1024
 
 /* GGUF block kinds and stacked weights: quant_linear.cpp. */
 extern "C" void tl_linear_ext(int kind, const void* w, const float* d, const float* x, i64 ldx, float* y,
@@ -391,26 +396,40 @@ static void linear(const WeightRef& W, const float* x, i64 ldx, float* y, i64 ld
         return;
     }
     const i64 nchunks = (N + NCHUNK - 1) / NCHUNK;
-    if (M >= g_expand_min_rows && W.kind == W_Q8_0) {
-        /* Batches: expand each chunk of rows once into a float32 buffer that stays in
-           L2, so the conversion is not repeated for every group of 8 x-rows. */
+    if ((W.kind == W_Q8_0 && M >= g_expand_min_rows) || (W.kind == W_F16 && M > g_f16_inreg_max_rows)) {
+        /* Batches and prompts: expand each chunk of rows once into a float32 buffer that
+           stays in L2, so the conversion is not repeated for every group of 8 x-rows.
+           Long rows are multiplied in slices of KSLICE columns (partial sums add up in
+           y), so the 8 x-rows a tile reads stay in L1. */
+        const i64 K = W.K, sc = K <= KSLICE_MAX ? K : KSLICE;
         parallel_for(nchunks, nthreads, [&](i64 c) {
-            const i64 n0 = c * NCHUNK, n1 = n0 + NCHUNK < N ? n0 + NCHUNK : N;
-            thread_local std::vector<float> wbuf;
-            if ((i64)wbuf.size() < NCHUNK * W.K) wbuf.resize(NCHUNK * W.K);
+            const i64 n0 = c * NCHUNK, n1 = n0 + NCHUNK < N ? n0 + NCHUNK : N, rows = n1 - n0;
+            thread_local std::vector<float> wbuf, sbuf;
+            if ((i64)wbuf.size() < NCHUNK * K) wbuf.resize(NCHUNK * K);
             expand_rows(W, n0, n1, wbuf.data());
-            const WeightRef F{W_F32, wbuf.data(), nullptr, W.K};
-            i64 m0 = 0;
-            for (; m0 + 8 <= M; m0 += 8)
-                for (i64 n = 0; n < n1 - n0; n += 2) {
-                    const int nr = n1 - n0 - n < 2 ? (int)(n1 - n0 - n) : 2;
-                    TILES_8[nr - 1](F, n, x + m0 * ldx, ldx, y + m0 * ldy + n0 + n, ldy, accumulate);
+            if (sc < K && (i64)sbuf.size() < NCHUNK * sc) sbuf.resize(NCHUNK * sc);
+            for (i64 k0 = 0; k0 < K; k0 += sc) {
+                const i64 kc = K - k0 < sc ? K - k0 : sc;
+                const float* wf = wbuf.data();
+                if (sc < K) {
+                    for (i64 r = 0; r < rows; r++) memcpy(sbuf.data() + r * kc, wbuf.data() + r * K + k0, kc * sizeof(float));
+                    wf = sbuf.data();
                 }
-            for (; m0 < M; m0 += 4) {
-                const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
-                for (i64 n = 0; n < n1 - n0; n += 4) {
-                    const int nr = n1 - n0 - n < 4 ? (int)(n1 - n0 - n) : 4;
-                    TILES[mr - 1][nr - 1](F, n, x + m0 * ldx, ldx, y + m0 * ldy + n0 + n, ldy, accumulate);
+                const WeightRef F{W_F32, wf, nullptr, kc};
+                const float* xs = x + k0;
+                const int acc = accumulate || k0 > 0;
+                i64 m0 = 0;
+                for (; m0 + 8 <= M; m0 += 8)
+                    for (i64 n = 0; n < rows; n += 2) {
+                        const int nr = rows - n < 2 ? (int)(rows - n) : 2;
+                        TILES_8[nr - 1](F, n, xs + m0 * ldx, ldx, y + m0 * ldy + n0 + n, ldy, acc);
+                    }
+                for (; m0 < M; m0 += 4) {
+                    const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
+                    for (i64 n = 0; n < rows; n += 4) {
+                        const int nr = rows - n < 4 ? (int)(rows - n) : 4;
+                        TILES[mr - 1][nr - 1](F, n, xs + m0 * ldx, ldx, y + m0 * ldy + n0 + n, ldy, acc);
+                    }
                 }
             }
         });
