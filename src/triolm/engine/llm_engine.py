@@ -77,7 +77,7 @@ class LLMEngine:
         local = len(window_layers(model))
         window = None
         budget = config.kv_cache_bytes
-        if local:
+        if local and c.sliding_window is not None:
             # sliding-window layers: a window's blocks per sequence, twice (a prefill after
             # a prefix hit reads the hit's window while storing its own), plus the scratch block
             per_seq = WindowBlocks.blocks_per_sequence(c.sliding_window, config.block_size)

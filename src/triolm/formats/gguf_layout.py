@@ -20,7 +20,7 @@ from triolm.model.config import ModelConfig, RopeScaling
 # Our architecture name -> GGUF `general.architecture`. Mistral is the llama graph in GGUF.
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
              "gemma2": "gemma2", "gemma3": "gemma3", "mixtral": "llama", "qwen3_moe": "qwen3moe"}
-SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "qwen3moe")
+SUPPORTED_GGUF_ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "qwen3moe")
 # phi3, granite, smollm3: llama.cpp has an architecture of the same name for each
 GGUF_ARCH.update(phi3="phi3", granite="granite", smollm3="smollm3")
 SUPPORTED_GGUF_ARCHS += ("phi3", "granite", "smollm3")

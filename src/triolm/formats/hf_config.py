@@ -107,7 +107,7 @@ def _llama_config(cfg: dict, arch: str, heads: int, hidden: int) -> ModelConfig:
 
 
 def _granite_config(cfg: dict, heads: int, hidden: int) -> ModelConfig:
-    return attrs.evolve(_llama_config(cfg, "granite", heads, hidden), **granite.config_fields_from_hf(cfg))
+    return granite.with_multipliers_from_hf(_llama_config(cfg, "granite", heads, hidden), cfg)
 
 
 def _smollm3_config(cfg: dict, heads: int, hidden: int) -> ModelConfig:

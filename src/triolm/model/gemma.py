@@ -102,7 +102,7 @@ class GemmaCacheState:
         pools = {False: iter(kv_cache), True: iter(window_cache)}
         self.layers = [(t[0], t[1]) for t in (next(pools[flag]) for flag in sliding)]
 
-    def decode_plan(self, model: "GemmaModel") -> torch.Tensor:
+    def decode_plan(self, model: GemmaModel) -> torch.Tensor:
         """The int64 table `tl_gemma_decode_step` walks (layout in kernels/gemma_decode.cpp).
         It holds raw pointers: the model's weights and these caches stay referenced by the
         model and by this object."""
@@ -116,7 +116,7 @@ class GemmaCacheState:
                 raise ValueError(f"native decode cannot read a {self.kv_cache.dtype} KV cache")
             plan = [c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
                     c.num_key_value_heads, c.head_dim, native.KV_KINDS[self.kv_cache.dtype]]
-            for layer, (k, v) in zip(model.layers, self.layers):
+            for layer, (k, v) in zip(model.layers, self.layers, strict=True):
                 plan += [int(layer.window is not None), layer.rope.cos.data_ptr(), layer.rope.sin.data_ptr(),
                          ptr(layer.input_norm), ptr(layer.post_attn_norm), ptr(layer.pre_ffn_norm),
                          ptr(layer.post_ffn_norm), ptr(layer.q_norm), ptr(layer.k_norm),

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import torch
 import torch.nn.functional as F
 
@@ -28,12 +29,13 @@ from triolm.model.llama import CacheState, DecoderLayer, LlamaModel, rms_norm
 from triolm.model.rope import RotaryEmbedding
 
 
-def config_fields_from_hf(cfg: dict) -> dict[str, float]:
-    """The four multipliers of a Granite config.json (transformers' defaults when absent)."""
-    return {"embedding_multiplier": float(cfg.get("embedding_multiplier", 1.0)),
-            "residual_multiplier": float(cfg.get("residual_multiplier", 1.0)),
-            "attention_multiplier": float(cfg.get("attention_multiplier", 1.0)),
-            "logits_scaling": float(cfg.get("logits_scaling", 1.0))}
+def with_multipliers_from_hf(config: ModelConfig, cfg: dict) -> ModelConfig:
+    """`config` with the four multipliers of a Granite config.json (transformers'
+    defaults when absent)."""
+    return attrs.evolve(config, embedding_multiplier=float(cfg.get("embedding_multiplier", 1.0)),
+                        residual_multiplier=float(cfg.get("residual_multiplier", 1.0)),
+                        attention_multiplier=float(cfg.get("attention_multiplier", 1.0)),
+                        logits_scaling=float(cfg.get("logits_scaling", 1.0)))
 
 
 class GraniteLayer(DecoderLayer):
