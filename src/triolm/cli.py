@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kv-cache-dtype", choices=["float32", "float16"], default=None,
                    help="KV cache element type (default: the --dtype's); float16 halves the cache's "
                         "memory and long-context decode traffic, see docs/kv-cache.md")
+    s.add_argument("--prefill-precision", choices=["float32", "bfloat16"], default="float32",
+                   help="element type of prompt-processing GEMMs on GGUF F16/BF16/Q* weights: float32 is "
+                        "exact; bfloat16 is faster and lossy (see docs/quantized-weights.md)")
     s.add_argument("--max-body-size", type=int, default=16 * 1024 * 1024, help="bytes; larger bodies get 413")
     s.add_argument("--graceful-timeout", type=float, default=5.0,
                    help="seconds in-flight requests get to finish on SIGINT/SIGTERM")
@@ -71,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-sessions", type=int, default=1024)
     s.add_argument("--session-idle-timeout", type=float, default=3600.0)
     s.add_argument("--seed", type=int, default=None, help="seed of the default sampler (unseeded requests)")
+    s.add_argument("--weight-version", default="default",
+                   help="name of the served weights in responses until POST /update_weights_from_disk")
     s.add_argument("--grammar-compile-timeout", type=float, default=2.0,
                    help="seconds a new structured-output grammar may take to compile (400 after)")
     s.add_argument("--grammar-compile-memory", type=int, default=512 << 20,

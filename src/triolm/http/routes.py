@@ -68,8 +68,13 @@ async def list_models():
     if st.served is not None:
         data.append({"id": st.served.name, "object": "model", "created": int(st.started_at),
                      "owned_by": "triolm", "root": st.served.name,
-                     "max_model_len": st.served.max_model_len, "card": st.served.card or None})
+                     "max_model_len": st.served.max_model_len, "card": st.served.card or None,
+                     "weight_version": _weight_version(st)})
     return jsonify({"object": "list", "data": data})
+
+
+def _weight_version(st: AppState) -> str | None:
+    return st.driver.control.weight_version if st.driver is not None else None
 
 
 @bp.get("/v1/models/<path:model_id>")
@@ -79,7 +84,7 @@ async def get_model(model_id: str):
         raise APIError(404, f"The model `{model_id}` does not exist.", param="model", code="model_not_found")
     return jsonify({"id": st.served.name, "object": "model", "created": int(st.started_at),
                     "owned_by": "triolm", "max_model_len": st.served.max_model_len,
-                    "card": st.served.card or None})
+                    "card": st.served.card or None, "weight_version": _weight_version(st)})
 
 
 # -- tokenize / detokenize (vLLM shapes) --------------------------------------------------
@@ -175,6 +180,8 @@ async def health():
         "sessions": len(st.sessions) if st.sessions is not None else 0,
         "uptime_seconds": round(trio.current_time() and (__import__("time").time() - st.started_at), 3),
     }
+    if driver is not None:
+        data.update(driver.control.to_json())  # weight_version, generation, memory
     if st.load_error:
         data["error"] = st.load_error
     response = jsonify(data)

@@ -27,6 +27,7 @@ from triolm.http.messages_routes import messages_bp
 from triolm.http.responses_routes import responses_bp
 from triolm.http.routes import bp
 from triolm.http.state import AppState
+from triolm.http.trainer_routes import make_trainer_blueprint
 from triolm.loading.served_model import ServedModel, load_served_model
 from triolm.prompting.template_workers import open_template_workers
 from triolm.protocol.errors import APIError
@@ -36,6 +37,7 @@ from triolm.runtime.lanes import PromptLanes
 from triolm.runtime.loop_core import LoopBusyInstrument
 from triolm.runtime.loop_lag import monitor_loop_lag
 from triolm.runtime.metrics import Metrics
+from triolm.runtime.trainer_control import TrainerControl
 from triolm.settings import ServerSettings
 
 log = logging.getLogger("triolm")
@@ -56,6 +58,7 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     loop_busy = LoopBusyInstrument()  # lends the loop a kernel core while it has work
     app.config["TRIOLM_STATE"] = state
     app.register_blueprint(bp)
+    app.register_blueprint(make_trainer_blueprint(state))
     app.register_blueprint(responses_bp)
     app.register_blueprint(messages_bp)
     app.register_blueprint(embeddings_bp)
@@ -123,8 +126,10 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
         engine = LLMEngine(served.model, served.eos_token_ids, EngineConfig(
             max_num_seqs=settings.max_num_seqs, max_model_len=served.max_model_len,
             kv_cache_bytes=settings.kv_cache_memory, kv_cache_dtype=settings.kv_cache_dtype,
-            seed=settings.seed))
+            seed=settings.seed), weight_version=settings.weight_version)
         driver = EngineDriver(engine, settings.max_queue)
+        trainer = TrainerControl(driver, settings, served=lambda: state.served,
+                                 install=lambda new: _install_served(state, new))
         if state.sessions is not None:
             state.sessions.attach(served, driver)
     except Exception as exc:
@@ -138,7 +143,7 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
             # otherwise walk it again and again with the event loop stopped (~150 ms each).
             gc.collect()
             gc.freeze()
-            state.served, state.driver = served, driver
+            state.served, state.driver, state.trainer = served, driver, trainer
             state.loading = "ready"
             log.info("model %s ready (max_model_len %d, %d KV blocks)", served.name,
                      served.max_model_len, engine.block_manager.num_blocks)
@@ -147,6 +152,13 @@ async def _load_and_drive(state: AppState, served: ServedModel | None) -> None:
         # `triolm serve` exit non-zero, rather than keep answering probes while hanging.
         state.driver = None
         _fail(state, f"engine driver crashed: {exc!r}", exc)
+
+
+def _install_served(state: AppState, served: ServedModel) -> None:
+    """The served model after a weight swap, release or resume."""
+    state.served = served
+    if state.sessions is not None:
+        state.sessions.attach(served, state.driver)
 
 
 def _fail(state: AppState, message: str, exc: BaseException | None = None) -> None:

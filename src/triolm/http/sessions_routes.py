@@ -22,7 +22,7 @@ from quart import Blueprint, jsonify, request
 
 from triolm.errors import InvalidRequestError
 from triolm.http.body import read_json_object
-from triolm.http.chat import ChatPlan, ChatRun, prepare_chat, render_for_request
+from triolm.http.chat import ChatPlan, ChatRun, prepare_chat, prompt_from_token_ids, render_for_request
 from triolm.http.routes import sse_response
 from triolm.http.state import AppState
 from triolm.loading.served_model import ServedModel
@@ -116,9 +116,17 @@ def register_session_routes(app, turns: SessionTurns) -> None:
     @bp.get("/<session_id>/nodes")
     async def get_nodes(session_id: str):
         session = lookup(session_id)
-        data = {"nodes": [n.to_json() for n in session.nodes]}
-        if session.track_tree:
-            data["tree"] = [n.to_json() for n in session.tree]
+        since = _since(request.args.get("since"))
+        if since is None:
+            data = {"nodes": [n.to_json() for n in session.nodes]}
+            if session.track_tree:
+                data["tree"] = [n.to_json() for n in session.tree]
+        else:
+            nodes, replaced = session.changes_since(since)
+            data = {"nodes": [n.to_json() for n in nodes], "replaced_node_ids": replaced}
+            if session.track_tree:
+                data["tree"] = [n.to_json() for n in session.tree if n.revision > since]
+        data["marker"] = session.revision
         return jsonify(data)
 
     @bp.post("/<session_id>/v1/chat/completions/render")
@@ -153,6 +161,20 @@ def register_session_routes(app, turns: SessionTurns) -> None:
         return jsonify(data)
 
     app.register_blueprint(bp)
+
+
+def _since(raw: str | None) -> int | None:
+    """The `since` marker of GET /{uuid}/nodes: a revision number a response gave."""
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise bad_request(f"since must be a marker from an earlier response (an integer >= 0), "
+                          f"not {raw!r}", param="since")
+    return value
 
 
 async def _json_object(allow_empty: bool = False) -> dict:
@@ -201,6 +223,11 @@ class EngineTurns:
 
     async def prepare(self, session: Session, body: ChatCompletionRequest) -> PreparedTurn:
         served, _ = self.state.require_ready()
+        if body.prompt_token_ids is not None:
+            # The client's own ids: the node they extend is matched token by token.
+            prompt = await prompt_from_token_ids(self.state, served, body.prompt_token_ids)
+            parent, new_ids = find_token_extension(session.nodes, prompt.token_ids)
+            return PreparedTurn(session, Extension(parent, ""), prompt, new_ids)
         if served.mistral_tokenizer is not None:
             # mistral-common renders tokens, not text: match nodes token by token.
             prompt = await render_for_request(self.state, served, body)
@@ -237,7 +264,8 @@ class EngineTurns:
                                    logprobs=[t.logprob for t in g.result.tokens], text=g.result.text,
                                    finish_reason=g.result.finish_reason, stop_reason=g.result.stop_reason,
                                    num_cached_prompt_tokens=g.result.num_cached_prompt_tokens,
-                                   num_prefilled_tokens=g.result.num_prefilled_tokens)
+                                   num_prefilled_tokens=g.result.num_prefilled_tokens,
+                                   weight_spans=tuple((w.weight_version, w.count) for w in g.result.weight_spans))
                 for g in run.gens]
         stop_ids = set(plan.served.eos_token_ids) | set(plan.body.stop_token_ids or ())
         record_turn(self.registry, prepared, plan.request_id, gens, plan.served.tokenizer, stop_ids)

@@ -15,6 +15,7 @@ from triolm.protocol.validation import RequestLimits
 from triolm.runtime.engine_driver import EngineDriver
 from triolm.runtime.lanes import PromptLanes
 from triolm.runtime.metrics import Metrics
+from triolm.runtime.trainer_control import TrainerControl
 from triolm.settings import ServerSettings
 
 
@@ -32,6 +33,7 @@ class AppState:
     shutting_down: bool = False
     fatal: trio.Event | None = None
     sessions: object | None = None  # triolm.sessions.registry.SessionRegistry
+    trainer: TrainerControl | None = None  # weight swaps, pause, memory release
     responses: ResponseStore | None = None  # stored Responses API responses (previous_response_id)
     started_at: float = attrs.Factory(time.time)
 

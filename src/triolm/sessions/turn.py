@@ -38,6 +38,9 @@ class FinishedGeneration:
     num_cached_prompt_tokens: int | None  # None: the engine did not say
     num_prefilled_tokens: int | None
     extra_metadata: dict = attrs.Factory(dict)  # e.g. the router's backend
+    # Which weights produced the tokens: (weight_version, count), in order; empty when
+    # the engine does not say (a backend without weight versions).
+    weight_spans: tuple[tuple[str, int], ...] = ()
 
 
 def stop_text(tokenizer: Tokenizer, stop_ids: set[int], gen: FinishedGeneration) -> str | None:
@@ -72,10 +75,11 @@ def record_turn(registry: SessionRegistry, prepared: PreparedTurn, request_id: s
                 "num_generated_tokens": len(gen.token_ids),
                 "extended_node": parent.id if parent is not None else None,
                 "stop_token_stands_in": prepared.extension.stop_token_stands_in,
+                "weight_version": gen.weight_spans[-1][0] if gen.weight_spans else None,
                 **gen.extra_metadata}
         record = Generated(token_ids=list(gen.token_ids), logprobs=list(gen.logprobs), text=gen.text,
                            finish_reason=gen.finish_reason, stop_text=stop_text(tokenizer, stop_ids, gen),
-                           metadata=step)
+                           metadata=step, weight_spans=gen.weight_spans)
         children.append(build_node(session.new_node_id(), parent, prepared.new_prompt_ids,
                                    prepared.prompt.text, record))
     if children:
