@@ -14,6 +14,9 @@ Throughput: three backends; routers over 1, 2 and 3 of them; `--concurrency` str
 once, `--requests` in all; generated tokens per second. All processes share this
 machine's cores, so more backends cannot add compute here: the numbers show what the
 router costs and how it spreads load, not a fleet's scaling (see docs/router.md).
+
+Affinity (`--only-affinity` runs it alone): 4 long system prompts x 8 questions over
+three backends; the router's affinity hit rate from /admin/backends.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ def start(argv: list[str], log_path: Path) -> subprocess.Popen:
 
 def start_backend(model: str, port: int, logs: Path) -> subprocess.Popen:
     return start([str(BIN / "triolm"), "serve", model, "--port", str(port), "--max-num-seqs", "16",
-                  "--kv-cache-memory", str(256 << 20), "--log-level", "warning"], logs / f"backend-{port}.log")
+                  "--kv-cache-memory", str(256 << 20), "--log-level", "warning",
+                  "--template-timeout", "120"], logs / f"backend-{port}.log")
 
 
 def start_router(model: str, ports: list[int], port: int, logs: Path) -> subprocess.Popen:
-    argv = [str(BIN / "triolm"), "router", "--tokenizer", model, "--port", str(port), "--log-level", "warning"]
+    argv = [str(BIN / "triolm"), "router", "--tokenizer", model, "--port", str(port), "--log-level", "warning",
+            "--template-timeout", "120"]
     for p in ports:
         argv += ["--backend", f"http://127.0.0.1:{p}"]
     return start(argv, logs / f"router-{port}.log")
@@ -72,7 +77,8 @@ def stream_itl(client: httpx.Client, url: str, gen: int) -> tuple[float, int]:
     body = {"messages": MSGS, "max_tokens": gen, "ignore_eos": True, "temperature": 0, "stream": True}
     stamps, buffer = [], b""
     with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: {r.status_code} {r.read()[:300]!r}")
         for chunk in r.iter_bytes():
             buffer += chunk
             while b"\n\n" in buffer:
@@ -169,6 +175,47 @@ def throughput(model: str, logs: Path, concurrency: int, requests: int, gen: int
     return out
 
 
+def affinity(model: str, logs: Path, concurrency: int) -> dict:
+    """Prefix-affinity hit rate: 4 long system prompts x 8 questions each, interleaved,
+    `concurrency` at a time, over three backends (default weighing)."""
+    ports = [free_port() for _ in range(3)]
+    backends = [start_backend(model, p, logs) for p in ports]
+    rport = free_port()
+    router = start_router(model, ports, rport, logs)
+    url = f"http://127.0.0.1:{rport}"
+    try:
+        for p, proc in zip(ports, backends, strict=True):
+            wait_ready(f"http://127.0.0.1:{p}/readyz", 300, proc)
+        wait_backends(url, 3)
+        systems = [f"You are assistant number {k}. " + "Answer briefly and politely. " * 20 for k in range(4)]
+        bodies = [{"messages": [{"role": "system", "content": systems[k]},
+                                {"role": "user", "content": f"Question {q}?"}], "max_tokens": 4}
+                  for q in range(8) for k in range(4)]
+        lock = threading.Lock()
+
+        def worker():
+            with httpx.Client(timeout=600) as client:
+                while True:
+                    with lock:
+                        if not bodies:
+                            return
+                        body = bodies.pop(0)
+                    client.post(url + "/v1/chat/completions", json=body).raise_for_status()
+
+        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        routing = httpx.get(url + "/admin/backends").json()["routing"]
+        log(json.dumps(routing))
+        return routing
+    finally:
+        stop_process(router)
+        for proc in backends:
+            stop_process(proc)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="/work/models/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -178,14 +225,20 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=24)
     ap.add_argument("--logs", default="/tmp/bench_router_logs")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--only-affinity", action="store_true")
     args = ap.parse_args()
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine_info(), "model": args.model, "load_avg_start": os.getloadavg()}
+    if args.only_affinity:
+        result["affinity"] = affinity(args.model, logs, 4)
+        log(f"saved {save_json('router-affinity.json', result)}")
+        return
     result["overhead"] = overhead(args.model, logs, args.rounds, args.gen)
     log(json.dumps(result["overhead"]))
     if not args.skip_throughput:
         result["throughput"] = throughput(args.model, logs, args.concurrency, args.requests, args.gen)
+        result["affinity"] = affinity(args.model, logs, 4)
     result["load_avg_end"] = os.getloadavg()
     log(f"saved {save_json('router.json', result)}")
 

@@ -13,7 +13,7 @@ from support.server_process import ServerProcess
 
 BIN = Path(sys.executable).parent
 BACKEND_FLAGS = ["--max-num-seqs", "8", "--max-queue", "64", "--kv-cache-memory", str(64 << 20),
-                 "--log-level", "warning"]
+                 "--template-timeout", "120", "--log-level", "warning"]
 
 
 def start_backend(model_dir: str, log_path: Path, port: int | None = None) -> ServerProcess:
@@ -22,7 +22,9 @@ def start_backend(model_dir: str, log_path: Path, port: int | None = None) -> Se
 
 
 def start_router(tokenizer: str, backends: list[str], log_path: Path, *flags: str) -> ServerProcess:
-    argv = [str(BIN / "triolm"), "router", "--tokenizer", tokenizer, "--port", "{port}", *flags]
+    # a generous template budget: the first renders share a busy 2-core machine
+    argv = [str(BIN / "triolm"), "router", "--tokenizer", tokenizer, "--port", "{port}",
+            "--template-timeout", "120", *flags]
     for url in backends:
         argv += ["--backend", url]
     return ServerProcess(argv, log_path)
@@ -51,9 +53,7 @@ class Fleet:
         self.backends = [start_backend(model_dir, log_dir / f"backend-{i}.log") for i in range(n)]
         self.router = start_router(model_dir, self.urls, log_dir / "router.log",
                                    "--health-interval", "0.5", "--health-failures", "2",
-                                   "--affinity-min-tokens", "16",
-                                   # 32 concurrent renders on a shared 2-core machine
-                                   "--template-timeout", "120")
+                                   "--affinity-min-tokens", "16")
         for b in self.backends:
             b.wait_ready(180)
         wait_admitted(self.router, n)
