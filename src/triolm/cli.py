@@ -70,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes a grammar compile may use (400 past it)")
     s.add_argument("--grammar-max-size", type=int, default=500_000,
                    help="symbols a structured-output grammar may have (400 past it)")
+    s.add_argument("--task", choices=["auto", "generate", "embed"], default="auto",
+                   help="embed: serve /v1/embeddings (last-token pooling, normalized, unless the model's "
+                        "sentence-transformers or GGUF pooling metadata say otherwise); auto: embed when "
+                        "that metadata is present, else generate")
+    s.add_argument("--responses-store-entries", type=int, default=1024,
+                   help="Responses API: responses kept for previous_response_id and GET (0: none)")
+    s.add_argument("--responses-store-bytes", type=int, default=64 << 20,
+                   help="Responses API: bytes of stored conversations kept (oldest evicted first)")
+    s.add_argument("--responses-store-ttl", type=float, default=3600.0,
+                   help="Responses API: seconds a stored response is kept")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     return parser
 

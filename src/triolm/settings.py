@@ -15,6 +15,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_name: str | None = None
+    task: str = "auto"  # auto | generate | embed (auto: embed when the model's files say so)
     api_key: str | None = None
     max_num_seqs: int = 16
     max_model_len: int | None = None  # None: the model's trained context (capped for memory)
@@ -53,6 +54,10 @@ class ServerSettings:
     grammar_compile_timeout: float = 2.0  # seconds
     grammar_compile_memory: int = 512 << 20  # bytes
     grammar_max_size: int = 500_000  # symbols in the grammar's productions
+    # Responses API: responses kept for previous_response_id / GET, bounded in count, bytes, age
+    responses_store_entries: int = 1024
+    responses_store_bytes: int = 64 << 20
+    responses_store_ttl: float = 3600.0  # seconds
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> ServerSettings:

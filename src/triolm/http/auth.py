@@ -21,10 +21,15 @@ def is_guarded(request: Request) -> bool:
 
 
 def api_key_error(api_key: str | None, request: Request) -> APIError | None:
-    """The 401 for a guarded request without `Authorization: Bearer <api_key>`, else None."""
+    """The 401 for a guarded request without `Authorization: Bearer <api_key>` (or
+    `x-api-key: <api_key>`), else None."""
     if not api_key or not is_guarded(request):
         return None
     given = request.headers.get("Authorization", "")
     if secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
         return None
-    return APIError(401, "invalid or missing API key (Authorization: Bearer …)", code="invalid_api_key")
+    # Anthropic's clients send the key as `x-api-key`
+    if secrets.compare_digest(request.headers.get("x-api-key", "").encode(), api_key.encode()):
+        return None
+    return APIError(401, "invalid or missing API key (Authorization: Bearer … or x-api-key)",
+                    code="invalid_api_key")

@@ -83,7 +83,7 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
 
 async def prepare_chat(state: AppState, body: ChatCompletionRequest,
                        prompt: RenderedPrompt | None = None) -> ChatPlan:
-    served, _ = state.require_ready()
+    served, _ = state.require_generation()
     state.check_model_name(body.model)
     check_against_model(body, request_limits(state))
     if prompt is None:
@@ -141,14 +141,25 @@ class ChatRun(GenerationsRun):
                       "stop_reason": r.stop_reason}
             if p.body.logprobs:
                 choice["logprobs"] = fmt.chat_logprobs(r.tokens, self.namer)
+            if p.body.return_token_ids:
+                choice["token_ids"] = r.token_ids
             choices.append(choice)
         completion_tokens = sum(len(g.result.tokens) for g in self.gens)
         cached = self.gens[0].result.num_cached_prompt_tokens if self.gens else 0
-        return {"id": p.request_id, "object": "chat.completion", "created": p.created,
-                "model": p.served.name, "choices": choices,
-                "usage": fmt.usage(len(p.prompt.token_ids), completion_tokens, cached)}
+        out = {"id": p.request_id, "object": "chat.completion", "created": p.created,
+               "model": p.served.name, "choices": choices,
+               "usage": fmt.usage(len(p.prompt.token_ids), completion_tokens, cached)}
+        if p.body.return_token_ids:
+            out["prompt_token_ids"] = list(p.prompt.token_ids)
+        return out
 
     # -- streaming --------------------------------------------------------------------
+    def _with_ids(self, choice: dict, tokens) -> dict:
+        """A stream choice with the ids of the tokens it tells, when the request asks."""
+        if self.plan.body.return_token_ids:
+            choice["token_ids"] = [t.token_id for t in tokens]
+        return choice
+
     async def stream(self) -> AsyncIterator[bytes]:
         p = self.plan
         body = p.body
@@ -157,9 +168,14 @@ class ChatRun(GenerationsRun):
                                    reasoning=p.served.reasoning, prompt_text=p.prompt.text)
                      for _ in self.gens]
         finished = [False] * len(self.gens)
+        token_ids = body.return_token_ids
+        # vLLM's shape: the prompt's ids on each first (role) chunk, each chunk's new
+        # token ids on its choice; concatenated they are the choice's token_ids.
+        extra = {"prompt_token_ids": list(p.prompt.token_ids)} if token_ids else None
         for i in range(len(self.gens)):
-            yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
-                                "logprobs": None, "finish_reason": None}])
+            yield self._chunk([self._with_ids({"index": i, "delta": {"role": "assistant", "content": ""},
+                                               "logprobs": None, "finish_reason": None}, ())],
+                              extra=extra)
         try:
             async with merged_deltas(self.gens, self.state.settings.request_timeout) as events:
                 async for event in events:
@@ -170,8 +186,8 @@ class ChatRun(GenerationsRun):
                         for i, done in enumerate(finished):
                             if not done:
                                 finished[i] = True
-                                yield self._chunk([{"index": i, "delta": {}, "logprobs": None,
-                                                    "finish_reason": "length"}])
+                                yield self._chunk([self._with_ids({"index": i, "delta": {}, "logprobs": None,
+                                                                   "finish_reason": "length"}, ())])
                         break
                     i, delta = event
                     streamer = streamers[i]
@@ -180,18 +196,20 @@ class ChatRun(GenerationsRun):
                     if delta.finish_reason is not None and streamer is not None:
                         deltas += streamer.finish(cut_short=delta.finish_reason == "length")
                     logprobs = fmt.chat_logprobs(delta.tokens, self.namer) if body.logprobs else None
-                    for j, d in enumerate(deltas or ([{}] if logprobs else [])):
-                        yield self._chunk([{"index": i, "delta": d,
-                                            "logprobs": logprobs if j == 0 else None,
-                                            "finish_reason": None}])
+                    per_token = bool(logprobs) or token_ids  # every token is told, text or not
+                    for j, d in enumerate(deltas or ([{}] if per_token else [])):
+                        yield self._chunk([self._with_ids({"index": i, "delta": d,
+                                                           "logprobs": logprobs if j == 0 else None,
+                                                           "finish_reason": None},
+                                                          delta.tokens if j == 0 else ())])
                     if delta.finish_reason is not None:
                         finished[i] = True
                         finish = delta.finish_reason
                         if streamer is not None and streamer.saw_tool_call:
                             finish = tool_calls_finish_reason(finish)
-                        yield self._chunk([{"index": i, "delta": {}, "logprobs": None,
-                                            "finish_reason": finish,
-                                            "stop_reason": delta.stop_reason}])
+                        yield self._chunk([self._with_ids({"index": i, "delta": {}, "logprobs": None,
+                                                           "finish_reason": finish,
+                                                           "stop_reason": delta.stop_reason}, ())])
         except STREAM_ERRORS as exc:
             yield stream_error_event(exc)
         finally:

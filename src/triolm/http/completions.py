@@ -94,6 +94,9 @@ class CompletionRun(GenerationsRun):
                       "finish_reason": r.finish_reason, "stop_reason": r.stop_reason}
             if self.body.logprobs is not None:
                 choice["logprobs"] = fmt.completion_logprobs(r.tokens, self.namer, len(prefix))
+            if self.body.return_token_ids:
+                choice["prompt_token_ids"] = list(self.prompts[self.prompt_index[i]])
+                choice["token_ids"] = r.token_ids
             choices.append(choice)
         return {"id": self.request_id, "object": "text_completion", "created": self.created,
                 "model": self.served.name, "choices": choices, "usage": self._usage()}
@@ -103,11 +106,24 @@ class CompletionRun(GenerationsRun):
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         finished = [False] * len(self.gens)
         offsets = [0] * len(self.gens)
+        # vLLM's shape: a choice's first chunk carries its prompt's ids, every chunk the
+        # ids of the tokens it tells.
+        told_prompt = [not body.return_token_ids] * len(self.gens)
+
+        def choice(i: int, fields: dict, tokens=()) -> dict:
+            out = {"index": i, **fields}
+            if body.return_token_ids:
+                if not told_prompt[i]:
+                    told_prompt[i] = True
+                    out["prompt_token_ids"] = list(self.prompts[self.prompt_index[i]])
+                out["token_ids"] = [t.token_id for t in tokens]
+            return out
+
         if body.echo:
             for i in range(len(self.gens)):
                 text = self._echo_text(i)
                 offsets[i] = len(text)
-                yield self._chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
+                yield self._chunk([choice(i, {"text": text, "logprobs": None, "finish_reason": None})])
         try:
             async with merged_deltas(self.gens, self.state.settings.request_timeout) as events:
                 async for event in events:
@@ -117,8 +133,8 @@ class CompletionRun(GenerationsRun):
                     if isinstance(event, TimedOut):
                         for i, done in enumerate(finished):
                             if not done:
-                                yield self._chunk([{"index": i, "text": "", "logprobs": None,
-                                                    "finish_reason": "length"}])
+                                yield self._chunk([choice(i, {"text": "", "logprobs": None,
+                                                              "finish_reason": "length"})])
                         break
                     i, delta = event
                     logprobs = None
@@ -127,9 +143,9 @@ class CompletionRun(GenerationsRun):
                     offsets[i] += len(delta.text)
                     if delta.finish_reason is not None:
                         finished[i] = True
-                    yield self._chunk([{"index": i, "text": delta.text, "logprobs": logprobs,
-                                        "finish_reason": delta.finish_reason,
-                                        "stop_reason": delta.stop_reason}])
+                    yield self._chunk([choice(i, {"text": delta.text, "logprobs": logprobs,
+                                                  "finish_reason": delta.finish_reason,
+                                                  "stop_reason": delta.stop_reason}, delta.tokens)])
         except STREAM_ERRORS as exc:
             yield stream_error_event(exc)
         finally:
@@ -140,7 +156,7 @@ class CompletionRun(GenerationsRun):
 
 
 async def prepare_completion(state: AppState, body: CompletionRequest) -> CompletionRun:
-    served, _ = state.require_ready()
+    served, _ = state.require_generation()
     state.check_model_name(body.model)
     check_against_model(body, request_limits(state))
     if body.suffix:

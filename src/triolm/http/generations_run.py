@@ -48,11 +48,13 @@ class GenerationsRun:
         finally:
             self._observe()
 
-    def _chunk(self, choices: list[dict], usage: dict | None = None) -> bytes:
+    def _chunk(self, choices: list[dict], usage: dict | None = None, extra: dict | None = None) -> bytes:
         data = {"id": self.request_id, "object": self.chunk_object, "created": self.created,
                 "model": self.model_name, "choices": choices}
         if usage is not None:
             data["usage"] = usage
+        if extra:
+            data.update(extra)
         return fmt.sse(data)
 
 
@@ -73,6 +75,11 @@ STREAM_ERRORS = (OverloadedError, ValueError, EngineFailure, ConstraintFailure)
 
 
 def stream_error_event(exc: Exception) -> bytes:
+    return fmt.sse({"error": stream_error(exc).body()["error"]})
+
+
+def stream_error(exc: Exception) -> APIError:
+    """The API error a failure after a stream's 200 maps to (one of STREAM_ERRORS)."""
     if isinstance(exc, OverloadedError):
         err = APIError(429, str(exc), code="overloaded")
     elif isinstance(exc, ConstraintFailure):
@@ -83,7 +90,7 @@ def stream_error_event(exc: Exception) -> bytes:
         err = APIError(500, str(exc))
     else:
         err = bad_request(str(exc))
-    return fmt.sse({"error": err.body()["error"]})
+    return err
 
 
 def admit(driver: EngineDriver, count: int) -> None:

@@ -19,13 +19,17 @@ from werkzeug.exceptions import HTTPException
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.errors import ModelLoadError
 from triolm.http.auth import api_key_error
+from triolm.http.embeddings import embeddings_bp
 from triolm.http.errors import error_response
 from triolm.http.framework_patches import ShieldedLastSendConnection, install_body_drain
+from triolm.http.messages_routes import messages_bp
+from triolm.http.responses_routes import responses_bp
 from triolm.http.routes import bp
 from triolm.http.state import AppState
 from triolm.loading.served_model import ServedModel, load_served_model
 from triolm.prompting.template_workers import open_template_workers
 from triolm.protocol.errors import APIError
+from triolm.protocol.responses_store import ResponseStore
 from triolm.runtime.engine_driver import EngineDriver
 from triolm.runtime.lanes import PromptLanes
 from triolm.runtime.loop_core import LoopBusyInstrument
@@ -45,10 +49,15 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     app.config["RESPONSE_TIMEOUT"] = None  # streams may be long; deadlines are our cancel scopes
     app.config["BODY_TIMEOUT"] = 60
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.graceful_timeout
-    state = AppState(settings=settings, metrics=Metrics(lambda: None))
+    state = AppState(settings=settings, metrics=Metrics(lambda: None),
+                     responses=ResponseStore(settings.responses_store_entries, settings.responses_store_bytes,
+                                             settings.responses_store_ttl))
     loop_busy = LoopBusyInstrument()  # lends the loop a kernel core while it has work
     app.config["TRIOLM_STATE"] = state
     app.register_blueprint(bp)
+    app.register_blueprint(responses_bp)
+    app.register_blueprint(messages_bp)
+    app.register_blueprint(embeddings_bp)
     _install_error_handlers(app)
     _install_auth(app, state)
     install_body_drain(app)

@@ -10,6 +10,7 @@ import trio
 
 from triolm.loading.served_model import ServedModel
 from triolm.protocol.errors import APIError
+from triolm.protocol.responses_store import ResponseStore
 from triolm.protocol.validation import RequestLimits
 from triolm.runtime.engine_driver import EngineDriver
 from triolm.runtime.lanes import PromptLanes
@@ -31,6 +32,7 @@ class AppState:
     shutting_down: bool = False
     fatal: trio.Event | None = None
     sessions: object | None = None  # triolm.sessions.registry.SessionRegistry
+    responses: ResponseStore | None = None  # stored Responses API responses (previous_response_id)
     started_at: float = attrs.Factory(time.time)
 
     @property
@@ -44,6 +46,14 @@ class AppState:
             detail = self.load_error or f"model is loading ({self.loading})"
             raise APIError(503, f"model not ready: {detail}", code="model_not_ready")
         return self.served, self.driver
+
+    def require_generation(self) -> tuple[ServedModel, EngineDriver]:
+        """`require_ready`, and a model served for generation (not embeddings)."""
+        served, driver = self.require_ready()
+        if served.embedding is not None:
+            raise APIError(400, f"the model `{served.name}` is served for embeddings (--task embed): "
+                                "use /v1/embeddings", param="model", code="wrong_task")
+        return served, driver
 
     def check_model_name(self, requested: str | None) -> None:
         if requested and self.served is not None and requested != self.served.name:

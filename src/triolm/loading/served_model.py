@@ -16,6 +16,7 @@ import torch
 from triolm.errors import InvalidRequestError, ModelLoadError
 from triolm.formats.load_limits import MAX_CHAT_TEMPLATE_BYTES, check_chat_template
 from triolm.loading import default_model, random_tiny
+from triolm.loading.embedding_spec import EmbeddingSpec, resolve_task, spec_from_gguf_metadata, spec_from_model_dir
 from triolm.model.build import Model, build_model
 from triolm.model.config import ModelConfig
 from triolm.prompting.reasoning import ReasoningFormat, reasoning_format_for
@@ -48,6 +49,7 @@ class ServedModel:
     grammar: object | None = None  # triolm.prompting.grammar.GrammarCompiler for this tokenizer
     reasoning: ReasoningFormat | None = None  # thinking markers split off the answer
     max_token_chars: int = 1 << 30  # characters of the longest token (bounds a prompt's token count)
+    embedding: EmbeddingSpec | None = None  # served for embeddings (--task embed), not generation
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -85,9 +87,11 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
         raise ModelLoadError(f"unsupported dtype {settings.dtype!r} (supported: {', '.join(_DTYPES)})")
     progress("reading weights", 0.1)
     if path.is_file():
-        config, tensors, tokenizer, template_source = _load_gguf(path)
+        config, tensors, tokenizer, template_source, detected = _load_gguf(path)
     else:
         config, tensors, tokenizer, template_source = _load_directory(path, settings, progress)
+        detected = spec_from_model_dir(path)
+    embedding = resolve_task(settings.task, detected, config.architecture)
     progress("building the model", 0.7)
     max_len = _max_model_len(settings, config)
     model = build_model(config, tensors, dtype=dtype, max_positions=max_len + 1)
@@ -134,7 +138,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
                        chat_template=template, mistral_tokenizer=mistral_tok,
                        tool_parser=tool_parser, max_model_len=max_len,
                        weights_bytes=weights_bytes, card=card, reasoning=reasoning,
-                       max_token_chars=longest_token_chars(tokenizer))
+                       max_token_chars=longest_token_chars(tokenizer), embedding=embedding)
 
 
 def longest_token_chars(tokenizer: Tokenizer) -> int:
@@ -147,6 +151,15 @@ def longest_token_chars(tokenizer: Tokenizer) -> int:
         except IndexError:  # an id the vocabulary leaves unused
             continue
     return longest
+
+
+def with_decoder_prefix(tensors: dict) -> dict:
+    """Embedding checkpoints saved from the bare decoder (Qwen3-Embedding's `Qwen3Model`)
+    name their tensors without the `model.` prefix and have no LM head: named as the
+    causal-LM layout the model builder reads (the head is then the tied embedding)."""
+    if any(name.startswith("model.") for name in tensors):
+        return tensors
+    return {name if name.startswith("lm_head.") else f"model.{name}": t for name, t in tensors.items()}
 
 
 def _max_model_len(settings: ServerSettings, config: ModelConfig) -> int:
@@ -177,7 +190,11 @@ def _load_gguf(path: Path):
     if template is not None and not isinstance(template, str):
         raise ModelLoadError(f"{path}: metadata tokenizer.chat_template is not a string")
     check_chat_template(template, f"{path}: metadata tokenizer.chat_template")
-    return gguf.config, gguf.tensors, tokenizer, template
+    try:
+        detected = spec_from_gguf_metadata(gguf.metadata)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+    return gguf.config, gguf.tensors, tokenizer, template, detected
 
 
 def _load_directory(path: Path, settings: ServerSettings, progress: Progress):
@@ -195,8 +212,8 @@ def _load_directory(path: Path, settings: ServerSettings, progress: Progress):
 
         return config, tensors, load_mistral_tokenizer_adapter(path), None
     config = read_hf_config(path)
-    tensors = read_safetensors(path, lambda done, total: progress(
-        f"reading safetensors {done}/{total}", 0.1 + 0.5 * done / total))
+    tensors = with_decoder_prefix(read_safetensors(path, lambda done, total: progress(
+        f"reading safetensors {done}/{total}", 0.1 + 0.5 * done / total)))
     from triolm.tokenizers.hf import HFTokenizer
 
     tokenizer = HFTokenizer.from_dir(path)

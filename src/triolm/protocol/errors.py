@@ -34,5 +34,26 @@ class APIError(Exception):
                           "param": self.param, "code": self.code}}
 
 
+# Anthropic's error types by status (its client maps them to exception classes)
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_body(err: APIError) -> dict:
+    """The error in Anthropic's shape `{"type": "error", "error": {"type", "message"}}`."""
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(err.status, "api_error"),
+                                       "message": err.message}}
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)

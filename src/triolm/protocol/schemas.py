@@ -64,6 +64,7 @@ class SamplingFields(BaseModel):
     min_tokens: int = Field(default=0, ge=0)
     skip_special_tokens: bool = True
     return_tokens_as_token_ids: bool = False
+    return_token_ids: bool = False
     response_format: dict[str, Any] | None = None
     guided_choice: list[str] | None = None
     guided_regex: str | None = None

@@ -1,0 +1,126 @@
+"""`POST /v1/responses`, `GET /v1/responses/{id}`, `DELETE /v1/responses/{id}`: OpenAI's
+Responses API, run as a chat request through the chat pipeline (responses_request)
+and shaped back (responses_output)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from quart import Blueprint, jsonify
+
+from triolm.http.chat import prepare_chat
+from triolm.http.chat_parts import ChatPartsRun
+from triolm.http.generations_run import STREAM_ERRORS, stream_error
+from triolm.http.routes import json_body, sse_response, state
+from triolm.http.state import AppState
+from triolm.protocol import openai_format as fmt
+from triolm.protocol.errors import APIError
+from triolm.protocol.reply_parts import Finished
+from triolm.protocol.responses_output import ResponseEvents, ResponseShape, output_items, status_of, usage
+from triolm.protocol.responses_request import (
+    ResponsesRequest,
+    chat_request,
+    conversation_size,
+    input_messages,
+    output_messages,
+    parse_responses_request,
+)
+from triolm.protocol.schemas import ChatCompletionRequest
+from triolm.protocol.validation import parse_request
+from triolm.runtime.fanout import Tick
+
+responses_bp = Blueprint("responses", __name__)
+
+# chat request fields -> the Responses field a client sent them as (for an error's param)
+_PARAMS = {"messages": "input", "max_completion_tokens": "max_output_tokens", "max_tokens": "max_output_tokens",
+           "response_format": "text"}
+
+
+def _previous_conversation(st: AppState, body: ResponsesRequest) -> list[dict]:
+    if body.previous_response_id is None:
+        return []
+    stored = st.responses.get(body.previous_response_id)
+    if stored is None:
+        raise APIError(404, f"Previous response with id '{body.previous_response_id}' not found "
+                            "(unknown, expired or evicted from this server's store).",
+                       param="previous_response_id", code="previous_response_not_found")
+    return stored.conversation
+
+
+def _remember(st: AppState, body: ResponsesRequest, response: dict, before: list[dict]) -> None:
+    if body.store is False:
+        return
+    conversation = before + input_messages(body.input) + output_messages(response["output"])
+    st.responses.put(response["id"], response, conversation, conversation_size(conversation))
+
+
+def typed_sse(event: dict) -> bytes:
+    """An SSE event with its `event:` line (the Responses stream names each event)."""
+    return b"event: " + event["type"].encode() + b"\n" + fmt.sse(event)
+
+
+@responses_bp.post("/v1/responses")
+async def create_response():
+    st = state()
+    body = parse_responses_request(await json_body())
+    before = _previous_conversation(st, body)
+    try:
+        chat_body = parse_request(ChatCompletionRequest, chat_request(body, before))
+        plan = await prepare_chat(st, chat_body)
+    except APIError as exc:
+        exc.param = _PARAMS.get(exc.param, exc.param)
+        raise
+    run = ChatPartsRun(st, plan)
+    shape = ResponseShape(body, plan.served.name)
+    if body.stream:
+        return sse_response(_stream(st, run, shape, body, before))
+    chat = await run.complete()
+    choice = chat["choices"][0]
+    status, incomplete = status_of(choice["finish_reason"])
+    u = chat["usage"]
+    response = shape.response(status, output_items(choice["message"], choice["finish_reason"]),
+                              usage(u["prompt_tokens"], u["completion_tokens"],
+                                    u["prompt_tokens_details"]["cached_tokens"]),
+                              incomplete=incomplete)
+    _remember(st, body, response, before)
+    return jsonify(response)
+
+
+async def _stream(st: AppState, run: ChatPartsRun, shape: ResponseShape, body: ResponsesRequest,
+                  before: list[dict]) -> AsyncIterator[bytes]:
+    events = ResponseEvents(shape)
+    for event in events.start():
+        yield typed_sse(event)
+    try:
+        async with aclosing(run.parts()) as parts:
+            async for part in parts:
+                if isinstance(part, Tick):
+                    yield fmt.SSE_KEEPALIVE
+                elif isinstance(part, Finished):
+                    for event in events.finish(part):
+                        yield typed_sse(event)
+                    _remember(st, body, event["response"], before)
+                else:
+                    for event in events.push(part):
+                        yield typed_sse(event)
+    except STREAM_ERRORS as exc:
+        for event in events.fail(stream_error(exc).body()["error"]):
+            yield typed_sse(event)
+
+
+@responses_bp.get("/v1/responses/<response_id>")
+async def get_response(response_id: str):
+    stored = state().responses.get(response_id)
+    if stored is None:
+        raise APIError(404, f"Response with id '{response_id}' not found.", param="response_id",
+                       code="response_not_found")
+    return jsonify(stored.response)
+
+
+@responses_bp.delete("/v1/responses/<response_id>")
+async def delete_response(response_id: str):
+    if not state().responses.delete(response_id):
+        raise APIError(404, f"Response with id '{response_id}' not found.", param="response_id",
+                       code="response_not_found")
+    return jsonify({"id": response_id, "object": "response", "deleted": True})
