@@ -103,7 +103,7 @@ async def serve(settings: ServerSettings) -> int:
     framework_patches.install_fast_send_server()
     app = create_app(settings)
     state = app.config["TRIOLM_STATE"]
-    state.fatal = trio.Event()
+    lifecycle = state.lifecycle
     draining = trio.Event()  # the listener is closed: the graceful period runs
     last_resort = shutdown.LastResortExit()
     config = Config()
@@ -122,7 +122,7 @@ async def serve(settings: ServerSettings) -> int:
                         logging.getLogger("triolm").info("signal %s: shutting down", signum)
                         # Readiness off first; keep accepting (new work gets 503) for a
                         # moment so /readyz can tell load balancers, then stop accepting.
-                        state.shutting_down = True
+                        lifecycle.shut_down()
                         if signum == signal.SIGTERM:
                             with trio.move_on_after(settings.shutdown_delay):
                                 async for _ in signals:  # a second signal skips the delay
@@ -131,23 +131,24 @@ async def serve(settings: ServerSettings) -> int:
                 nursery.cancel_scope.cancel()
 
             async def on_fatal() -> None:
-                await state.fatal.wait()
+                await lifecycle.failed.wait()
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(on_signal)
             nursery.start_soon(on_fatal)
-        state.shutting_down = True
+        lifecycle.shut_down()
         last_resort.arm(config.graceful_timeout + shutdown.EXIT_GRACE)
         draining.set()
 
     async def cut_generations_when_grace_ends() -> None:
         await draining.wait()
         await trio.sleep(settings.graceful_timeout)
-        if state.driver is not None:
+        if state.runtime is not None:
+            driver = state.runtime.driver
             log = logging.getLogger("triolm")
             log.warning("graceful timeout (%.1f s) over: cutting %d running and %d waiting generations",
-                        settings.graceful_timeout, state.driver.num_running, state.driver.num_waiting)
-            state.driver.cut_all(f"server shutting down: generation cut at the graceful timeout "
+                        settings.graceful_timeout, driver.num_running, driver.num_waiting)
+            driver.cut_all(f"server shutting down: generation cut at the graceful timeout "
                                  f"({settings.graceful_timeout} s)")
 
     try:
@@ -157,7 +158,7 @@ async def serve(settings: ServerSettings) -> int:
             nursery.cancel_scope.cancel()
     finally:
         last_resort.disarm()
-    return 1 if state.load_error else 0
+    return 1 if lifecycle.failure is not None else 0
 
 
 def main(argv: list[str] | None = None) -> int:

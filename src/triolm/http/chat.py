@@ -83,7 +83,7 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
 
 async def prepare_chat(state: AppState, body: ChatCompletionRequest,
                        prompt: RenderedPrompt | None = None) -> ChatPlan:
-    served, _ = state.require_generation()
+    served = state.require_generation().served
     state.check_model_name(body.model)
     check_against_model(body, request_limits(state))
     if prompt is None:
@@ -108,7 +108,7 @@ class ChatRun(GenerationsRun):
         body = plan.body
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         self.namer = fmt.TokenNamer(plan.served.tokenizer, body.return_tokens_as_token_ids)
-        _, driver = state.require_ready()
+        driver = state.serving().driver
         admit(driver, body.n)
         self.gens = [
             Generation(driver, plan.served.tokenizer, plan.prompt.token_ids,

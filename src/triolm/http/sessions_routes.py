@@ -46,8 +46,7 @@ class _Prepared:
 
 
 def register_sessions(app, state: AppState) -> None:
-    registry = SessionRegistry(state.settings.max_sessions, state.settings.session_idle_timeout)
-    state.sessions = registry
+    registry = state.sessions
     bp = Blueprint("sessions", __name__)
 
     def lookup(session_id: str) -> Session:
@@ -59,7 +58,7 @@ def register_sessions(app, state: AppState) -> None:
     @bp.post("/sessions/create")
     async def create_session():
         data = await _json_object(allow_empty=True)
-        served, _ = state.require_ready()
+        served = state.serving().served
         parser = data.get("tool_parser")
         if parser is None:
             parser = served.tool_parser or DEFAULT_TOOL_PARSER
@@ -145,7 +144,7 @@ async def _json_object(allow_empty: bool = False) -> dict:
 
 async def _prepare(state: AppState, session: Session, body: ChatCompletionRequest) -> _Prepared:
     """Render the prompt and find the node it extends; tokenize only the new text."""
-    served, _ = state.require_ready()
+    served = state.serving().served
     if served.mistral_tokenizer is not None:
         # mistral-common renders tokens, not text: match nodes token by token.
         prompt = await render_for_request(state, served, body)

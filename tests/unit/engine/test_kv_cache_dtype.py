@@ -235,7 +235,7 @@ def test_server_with_float16_kv_cache_flag_generates(served_model, base_settings
     outs = {}
     for name, s in (("float16", settings), ("float32", base_settings)):
         with ServerThread(s, served_model) as srv:
-            assert srv.state.driver.engine.runner.kv_cache.dtype == getattr(torch, name)
+            assert srv.state.serving().driver.engine.runner.kv_cache.dtype == getattr(torch, name)
             r = httpx.post(srv.base_url + "/v1/completions", json=body, timeout=60)
             assert r.status_code == 200, r.text
             outs[name] = r.json()["choices"][0]
