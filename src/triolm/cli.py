@@ -15,6 +15,18 @@ from triolm.loading.random_tiny import RANDOM_TINY_NAME
 from triolm.prompting.reasoning import REASONING_PARSERS
 from triolm.settings import ServerSettings
 
+_DEFAULTS = ServerSettings()
+
+
+def _setting(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
+    """A flag for one ServerSettings field. Its default is None, so a flag left out leaves
+    the setting to TRIOLM_<FIELD> or to ServerSettings' own default, which the help shows."""
+    default = getattr(_DEFAULTS, flag.lstrip("-").replace("-", "_"))
+    if default is not None:
+        text = kwargs.get("help")
+        kwargs["help"] = f"{text} (default: {default})" if text else f"default: {default}"
+    parser.add_argument(flag, default=None, **kwargs)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triolm", description=__doc__)
@@ -24,63 +36,63 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".gguf file, Hugging Face model directory or 'random-tiny' (a tiny random-weight "
                         "model); default: SmolLM2-135M-Instruct, downloaded once into the user cache")
     s.add_argument("--model", dest="model_option", default=None, metavar="MODEL", help="the same as MODEL")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--served-model-name", default=None, help="model id clients use (default: file/dir name)")
-    s.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session routes")
-    s.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together")
-    s.add_argument("--max-model-len", type=int, default=None,
-                   help="context length (default: the model's, capped at 8192; above it: warning)")
-    s.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
-    s.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request (504 after)")
-    s.add_argument("--tokenizer-mode", choices=["auto", "hf", "mistral"], default="auto")
-    s.add_argument("--tokenizer-threads", type=int, default=1,
-                   help="worker threads for chat templates and tokenization (measured: 1 is best here)")
-    s.add_argument("--chat-template", default=None, help="jinja file overriding the model's chat template")
-    s.add_argument("--tool-call-parser", default=None,
-                   help="hermes | mistral | llama3_json | generic (default: detected; generic when the "
-                        "chat template has no tool support)")
-    s.add_argument("--reasoning-parser", default=None, choices=REASONING_PARSERS,
-                   help="split thinking into reasoning_content (default: detected from the chat template; "
-                        "'none' keeps it in content)")
-    s.add_argument("--template-timeout", type=float, default=10.0,
-                   help="seconds one chat-template render may take (then 400; its worker process is killed)")
-    s.add_argument("--template-max-output", type=int, default=32 * 1024 * 1024,
-                   help="characters one chat-template render may produce")
-    s.add_argument("--template-memory", type=int, default=1 << 30,
-                   help="bytes of memory a chat-template worker process may add to its start-up size")
-    s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    s.add_argument("--kv-cache-memory", type=int, default=2 << 30, help="KV cache budget in bytes")
-    s.add_argument("--kv-cache-dtype", choices=["float32", "float16"], default=None,
-                   help="KV cache element type (default: the --dtype's); float16 halves the cache's "
-                        "memory and long-context decode traffic, see docs/kv-cache.md")
-    s.add_argument("--max-body-size", type=int, default=16 * 1024 * 1024, help="bytes; larger bodies get 413")
-    s.add_argument("--graceful-timeout", type=float, default=5.0,
-                   help="seconds in-flight requests get to finish on SIGINT/SIGTERM")
-    s.add_argument("--shutdown-delay", type=float, default=1.0,
-                   help="seconds between SIGTERM and closing the listener, /readyz answering 503 "
-                        "meanwhile so load balancers stop routing (SIGINT skips it)")
-    s.add_argument("--max-sessions", type=int, default=1024)
-    s.add_argument("--session-idle-timeout", type=float, default=3600.0)
-    s.add_argument("--seed", type=int, default=None, help="seed of the default sampler (unseeded requests)")
-    s.add_argument("--grammar-compile-timeout", type=float, default=2.0,
-                   help="seconds a new structured-output grammar may take to compile (400 after)")
-    s.add_argument("--grammar-compile-memory", type=int, default=512 << 20,
-                   help="bytes a grammar compile may use (400 past it)")
-    s.add_argument("--grammar-max-size", type=int, default=500_000,
-                   help="symbols a structured-output grammar may have (400 past it)")
-    s.add_argument("--task", choices=["auto", "generate", "embed"], default="auto",
-                   help="embed: serve /v1/embeddings (last-token pooling, normalized, unless the model's "
-                        "sentence-transformers or GGUF pooling metadata say otherwise); auto: embed when "
-                        "that metadata is present, else generate")
-    s.add_argument("--responses-store-entries", type=int, default=1024,
-                   help="Responses API: responses kept for previous_response_id and GET (0: none)")
-    s.add_argument("--responses-store-bytes", type=int, default=64 << 20,
-                   help="Responses API: bytes of stored conversations kept (oldest evicted first)")
-    s.add_argument("--responses-store-ttl", type=float, default=3600.0,
-                   help="Responses API: seconds a stored response is kept")
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    _setting(s, "--host")
+    _setting(s, "--port", type=int)
+    _setting(s, "--served-model-name", help="model id clients use (default: file/dir name)")
+    _setting(s, "--api-key",
+                help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session routes")
+    _setting(s, "--max-num-seqs", type=int, help="sequences decoded together")
+    _setting(s, "--max-model-len", type=int,
+                help="context length (default: the model's, capped at 8192; above it: warning)")
+    _setting(s, "--max-queue", type=int, help="waiting requests before answering 429")
+    _setting(s, "--request-timeout", type=float, help="seconds per request (504 after)")
+    _setting(s, "--tokenizer-mode", choices=["auto", "hf", "mistral"])
+    _setting(s, "--tokenizer-threads", type=int,
+                help="worker threads for chat templates and tokenization (measured: 1 is best here)")
+    _setting(s, "--chat-template", help="jinja file overriding the model's chat template")
+    _setting(s, "--tool-call-parser",
+                help="hermes | mistral | llama3_json | generic (default: detected; generic when the "
+                     "chat template has no tool support)")
+    _setting(s, "--reasoning-parser", choices=REASONING_PARSERS,
+                help="split thinking into reasoning_content (default: detected from the chat template; "
+                     "'none' keeps it in content)")
+    _setting(s, "--template-timeout", type=float,
+                help="seconds one chat-template render may take (then 400; its worker process is killed)")
+    _setting(s, "--template-max-output", type=int,
+                help="characters one chat-template render may produce")
+    _setting(s, "--template-memory", type=int,
+                help="bytes of memory a chat-template worker process may add to its start-up size")
+    _setting(s, "--dtype", choices=["float32", "float16", "bfloat16"])
+    _setting(s, "--kv-cache-memory", type=int, help="KV cache budget in bytes")
+    _setting(s, "--kv-cache-dtype", choices=["float32", "float16"],
+                help="KV cache element type (default: the --dtype's); float16 halves the cache's "
+                     "memory and long-context decode traffic, see docs/kv-cache.md")
+    _setting(s, "--max-body-size", type=int, help="bytes; larger bodies get 413")
+    _setting(s, "--graceful-timeout", type=float,
+                help="seconds in-flight requests get to finish on SIGINT/SIGTERM")
+    _setting(s, "--shutdown-delay", type=float,
+                help="seconds between SIGTERM and closing the listener, /readyz answering 503 "
+                     "meanwhile so load balancers stop routing (SIGINT skips it)")
+    _setting(s, "--max-sessions", type=int)
+    _setting(s, "--session-idle-timeout", type=float)
+    _setting(s, "--seed", type=int, help="seed of the default sampler (unseeded requests)")
+    _setting(s, "--grammar-compile-timeout", type=float,
+                help="seconds a new structured-output grammar may take to compile (400 after)")
+    _setting(s, "--grammar-compile-memory", type=int,
+                help="bytes a grammar compile may use (400 past it)")
+    _setting(s, "--grammar-max-size", type=int,
+                help="symbols a structured-output grammar may have (400 past it)")
+    _setting(s, "--task", choices=["auto", "generate", "embed"],
+                help="embed: serve /v1/embeddings (last-token pooling, normalized, unless the model's "
+                     "sentence-transformers or GGUF pooling metadata say otherwise); auto: embed when "
+                     "that metadata is present, else generate")
+    _setting(s, "--responses-store-entries", type=int,
+                help="Responses API: responses kept for previous_response_id and GET (0: none)")
+    _setting(s, "--responses-store-bytes", type=int,
+                help="Responses API: bytes of stored conversations kept (oldest evicted first)")
+    _setting(s, "--responses-store-ttl", type=float,
+                help="Responses API: seconds a stored response is kept")
+    _setting(s, "--log-level", choices=["debug", "info", "warning", "error"])
     return parser
 
 
@@ -172,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         # Fail before binding a port, with the reason on stderr.
         print(f"triolm serve: error: model {model!r}: no such file or directory", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    settings = settings_from_args(args)
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
-        return trio.run(serve, settings_from_args(args))
+        return trio.run(serve, settings)
     return 2
 
 
