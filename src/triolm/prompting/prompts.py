@@ -10,7 +10,6 @@ synchronous `render_chat_*` functions render in-process, for library use and tes
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -132,7 +131,3 @@ def check_prompt_chars(served: ServedModel, chars: int, param: str) -> None:
 
 def encode_text(served: ServedModel, text: str, add_special_tokens: bool = True) -> list[int]:
     return served.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-
-
-def arguments_as_text(arguments: Any) -> str:
-    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
