@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from triolm.http.auth import api_keys_of
 from triolm.loading.random_tiny import RANDOM_TINY_NAME
 from triolm.prompting.reasoning import REASONING_PARSERS
 from triolm.settings import ServerSettings
@@ -22,7 +23,7 @@ def _setting(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
     """A flag for one ServerSettings field. Its default is None, so a flag left out leaves
     the setting to TRIOLM_<FIELD> or to ServerSettings' own default, which the help shows."""
     default = getattr(_DEFAULTS, flag.lstrip("-").replace("-", "_"))
-    if default is not None:
+    if default not in (None, ()):
         text = kwargs.get("help")
         kwargs["help"] = f"{text} (default: {default})" if text else f"default: {default}"
     parser.add_argument(flag, default=None, **kwargs)
@@ -39,8 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(s, "--host")
     _setting(s, "--port", type=int)
     _setting(s, "--served-model-name", help="model id clients use (default: file/dir name)")
-    _setting(s, "--api-key",
-                help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session routes")
+    _setting(s, "--api-key", action="append",
+                help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session "
+                     "routes; repeat it for several valid keys")
+    _setting(s, "--api-key-file",
+                help="a file of valid API keys, one a line (# comments); with or instead of --api-key")
+    _setting(s, "--allowed-origins", action="append",
+                help="CORS: an origin (https://app.example, or *) whose pages may call the API; repeat it "
+                     "or separate by commas (default: no CORS)")
     _setting(s, "--max-num-seqs", type=int, help="sequences decoded together")
     _setting(s, "--max-model-len", type=int,
                 help="context length (default: the model's, capped at 8192; above it: warning)")
@@ -99,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     values = {k: v for k, v in vars(args).items() if k not in ("command", "model_option")}
     values["model"] = args.model or args.model_option
+    keys = values.pop("api_key") or []
+    values["api_key"] = keys[0] if keys else None
+    values["extra_api_keys"] = tuple(keys[1:]) or None
+    origins = [o for given in values.pop("allowed_origins") or [] for o in given.split(",") if o.strip()]
+    values["allowed_origins"] = tuple(o.strip() for o in origins) or None
     return ServerSettings.from_env(**values)
 
 
@@ -188,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
+        try:
+            api_keys_of(settings)
+        except ValueError as exc:
+            print(f"triolm serve: error: {exc}", file=sys.stderr)
+            return 2
         return trio.run(serve, settings)
     return 2
 

@@ -17,6 +17,11 @@ class ServerSettings:
     served_model_name: str | None = None
     task: str = "auto"  # auto | generate | embed (auto: embed when the model's files say so)
     api_key: str | None = None
+    # more valid keys: `--api-key` given again, and the lines of `api_key_file`
+    extra_api_keys: tuple[str, ...] = attrs.field(default=(), converter=lambda v: _str_tuple(v))
+    api_key_file: str | None = None
+    # CORS: origins whose browser pages may call the API ("*": any); none: no CORS headers
+    allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=lambda v: _str_tuple(v))
     max_num_seqs: int = 16
     max_model_len: int | None = None  # None: the model's trained context (capped for memory)
     max_queue: int = 64  # waiting requests beyond the running batch; past it: 429
@@ -71,6 +76,15 @@ class ServerSettings:
             values[field.name] = _convert(raw, field.type)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _str_tuple(value) -> tuple[str, ...]:
+    """A list as it is; a string (from the environment) split at commas."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value)
 
 
 def _convert(raw: str, type_name) -> object:

@@ -24,10 +24,12 @@ _ITEM_TYPES = {str: GGUFValueType.STRING, float: GGUFValueType.FLOAT32, int: GGU
 
 
 def rewrite_gguf(src: str | os.PathLike, dst: str | os.PathLike, changes: Mapping[str, Any] = {},
-                 drop: tuple[str, ...] = (), types: Mapping[str, GGUFValueType] = {}) -> Path:
+                 drop: tuple[str, ...] = (), types: Mapping[str, GGUFValueType] = {},
+                 drop_tensors: tuple[str, ...] = ()) -> Path:
     """Copy `src` to `dst` with metadata `changes` (key -> new value) and keys in `drop`
-    left out. A changed scalar keeps its type; a new one needs its type in `types` or is a
-    string; array items are typed by their Python type (str, float32, int32, bool)."""
+    left out, and the tensors named in `drop_tensors`. A changed scalar keeps its type; a
+    new one needs its type in `types` or is a string; array items are typed by their
+    Python type (str, float32, int32, bool)."""
     reader = _CheckedReader(src, "r")
     kv_count = int(np.frombuffer(reader.data, "<u8", count=1, offset=16)[0])
     values, vtypes, _ = _KVParser(reader.data).fields(24, kv_count)
@@ -43,6 +45,8 @@ def rewrite_gguf(src: str | os.PathLike, dst: str | os.PathLike, changes: Mappin
                 vtype = GGUFValueType(vtypes[name]) if name in vtypes else types.get(name, GGUFValueType.STRING)
                 writer.add_key_value(name, value, vtype)
         for t in reader.tensors:
+            if t.name in drop_tensors:
+                continue
             writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

@@ -38,7 +38,7 @@ from triolm.tokenizers.gguf_vocab import gguf_metadata_from_tokenizer
 #: below would not see (e.g. a dependency's behaviour).
 FACTORY_VERSION = 1
 
-ARCHS = ("llama", "mistral", "qwen2", "qwen3", "llama3", "gemma2", "gemma3")
+ARCHS = ("llama", "mistral", "qwen2", "qwen3", "llama3", "gemma2", "gemma3", "mixtral", "qwen3_moe")
 SIZES = ("tiny", "smollm-135m")
 DEFAULT_GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_0")
 
@@ -51,6 +51,8 @@ _ARCH_SPEC = {
     "llama3": ("bpe-tekken", "llama3.jinja", "LlamaForCausalLM", "llama"),
     "gemma2": ("spm-llama2", "gemma.jinja", "Gemma2ForCausalLM", "gemma2"),
     "gemma3": ("spm-llama2", "gemma.jinja", "Gemma3ForCausalLM", "gemma3_text"),
+    "mixtral": ("spm-llama2", "llama2.jinja", "MixtralForCausalLM", "mixtral"),
+    "qwen3_moe": ("bpe-tekken", "chatml_tools.jinja", "Qwen3MoeForCausalLM", "qwen3_moe"),
 }
 
 
@@ -120,6 +122,16 @@ def model_config(arch: str, size: str, vocab_size: int, bos: int | None,
                            tie_word_embeddings=True, sliding_window=8, layer_types=(SLIDING, FULL),
                            rope_local_theta=10000.0, query_pre_attn_scalar=16.0,
                            attn_logit_softcapping=2.0, final_logit_softcapping=4.0, **tiny)
+    if arch in ("mixtral", "qwen3_moe"):
+        # Eight experts, three per token (real models: 8/2 and 128/8): every token mixes
+        # several experts and each step groups tokens by expert.
+        moe: dict[str, Any] = dict(num_experts=8, num_experts_per_tok=3)
+        if arch == "mixtral":
+            return ModelConfig(architecture="mixtral", rms_norm_eps=1e-5, rope_theta=1e6,
+                               moe_intermediate_size=tiny["intermediate_size"], **moe, **tiny)
+        tiny["head_dim"] = 32  # != hidden/heads, as in Qwen3-30B-A3B
+        return ModelConfig(architecture="qwen3_moe", rms_norm_eps=1e-6, rope_theta=1e6, qk_norm=True,
+                           moe_intermediate_size=32, **moe, **tiny)
     if arch == "qwen3":
         # head_dim deliberately != hidden/heads, as in the real Qwen3 family.
         tiny["head_dim"] = 32
@@ -187,6 +199,7 @@ def _source_digest() -> str:
     src = Path(random_init.__file__).resolve().parents[1]
     for p in (support / "model_factory.py", support / "tokenizer_files.py", src / "model/random_init.py",
               src / "formats/gguf_writer.py", src / "formats/gguf_layout.py", src / "formats/gguf_quants.py",
+              src / "formats/moe_layout.py", src / "formats/moe_gguf.py", src / "formats/moe_config.py",
               src / "tokenizers/gguf_vocab.py", src / "tokenizers/convert.py", src / "tokenizers/hf.py",
               src / "prompting/templates"):
         files = sorted(p.rglob("*")) if p.is_dir() else [p]

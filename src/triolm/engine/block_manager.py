@@ -62,7 +62,10 @@ class BlockManager:
 
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids whose content equals seq's leading full blocks. The last prompt token
-        is never taken from the cache: its logits are needed to sample."""
+        is never taken from the cache: its logits are needed to sample. Nor is any token of
+        a prompt whose log-probabilities are asked for: they come from its prefill."""
+        if seq.needs_prompt_logprobs:
+            return []
         hits, prefix_hash = [], None
         usable = len(seq) - 1
         for i in range(usable // self.block_size):

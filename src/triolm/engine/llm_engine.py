@@ -12,6 +12,7 @@ import torch
 
 from triolm.engine.block_manager import BlockManager
 from triolm.engine.model_runner import ModelRunner
+from triolm.engine.prompt_logprobs import PromptTokenLogprob
 from triolm.engine.sampler import Sampler
 from triolm.engine.sampling_params import SamplingParams
 from triolm.engine.scheduler import Scheduler
@@ -45,6 +46,8 @@ class StepOutput:
     num_cached_prompt_tokens: int  # prompt tokens found in the prefix cache at admission
     num_prefilled_tokens: int  # tokens computed by prefill so far (cost of this request)
     error: str | None = None  # finish_reason "error": the sequence's grammar failed (why)
+    # on a request's first token, when its params asked for them
+    prompt_logprobs: tuple[PromptTokenLogprob, ...] | None = None
 
 
 KV_CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -141,7 +144,8 @@ class LLMEngine:
             reason = "error" if error is not None else self._finish_reason(seq, tok.token_id)
             outputs.append(StepOutput(seq.request_id, tok.token_id, tok.logprob, tok.top_logprobs,
                                       reason, seq.num_prompt_tokens, seq.num_prefix_hit_tokens,
-                                      seq.num_prefilled_tokens, error))
+                                      seq.num_prefilled_tokens, error,
+                                      seq.prompt_logprobs if seq.num_generated == 1 else None))
             if reason is not None:
                 self.sequences.pop(seq.request_id, None)
                 self.scheduler.remove(seq)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from triolm.engine.prompt_logprobs import prompt_token_logprobs
 from triolm.engine.sequence import Sequence
 from triolm.model.attention import AttentionMetadata, PrefillSeq
 from triolm.model.llama import LlamaModel
@@ -59,6 +60,12 @@ class ModelRunner:
         hidden = self.model.forward(torch.tensor(ids, dtype=torch.long), torch.cat(positions),
                                     self.kv_cache, meta, self.cache_state,
                                     before_layers=self.before_layers)
+        for seq, m in zip(seqs, meta_seqs, strict=True):
+            top_n = seq.params.prompt_logprobs
+            if top_n is not None and seq.prompt_logprobs is None:  # prefilled whole: row i is position i
+                n = seq.num_prompt_tokens
+                seq.prompt_logprobs = prompt_token_logprobs(
+                    self.model.logits, hidden[m.start:m.start + n - 1], seq.token_ids[:n], top_n)
         return self.model.logits(hidden[torch.tensor(last_rows)])
 
     def _decode(self, seqs: list[Sequence]) -> torch.Tensor:

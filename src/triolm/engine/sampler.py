@@ -1,6 +1,6 @@
 """Turn a batch of logits into one token per sequence, each with its own settings.
 
-Order of processing (as in vLLM): logit_bias, repetition/presence/frequency penalties,
+Order of processing (as in vLLM): allowed_token_ids, logit_bias, repetition/presence/frequency penalties,
 min_tokens (hide stop ids), grammar mask, then temperature, top_k, top_p, min_p and
 sampling. Reported log-probabilities are those of the model's raw distribution
 (log_softmax of the unprocessed logits), like vLLM's default `raw_logprobs`.
@@ -82,6 +82,11 @@ class Sampler:
 
     def _process_row(self, row: torch.Tensor, seq: Sequence) -> None:
         p = seq.params
+        if p.allowed_token_ids:
+            allowed = torch.tensor(p.allowed_token_ids, dtype=torch.long)
+            kept = row[allowed]
+            row.fill_(float("-inf"))
+            row[allowed] = kept
         for token_id, bias in p.logit_bias:
             row[token_id] += bias
         if p.repetition_penalty != 1.0:
@@ -138,6 +143,6 @@ def _fill_bitmasks(seqs: list[Sequence], rows: list[int], bitmask: torch.Tensor,
 
 def _needs_processing(seq: Sequence) -> bool:
     p = seq.params
-    return bool(p.logit_bias or p.repetition_penalty != 1.0 or p.presence_penalty
+    return bool(p.logit_bias or p.allowed_token_ids or p.repetition_penalty != 1.0 or p.presence_penalty
                 or p.frequency_penalty or seq.num_generated < p.min_tokens
                 or seq.matcher is not None)

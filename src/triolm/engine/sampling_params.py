@@ -22,12 +22,16 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    allowed_token_ids: tuple[int, ...] = ()  # empty: all; else only these may be sampled
     seed: int | None = None
     max_tokens: int = 16
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; N: sampled token's logprob + top-N
+    # None: none; N: every prompt token's logprob (after the first) + top-N. Such a
+    # prompt is prefilled whole, never from the prefix cache (block_manager).
+    prompt_logprobs: int | None = None
     constraint: GrammarSpec | None = None  # compiled per sequence into a TokenMatcher
 
     @property

@@ -7,6 +7,7 @@ from collections import Counter
 
 import torch
 
+from triolm.engine.prompt_logprobs import PromptTokenLogprob
 from triolm.engine.sampling_params import SamplingParams
 
 
@@ -37,9 +38,16 @@ class Sequence:
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)
         self.matcher = params.constraint.new_matcher() if params.constraint is not None else None
+        # filled by the first prefill when params.prompt_logprobs asks (kept across preemption)
+        self.prompt_logprobs: tuple[PromptTokenLogprob, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Asked for and not computed yet: the next prefill must compute every prompt position."""
+        return self.params.prompt_logprobs is not None and self.prompt_logprobs is None
 
     @property
     def num_generated(self) -> int:

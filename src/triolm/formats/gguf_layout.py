@@ -14,12 +14,13 @@ import math
 
 import torch
 
+from triolm.formats import moe_layout
 from triolm.model.config import ModelConfig, RopeScaling
 
 # Our architecture name -> GGUF `general.architecture`. Mistral is the llama graph in GGUF.
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-             "gemma2": "gemma2", "gemma3": "gemma3"}
-SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")
+             "gemma2": "gemma2", "gemma3": "gemma3", "mixtral": "llama", "qwen3_moe": "qwen3moe"}
+SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "qwen3moe")
 
 #: Gemma's RMSNorm scales by (1 + w); llama.cpp's converter stores w + 1 for every
 #: `*norm.weight` of these architectures, so its graph multiplies by the stored value.
@@ -78,6 +79,9 @@ def gguf_name(hf_name: str, architecture: str = "llama") -> str:
         index, _, rest = hf_name[len("model.layers."):].partition(".")
         if index.isdigit() and rest in names:
             return f"blk.{index}.{names[rest]}"
+    router = moe_layout.gguf_router_name(hf_name)
+    if router is not None:
+        return router
     raise KeyError(f"no GGUF name for tensor {hf_name!r}")
 
 
@@ -128,9 +132,12 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         if c.architecture in NORM_PLUS_ONE_ARCHS:
             shapes[p + "pre_feedforward_layernorm.weight"] = (c.hidden_size,)
             shapes[p + "post_feedforward_layernorm.weight"] = (c.hidden_size,)
-        shapes[p + "mlp.gate_proj.weight"] = (c.intermediate_size, c.hidden_size)
-        shapes[p + "mlp.up_proj.weight"] = (c.intermediate_size, c.hidden_size)
-        shapes[p + "mlp.down_proj.weight"] = (c.hidden_size, c.intermediate_size)
+        if moe_layout.is_sparse(c, i):
+            shapes.update(moe_layout.layer_shapes(c, i))
+        else:
+            shapes[p + "mlp.gate_proj.weight"] = (c.intermediate_size, c.hidden_size)
+            shapes[p + "mlp.up_proj.weight"] = (c.intermediate_size, c.hidden_size)
+            shapes[p + "mlp.down_proj.weight"] = (c.hidden_size, c.intermediate_size)
     return shapes
 
 

@@ -24,7 +24,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueTy
 from gguf.gguf_reader import ReaderField
 
 from triolm.errors import ModelLoadError
-from triolm.formats import gemma_gguf, gguf_quants
+from triolm.formats import gemma_gguf, gguf_quants, moe_gguf, moe_layout
 from triolm.formats import gguf_layout as layout
 from triolm.model.config import ModelConfig, RopeScaling, invalid_fields
 
@@ -349,6 +349,11 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
             config = gemma_gguf.config_from_metadata(config, arch, key, meta.get("tokenizer.ggml.tokens"))
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from None
+    try:
+        if moe_gguf.is_moe_file(arch, key):
+            config = moe_gguf.config_from_metadata(config, arch, key)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
     return config
 
 
@@ -366,6 +371,8 @@ _KEYS = {
     "sliding_window": "attention.sliding_window", "layer_types": "attention.sliding_window_pattern",
     "rope_local_theta": "rope.freq_base_swa", "query_pre_attn_scalar": "attention.key_length",
     "attn_logit_softcapping": "attn_logit_softcapping", "final_logit_softcapping": "final_logit_softcapping",
+    "num_experts": "expert_count", "num_experts_per_tok": "expert_used_count",
+    "moe_intermediate_size": "expert_feed_forward_length", "dense_mlp_layers": "block_count",
 }
 
 
@@ -446,7 +453,14 @@ _threads_saved = 1
 def _read_tensors(path: Path, model: GGUFModel, by_name: dict, dtype: torch.dtype,
                   keep_quantized: bool, keep_float16: bool) -> None:
     config = model.config
+    stacked = moe_layout.stacked_gguf_tensors(config)
+    source = moe_gguf.expert_source(config)
     for hf, shape in layout.expected_shapes(config).items():
+        if hf in source:
+            if hf not in model.tensor_types:  # its stacked tensor is not read yet
+                _read_stacked_experts(path, model, by_name, source[hf], *stacked[source[hf]],
+                                      dtype, keep_quantized, keep_float16)
+            continue
         name = layout.gguf_name(hf, config.architecture)
         t = by_name.get(name)
         if t is None:
@@ -478,3 +492,28 @@ def _read_tensors(path: Path, model: GGUFModel, by_name: dict, dtype: torch.dtyp
         if offset:
             w = w - offset  # back to HF's value (gemma stores w + 1)
         model.tensors[hf] = w
+
+
+def _read_stacked_experts(path: Path, model: GGUFModel, by_name: dict, name: str, names: list[str],
+                          shape: tuple[int, int, int], dtype: torch.dtype, keep_quantized: bool,
+                          keep_float16: bool) -> None:
+    """Every expert of one stacked GGUF tensor (`blk.N.ffn_up_exps.weight`), each as a
+    view of its slice (see moe_gguf)."""
+    t = by_name.get(name)
+    if t is None:
+        raise ModelLoadError(f"{path}: missing tensor {name} (the stacked experts {names[0]} ...)")
+    got = moe_gguf.stacked_shape_in_file(t)
+    if got != shape:
+        raise ModelLoadError(f"{path}: tensor {name} has shape {list(got)}, expected "
+                             f"{list(shape)} for this config")
+    qname = t.tensor_type.name
+    if qname not in gguf_quants.SUPPORTED_TYPES:
+        raise ModelLoadError(f"{path}: tensor {name} has unsupported type {qname} "
+                             f"(supported: {', '.join(gguf_quants.SUPPORTED_TYPES)})")
+    qname, experts = moe_gguf.read_stacked(t, names, shape, keep_quantized, dtype, keep_float16)
+    for hf, w in experts.items():
+        model.tensor_types[hf] = qname
+        if w.dtype == torch.uint8:
+            model.quantized[hf] = QuantizedTensor(qname, (shape[1], shape[2]), w)
+        else:
+            model.tensors[hf] = w

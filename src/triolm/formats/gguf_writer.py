@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 
-from triolm.formats import gemma_gguf, gguf_quants
+from triolm.formats import gemma_gguf, gguf_quants, moe_gguf, moe_layout
 from triolm.formats import gguf_layout as layout
 from triolm.model.config import ModelConfig
 
@@ -84,11 +84,14 @@ def _value_type(key: str, value: Any) -> tuple[GGUFValueType, GGUFValueType | No
 
 def tensor_type(config: ModelConfig, hf: str, shape: tuple[int, ...], file_type: str,
                 overrides: Mapping[str, str] | None = None) -> T:
-    """The GGML type llama.cpp would give this tensor in a `file_type` file."""
+    """The GGML type llama.cpp would give this tensor in a `file_type` file (`hf`: an HF
+    name, or the GGUF name of a stacked expert tensor, which has no HF name)."""
     if len(shape) == 1:
         return T.F32
     base, mix, _ = _FILE_TYPES[file_type]
-    name = layout.gguf_name(hf, config.architecture)
+    name = hf if hf.startswith("blk.") else layout.gguf_name(hf, config.architecture)
+    if name.endswith(moe_layout.GGUF_ROUTER):
+        return T.F32  # llama.cpp keeps the router in float32 in every file type
     explicit = None
     if overrides:
         explicit = overrides.get(hf) or overrides.get(name)
@@ -127,6 +130,8 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Mapping[st
         raise ValueError(f"cannot write {config.rope_scaling.rope_type} rope scaling for {arch}")
     if arch in gemma_gguf.GEMMA_ARCHS:
         gemma_gguf.check_writable(config)
+    if config.num_experts:
+        moe_gguf.check_writable(config)
     if config.architecture == "mistral" and "mistral" not in name.lower():
         name = f"mistral-{name}"  # how llama.cpp-land tells mistral from llama
     shapes = layout.expected_shapes(config)
@@ -149,7 +154,20 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Mapping[st
             factors = layout.llama3_rope_factors(config.head_dim, config.rope_theta, config.rope_scaling)
             w.add_tensor(layout.ROPE_FREQS, factors.numpy())
             done += 1
+        stacked = moe_layout.stacked_gguf_tensors(config)
+        experts = moe_gguf.expert_source(config)
         for hf, shape in shapes.items():
+            if hf in experts:  # written with the other experts of its stacked tensor
+                name = experts[hf]
+                names, stacked_shape = stacked.pop(name, (None, None))
+                if names is not None and stacked_shape is not None:
+                    qtype = tensor_type(config, name, stacked_shape, file_type, type_overrides)
+                    w.add_tensor(name, _encode_stacked([tensors[n] for n in names], qtype),
+                                 raw_dtype=None if qtype in (T.F32, T.F16) else qtype)
+                done += 1
+                if progress:
+                    progress(done, total)
+                continue
             qtype = tensor_type(config, hf, shape, file_type, type_overrides)
             data = _encode(config, hf, tensors[hf], qtype)
             w.add_tensor(layout.gguf_name(hf, config.architecture), data,
@@ -179,6 +197,14 @@ def _encode(config: ModelConfig, hf: str, t: torch.Tensor, qtype: T) -> np.ndarr
     return values if values.ndim == 1 else gguf_quants.quantize(values, qtype)
 
 
+def _encode_stacked(experts: list[torch.Tensor], qtype: T) -> np.ndarray:
+    """Experts' 2-D weights -> one [experts, rows, cols] GGUF tensor, as the converter stacks them."""
+    x = torch.stack([t.detach().to(torch.float32).cpu() for t in experts])
+    n, rows, cols = x.shape
+    data = gguf_quants.quantize(x.reshape(n * rows, cols).contiguous().numpy(), qtype)
+    return data.reshape(n, rows, -1)
+
+
 def _write_metadata(w: GGUFWriter, c: ModelConfig, arch: str, file_type: str, name: str,
                     tokenizer_metadata: Mapping[str, Any]) -> None:
     w.add_type("model")
@@ -197,6 +223,8 @@ def _write_metadata(w: GGUFWriter, c: ModelConfig, arch: str, file_type: str, na
     w.add_value_length(c.head_dim)
     if arch in gemma_gguf.GEMMA_ARCHS:
         gemma_gguf.write_metadata(w, c)
+    if c.num_experts:
+        moe_gguf.write_metadata(w, c)
     w.add_file_type(int(_FILE_TYPES[file_type][2]))
     w.add_quantization_version(GGML_QUANT_VERSION)
     for key, value in tokenizer_metadata.items():

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 from triolm.errors import ModelLoadError
+from triolm.formats import moe_config
 from triolm.model.config import (
     FULL,
+    MOE_ARCHITECTURES,
     SLIDING,
     SUPPORTED_ARCHITECTURES,
     ModelConfig,
@@ -16,7 +18,7 @@ from triolm.model.config import (
 )
 
 _MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
-                "gemma2": "gemma2", "gemma3_text": "gemma3"}
+                "gemma2": "gemma2", "gemma3_text": "gemma3", "mixtral": "mixtral", "qwen3_moe": "qwen3_moe"}
 
 
 def _eos_ids(value) -> tuple[int, ...]:
@@ -58,6 +60,8 @@ def config_from_hf_dict(cfg: dict, source: str = "config.json") -> ModelConfig:
         hidden = int(cfg["hidden_size"])
         if arch in ("gemma2", "gemma3"):
             config = _gemma_config(cfg, arch)
+        elif arch in MOE_ARCHITECTURES:
+            config = moe_config.from_hf_dict(cfg, _llama_config(cfg, arch, heads, hidden))
         else:
             config = _llama_config(cfg, arch, heads, hidden)
     except KeyError as exc:

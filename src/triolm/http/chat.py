@@ -26,7 +26,7 @@ from triolm.prompting.prompts import (
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.chat_output import make_streamer, shape_message
 from triolm.protocol.errors import bad_request
-from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings
+from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings, truncated_prompt
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.protocol.tool_calls import tool_calls_finish_reason
 from triolm.protocol.validation import check_against_model, requested_max_tokens
@@ -59,14 +59,17 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
             check_prompt_chars(served, verbatim_prompt_chars(body.messages), "messages")
         limiter = lanes.for_chars(text_chars(body.messages) + text_chars(body.tools))
         if served.mistral_tokenizer is not None:
+            if body.add_special_tokens:
+                raise bad_request("add_special_tokens is not supported with mistral-common's tokenizer "
+                                  "(it writes the special tokens itself)", param="add_special_tokens")
             return await lanes.run(
                 limiter, render_chat_prompt, served, body.messages, body.tools,
-                body.add_generation_prompt, body.continue_final_message, body.chat_template_kwargs)
+                body.add_generation_prompt, body.continue_final_message, body.template_variables)
         text = await render_chat_text_in_worker(
             lanes.templates, limiter, served, body.messages, body.tools, body.add_generation_prompt,
-            body.continue_final_message, body.chat_template_kwargs)
+            body.continue_final_message, body.template_variables)
         # The template already contains bos and other special tokens as text.
-        return RenderedPrompt(text, await lanes.run(limiter, encode_text, served, text, False))
+        return RenderedPrompt(text, await lanes.run(limiter, encode_text, served, text, body.add_special_tokens))
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     except Exception as exc:
@@ -86,14 +89,36 @@ async def prepare_chat(state: AppState, body: ChatCompletionRequest,
     served = state.require_generation().served
     state.check_model_name(body.model)
     check_against_model(body, request_limits(state))
+    if prompt is not None and body.truncate_prompt_tokens is not None:
+        raise bad_request("truncate_prompt_tokens cannot be used here: the prompt is the session's",
+                          param="truncate_prompt_tokens")
     if prompt is None:
         prompt = await render_for_request(state, served, body)
+        prompt = attrs.evolve(prompt, token_ids=truncated_prompt(prompt.token_ids, body, served.max_model_len))
     max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), served.max_model_len,
                                min_tokens=body.min_tokens)
     constraint = await constraint_for_chat(state, served, body, prompt.text)
-    return ChatPlan(body=body, served=served, prompt=prompt, max_tokens=max_tokens,
+    plan = ChatPlan(body=body, served=served, prompt=prompt, max_tokens=max_tokens,
                     stops=stop_strings(body), tool_parser=tool_parsing_mode(served, body),
                     constraint=constraint)
+    if body.request_id is not None:
+        plan.request_id = f"chatcmpl-{body.request_id}"
+    return plan
+
+
+def echoed_text(body: ChatCompletionRequest) -> str:
+    """vLLM's chat `echo`: the last message's text, when the reply continues its role
+    (the reply's role is the last message's without a generation prompt)."""
+    if not body.echo:
+        return ""
+    last = body.messages[-1]
+    role = "assistant" if body.add_generation_prompt else last.get("role")
+    if last.get("role") != role:
+        return ""
+    content = last.get("content")
+    if isinstance(content, list):
+        content = "".join(part["text"] for part in content)
+    return content or ""
 
 
 class ChatRun(GenerationsRun):
@@ -113,14 +138,16 @@ class ChatRun(GenerationsRun):
         self.gens = [
             Generation(driver, plan.served.tokenizer, plan.prompt.token_ids,
                        build_sampling_params(body, plan.max_tokens, logprobs, seed_offset=i,
-                                             constraint=plan.constraint),
-                       stop=plan.stops,
+                                             constraint=plan.constraint,
+                                             prompt_logprobs=body.prompt_logprobs if i == 0 else None),
+                       stop=plan.stops, include_stop_str=body.include_stop_str_in_output,
                        # tool and thinking markup may be special tokens ([TOOL_CALLS], [THINK])
                        skip_special_tokens=body.skip_special_tokens and plan.tool_parser is None
                        and plan.served.reasoning is None)
             for i in range(body.n)
         ]
         self.tool_names = [t.get("function", {}).get("name") for t in (body.tools or [])] or None
+        self.echo = echoed_text(body)
         self.start = trio.current_time()
 
     # -- non-streaming ----------------------------------------------------------------
@@ -136,6 +163,10 @@ class ChatRun(GenerationsRun):
             message, called = shape_message(r.text, tool_parser=p.tool_parser, tool_names=self.tool_names,
                                             reasoning=p.served.reasoning, prompt_text=p.prompt.text,
                                             cut_short=r.finish_reason == "length")
+            if not p.body.include_reasoning:
+                message.pop("reasoning_content", None)
+            if self.echo:
+                message["content"] = self.echo + (message["content"] or "")
             finish = tool_calls_finish_reason(r.finish_reason) if called else r.finish_reason
             choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish,
                       "stop_reason": r.stop_reason}
@@ -151,6 +182,9 @@ class ChatRun(GenerationsRun):
                "usage": fmt.usage(len(p.prompt.token_ids), completion_tokens, cached)}
         if p.body.return_token_ids:
             out["prompt_token_ids"] = list(p.prompt.token_ids)
+        if p.body.prompt_logprobs is not None:
+            out["prompt_logprobs"] = fmt.vllm_prompt_logprobs(
+                p.prompt.token_ids, self.gens[0].result.prompt_logprobs or (), self.namer)
         return out
 
     # -- streaming --------------------------------------------------------------------
@@ -176,6 +210,10 @@ class ChatRun(GenerationsRun):
             yield self._chunk([self._with_ids({"index": i, "delta": {"role": "assistant", "content": ""},
                                                "logprobs": None, "finish_reason": None}, ())],
                               extra=extra)
+        if self.echo:
+            for i in range(len(self.gens)):
+                yield self._chunk([self._with_ids({"index": i, "delta": {"content": self.echo},
+                                                   "logprobs": None, "finish_reason": None}, ())])
         try:
             async with merged_deltas(self.gens, self.state.settings.request_timeout) as events:
                 async for event in events:
@@ -195,6 +233,8 @@ class ChatRun(GenerationsRun):
                         [{"content": delta.text}] if delta.text else [])
                     if delta.finish_reason is not None and streamer is not None:
                         deltas += streamer.finish(cut_short=delta.finish_reason == "length")
+                    if not body.include_reasoning:
+                        deltas = [d for d in deltas if "reasoning_content" not in d]
                     logprobs = fmt.chat_logprobs(delta.tokens, self.namer) if body.logprobs else None
                     per_token = bool(logprobs) or token_ids  # every token is told, text or not
                     for j, d in enumerate(deltas or ([{}] if per_token else [])):

@@ -13,7 +13,7 @@ from triolm.http.structured import constraint_for_completion
 from triolm.prompting.prompts import check_prompt_chars, encode_text
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import bad_request
-from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings
+from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings, truncated_prompt
 from triolm.protocol.schemas import CompletionRequest
 from triolm.protocol.validation import check_against_model, requested_max_tokens
 from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
@@ -42,7 +42,8 @@ async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[lis
                 check_prompt_chars(served, len(text), "prompt")
             except InvalidRequestError as exc:
                 raise bad_request(exc.message, param=exc.param, code=exc.code) from None
-            ids.append(await state.lanes.run(state.lanes.for_chars(len(text)), encode_text, served, text, True))
+            ids.append(await state.lanes.run(state.lanes.for_chars(len(text)), encode_text, served, text,
+                                             body.add_special_tokens))
     for seq in ids:
         if not seq:
             raise bad_request("prompt must not be empty", param="prompt")
@@ -50,7 +51,7 @@ async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[lis
             if not 0 <= t < vocab:
                 raise bad_request(f"prompt token id {t} is outside the vocabulary (0..{vocab - 1})",
                                   param="prompt")
-    return ids
+    return [truncated_prompt(seq, body, served.max_model_len) for seq in ids]
 
 
 class CompletionRun(GenerationsRun):
@@ -60,19 +61,29 @@ class CompletionRun(GenerationsRun):
         runtime = state.serving()
         served, driver = runtime.served, runtime.driver
         self.state, self.body, self.served, self.prompts = state, body, served, prompts
-        self.request_id, self.created, self.model_name = fmt.new_id("cmpl"), fmt.now(), served.name
+        self.request_id = fmt.new_id("cmpl") if body.request_id is None else f"cmpl-{body.request_id}"
+        self.created, self.model_name = fmt.now(), served.name
         self.namer = fmt.TokenNamer(served.tokenizer, body.return_tokens_as_token_ids)
         stops = stop_strings(body)
+        # echo + logprobs gives the prompt's log-probabilities too (as vLLM does)
+        self.prompt_logprobs = body.prompt_logprobs
+        if self.prompt_logprobs is None and body.echo and body.logprobs is not None:
+            self.prompt_logprobs = body.logprobs
+        # echo with max_tokens 0 (vLLM; scoring harnesses send it): the prompt alone. One
+        # token is generated (the prefill must sample) and not told.
+        self.echo_only = body.echo and requested_max_tokens(body) == 0
         self.gens: list[Generation] = []
         self.prompt_index: list[int] = []
         for p_index, prompt in enumerate(prompts):
-            max_tokens = check_context(len(prompt), requested_max_tokens(body) or 16, served.max_model_len,
+            wanted = 1 if self.echo_only else requested_max_tokens(body) or 16
+            max_tokens = check_context(len(prompt), wanted, served.max_model_len,
                                        prompt_param="prompt", min_tokens=body.min_tokens)
             for i in range(body.n):
                 params = build_sampling_params(body, max_tokens, body.logprobs, seed_offset=i,
-                                               constraint=constraint)
+                                               constraint=constraint, prompt_logprobs=self.prompt_logprobs)
                 self.gens.append(Generation(driver, served.tokenizer, prompt, params, stop=stops,
-                                            skip_special_tokens=body.skip_special_tokens))
+                                            skip_special_tokens=body.skip_special_tokens,
+                                            include_stop_str=body.include_stop_str_in_output))
                 self.prompt_index.append(p_index)
         admit(driver, len(self.gens))
         self.start = trio.current_time()
@@ -81,23 +92,41 @@ class CompletionRun(GenerationsRun):
         return self.served.tokenizer.decode(self.prompts[self.prompt_index[index]],
                                             skip_special_tokens=self.body.skip_special_tokens)
 
+    def _echo_logprobs(self, index: int) -> dict:
+        """The echoed prompt's part of choice `index`'s logprobs."""
+        return fmt.echoed_prompt_logprobs(self.prompts[self.prompt_index[index]],
+                                          self.gens[index].result.prompt_logprobs or (), self.namer)
+
     def _usage(self) -> dict:
         prompt_tokens = sum(len(p) for p in self.prompts)
-        return fmt.usage(prompt_tokens, sum(len(g.result.tokens) for g in self.gens))
+        generated = 0 if self.echo_only else sum(len(g.result.tokens) for g in self.gens)
+        return fmt.usage(prompt_tokens, generated)
+
+    def _told(self, text: str, tokens, finish_reason: str | None, stop_reason) -> tuple:
+        """What is told of generated output: nothing but the end, for echo alone."""
+        if self.echo_only:
+            return "", (), "length" if finish_reason is not None else None, None
+        return text, tokens, finish_reason, stop_reason
 
     async def complete(self) -> dict:
         await self._run_to_end()
         choices = []
         for i, g in enumerate(self.gens):
             r = g.result
+            text, tokens, finish_reason, stop_reason = self._told(r.text, r.tokens, r.finish_reason, r.stop_reason)
             prefix = self._echo_text(i) if self.body.echo else ""
-            choice = {"index": i, "text": prefix + r.text, "logprobs": None,
-                      "finish_reason": r.finish_reason, "stop_reason": r.stop_reason}
+            choice = {"index": i, "text": prefix + text, "logprobs": None,
+                      "finish_reason": finish_reason, "stop_reason": stop_reason}
             if self.body.logprobs is not None:
-                choice["logprobs"] = fmt.completion_logprobs(r.tokens, self.namer, len(prefix))
+                choice["logprobs"] = fmt.completion_logprobs(tokens, self.namer, len(prefix))
+                if self.body.echo:
+                    choice["logprobs"] = fmt.joined_logprobs(self._echo_logprobs(i), choice["logprobs"])
+            if self.body.prompt_logprobs is not None:
+                choice["prompt_logprobs"] = fmt.vllm_prompt_logprobs(
+                    self.prompts[self.prompt_index[i]], r.prompt_logprobs or (), self.namer)
             if self.body.return_token_ids:
                 choice["prompt_token_ids"] = list(self.prompts[self.prompt_index[i]])
-                choice["token_ids"] = r.token_ids
+                choice["token_ids"] = [t.token_id for t in tokens]
             choices.append(choice)
         return {"id": self.request_id, "object": "text_completion", "created": self.created,
                 "model": self.served.name, "choices": choices, "usage": self._usage()}
@@ -120,11 +149,21 @@ class CompletionRun(GenerationsRun):
                 out["token_ids"] = [t.token_id for t in tokens]
             return out
 
-        if body.echo:
+        # With logprobs, a choice's echo waits for its prefill, which gives the prompt's
+        # log-probabilities; without, it goes out at once.
+        echo_pending = [body.echo] * len(self.gens)
+
+        def echo_chunk(i: int) -> bytes:
+            echo_pending[i] = False
+            text = self._echo_text(i)
+            offsets[i] = len(text)
+            logprobs = self._echo_logprobs(i) if body.logprobs is not None else None
+            return self._chunk([choice(i, {"text": text, "logprobs": logprobs, "finish_reason": None})])
+
+        if body.logprobs is None:
             for i in range(len(self.gens)):
-                text = self._echo_text(i)
-                offsets[i] = len(text)
-                yield self._chunk([choice(i, {"text": text, "logprobs": None, "finish_reason": None})])
+                if echo_pending[i]:
+                    yield echo_chunk(i)
         try:
             async with merged_deltas(self.gens, self.state.settings.request_timeout) as events:
                 async for event in events:
@@ -133,20 +172,26 @@ class CompletionRun(GenerationsRun):
                         continue
                     if isinstance(event, TimedOut):
                         for i, done in enumerate(finished):
+                            if echo_pending[i]:
+                                yield echo_chunk(i)
                             if not done:
                                 yield self._chunk([choice(i, {"text": "", "logprobs": None,
                                                               "finish_reason": "length"})])
                         break
                     i, delta = event
+                    if echo_pending[i]:
+                        yield echo_chunk(i)
+                    text, tokens, finish_reason, stop_reason = self._told(
+                        delta.text, delta.tokens, delta.finish_reason, delta.stop_reason)
                     logprobs = None
                     if body.logprobs is not None:
-                        logprobs = fmt.completion_logprobs(delta.tokens, self.namer, offsets[i])
-                    offsets[i] += len(delta.text)
-                    if delta.finish_reason is not None:
+                        logprobs = fmt.completion_logprobs(tokens, self.namer, offsets[i])
+                    offsets[i] += len(text)
+                    if finish_reason is not None:
                         finished[i] = True
-                    yield self._chunk([choice(i, {"text": delta.text, "logprobs": logprobs,
-                                                  "finish_reason": delta.finish_reason,
-                                                  "stop_reason": delta.stop_reason}, delta.tokens)])
+                    yield self._chunk([choice(i, {"text": text, "logprobs": logprobs,
+                                                  "finish_reason": finish_reason,
+                                                  "stop_reason": stop_reason}, tokens)])
         except STREAM_ERRORS as exc:
             yield stream_error_event(exc)
         finally:

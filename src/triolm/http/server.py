@@ -11,10 +11,11 @@ import secrets
 
 import trio
 from quart import request
+from quart_cors import cors
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from triolm.http.auth import api_key_error
+from triolm.http.auth import api_key_error, api_keys_of
 from triolm.http.embeddings import embeddings_bp
 from triolm.http.errors import error_response
 from triolm.http.framework_patches import ShieldedLastSendConnection, install_body_drain
@@ -58,6 +59,12 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     app.register_blueprint(embeddings_bp)
     _install_error_handlers(app)
     _install_auth(app, state)
+    if settings.allowed_origins:
+        # after every response (errors and 401s included); preflights are answered by
+        # Quart's automatic OPTIONS, which the key check lets through
+        cors(app, allow_origin=list(settings.allowed_origins),
+             allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
+             allow_methods=["GET", "POST", "DELETE", "OPTIONS"], max_age=600)
     install_body_drain(app)
     register_sessions(app, state)
 
@@ -121,9 +128,11 @@ def _install_error_handlers(app: QuartTrio) -> None:
 
 
 def _install_auth(app: QuartTrio, state: AppState) -> None:
+    keys = api_keys_of(state.settings)
+
     @app.before_request
     async def check_api_key():
-        err = api_key_error(state.settings.api_key, request)
+        err = api_key_error(keys, request)
         if err is None:
             return None
         await request.get_data()  # drain the body: keep the keep-alive connection usable

@@ -154,7 +154,7 @@ async def _prepare(state: AppState, session: Session, body: ChatCompletionReques
         text = await render_chat_text_in_worker(
             state.lanes.templates, state.lanes.for_chars(text_chars(body.messages) + text_chars(body.tools)),
             served, body.messages, body.tools, body.add_generation_prompt, body.continue_final_message,
-            body.chat_template_kwargs)
+            body.template_variables)
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     extension = find_extension(session.nodes, text)

@@ -32,12 +32,43 @@ def tool_parsing_mode(served: ServedModel, body: ChatCompletionRequest) -> str |
     return served.tool_parser
 
 
-def _wants_structure(body: SamplingFields) -> bool:
-    """Any structured-output field given, even an empty one: `{}`, `""` and `[]` are
-    requests the compiler refuses with a 400 naming the field, never silently ignored."""
+# structured_outputs' fields -> the compiler's arguments
+_STRUCTURED_OUTPUTS = (("json_", "guided_json"), ("regex", "guided_regex"), ("choice", "guided_choice"),
+                       ("grammar", "grammar"), ("structural_tag", "structural_tag"))
+
+
+def answer_constraint(body: SamplingFields) -> dict:
+    """The compiler's arguments for the one output constraint a request gives — by
+    vLLM's `structured_outputs`, its older `guided_*` names, llama.cpp's `grammar` or
+    OpenAI's `response_format` — with `param` naming the field it came from; {} for
+    none. Empty values (`{}`, `""`, `[]`) are constraints the compiler refuses with a
+    400 naming the field, never silently ignored."""
+    given: list[tuple[str, str, object]] = []  # (request field, compiler argument, value)
     rf = body.response_format
-    return ((rf is not None and rf.get("type") != "text") or body.guided_choice is not None
-            or body.guided_regex is not None or body.guided_json is not None)
+    if rf is not None and rf.get("type") == "structural_tag":
+        given.append(("response_format", "structural_tag", rf))
+    elif rf is not None and rf.get("type") != "text":
+        given.append(("response_format", "response_format", rf))
+    for field in ("guided_json", "guided_regex", "guided_choice"):
+        if getattr(body, field) is not None:
+            given.append((field, field, getattr(body, field)))
+    for field in ("guided_grammar", "grammar"):
+        if getattr(body, field) is not None:
+            given.append((field, "grammar", getattr(body, field)))
+    so = body.structured_outputs
+    if so is not None:
+        given += [("structured_outputs", arg, getattr(so, attr)) for attr, arg in _STRUCTURED_OUTPUTS
+                  if getattr(so, attr) is not None]
+        if so.json_object:
+            given.append(("structured_outputs", "response_format", {"type": "json_object"}))
+    if not given:
+        return {}
+    if len(given) > 1:
+        named = [f"{field}" + (f".{arg}" if field == "structured_outputs" else "") for field, arg, _ in given]
+        raise bad_request(f"give one structured-output constraint, not {' and '.join(named)}",
+                          param=given[1][0])
+    field, arg, value = given[0]
+    return {arg: value, "param": field}
 
 
 def grammar_limits(settings: ServerSettings) -> GrammarLimits:
@@ -60,34 +91,33 @@ async def constraint_for_chat(state, served: ServedModel, body: ChatCompletionRe
     if body.tools and served.tool_parser == GENERIC_TOOL_PARSER:
         return await generic_tools_constraint(state, served, body, prompt_text)
     forced_tools = bool(body.tools) and (body.tool_choice == "required" or isinstance(body.tool_choice, dict))
-    if not forced_tools and not _wants_structure(body):
+    answer = answer_constraint(body)
+    if not forced_tools and not answer:
         return None
     if isinstance(body.tool_choice, (str, dict)) and body.tool_choice not in ("none", "auto") and not body.tools:
         raise bad_request("tool_choice requires tools", param="tool_choice")
     tools = body.tools if body.tool_choice != "none" else None
     return await _compile(
-        state, served, response_format=body.response_format, guided_choice=body.guided_choice,
-        guided_regex=body.guided_regex, guided_json=body.guided_json, tools=tools,
+        state, served, **answer, tools=tools,
         tool_choice=body.tool_choice if tools else None,
         tool_parser=served.tool_parser if tools else None,
         parallel_tool_calls=body.parallel_tool_calls is not False)
 
 
 async def constraint_for_completion(state, served: ServedModel, body: SamplingFields):
-    if not _wants_structure(body):
+    answer = answer_constraint(body)
+    if not answer:
         return None
-    return await _compile(state, served, response_format=body.response_format,
-                          guided_choice=body.guided_choice, guided_regex=body.guided_regex,
-                          guided_json=body.guided_json)
+    return await _compile(state, served, **answer)
 
 
 async def generic_tools_constraint(state, served: ServedModel, body: ChatCompletionRequest, prompt_text: str):
     """The reply in the generic JSON tool format (the template has no tool support), after
     the thinking of a reasoning model (the prompt tells whether it may think)."""
-    if _wants_structure(body):
-        raise bad_request("response_format and guided_* cannot be combined with tools on this model: its "
-                          "chat template has no tool-call format, so replies use the generic JSON tool "
-                          "format (docs/tool-calling.md)", param="tools")
+    if answer_constraint(body):
+        raise bad_request("response_format, structured_outputs, guided_* and grammar cannot be combined with "
+                          "tools on this model: its chat template has no tool-call format, so replies use the "
+                          "generic JSON tool format (docs/tool-calling.md)", param="tools")
     compile_ = functools.partial(
         generic_tools_grammar, served.grammar, body.tools, body.tool_choice,
         parallel_tool_calls=body.parallel_tool_calls is not False, reasoning=served.reasoning,

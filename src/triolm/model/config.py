@@ -6,7 +6,13 @@ import math
 
 import attrs
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "mixtral", "qwen3_moe")
+
+#: Mixture-of-experts architectures (model/moe.py): a routed set of experts replaces the MLP.
+MOE_ARCHITECTURES = ("mixtral", "qwen3_moe")
+#: More experts than any published model has (Qwen3-Next: 512); a file claiming more is
+#: refused before anything is sized from the count.
+MAX_EXPERTS = 4096
 
 #: Per-layer attention kinds (`layer_types`), as Hugging Face names them.
 SLIDING = "sliding_attention"
@@ -53,6 +59,13 @@ class ModelConfig:
     query_pre_attn_scalar: float | None = None  # attention scale is its -1/2 power (else head_dim's)
     attn_logit_softcapping: float | None = None  # scores -> cap * tanh(scores / cap)
     final_logit_softcapping: float | None = None  # logits -> cap * tanh(logits / cap)
+    # mixture of experts (MOE_ARCHITECTURES): each token runs `num_experts_per_tok` of
+    # `num_experts` MLPs of width `moe_intermediate_size`, weighted by the router
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True  # renormalise the top-k router probabilities to sum to 1
+    dense_mlp_layers: tuple[int, ...] = ()  # layers with a plain MLP (`intermediate_size`) instead
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.layer_types) and self.layer_types[layer] == SLIDING
@@ -105,4 +118,15 @@ def invalid_fields(config: ModelConfig) -> dict[str, str]:
         value = getattr(config, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             bad[name] = f"must be a finite positive number, got {value}"
+    if config.architecture in MOE_ARCHITECTURES:
+        if not 1 <= config.num_experts <= MAX_EXPERTS:
+            bad["num_experts"] = f"must be between 1 and {MAX_EXPERTS}, got {config.num_experts}"
+        if not 1 <= config.num_experts_per_tok <= max(config.num_experts, 1):
+            bad["num_experts_per_tok"] = (f"must be between 1 and the {config.num_experts} experts, "
+                                          f"got {config.num_experts_per_tok}")
+        if config.moe_intermediate_size < 1:
+            bad["moe_intermediate_size"] = f"must be at least 1, got {config.moe_intermediate_size}"
+        if any(not 0 <= i < config.num_hidden_layers for i in config.dense_mlp_layers):
+            bad["dense_mlp_layers"] = (f"names layers outside 0..{config.num_hidden_layers - 1}: "
+                                       f"{list(config.dense_mlp_layers)}")
     return bad

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
+from triolm.formats import moe_config
 from triolm.formats.gguf_layout import expected_shapes
-from triolm.model.config import FULL, SLIDING, ModelConfig
+from triolm.model.config import FULL, MOE_ARCHITECTURES, SLIDING, ModelConfig
 
 
 def random_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
@@ -83,6 +84,8 @@ def hf_config_dict(config: ModelConfig, cls: str, model_type: str) -> dict[str, 
         _gemma_config_keys(d, c)
     if model_type == "mistral":
         d["sliding_window"] = None
+    if c.architecture in MOE_ARCHITECTURES:
+        d.update(moe_config.hf_config_keys(c))
     if model_type in ("qwen2", "qwen3"):
         d["use_sliding_window"] = False
         d["sliding_window"] = None

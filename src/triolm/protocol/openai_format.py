@@ -6,6 +6,7 @@ import json
 import secrets
 import time
 
+from triolm.engine.prompt_logprobs import PromptTokenLogprob
 from triolm.engine.sampler import SampledToken
 from triolm.tokenizers.base import Tokenizer
 
@@ -89,3 +90,50 @@ def completion_logprobs(tokens, namer: TokenNamer, text_offset_start: int = 0) -
         out["text_offset"].append(offset)
         offset += len(namer.text(t.token_id))
     return out
+
+
+def _clamped(logprob: float) -> float:
+    return max(logprob, -9999.0)
+
+
+def vllm_prompt_logprobs(prompt_ids: list[int], infos: tuple[PromptTokenLogprob, ...],
+                         namer: TokenNamer) -> list[dict | None]:
+    """vLLM's `prompt_logprobs`: None for the first token (it follows nothing), then per
+    prompt token a dict keyed by token id (a JSON string) holding that token and the top
+    entries, each with its logprob, rank (1 = most likely) and decoded_token."""
+    out: list[dict | None] = [None]
+    for info in infos:
+        entries = {str(info.token_id): {"logprob": _clamped(info.logprob), "rank": info.rank,
+                                        "decoded_token": namer.name(info.token_id)}}
+        for rank, (token_id, logprob) in enumerate(info.top_logprobs, 1):
+            entries.setdefault(str(token_id), {"logprob": _clamped(logprob), "rank": rank,
+                                               "decoded_token": namer.name(token_id)})
+        out.append(entries)
+    return out
+
+
+def echoed_prompt_logprobs(prompt_ids: list[int], infos: tuple[PromptTokenLogprob, ...],
+                           namer: TokenNamer) -> dict:
+    """The prompt's part of a completions `logprobs` object with `echo`: its tokens, their
+    log-probabilities (the first null) and top entries (the token itself among them, as
+    vLLM gives them), offsets counting the prompt's token texts from 0."""
+    tokens: list[str] = []
+    offsets: list[int] = []
+    offset = 0
+    for token_id in prompt_ids:
+        tokens.append(namer.name(token_id))
+        offsets.append(offset)
+        offset += len(namer.text(token_id))
+    token_logprobs: list[float | None] = [None]
+    top_logprobs: list[dict[str, float] | None] = [None]
+    for info in infos:
+        token_logprobs.append(_clamped(info.logprob))
+        top = {namer.name(i): _clamped(lp) for i, lp in info.top_logprobs}
+        top.setdefault(namer.name(info.token_id), _clamped(info.logprob))
+        top_logprobs.append(top)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
+            "text_offset": offsets}
+
+
+def joined_logprobs(first: dict, second: dict) -> dict:
+    return {key: first[key] + second[key] for key in first}

@@ -36,6 +36,19 @@ def check_context(num_prompt_tokens: int, max_tokens: int | None, max_model_len:
     return max_tokens
 
 
+def truncated_prompt(token_ids: list[int], body: SamplingFields, max_model_len: int) -> list[int]:
+    """vLLM's truncate_prompt_tokens: keep the last N tokens (the first N with
+    truncation_side "right"); -1 is the model's context."""
+    keep = body.truncate_prompt_tokens
+    if keep is None:
+        return token_ids
+    if keep == -1:
+        keep = max_model_len
+    if len(token_ids) <= keep:
+        return token_ids
+    return token_ids[:keep] if body.truncation_side == "right" else token_ids[-keep:]
+
+
 def stop_strings(body: SamplingFields) -> list[str]:
     if body.stop is None:
         return []
@@ -46,7 +59,8 @@ _GREEDY_BELOW = 1e-5  # smaller temperatures are greedy (dividing logits by them
 
 
 def build_sampling_params(body: SamplingFields, max_tokens: int, logprobs: int | None,
-                          seed_offset: int = 0, constraint=None) -> SamplingParams:
+                          seed_offset: int = 0, constraint=None,
+                          prompt_logprobs: int | None = None) -> SamplingParams:
     seed = None if body.seed is None else body.seed + seed_offset
     temperature = 1.0 if body.temperature is None else body.temperature
     return SamplingParams(
@@ -58,11 +72,13 @@ def build_sampling_params(body: SamplingFields, max_tokens: int, logprobs: int |
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         logit_bias=tuple((int(k), float(v)) for k, v in (body.logit_bias or {}).items()),
+        allowed_token_ids=tuple(sorted(set(body.allowed_token_ids or ()))),
         seed=seed,
         max_tokens=max_tokens,
         min_tokens=body.min_tokens,
         stop_token_ids=tuple(body.stop_token_ids or ()),
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
         constraint=constraint,
     )

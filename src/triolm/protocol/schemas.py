@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from triolm.errors import InvalidRequestError
 from triolm.protocol.errors import APIError
+from triolm.protocol.request_fields import refuse_unsupported
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 # What the chat template renderer itself binds (triolm.prompting.template): a request's
@@ -32,16 +33,59 @@ def check_tool_definitions(tools: list[dict] | None) -> None:
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+    # OpenAI pads chunks against length side channels; without it the stream is the same
+    include_obfuscation: bool | None = None
     continuous_usage_stats: bool = False
+
+    @field_validator("continuous_usage_stats")
+    @classmethod
+    def _continuous(cls, v):
+        if v:
+            raise ValueError("continuous_usage_stats is not supported (use include_usage)")
+        return v
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs`: one constraint (json, regex, choice, grammar,
+    json_object or structural_tag) and options."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: dict[str, Any] | str | bool | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | dict[str, Any] | None = None
+    # inert: JSON is always written without free whitespace; there is one backend
+    disable_any_whitespace: bool = False
+    disable_fallback: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+
+    @field_validator("disable_additional_properties")
+    @classmethod
+    def _no_additional(cls, v):
+        if v:
+            raise ValueError("disable_additional_properties is not supported: set "
+                             "additionalProperties: false in the schema")
+        return v
+
+    @field_validator("whitespace_pattern")
+    @classmethod
+    def _no_whitespace_pattern(cls, v):
+        if v is not None:
+            raise ValueError("whitespace_pattern is not supported: JSON is written with json.dumps' spacing")
+        return v
 
 
 class SamplingFields(BaseModel):
-    """Fields shared by chat and text completions."""
+    """Fields shared by chat and text completions. Unknown fields are refused
+    (`request_fields` says which known ones are, and why)."""
 
     # NaN/Infinity (which Python's JSON accepts) would reach the sampler as NaN logits.
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str | None = None
     n: int = 1
@@ -63,13 +107,35 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
     skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    allowed_token_ids: list[int] | None = Field(default=None, min_length=1)
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+    truncation_side: Literal["left", "right"] | None = None
     return_tokens_as_token_ids: bool = False
     return_token_ids: bool = False
+    # -1 (vLLM: the whole vocabulary per prompt token) is refused: unbounded response size
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
+    request_id: str | None = Field(default=None, min_length=1, max_length=256)
     response_format: dict[str, Any] | None = None
+    structured_outputs: StructuredOutputs | None = None
     guided_choice: list[str] | None = None
     guided_regex: str | None = None
     guided_json: dict[str, Any] | str | None = None
+    guided_grammar: str | None = None
+    grammar: str | None = None  # llama.cpp's server: a GBNF (or Lark) grammar
+    # Accepted and ignored: they change nothing in what is generated or returned
+    # (docs/openai-compat.md lists them).
     user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    session_id: str | None = None
+    stream_interval: int | None = Field(default=None, ge=1)
+    spaces_between_special_tokens: bool = True
+    guided_decoding_backend: str | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -87,6 +153,13 @@ class SamplingFields(BaseModel):
             raise ValueError("at most 16 stop sequences")
         return v
 
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _truncate(cls, v):
+        if v == 0:
+            raise ValueError("must be at least 1 (or -1: the model's context)")
+        return v
+
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[dict[str, Any]]
@@ -99,6 +172,23 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    # the template's own variables, given as fields (vLLM passes them the same way)
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    documents: list[dict[str, str]] | None = None
+    add_special_tokens: bool = False  # on top of what the template writes (vLLM's default)
+    echo: bool = False  # prepend the last message when the reply continues it (vLLM)
+    include_reasoning: bool = True
+    # inert: a latency hint (predicted output) that never changes the output
+    prediction: dict[str, Any] | None = None
+
+    @property
+    def template_variables(self) -> dict[str, Any] | None:
+        """chat_template_kwargs with the template variables given as fields."""
+        fields = {k: v for k, v in (("reasoning_effort", self.reasoning_effort),
+                                    ("documents", self.documents)) if v is not None}
+        if not fields:
+            return self.chat_template_kwargs
+        return {**(self.chat_template_kwargs or {}), **fields}
 
     @field_validator("tools")
     @classmethod
@@ -157,6 +247,7 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None
+    add_special_tokens: bool = True  # BOS etc. when a prompt is text
 
 
 class TokenizeRequest(BaseModel):
@@ -181,6 +272,8 @@ Body = TypeVar("Body", bound=BaseModel)
 def parse_body(model: type[Body], data: Any) -> Body:
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
+    if issubclass(model, SamplingFields):
+        data = refuse_unsupported(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -188,6 +281,9 @@ def parse_body(model: type[Body], data: Any) -> Body:
         loc = [str(p) for p in err.get("loc", ())]
         param = loc[0] if loc else None
         where = ".".join(loc)
+        if err.get("type") == "extra_forbidden":
+            raise APIError(400, f"unknown field '{where}': this server does not support it",
+                           param=param, code="unknown_parameter") from None
         msg = err.get("msg", "invalid value")
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]

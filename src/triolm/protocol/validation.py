@@ -69,7 +69,8 @@ def check_against_model(body: SamplingFields, limits: RequestLimits) -> None:
                           code="request_too_large")
     max_tokens = requested_max_tokens(body)
     max_param = _max_tokens_field(body)
-    if max_tokens is not None and max_tokens < 1:
+    echo_only = isinstance(body, CompletionRequest) and body.echo and max_tokens == 0  # the prompt alone
+    if max_tokens is not None and max_tokens < 1 and not echo_only:
         raise bad_request(f"{max_param} must be at least 1, got {max_tokens}", param=max_param)
     if body.min_tokens >= limits.max_model_len:
         raise bad_request(f"min_tokens is {body.min_tokens}, but this model's maximum context length "
@@ -90,5 +91,11 @@ def check_against_model(body: SamplingFields, limits: RequestLimits) -> None:
     for token_id in body.stop_token_ids or ():
         if not 0 <= token_id < vocab_size:
             raise bad_request(f"stop_token_ids: {token_id} is outside the vocabulary", param="stop_token_ids")
+    for token_id in body.allowed_token_ids or ():
+        if not 0 <= token_id < vocab_size:
+            raise bad_request(f"allowed_token_ids: {token_id} is outside the vocabulary",
+                              param="allowed_token_ids")
+    if body.prompt_logprobs is not None and body.stream:
+        raise bad_request("prompt_logprobs are not available when stream is true", param="prompt_logprobs")
     if isinstance(body, ChatCompletionRequest) and body.logprobs is False and body.top_logprobs:
         raise bad_request("top_logprobs requires logprobs: true", param="top_logprobs")

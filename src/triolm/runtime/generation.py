@@ -15,6 +15,7 @@ import trio
 
 from triolm.engine.constraint import ConstraintFailure
 from triolm.engine.llm_engine import StepOutput
+from triolm.engine.prompt_logprobs import PromptTokenLogprob
 from triolm.engine.sampler import SampledToken
 from triolm.engine.sampling_params import SamplingParams
 from triolm.runtime.engine_driver import EngineDriver
@@ -48,6 +49,8 @@ class GenerationResult:
     num_prefilled_tokens: int = 0
     first_token_time: float | None = None
     token_times: list[float] = attrs.Factory(list)
+    # the prompt's tokens after the first, when the sampling params asked for them
+    prompt_logprobs: tuple[PromptTokenLogprob, ...] | None = None
 
     @property
     def token_ids(self) -> list[int]:
@@ -59,7 +62,7 @@ class Generation:
 
     def __init__(self, driver: EngineDriver, tokenizer: Tokenizer, prompt_ids: list[int],
                  params: SamplingParams, stop: list[str] | None = None,
-                 skip_special_tokens: bool = True):
+                 skip_special_tokens: bool = True, include_stop_str: bool = False):
         self.driver = driver
         self.tokenizer = tokenizer
         self.prompt_ids = prompt_ids
@@ -67,6 +70,7 @@ class Generation:
         self.request_id = f"gen-{next(_ids)}"
         self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip_special_tokens)
         self.stops = StopStringMatcher(stop or [])
+        self.include_stop_str = include_stop_str  # the matched stop string ends the text
         self.result = GenerationResult(num_prompt_tokens=len(prompt_ids))
         self.start_time = trio.current_time()
 
@@ -114,6 +118,8 @@ class Generation:
         if r.first_token_time is None:
             r.first_token_time = now
             r.num_cached_prompt_tokens = out.num_cached_prompt_tokens
+        if out.prompt_logprobs is not None:
+            r.prompt_logprobs = out.prompt_logprobs
         r.num_prefilled_tokens = out.num_prefilled_tokens
         r.token_times.append(now)
         info = SampledToken(out.token_id, out.logprob, out.top_logprobs)
@@ -128,6 +134,8 @@ class Generation:
         finish, stop_reason = out.finish_reason, None
         if self.stops.matched is not None:
             finish, stop_reason = "stop", self.stops.matched
+            if self.include_stop_str:
+                text += self.stops.matched
             self.driver.abort(self.request_id)  # no-op if the engine already finished it
         elif finish is not None:
             text += self.stops.flush()

@@ -19,9 +19,10 @@ torch.set_num_threads(1)
 HF_CLASS = {"llama": ("LlamaForCausalLM", "llama"), "mistral": ("MistralForCausalLM", "mistral"),
             "qwen2": ("Qwen2ForCausalLM", "qwen2"), "qwen3": ("Qwen3ForCausalLM", "qwen3"),
             "llama3": ("LlamaForCausalLM", "llama"), "gemma2": ("Gemma2ForCausalLM", "gemma2"),
-            "gemma3": ("Gemma3ForCausalLM", "gemma3_text")}
+            "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
+            "mixtral": ("MixtralForCausalLM", "mixtral"), "qwen3_moe": ("Qwen3MoeForCausalLM", "qwen3_moe")}
 VOCAB = {"llama": 32000, "mistral": 32768, "qwen2": 131072, "qwen3": 131072, "llama3": 131072,
-         "gemma2": 32000, "gemma3": 32000}
+         "gemma2": 32000, "gemma3": 32000, "mixtral": 32000, "qwen3_moe": 131072}
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -29,6 +29,7 @@ from .compile_worker import probe
 from .limits import GrammarLimits
 from .llg import CompiledGrammar, llg_tokenizer, sandbox_table
 from .sandbox import CompileSandbox, GrammarLimitError
+from .user_grammar import structural_tag_lark, user_grammar_lark
 
 log = logging.getLogger(__name__)
 DEFAULT_LIMITS = GrammarLimits()
@@ -228,11 +229,14 @@ class GrammarCompiler:
         guided_choice: Sequence[str] | None = None,
         guided_regex: str | None = None,
         guided_json: Any = None,
+        grammar: str | None = None,
+        structural_tag: Any = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: Any = None,
         tool_parser: str | ToolCallFormat | None = None,
         parallel_tool_calls: bool = True,
         limits: GrammarLimits | None = None,
+        param: str | None = None,
     ) -> CompiledGrammar | None:
         """The constraint for a chat/completions request, or None when unconstrained.
 
@@ -241,6 +245,10 @@ class GrammarCompiler:
         - an answer constraint (response_format json_object/json_schema, guided_*) with
           tool_choice 'auto' and a tool parser: the reply is either native tool calls or
           an answer matching the constraint; with 'none' (or no tools) only the answer.
+        - a user `grammar` (Lark or GBNF) or `structural_tag` is a whole grammar of its
+          own: it cannot be joined with tool calls.
+        `param`: the request field the answer constraint came from, named in errors
+        (default: the argument's own name).
         """
         specs = parse_tools(tools) if tools is not None else None
         mode, named = tool_choice_mode(tool_choice, specs)
@@ -259,10 +267,27 @@ class GrammarCompiler:
             except InvalidRequestError:
                 self._explain_tools(specs, limits)
                 raise
-        answer = self._answer_rule(b, response_format, guided_choice, guided_regex, guided_json)
+        if grammar is not None or structural_tag is not None:
+            param = param or ("grammar" if grammar is not None else "structural_tag")
+            others = [response_format, guided_choice, guided_regex, guided_json]
+            if (grammar is not None and structural_tag is not None) or any(v is not None for v in others):
+                raise InvalidRequestError("use only one structured-output constraint", param=param)
+            if mode == "auto" and fmt is not None and specs:
+                raise InvalidRequestError("a grammar cannot be combined with tools (tool_choice 'auto'); "
+                                          "use tool_choice 'none' or leave tools out", param=param)
+            text = (user_grammar_lark(grammar, param) if grammar is not None
+                    else structural_tag_lark(structural_tag, param))
+            return self.compile_lark(text, param=param, limits=limits)
+        try:
+            answer = self._answer_rule(b, response_format, guided_choice, guided_regex, guided_json)
+        except InvalidRequestError as exc:
+            if param is not None:
+                exc.param = param
+            raise
         if answer is None:
             return None
-        rule, param = answer
+        rule, own_param = answer
+        param = param or own_param
         if mode == "auto" and fmt is not None and specs:
             calls = tool_calls_rule(b, fmt, specs, parallel=parallel_tool_calls)
             try:
