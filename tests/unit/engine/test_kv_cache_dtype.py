@@ -172,7 +172,7 @@ def test_prefix_hit_sees_the_same_float16_values_as_a_fresh_prefill(tiny_model):
     prompt = torch.randint(3, model.config.vocab_size, (70,), generator=g).tolist()
     cont = torch.randint(3, model.config.vocab_size, (4,), generator=g).tolist()
     fresh = forced_logits(engine, [prompt], [cont])[0]
-    probe = Sequence("probe", prompt, SamplingParams(), 0)
+    probe = Sequence("probe", prompt, SamplingParams())
     assert engine.block_manager.can_allocate(probe)
     engine.block_manager.allocate(probe)
     assert probe.num_cached_tokens == 64  # the second run takes 64 of 70 tokens from the cache
