@@ -10,10 +10,15 @@ import sys
 from pathlib import Path
 
 import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
 
+from triolm.http import framework_patches
 from triolm.http.auth import api_keys_of
+from triolm.http.server import create_app
 from triolm.loading.random_tiny import RANDOM_TINY_NAME
 from triolm.prompting.reasoning import REASONING_PARSERS
+from triolm.runtime import shutdown
 from triolm.settings import ServerSettings
 
 _DEFAULTS = ServerSettings()
@@ -117,12 +122,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 async def serve(settings: ServerSettings) -> int:
     """Serve until a signal (or a model that cannot serve); the stages of the shutdown and
     their deadlines are in `triolm.runtime.shutdown`."""
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
 
-    from triolm.http import framework_patches
-    from triolm.http.server import create_app
-    from triolm.runtime import shutdown
 
     framework_patches.install_fast_send_server()
     app = create_app(settings)

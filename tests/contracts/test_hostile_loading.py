@@ -68,7 +68,7 @@ def test_HOSTILE_LOAD_001_serve_exits_non_zero_naming_the_key(llama_gguf, vocab,
 def test_HOSTILE_LOAD_001_a_panicking_native_library_is_a_load_error(llama_gguf, monkeypatch):
     """PyO3's PanicException derives from BaseException, not Exception: the load task
     must still turn it into a reason to exit (here the grammar tokenizer panics)."""
-    import triolm.prompting.grammar as grammar
+    import triolm.loading.served_model as served_model
     from triolm.runtime.lifecycle import Lifecycle
     from triolm.runtime.runtime import _load_with_progress
 
@@ -78,7 +78,7 @@ def test_HOSTILE_LOAD_001_a_panicking_native_library_is_a_load_error(llama_gguf,
     def panicking_compiler(*args, **kwargs):
         raise FakePanic("assertion failed: num_parents <= (1 << PARENT_BITS) as usize")
 
-    monkeypatch.setattr(grammar, "GrammarCompiler", panicking_compiler)
+    monkeypatch.setattr(served_model, "GrammarCompiler", panicking_compiler)
 
     with pytest.raises(ModelLoadError, match="num_parents"):
         _load_with_progress(ServerSettings(model=str(llama_gguf), log_level="warning"), Lifecycle())

@@ -16,6 +16,7 @@ from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, st
 from triolm.http.state import AppState, request_limits
 from triolm.http.structured import constraint_for_chat, tool_parsing_mode
 from triolm.loading.served_model import ServedModel
+from triolm.prompting.mistral import invalid_request_from_mistral_error
 from triolm.prompting.prompts import (
     RenderedPrompt,
     check_prompt_chars,
@@ -76,7 +77,6 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
         if served.mistral_tokenizer is None:
             raise
         # mistral-common's validation errors name the problem in the message
-        from triolm.prompting.mistral import invalid_request_from_mistral_error
 
         mapped = invalid_request_from_mistral_error(exc)
         if mapped is None:

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from triolm.http.body import read_json_object
-from triolm.http.chat import ChatRun, prepare_chat
+from triolm.http.chat import ChatRun, prepare_chat, render_for_request
 from triolm.http.completions import prepare_completion
 from triolm.http.state import AppState
 from triolm.prompting.prompts import encode_text
@@ -100,7 +100,6 @@ async def tokenize():
     if body.messages is not None:
         if not body.messages:
             raise bad_request("messages must not be empty", param="messages")
-        from triolm.http.chat import render_for_request
 
         chat_body = parse_body(ChatCompletionRequest, {"messages": body.messages, "tools": body.tools,
                                                        "add_generation_prompt": body.add_generation_prompt})

@@ -19,6 +19,7 @@ import trio
 from triolm.errors import InvalidRequestError
 from triolm.loading.served_model import ServedModel
 from triolm.prompting.generic_tool_prompt import generic_tool_messages
+from triolm.prompting.mistral import render_mistral_prompt
 from triolm.prompting.template_workers import TemplateWorkers
 from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
 
@@ -55,8 +56,6 @@ def render_chat_prompt(served: ServedModel, messages: list[dict], tools: list[di
                        add_generation_prompt: bool = True, continue_final_message: bool = False,
                        template_kwargs: dict | None = None) -> RenderedPrompt:
     if served.mistral_tokenizer is not None:
-        from triolm.prompting.mistral import render_mistral_prompt
-
         encoded = render_mistral_prompt(served.mistral_tokenizer, messages, tools,
                                         continue_final_message=continue_final_message)
         return RenderedPrompt(encoded.text, encoded.token_ids)
