@@ -272,6 +272,8 @@ def start_triolm(model: Path, ctx: int, args, log_dir: Path, label: str):
            "--log-level", "warning"]
     if args.triolm_kv_cache_dtype:
         cmd += ["--kv-cache-dtype", args.triolm_kv_cache_dtype]
+    if args.triolm_prefill_precision:
+        cmd += ["--prefill-precision", args.triolm_prefill_precision]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     return _start(cmd, f"http://127.0.0.1:{port}", "/readyz", log_dir / f"triolm-{label}.log", env)
 
@@ -517,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--triolm-kv-cache-dtype", choices=["float32", "float16"], default=None,
                     help="triolm's --kv-cache-dtype (llama-server's cache is float16)")
+    ap.add_argument("--triolm-prefill-precision", choices=["float32", "bfloat16"], default=None,
+                    help="triolm's --prefill-precision (default: its own, float32 = exact)")
     ap.add_argument("--results", default=None, help="output directory (default: under ~/.cache/triolm)")
     args = ap.parse_args(argv)
 

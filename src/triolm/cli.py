@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(s, "--kv-cache-dtype", choices=["float32", "float16"],
                 help="KV cache element type (default: the --dtype's); float16 halves the cache's "
                      "memory and long-context decode traffic, see docs/kv-cache.md")
+    _setting(s, "--prefill-precision", choices=["float32", "bfloat16"],
+                help="element type of prompt-processing GEMMs on GGUF F16/BF16/Q* weights: float32 is "
+                     "exact; bfloat16 is faster and lossy (see docs/quantized-weights.md)")
+    _setting(s, "--weight-version",
+                help="name of the served weights in responses until POST /update_weights_from_disk")
     _setting(s, "--max-body-size", type=int, help="bytes; larger bodies get 413")
     _setting(s, "--graceful-timeout", type=float,
                 help="seconds in-flight requests get to finish on SIGINT/SIGTERM")
@@ -105,7 +110,71 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(s, "--responses-store-ttl", type=float,
                 help="Responses API: seconds a stored response is kept")
     _setting(s, "--log-level", choices=["debug", "info", "warning", "error"])
+    add_router_parser(sub)
     return parser
+
+
+def add_router_parser(sub) -> None:
+    r = sub.add_parser("router", help="serve the OpenAI API and sessions over a fleet of triolm, vLLM or "
+                                      "SGLang servers (docs/router.md)")
+    r.add_argument("--tokenizer", required=True,
+                   help="the model's .gguf file or Hugging Face directory: only its tokenizer and chat "
+                        "template are loaded (never the weights)")
+    r.add_argument("--backend", action="append", default=[], metavar="URL", dest="backends",
+                   help="a backend's base URL (http://host:port); repeat for each")
+    r.add_argument("--backends-file", default=None,
+                   help="a file of backend URLs, one a line; re-read on SIGHUP and POST /admin/backends/reload")
+    r.add_argument("--host", default="127.0.0.1")
+    r.add_argument("--port", type=int, default=8100)
+    r.add_argument("--served-model-name", default=None)
+    r.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize, the session "
+                        "and the admin routes")
+    r.add_argument("--backend-api-key", default=None, help="sent to the backends as 'Bearer KEY'")
+    r.add_argument("--max-model-len", type=int, default=None)
+    r.add_argument("--chat-template", default=None)
+    r.add_argument("--tool-call-parser", default=None)
+    r.add_argument("--reasoning-parser", default=None, choices=REASONING_PARSERS)
+    r.add_argument("--health-interval", type=float, default=2.0, help="seconds between health checks")
+    r.add_argument("--health-timeout", type=float, default=2.0)
+    r.add_argument("--health-failures", type=int, default=2, help="failed checks in a row that take a backend out")
+    r.add_argument("--backend-max-inflight", type=int, default=64,
+                   help="requests in flight to one backend; with every backend there: 429")
+    r.add_argument("--affinity-min-tokens", type=int, default=32,
+                   help="shared leading tokens that send a prompt to the backend that served them")
+    r.add_argument("--affinity-slack", type=int, default=4,
+                   help="extra load (requests) the prefix's backend may have over the least loaded one")
+    r.add_argument("--connect-timeout", type=float, default=3.0)
+    r.add_argument("--request-timeout", type=float, default=600.0)
+    r.add_argument("--max-body-size", type=int, default=16 * 1024 * 1024)
+    r.add_argument("--max-sessions", type=int, default=1024)
+    r.add_argument("--session-idle-timeout", type=float, default=3600.0)
+    r.add_argument("--template-timeout", type=float, default=10.0)
+    r.add_argument("--graceful-timeout", type=float, default=5.0)
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+
+
+def router_main(args: argparse.Namespace) -> int:
+    from triolm.errors import ModelLoadError
+    from triolm.http.router_serve import serve_router
+    from triolm.router.frontend import FrontendOptions, load_prompt_frontend
+    from triolm.router.settings import RouterSettings
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call otherwise
+    values = {k: v for k, v in vars(args).items() if k != "command"}
+    settings = RouterSettings(**{**values, "backends": tuple(values["backends"])})
+    if not settings.backends and not settings.backends_file:
+        print("triolm router: error: give at least one --backend URL or a --backends-file", file=sys.stderr)
+        return 2
+    try:
+        frontend = load_prompt_frontend(settings.tokenizer, FrontendOptions(
+            served_model_name=settings.served_model_name, max_model_len=settings.max_model_len,
+            chat_template=settings.chat_template, tool_call_parser=settings.tool_call_parser,
+            reasoning_parser=settings.reasoning_parser, template_timeout=settings.template_timeout))
+    except (ModelLoadError, OSError) as exc:
+        print(f"triolm router: error: {exc}", file=sys.stderr)
+        return 2
+    return trio.run(serve_router, settings, frontend)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -206,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"triolm serve: error: {exc}", file=sys.stderr)
             return 2
         return trio.run(serve, settings)
+    if args.command == "router":
+        return router_main(args)
     return 2
 
 

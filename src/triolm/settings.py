@@ -36,6 +36,10 @@ class ServerSettings:
     kv_cache_memory: int = 2 << 30  # bytes
     kv_cache_dtype: str | None = attrs.field(  # None: the model's dtype
         default=None, validator=attrs.validators.optional(attrs.validators.in_(("float32", "float16"))))
+    # Element type of prefill GEMMs on GGUF F16/BF16/Q* weights: float32 is exact;
+    # bfloat16 is faster and lossy (triolm.model.linear.PrefillPrecision).
+    prefill_precision: str = attrs.field(default="float32",
+                                         validator=attrs.validators.in_(("float32", "bfloat16")))
     max_n: int = 16
     graceful_timeout: float = 5.0
     shutdown_delay: float = 1.0  # after SIGTERM: /readyz 503 while still accepting, then drain
@@ -54,6 +58,7 @@ class ServerSettings:
     max_sessions: int = 1024
     session_idle_timeout: float = 3600.0
     seed: int | None = None
+    weight_version: str = "default"  # reported with every generated token until weights are updated
     # structured output: budget of a new grammar's first compile, and its size limit
     # (triolm.prompting.grammar.limits.GrammarLimits holds the finer llguidance limits)
     grammar_compile_timeout: float = 2.0  # seconds

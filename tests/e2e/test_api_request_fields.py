@@ -35,7 +35,6 @@ REFUSED = [
     ("use_beam_search", True),
     ("best_of", 3),
     ("length_penalty", 0.5),
-    ("cache_salt", "salt"),
     ("priority", 1),
     ("bad_words", ["cat"]),
     ("logits_processors", ["my.module:Processor"]),
@@ -94,7 +93,7 @@ INERT = {
     "session_id": "s-1", "stream_interval": 3, "spaces_between_special_tokens": True,
     "guided_decoding_backend": "xgrammar",
     # vLLM's typed clients send its defaults on every request
-    "use_beam_search": False, "length_penalty": 1.0, "priority": 0, "cache_salt": None, "bad_words": [],
+    "use_beam_search": False, "length_penalty": 1.0, "priority": 0, "bad_words": [],
     "logits_processors": None, "watermarking": False, "best_of": 1,
 }
 
@@ -237,3 +236,21 @@ def test_OAI_FIELDS_010_include_reasoning_false_drops_the_thinking(thinking_serv
         **kw, stream=True, extra_body={"guided_regex": regex, "include_reasoning": False}) if c.choices]
     assert "".join(d.content or "" for d in parts) == "Paris."
     assert not any((d.model_extra or {}).get("reasoning_content") for d in parts)
+
+
+def test_OAI_FIELDS_011_cache_salt_separates_prefix_caches(http):
+    """A salted prompt reads cached blocks only of prompts with the same salt."""
+    prompt = "The history of the city begins in the old harbour, where fishermen " * 3
+
+    def cached(**fields) -> int:
+        r = http.post(CHAT, json=chat_body(messages=[{"role": "user", "content": prompt}], max_tokens=1,
+                                           **fields)).json()
+        return r["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+    cached(cache_salt="tenant-a")  # fills the cache, salted
+    assert cached() == 0  # unsalted: a chain of its own
+    assert cached(cache_salt="tenant-b") == 0
+    assert cached(cache_salt="tenant-a") > 0
+    assert cached() > 0  # the unsalted one is cached by now
+    bad = http.post(CHAT, json=chat_body(cache_salt=""))
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "cache_salt"

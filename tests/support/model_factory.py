@@ -39,6 +39,7 @@ from triolm.tokenizers.gguf_vocab import gguf_metadata_from_tokenizer
 FACTORY_VERSION = 1
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "llama3", "gemma2", "gemma3", "mixtral", "qwen3_moe")
+ARCHS += ("phi3", "granite", "smollm3")
 SIZES = ("tiny", "smollm-135m")
 DEFAULT_GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_0")
 
@@ -53,6 +54,9 @@ _ARCH_SPEC = {
     "gemma3": ("spm-llama2", "gemma.jinja", "Gemma3ForCausalLM", "gemma3_text"),
     "mixtral": ("spm-llama2", "llama2.jinja", "MixtralForCausalLM", "mixtral"),
     "qwen3_moe": ("bpe-tekken", "chatml_tools.jinja", "Qwen3MoeForCausalLM", "qwen3_moe"),
+    "phi3": ("spm-llama2", "phi3.jinja", "Phi3ForCausalLM", "phi3"),
+    "granite": ("bpe-tekken", "granite.jinja", "GraniteForCausalLM", "granite"),
+    "smollm3": ("bpe-tekken", "smollm3.jinja", "SmolLM3ForCausalLM", "smollm3"),
 }
 
 
@@ -132,6 +136,8 @@ def model_config(arch: str, size: str, vocab_size: int, bos: int | None,
         tiny["head_dim"] = 32  # != hidden/heads, as in Qwen3-30B-A3B
         return ModelConfig(architecture="qwen3_moe", rms_norm_eps=1e-6, rope_theta=1e6, qk_norm=True,
                            moe_intermediate_size=32, **moe, **tiny)
+    if arch in ("phi3", "granite", "smollm3"):
+        return _family_config(arch, tiny)
     if arch == "qwen3":
         # head_dim deliberately != hidden/heads, as in the real Qwen3 family.
         tiny["head_dim"] = 32
@@ -142,6 +148,31 @@ def model_config(arch: str, size: str, vocab_size: int, bos: int | None,
     return ModelConfig(architecture="llama", rms_norm_eps=1e-5, rope_theta=500000.0,
                        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 256),
                        tie_word_embeddings=True, **tiny)
+
+
+def _family_config(arch: str, tiny: dict[str, Any]) -> ModelConfig:
+    if arch == "phi3":
+        # Phi-4-mini's shape of features: 3/4 of each head rotated (12 of 16 dims),
+        # longrope switching at 64 positions (test prompts run past it), tied output.
+        # Factors and attention factor are exact in float32, as GGUF stores them.
+        return ModelConfig(
+            architecture="phi3", rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
+            partial_rotary_factor=0.75,
+            rope_scaling=RopeScaling("longrope", factor=4.0, original_max_position_embeddings=64,
+                                     short_factor=(1.0, 1.0, 1.25, 1.5, 2.0, 3.0),
+                                     long_factor=(1.0, 1.5, 3.0, 6.0, 12.0, 24.0),
+                                     attention_factor=1.125),
+            **{**tiny, "max_position_embeddings": 256})
+    if arch == "granite":
+        # Granite 3.x's multipliers; the attention scale deliberately not head_dim^-1/2.
+        return ModelConfig(architecture="granite", rms_norm_eps=1e-5, rope_theta=10000.0,
+                           tie_word_embeddings=True, embedding_multiplier=12.0,
+                           residual_multiplier=0.22, attention_multiplier=0.125,
+                           logits_scaling=8.0, **tiny)
+    # SmolLM3: four layers so the fourth leaves RoPE out, as every fourth does.
+    tiny["num_hidden_layers"] = 4
+    return ModelConfig(architecture="smollm3", rms_norm_eps=1e-6, rope_theta=5e6,
+                       tie_word_embeddings=True, rope_layers=(True, True, True, False), **tiny)
 
 
 def hf_config_dict(config: ModelConfig, arch: str) -> dict[str, Any]:
@@ -201,7 +232,8 @@ def _source_digest() -> str:
               src / "formats/gguf_writer.py", src / "formats/gguf_layout.py", src / "formats/gguf_quants.py",
               src / "formats/moe_layout.py", src / "formats/moe_gguf.py", src / "formats/moe_config.py",
               src / "tokenizers/gguf_vocab.py", src / "tokenizers/convert.py", src / "tokenizers/hf.py",
-              src / "prompting/templates"):
+              src / "prompting/templates", src / "formats/family_gguf.py", src / "formats/phi3.py",
+              src / "formats/gemma_gguf.py"):
         files = sorted(p.rglob("*")) if p.is_dir() else [p]
         for f in files:
             if f.is_file():

@@ -14,13 +14,13 @@ from support.server_thread import free_port
 
 
 class ServerProcess:
-    """`argv` may hold "{port}", replaced by a free port."""
+    """`argv` may hold "{port}", replaced by `port` (default: a free one)."""
 
-    def __init__(self, argv: list[str], log_path: Path, env: dict | None = None):
-        self.port = free_port()
+    def __init__(self, argv: list[str], log_path: Path, env: dict | None = None, port: int | None = None):
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.log = open(log_path, "w")
+        self.log = open(log_path, "a")
         self.popen = subprocess.Popen([a.replace("{port}", str(self.port)) for a in argv],
                                       stdout=self.log, stderr=subprocess.STDOUT,
                                       env={**os.environ, **(env or {})})

@@ -9,8 +9,12 @@ something else, so a later prompt starting with the same tokens picks it up
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from triolm.engine.sequence import Sequence
+
+if TYPE_CHECKING:  # window_blocks builds on this module's Block
+    from triolm.engine.window_blocks import WindowBlocks
 
 
 class Block:
@@ -27,9 +31,17 @@ def chain_hash(token_ids: tuple[int, ...], prefix_hash: int | None) -> int:
     return hash((prefix_hash, token_ids))
 
 
+def chain_start(seq: Sequence) -> int | None:
+    """Where a sequence's hash chain starts: a salted one in a chain of its salt's own."""
+    salt = seq.params.cache_salt
+    return None if salt is None else hash(("cache_salt", salt))
+
+
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(self, num_blocks: int, block_size: int, window: WindowBlocks | None = None):
         self.block_size = block_size
+        #: the sliding-window layers' own pool (models with local layers), kept in step
+        self.window = window
         self.blocks = [Block(i) for i in range(num_blocks)]
         # Free blocks in LRU order: the least recently freed is reused first, so cached
         # prefixes survive as long as possible.
@@ -66,7 +78,7 @@ class BlockManager:
         a prompt whose log-probabilities are asked for: they come from its prefill."""
         if seq.needs_prompt_logprobs:
             return []
-        hits, prefix_hash = [], None
+        hits, prefix_hash = [], chain_start(seq)
         usable = len(seq) - 1
         for i in range(usable // self.block_size):
             tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
@@ -78,14 +90,22 @@ class BlockManager:
             prefix_hash = h
         return hits
 
-    def can_allocate(self, seq: Sequence) -> bool:
+    def _usable_prefix(self, seq: Sequence) -> list[int]:
         hits = self._cached_prefix(seq)
+        if self.window is not None:
+            hits = hits[:self.window.usable_hit(seq, len(hits))]
+        return hits
+
+    def can_allocate(self, seq: Sequence) -> bool:
+        hits = self._usable_prefix(seq)
+        if self.window is not None and not self.window.can_allocate(seq, len(hits)):
+            return False
         free_hits = sum(1 for b in hits if self.blocks[b].ref_count == 0)
         return len(self.free) - free_hits >= self.blocks_needed(seq) - len(hits)
 
     def allocate(self, seq: Sequence) -> None:
         assert not seq.block_table
-        hits = self._cached_prefix(seq)
+        hits = self._usable_prefix(seq)
         for block_id in hits:
             block = self.blocks[block_id]
             if block.ref_count == 0:
@@ -95,6 +115,8 @@ class BlockManager:
         seq.num_cached_tokens = len(hits) * self.block_size
         while len(seq.block_table) < self.blocks_needed(seq):
             seq.block_table.append(self._take_free().block_id)
+        if self.window is not None:
+            self.window.allocate(seq, len(hits))
 
     def deallocate(self, seq: Sequence) -> None:
         for block_id in reversed(seq.block_table):
@@ -104,18 +126,24 @@ class BlockManager:
                 self.free[block_id] = None
         seq.block_table = []
         seq.num_cached_tokens = 0
+        if self.window is not None:
+            self.window.deallocate(seq)
 
     def can_append(self, seq: Sequence) -> bool:
         """Room for the KV of seq's newest token (a new block when it starts one)."""
+        if self.window is not None and not self.window.can_append(seq):
+            return False
         return len(seq.block_table) * self.block_size > len(seq) - 1 or len(self.free) > 0
 
     def append_slot(self, seq: Sequence) -> None:
         if len(seq.block_table) * self.block_size <= len(seq) - 1:
             seq.block_table.append(self._take_free().block_id)
+        if self.window is not None:
+            self.window.append_slot(seq)
 
     def register_full_blocks(self, seq: Sequence, num_computed: int) -> None:
         """Publish the hashes of seq's blocks that are full and whose KV is computed."""
-        prefix_hash = None
+        prefix_hash = chain_start(seq)
         for i in range(num_computed // self.block_size):
             block = self.blocks[seq.block_table[i]]
             tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
@@ -123,7 +151,16 @@ class BlockManager:
             if block.hash != h:
                 block.hash, block.token_ids = h, tokens
                 self.hash_to_block.setdefault(h, block.block_id)
+            if self.window is not None:
+                self.window.register(seq, i, h, tokens)
             prefix_hash = h
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (the KV was computed by weights no longer served, or
+        the cache's memory was given back). Blocks in use keep their contents."""
+        for block in self.blocks:
+            block.hash, block.token_ids = None, ()
+        self.hash_to_block.clear()
 
     def forget_prefix(self, token_ids: list[int], keep_tokens: int = 0) -> int:
         """Drop cached blocks holding this token prefix (e.g. a deleted session's), except
@@ -139,5 +176,7 @@ class BlockManager:
                 del self.hash_to_block[h]
                 self.blocks[block_id].hash, self.blocks[block_id].token_ids = None, ()
                 dropped += 1
+            if i >= keep_blocks and self.window is not None:
+                self.window.forget(h)
             prefix_hash = h
         return dropped

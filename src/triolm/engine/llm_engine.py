@@ -10,12 +10,13 @@ import attrs
 import torch
 
 from triolm.engine.block_manager import BlockManager
-from triolm.engine.model_runner import ModelRunner
+from triolm.engine.model_runner import ModelRunner, window_layers
 from triolm.engine.prompt_logprobs import PromptTokenLogprob
 from triolm.engine.sampler import Sampler
 from triolm.engine.sampling_params import SamplingParams
 from triolm.engine.scheduler import Scheduler
 from triolm.engine.sequence import Sequence
+from triolm.engine.window_blocks import WindowBlocks
 from triolm.model.llama import LlamaModel
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class StepOutput:
     error: str | None = None  # finish_reason "error": the sequence's grammar failed (why)
     # on a request's first token, when its params asked for them
     prompt_logprobs: tuple[PromptTokenLogprob, ...] | None = None
+    weight_version: str = ""  # the weights that computed this token (LLMEngine.weight_version)
 
 
 KV_CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -63,23 +65,37 @@ def kv_cache_dtype(name: str | None, model_dtype: torch.dtype) -> torch.dtype:
 
 
 class LLMEngine:
-    def __init__(self, model: LlamaModel, eos_token_ids: tuple[int, ...], config: EngineConfig = EngineConfig()):
+    def __init__(self, model: LlamaModel, eos_token_ids: tuple[int, ...], config: EngineConfig = EngineConfig(),
+                 weight_version: str = "default"):
         self.config = config
-        self.model = model
+        self.model: LlamaModel | None = model  # None while released
+        self.weight_version = weight_version
         c = model.config
         kv_dtype = kv_cache_dtype(config.kv_cache_dtype, model.dtype)
-        bytes_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * kv_dtype.itemsize
+        token_bytes = 2 * c.num_key_value_heads * c.head_dim * kv_dtype.itemsize  # one layer's
+        local = len(window_layers(model))
+        window = None
+        budget = config.kv_cache_bytes
+        if local:
+            # sliding-window layers: a window's blocks per sequence, twice (a prefill after
+            # a prefix hit reads the hit's window while storing its own), plus the scratch block
+            per_seq = WindowBlocks.blocks_per_sequence(c.sliding_window, config.block_size)
+            window = WindowBlocks(2 * per_seq * config.max_num_seqs, config.block_size, c.sliding_window)
+            budget -= (window.num_blocks + 1) * config.block_size * local * token_bytes
+        bytes_per_token = (c.num_hidden_layers - local) * token_bytes
         wanted_blocks = -(-config.max_model_len // config.block_size) * config.max_num_seqs
-        budget_blocks = config.kv_cache_bytes // (bytes_per_token * config.block_size)
+        budget_blocks = (max(0, budget) // (bytes_per_token * config.block_size) if bytes_per_token
+                         else wanted_blocks)  # every layer is a sliding-window one
         num_blocks = max(1, min(wanted_blocks, budget_blocks))
         if num_blocks * config.block_size < config.max_model_len:
             log.warning("KV cache holds %d tokens, less than max_model_len %d",
                         num_blocks * config.block_size, config.max_model_len)
         self.eos_token_ids = tuple(eos_token_ids)
-        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.block_manager = BlockManager(num_blocks, config.block_size, window)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens or max(config.max_model_len, 512))
-        self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype,
+                                  window.num_blocks if window is not None else 0)
         self.sampler = Sampler(self.eos_token_ids, config.seed)
         self.sequences: dict[str, Sequence] = {}
         self._failures: list[tuple[str, Exception]] = []
@@ -108,6 +124,59 @@ class LLMEngine:
 
     def forget_prefix(self, token_ids: list[int], keep_tokens: int = 0) -> int:
         return self.block_manager.forget_prefix(token_ids, keep_tokens)
+
+    def abort_all(self) -> list[str]:
+        """Stop every request now; their ids."""
+        ids = list(self.sequences)
+        for request_id in ids:
+            self.abort(request_id)
+        return ids
+
+    # -- weights and memory -----------------------------------------------------------
+    def preempt_all(self) -> None:
+        """Send every running sequence back to the waiting queue without its KV blocks:
+        it is prefilled again (prompt and tokens so far) when stepping resumes."""
+        self.scheduler.preempt_all()
+
+    def swap_model(self, model: LlamaModel, weight_version: str) -> None:
+        """Serve other weights of the same shapes from the next step on. No sequence may
+        hold cache blocks (preempt or abort them first): their KV came from the old
+        weights. The prefix cache is emptied for the same reason."""
+        if self.block_manager.num_used:
+            raise RuntimeError("swap_model with cache blocks in use: preempt or abort first")
+        self.block_manager.reset_prefix_cache()
+        self.model = model
+        self.runner.set_model(model)
+        self.weight_version = weight_version
+
+    @property
+    def kv_cache_resident(self) -> bool:
+        return self.runner.kv_cache is not None
+
+    def release_kv_cache(self) -> None:
+        """Give the KV cache's memory back: sequences in flight are preempted (recomputed
+        once the cache is back), cached prefixes forgotten. No step may run until
+        `restore_kv_cache`."""
+        self.preempt_all()
+        self.block_manager.reset_prefix_cache()
+        self.runner.release_cache()
+
+    def restore_kv_cache(self) -> None:
+        self.runner.allocate_cache()
+
+    @property
+    def weights_resident(self) -> bool:
+        return self.model is not None
+
+    def release_weights(self) -> None:
+        """Drop the model (no step may run until `restore_weights`). Sequences keep their
+        cache blocks: the same weights come back."""
+        self.model = None
+        self.runner.release_model()
+
+    def restore_weights(self, model: LlamaModel) -> None:
+        self.model = model
+        self.runner.set_model(model)
 
     # -- stepping ---------------------------------------------------------------------
     def has_unfinished(self) -> bool:
@@ -143,7 +212,8 @@ class LLMEngine:
             outputs.append(StepOutput(seq.request_id, tok.token_id, tok.logprob, tok.top_logprobs,
                                       reason, seq.num_prompt_tokens, seq.num_prefix_hit_tokens,
                                       seq.num_prefilled_tokens, error,
-                                      seq.prompt_logprobs if seq.num_generated == 1 else None))
+                                      seq.prompt_logprobs if seq.num_generated == 1 else None,
+                                      self.weight_version))
             if reason is not None:
                 self.sequences.pop(seq.request_id, None)
                 self.scheduler.remove(seq)

@@ -32,6 +32,9 @@ class SamplingParams:
     # None: none; N: every prompt token's logprob (after the first) + top-N. Such a
     # prompt is prefilled whole, never from the prefix cache (block_manager).
     prompt_logprobs: int | None = None
+    # vLLM's cache_salt: a salted prompt shares prefix-cache blocks only with prompts of
+    # the same salt, so a tenant cannot learn by timing what another one's prompts were
+    cache_salt: str | None = None
     constraint: GrammarSpec | None = None  # compiled per sequence into a TokenMatcher
 
     @property

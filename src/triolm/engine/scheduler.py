@@ -70,6 +70,11 @@ class Scheduler:
                 batch.append(seq)
         return batch, False
 
+    def preempt_all(self) -> None:
+        """Every running sequence back to the front of the waiting queue, oldest first."""
+        for seq in reversed(list(self.running)):
+            self._preempt(seq)
+
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.blocks.deallocate(seq)

@@ -27,6 +27,7 @@ class Sequence:
         self.params = params
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
+        self.window_table: list[int] = []  # sliding-window layers' blocks, -1: released (window_blocks)
         self.num_cached_tokens = 0  # tokens whose KV is in the cache (prefix hit or computed)
         self.num_prefix_hit_tokens = 0  # of the prompt, found in the prefix cache at first admission
         self.num_prefilled_tokens = 0  # tokens actually computed by prefill, over all admissions

@@ -21,6 +21,9 @@ from triolm.model.config import ModelConfig, RopeScaling
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
              "gemma2": "gemma2", "gemma3": "gemma3", "mixtral": "llama", "qwen3_moe": "qwen3moe"}
 SUPPORTED_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "qwen3moe")
+# phi3, granite, smollm3: llama.cpp has an architecture of the same name for each
+GGUF_ARCH.update(phi3="phi3", granite="granite", smollm3="smollm3")
+SUPPORTED_GGUF_ARCHS += ("phi3", "granite", "smollm3")
 
 #: Gemma's RMSNorm scales by (1 + w); llama.cpp's converter stores w + 1 for every
 #: `*norm.weight` of these architectures, so its graph multiplies by the stored value.
@@ -28,7 +31,7 @@ NORM_PLUS_ONE_ARCHS = frozenset({"gemma2", "gemma3"})
 
 # llama.cpp permutes Q/K rows only for archs whose RoPE it runs in "normal" (adjacent
 # pairs) mode; qwen2/qwen3 use NEOX mode, which already matches HF's rotate-half.
-PERMUTED_ARCHS = frozenset({"llama"})
+PERMUTED_ARCHS = frozenset({"llama", "granite", "smollm3"})
 
 ROPE_FREQS = "rope_freqs.weight"
 
@@ -65,7 +68,23 @@ _GEMMA_LAYER_NAMES = {
 }
 
 
+# Phi-3 stores q|k|v and gate|up fused, in HF files and (as attn_qkv / ffn_up) in GGUF.
+PHI3_QKV = "self_attn.qkv_proj.weight"
+PHI3_GATE_UP = "mlp.gate_up_proj.weight"
+_PHI3_LAYER_NAMES = {
+    **{k: v for k, v in _LAYER_NAMES.items() if not k.startswith(("self_attn.q_", "self_attn.k_",
+                                                                   "self_attn.v_", "mlp.gate", "mlp.up"))},
+    PHI3_QKV: "attn_qkv.weight",
+    PHI3_GATE_UP: "ffn_up.weight",
+}
+#: Phi-3's longrope factors, one tensor each (llama.cpp's converter writes them so).
+PHI3_ROPE_LONG = "rope_factors_long.weight"
+PHI3_ROPE_SHORT = "rope_factors_short.weight"
+
+
 def _layer_names(architecture: str) -> dict[str, str]:
+    if architecture == "phi3":
+        return _PHI3_LAYER_NAMES
     return _GEMMA_LAYER_NAMES if architecture in NORM_PLUS_ONE_ARCHS else _LAYER_NAMES
 
 
@@ -138,7 +157,17 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
             shapes[p + "mlp.gate_proj.weight"] = (c.intermediate_size, c.hidden_size)
             shapes[p + "mlp.up_proj.weight"] = (c.intermediate_size, c.hidden_size)
             shapes[p + "mlp.down_proj.weight"] = (c.hidden_size, c.intermediate_size)
+        if c.architecture == "phi3":
+            _fuse_phi3_shapes(shapes, p, q + 2 * kv, c)
     return shapes
+
+
+def _fuse_phi3_shapes(shapes: dict[str, tuple[int, ...]], p: str, qkv: int, c: ModelConfig) -> None:
+    for part in ("q", "k", "v"):
+        del shapes[p + f"self_attn.{part}_proj.weight"]
+    del shapes[p + "mlp.gate_proj.weight"], shapes[p + "mlp.up_proj.weight"]
+    shapes[p + PHI3_QKV] = (qkv, c.hidden_size)
+    shapes[p + PHI3_GATE_UP] = (2 * c.intermediate_size, c.hidden_size)
 
 
 def permuted_heads(config: ModelConfig, hf: str) -> int | None:

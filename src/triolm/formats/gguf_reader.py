@@ -24,7 +24,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueTy
 from gguf.gguf_reader import ReaderField
 
 from triolm.errors import ModelLoadError
-from triolm.formats import gemma_gguf, gguf_quants, moe_gguf, moe_layout
+from triolm.formats import family_gguf, gemma_gguf, gguf_quants, moe_gguf, moe_layout
 from triolm.formats import gguf_layout as layout
 from triolm.model.config import ModelConfig, RopeScaling, invalid_fields
 
@@ -252,8 +252,15 @@ def _open(path: Path) -> _CheckedReader:
         raise ModelLoadError(f"{path}: corrupt GGUF file: {exc}") from None
 
 
+def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The file's metadata only (tokenizer, chat template, context length): for a process
+    that renders and tokenizes prompts without the weights (triolm router)."""
+    return _open(Path(path)).metadata
+
+
 def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[str],
-                          factors: torch.Tensor | None) -> ModelConfig:
+                          factors: torch.Tensor | None,
+                          extra_tensors: dict[str, np.ndarray] | None = None) -> ModelConfig:
     arch = meta.get("general.architecture")
     if arch not in layout.SUPPORTED_GGUF_ARCHS:
         raise ModelLoadError(
@@ -349,6 +356,12 @@ def _config_from_metadata(path: Path, meta: dict[str, Any], tensor_names: set[st
             config = gemma_gguf.config_from_metadata(config, arch, key, meta.get("tokenizer.ggml.tokens"))
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from None
+    if arch in family_gguf.FAMILY_ARCHS:
+        try:
+            config = family_gguf.config_from_metadata(config, arch, key, extra_tensors or {},
+                                                      meta.get("tokenizer.ggml.tokens"))
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: {exc}") from None
     try:
         if moe_gguf.is_moe_file(arch, key):
             config = moe_gguf.config_from_metadata(config, arch, key)
@@ -374,6 +387,14 @@ _KEYS = {
     "num_experts": "expert_count", "num_experts_per_tok": "expert_used_count",
     "moe_intermediate_size": "expert_feed_forward_length", "dense_mlp_layers": "block_count",
 }
+_KEYS.update({
+    "partial_rotary_factor": "rope.dimension_count", "embedding_multiplier": "embedding_scale",
+    "residual_multiplier": "residual_scale", "attention_multiplier": "attention.scale",
+    "logits_scaling": "logit_scale", "rope_layers": "block_count",
+    "rope_scaling.short_factor": "rope_factors_short.weight (tensor)",
+    "rope_scaling.long_factor": "rope_factors_long.weight (tensor)",
+    "rope_scaling.attention_factor": "rope.scaling.attn_factor",
+})
 
 
 def _is_int(value: Any) -> bool:
@@ -409,7 +430,14 @@ def read_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
             raise ModelLoadError(f"{path}: tensor {layout.ROPE_FREQS} must be F32, "
                                  f"got {rf.tensor_type.name}")
         factors = torch.from_numpy(np.array(rf.data, dtype=np.float32)).reshape(-1)
-    config = _config_from_metadata(path, meta, set(by_name), factors)
+    extra = {}
+    for name in family_gguf.EXTRA_TENSORS:
+        if name in by_name:
+            t = by_name[name]
+            if t.tensor_type != GGMLQuantizationType.F32:
+                raise ModelLoadError(f"{path}: tensor {name} must be F32, got {t.tensor_type.name}")
+            extra[name] = np.array(t.data, dtype=np.float32).reshape(-1)
+    config = _config_from_metadata(path, meta, set(by_name), factors, extra)
     if config.vocab_size < 0:
         embd = by_name.get("token_embd.weight")
         if embd is None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 
-from triolm.formats import gemma_gguf, gguf_quants, moe_gguf, moe_layout
+from triolm.formats import family_gguf, gemma_gguf, gguf_quants, moe_gguf, moe_layout
 from triolm.formats import gguf_layout as layout
 from triolm.model.config import ModelConfig
 
@@ -126,12 +126,13 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Mapping[st
     llama3 = config.rope_scaling is not None and config.rope_scaling.rope_type == "llama3"
     if llama3 and arch not in layout.PERMUTED_ARCHS:
         raise ValueError(f"llama.cpp's {arch} architecture has no llama3 rope scaling")
-    if config.rope_scaling is not None and not llama3 and arch not in gemma_gguf.GEMMA_ARCHS:
+    if config.rope_scaling is not None and not llama3 and arch not in gemma_gguf.GEMMA_ARCHS + ("phi3",):
         raise ValueError(f"cannot write {config.rope_scaling.rope_type} rope scaling for {arch}")
     if arch in gemma_gguf.GEMMA_ARCHS:
         gemma_gguf.check_writable(config)
     if config.num_experts:
         moe_gguf.check_writable(config)
+    family_gguf.check_writable(config)
     if config.architecture == "mistral" and "mistral" not in name.lower():
         name = f"mistral-{name}"  # how llama.cpp-land tells mistral from llama
     shapes = layout.expected_shapes(config)
@@ -148,11 +149,15 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Mapping[st
     w = GGUFWriter(tmp, arch)
     try:
         _write_metadata(w, config, arch, file_type, name, tokenizer_metadata or {})
-        total = len(shapes) + llama3
+        extra = family_gguf.extra_tensors(config)
+        total = len(shapes) + llama3 + len(extra)
         done = 0
         if config.rope_scaling is not None and llama3:
             factors = layout.llama3_rope_factors(config.head_dim, config.rope_theta, config.rope_scaling)
             w.add_tensor(layout.ROPE_FREQS, factors.numpy())
+            done += 1
+        for extra_name, values in extra.items():
+            w.add_tensor(extra_name, values)
             done += 1
         stacked = moe_layout.stacked_gguf_tensors(config)
         experts = moe_gguf.expert_source(config)
@@ -218,13 +223,14 @@ def _write_metadata(w: GGUFWriter, c: ModelConfig, arch: str, file_type: str, na
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_rope_freq_base(c.rope_theta)
-    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_dimension_count(c.rotary_dim)
     w.add_key_length(c.head_dim)
     w.add_value_length(c.head_dim)
     if arch in gemma_gguf.GEMMA_ARCHS:
         gemma_gguf.write_metadata(w, c)
     if c.num_experts:
         moe_gguf.write_metadata(w, c)
+    family_gguf.write_metadata(w, c)
     w.add_file_type(int(_FILE_TYPES[file_type][2]))
     w.add_quantization_version(GGML_QUANT_VERSION)
     for key, value in tokenizer_metadata.items():

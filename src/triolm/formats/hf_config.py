@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
+
 from triolm.errors import ModelLoadError
-from triolm.formats import moe_config
+from triolm.formats import moe_config, phi3
+from triolm.model import granite, smollm3
 from triolm.model.config import (
     FULL,
     MOE_ARCHITECTURES,
@@ -19,6 +22,7 @@ from triolm.model.config import (
 
 _MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                 "gemma2": "gemma2", "gemma3_text": "gemma3", "mixtral": "mixtral", "qwen3_moe": "qwen3_moe"}
+_MODEL_TYPES.update(phi3="phi3", granite="granite", smollm3="smollm3")
 
 
 def _eos_ids(value) -> tuple[int, ...]:
@@ -62,6 +66,8 @@ def config_from_hf_dict(cfg: dict, source: str = "config.json") -> ModelConfig:
             config = _gemma_config(cfg, arch)
         elif arch in MOE_ARCHITECTURES:
             config = moe_config.from_hf_dict(cfg, _llama_config(cfg, arch, heads, hidden))
+        elif arch in _FAMILY_CONFIGS:
+            config = _FAMILY_CONFIGS[arch](cfg, heads, hidden)
         else:
             config = _llama_config(cfg, arch, heads, hidden)
     except KeyError as exc:
@@ -98,6 +104,21 @@ def _llama_config(cfg: dict, arch: str, heads: int, hidden: int) -> ModelConfig:
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_ids=_eos_ids(cfg.get("eos_token_id")),
     )
+
+
+def _granite_config(cfg: dict, heads: int, hidden: int) -> ModelConfig:
+    return attrs.evolve(_llama_config(cfg, "granite", heads, hidden), **granite.config_fields_from_hf(cfg))
+
+
+def _smollm3_config(cfg: dict, heads: int, hidden: int) -> ModelConfig:
+    config = _llama_config(cfg, "smollm3", heads, hidden)
+    if cfg.get("use_sliding_window") and cfg.get("sliding_window"):
+        raise ModelLoadError("smollm3: sliding-window attention is not supported")
+    return attrs.evolve(config, rope_layers=smollm3.rope_layers_from_hf(cfg, config.num_hidden_layers))
+
+
+_FAMILY_CONFIGS = {"phi3": lambda cfg, heads, hidden: phi3.config_from_hf(cfg),
+                   "granite": _granite_config, "smollm3": _smollm3_config}
 
 
 def _gemma_config(cfg: dict, arch: str) -> ModelConfig:

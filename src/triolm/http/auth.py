@@ -1,5 +1,6 @@
 """The API-key check, once for every guarded route: the OpenAI routes under /v1/ and
-/tokenize, /detokenize and every route of the sessions blueprint. Probes, /health and
+/tokenize, /detokenize and every route of the sessions, trainer and router admin
+blueprints. Probes, /health and
 /metrics stay open, and so do CORS preflights (a browser sends them without credentials).
 
 Several keys may be valid (`--api-key` repeated, `--api-key-file`). A presented key is
@@ -21,7 +22,7 @@ from triolm.settings import ServerSettings
 
 GUARDED_PREFIXES = ("/v1/",)
 GUARDED_PATHS = frozenset({"/tokenize", "/detokenize"})
-GUARDED_BLUEPRINTS = frozenset({"sessions"})
+GUARDED_BLUEPRINTS = frozenset({"sessions", "trainer", "router_admin"})
 
 
 def _digest(key: str) -> bytes:

@@ -84,6 +84,19 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
         raise bad_request(mapped.message, param=mapped.param or "messages") from None
 
 
+async def prompt_from_token_ids(state: AppState, served: ServedModel, token_ids: list[int]) -> RenderedPrompt:
+    """A chat prompt given as token ids (`prompt_token_ids`): used as they are, with their
+    decoded text (special tokens kept) as the prompt's text."""
+    vocab = served.config.vocab_size
+    bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise bad_request(f"prompt_token_ids: token id {bad} is outside the vocabulary (0..{vocab - 1})",
+                          param="prompt_token_ids")
+    text = await state.lanes.run(state.lanes.for_chars(len(token_ids) * 4), served.tokenizer.decode,
+                                 token_ids, False)
+    return RenderedPrompt(text, list(token_ids))
+
+
 async def prepare_chat(state: AppState, body: ChatCompletionRequest,
                        prompt: RenderedPrompt | None = None) -> ChatPlan:
     served = state.require_generation().served
@@ -93,7 +106,10 @@ async def prepare_chat(state: AppState, body: ChatCompletionRequest,
         raise bad_request("truncate_prompt_tokens cannot be used here: the prompt is the session's",
                           param="truncate_prompt_tokens")
     if prompt is None:
-        prompt = await render_for_request(state, served, body)
+        if body.prompt_token_ids is not None:
+            prompt = await prompt_from_token_ids(state, served, body.prompt_token_ids)
+        else:
+            prompt = await render_for_request(state, served, body)
         prompt = attrs.evolve(prompt, token_ids=truncated_prompt(prompt.token_ids, body, served.max_model_len))
     max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), served.max_model_len,
                                min_tokens=body.min_tokens)
@@ -109,7 +125,7 @@ async def prepare_chat(state: AppState, body: ChatCompletionRequest,
 def echoed_text(body: ChatCompletionRequest) -> str:
     """vLLM's chat `echo`: the last message's text, when the reply continues its role
     (the reply's role is the last message's without a generation prompt)."""
-    if not body.echo:
+    if not body.echo or body.messages is None:
         return ""
     last = body.messages[-1]
     role = "assistant" if body.add_generation_prompt else last.get("role")
@@ -179,7 +195,8 @@ class ChatRun(GenerationsRun):
         cached = self.gens[0].result.num_cached_prompt_tokens if self.gens else 0
         out = {"id": p.request_id, "object": "chat.completion", "created": p.created,
                "model": p.served.name, "choices": choices,
-               "usage": fmt.usage(len(p.prompt.token_ids), completion_tokens, cached)}
+               "usage": fmt.usage(len(p.prompt.token_ids), completion_tokens, cached),
+               "weight_version": self.weight_version}
         if p.body.return_token_ids:
             out["prompt_token_ids"] = list(p.prompt.token_ids)
         if p.body.prompt_logprobs is not None:
@@ -249,7 +266,9 @@ class ChatRun(GenerationsRun):
                             finish = tool_calls_finish_reason(finish)
                         yield self._chunk([self._with_ids({"index": i, "delta": {}, "logprobs": None,
                                                            "finish_reason": finish,
-                                                           "stop_reason": delta.stop_reason}, ())])
+                                                           "stop_reason": delta.stop_reason}, ())],
+                                          weight_version=self.gens[i].result.weight_version
+                                          or self.weight_version)
         except STREAM_ERRORS as exc:
             yield stream_error_event(exc)
         finally:
@@ -257,5 +276,6 @@ class ChatRun(GenerationsRun):
         if include_usage:
             completion_tokens = sum(len(g.result.tokens) for g in self.gens)
             yield self._chunk([], fmt.usage(len(p.prompt.token_ids), completion_tokens,
-                                            self.gens[0].result.num_cached_prompt_tokens))
+                                            self.gens[0].result.num_cached_prompt_tokens),
+                              weight_version=self.weight_version)
         yield fmt.SSE_DONE

@@ -100,7 +100,9 @@ class CompletionRun(GenerationsRun):
     def _usage(self) -> dict:
         prompt_tokens = sum(len(p) for p in self.prompts)
         generated = 0 if self.echo_only else sum(len(g.result.tokens) for g in self.gens)
-        return fmt.usage(prompt_tokens, generated)
+        # a prompt's n generations share its prefill: its first one reports the cache hit
+        cached = sum(self.gens[i].result.num_cached_prompt_tokens for i in range(0, len(self.gens), self.body.n))
+        return fmt.usage(prompt_tokens, generated, cached)
 
     def _told(self, text: str, tokens, finish_reason: str | None, stop_reason) -> tuple:
         """What is told of generated output: nothing but the end, for echo alone."""
@@ -129,7 +131,8 @@ class CompletionRun(GenerationsRun):
                 choice["token_ids"] = [t.token_id for t in tokens]
             choices.append(choice)
         return {"id": self.request_id, "object": "text_completion", "created": self.created,
-                "model": self.served.name, "choices": choices, "usage": self._usage()}
+                "model": self.served.name, "choices": choices, "usage": self._usage(),
+                "weight_version": self.weight_version}
 
     async def stream(self) -> AsyncIterator[bytes]:
         body = self.body
@@ -189,15 +192,18 @@ class CompletionRun(GenerationsRun):
                     offsets[i] += len(text)
                     if finish_reason is not None:
                         finished[i] = True
+                    final = finish_reason is not None
                     yield self._chunk([choice(i, {"text": text, "logprobs": logprobs,
                                                   "finish_reason": finish_reason,
-                                                  "stop_reason": stop_reason}, tokens)])
+                                                  "stop_reason": stop_reason}, tokens)],
+                                      weight_version=(self.gens[i].result.weight_version
+                                                      or self.weight_version) if final else None)
         except STREAM_ERRORS as exc:
             yield stream_error_event(exc)
         finally:
             self._observe()
         if include_usage:
-            yield self._chunk([], self._usage())
+            yield self._chunk([], self._usage(), weight_version=self.weight_version)
         yield fmt.SSE_DONE
 
 

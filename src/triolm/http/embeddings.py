@@ -94,6 +94,9 @@ async def create_embeddings():
     if served.embedding is None:
         raise APIError(400, f"the model `{served.name}` is served for generation; start the server with "
                             "--task embed to serve embeddings", param="model", code="wrong_task")
+    if served.model is None:
+        raise APIError(503, "the weights are released: POST /resume_memory_occupation first",
+                       code="weights_released")
     embedder = Embedder(served.model, served.embedding, FORWARD_TOKENS)
     if body.dimensions is not None and not 1 <= body.dimensions <= embedder.dimensions:
         raise bad_request(f"dimensions must be between 1 and {embedder.dimensions}", param="dimensions")

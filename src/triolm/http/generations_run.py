@@ -13,6 +13,7 @@ from triolm.protocol.errors import APIError, bad_request
 from triolm.runtime.engine_driver import EngineDriver, EngineFailure, GenerationCut, OverloadedError
 from triolm.runtime.fanout import run_all
 from triolm.runtime.generation import Generation
+from triolm.runtime.generation_control import GenerationPaused
 
 
 class GenerationsRun:
@@ -48,14 +49,27 @@ class GenerationsRun:
         finally:
             self._observe()
 
-    def _chunk(self, choices: list[dict], usage: dict | None = None, extra: dict | None = None) -> bytes:
+    def _chunk(self, choices: list[dict], usage: dict | None = None, extra: dict | None = None,
+               weight_version: str | None = None) -> bytes:
         data = {"id": self.request_id, "object": self.chunk_object, "created": self.created,
                 "model": self.model_name, "choices": choices}
         if usage is not None:
             data["usage"] = usage
         if extra:
             data.update(extra)
+        if weight_version is not None:
+            data["weight_version"] = weight_version
         return fmt.sse(data)
+
+    @property
+    def weight_version(self) -> str:
+        """The weights of the response: those of the newest token of its choices (the
+        served ones when no token was generated)."""
+        versions = [g.result.weight_version for g in self.gens if g.result.weight_version is not None]
+        if not versions:
+            return self.gens[0].driver.control.weight_version if self.gens else ""
+        current = self.gens[0].driver.control.weight_version
+        return current if current in versions else versions[-1]
 
 
 def constraint_error(exc: ConstraintFailure) -> APIError:
@@ -94,8 +108,13 @@ def stream_error(exc: Exception) -> APIError:
 
 
 def admit(driver: EngineDriver, count: int) -> None:
-    """Queue room for `count` generations now, or a retryable 429. (A request that can
-    never fit was refused as a 400 by `validation.check_against_model`.)"""
+    """Queue room for `count` generations now, or a retryable 429 (503 while generation is
+    paused in "reject" mode). (A request that can never fit was refused as a 400 by
+    `validation.check_against_model`.)"""
+    try:
+        driver.control.check_accepting()
+    except GenerationPaused as exc:
+        raise APIError(503, str(exc), code="generation_paused") from None
     try:
         driver.check_room(count)
     except OverloadedError as exc:

@@ -70,8 +70,13 @@ async def list_models():
         served = st.runtime.served
         data.append({"id": served.name, "object": "model", "created": int(st.started_at),
                      "owned_by": "triolm", "root": served.name,
-                     "max_model_len": served.max_model_len, "card": served.card or None})
+                     "max_model_len": served.max_model_len, "card": served.card or None,
+                     "weight_version": _weight_version(st)})
     return jsonify({"object": "list", "data": data})
+
+
+def _weight_version(st: AppState) -> str | None:
+    return st.runtime.driver.control.weight_version if st.runtime is not None else None
 
 
 @bp.get("/v1/models/<path:model_id>")
@@ -82,7 +87,7 @@ async def get_model(model_id: str):
         raise APIError(404, f"The model `{model_id}` does not exist.", param="model", code="model_not_found")
     return jsonify({"id": served.name, "object": "model", "created": int(st.started_at),
                     "owned_by": "triolm", "max_model_len": served.max_model_len,
-                    "card": served.card or None})
+                    "card": served.card or None, "weight_version": _weight_version(st)})
 
 
 # -- tokenize / detokenize (vLLM shapes) --------------------------------------------------
@@ -177,6 +182,8 @@ async def health():
         "sessions": len(st.sessions),
         "uptime_seconds": round(time.time() - st.started_at, 3),
     }
+    if driver is not None:
+        data.update(driver.control.to_json())  # weight_version, generation, memory
     if lifecycle.failure is not None:
         data["error"] = str(lifecycle.failure)
     response = jsonify(data)

@@ -15,7 +15,7 @@ from quart_cors import cors
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from triolm.http.auth import api_key_error, api_keys_of
+from triolm.http.auth import ApiKeys, api_key_error, api_keys_of
 from triolm.http.embeddings import embeddings_bp
 from triolm.http.errors import error_response
 from triolm.http.framework_patches import ShieldedLastSendConnection, install_body_drain
@@ -24,6 +24,7 @@ from triolm.http.responses_routes import responses_bp
 from triolm.http.routes import bp
 from triolm.http.sessions_routes import register_sessions
 from triolm.http.state import AppState
+from triolm.http.trainer_routes import make_trainer_blueprint
 from triolm.loading.served_model import ServedModel
 from triolm.protocol.errors import APIError
 from triolm.protocol.responses_store import ResponseStore
@@ -54,11 +55,12 @@ def create_app(settings: ServerSettings | None = None, *, served: ServedModel | 
     loop_busy = LoopBusyInstrument()  # lends the loop a kernel core while it has work
     app.config["TRIOLM_STATE"] = state
     app.register_blueprint(bp)
+    app.register_blueprint(make_trainer_blueprint(state))
     app.register_blueprint(responses_bp)
     app.register_blueprint(messages_bp)
     app.register_blueprint(embeddings_bp)
     _install_error_handlers(app)
-    _install_auth(app, state)
+    _install_auth(app, api_keys_of(settings))
     if settings.allowed_origins:
         # after every response (errors and 401s included); preflights are answered by
         # Quart's automatic OPTIONS, which the key check lets through
@@ -127,9 +129,16 @@ def _install_error_handlers(app: QuartTrio) -> None:
                                        error_type="internal_server_error"))
 
 
-def _install_auth(app: QuartTrio, state: AppState) -> None:
-    keys = api_keys_of(state.settings)
+def install_http_basics(app: QuartTrio, keys: ApiKeys) -> None:
+    """What `triolm router` shares with this app: OpenAI error objects, the API-key
+    check, draining request bodies, the shielded last send."""
+    app.asgi_http_class = ShieldedLastSendConnection
+    _install_error_handlers(app)
+    _install_auth(app, keys)
+    install_body_drain(app)
 
+
+def _install_auth(app: QuartTrio, keys: ApiKeys) -> None:
     @app.before_request
     async def check_api_key():
         err = api_key_error(keys, request)

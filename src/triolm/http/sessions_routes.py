@@ -8,45 +8,70 @@
     GET    /{uuid}/nodes
 
 The chat route renders the prompt text, finds the node it extends (sessions.node), and
-feeds the engine that node's tokens + the tokens of the new text only, through the same
-`prepare_chat`/`ChatRun` path as /v1/chat/completions. Contract: contracts/sessions.md.
+feeds the engine that node's tokens + the tokens of the new text only. What generates is
+a `SessionTurns`: this process's engine (`EngineTurns`, the same `prepare_chat`/`ChatRun`
+path as /v1/chat/completions) or, in `triolm router`, a backend. Contract: contracts/sessions.md.
 """
 
 from __future__ import annotations
 
-import attrs
+from collections.abc import AsyncIterator
+from typing import Protocol
+
 from quart import Blueprint, jsonify, request
 
 from triolm.errors import InvalidRequestError
 from triolm.http.body import read_json_object
-from triolm.http.chat import ChatPlan, ChatRun, prepare_chat, render_for_request
+from triolm.http.chat import ChatPlan, ChatRun, prepare_chat, prompt_from_token_ids, render_for_request
 from triolm.http.routes import sse_response
 from triolm.http.state import AppState
+from triolm.loading.served_model import ServedModel
 from triolm.prompting.prompts import RenderedPrompt, render_chat_text_in_worker
 from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, TOOL_PARSERS
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import APIError, bad_request
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.protocol.validation import parse_request
-from triolm.runtime.lanes import text_chars
-from triolm.sessions.node import Extension, Generated, Node, build_node, find_extension, find_token_extension
+from triolm.router.frontend import PromptFrontend
+from triolm.runtime.lanes import PromptLanes, text_chars
+from triolm.sessions.node import Extension, find_extension, find_token_extension
 from triolm.sessions.raw_history import find_extension_keeping_thinking
 from triolm.sessions.registry import SessionNotFound, SessionRegistry, TooManySessions
 from triolm.sessions.session import Session
+from triolm.sessions.turn import FinishedGeneration, PreparedTurn, record_turn
 
 DEFAULT_TOOL_PARSER = "hermes"
 
 
-@attrs.frozen
-class _Prepared:
-    session: Session
-    extension: Extension
-    prompt: RenderedPrompt
-    new_prompt_ids: list[int]  # prompt tokens after the extended node's (all of them if none)
+class SessionTurns(Protocol):
+    """What the session routes need from whatever generates: the local engine
+    (`EngineTurns`) or the router's backends (`triolm.http.router_session_turns`)."""
+
+    registry: SessionRegistry
+
+    def model_name(self) -> str:
+        """The served model's name; a 503 APIError while nothing can serve."""
+
+    def default_tool_parser(self) -> str | None: ...
+
+    async def prepare(self, session: Session, body: ChatCompletionRequest) -> PreparedTurn:
+        """The exact prompt of the turn and the node it extends (no generation)."""
+
+    async def complete(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> dict:
+        """Generate, record the nodes, return the chat completion."""
+
+    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        """Everything that can fail before the first byte, then the SSE events (the
+        nodes are recorded when the stream completes)."""
 
 
 def register_sessions(app, state: AppState) -> None:
     registry = state.sessions
+    register_session_routes(app, EngineTurns(state, registry))
+
+
+def register_session_routes(app, turns: SessionTurns) -> None:
+    registry = turns.registry
     bp = Blueprint("sessions", __name__)
 
     def lookup(session_id: str) -> Session:
@@ -58,10 +83,10 @@ def register_sessions(app, state: AppState) -> None:
     @bp.post("/sessions/create")
     async def create_session():
         data = await _json_object(allow_empty=True)
-        served = state.serving().served
+        model_name = turns.model_name()
         parser = data.get("tool_parser")
         if parser is None:
-            parser = served.tool_parser or DEFAULT_TOOL_PARSER
+            parser = turns.default_tool_parser() or DEFAULT_TOOL_PARSER
         known = TOOL_PARSERS
         if not isinstance(parser, str) or parser not in known:
             raise bad_request(f"unknown tool_parser {parser!r} (known: {', '.join(known)})",
@@ -70,7 +95,7 @@ def register_sessions(app, state: AppState) -> None:
         if not isinstance(track_tree, bool):
             raise bad_request("track_tree must be true or false", param="track_tree")
         try:
-            session = registry.create(served.name, parser, track_tree)
+            session = registry.create(model_name, parser, track_tree)
         except TooManySessions as exc:
             raise APIError(429, str(exc), code="too_many_sessions") from None
         return jsonify({"uuid": session.uuid, "model_name": session.model_name,
@@ -90,9 +115,17 @@ def register_sessions(app, state: AppState) -> None:
     @bp.get("/<session_id>/nodes")
     async def get_nodes(session_id: str):
         session = lookup(session_id)
-        data = {"nodes": [n.to_json() for n in session.nodes]}
-        if session.track_tree:
-            data["tree"] = [n.to_json() for n in session.tree]
+        since = _since(request.args.get("since"))
+        if since is None:
+            data = {"nodes": [n.to_json() for n in session.nodes]}
+            if session.track_tree:
+                data["tree"] = [n.to_json() for n in session.tree]
+        else:
+            nodes, replaced = session.changes_since(since)
+            data = {"nodes": [n.to_json() for n in nodes], "replaced_node_ids": replaced}
+            if session.track_tree:
+                data["tree"] = [n.to_json() for n in session.tree if n.revision > since]
+        data["marker"] = session.revision
         return jsonify(data)
 
     @bp.post("/<session_id>/v1/chat/completions/render")
@@ -100,7 +133,7 @@ def register_sessions(app, state: AppState) -> None:
         session = lookup(session_id)
         body = parse_request(ChatCompletionRequest, await _json_object())
         with registry.using(session):
-            prepared = await _prepare(state, session, body)
+            prepared = await turns.prepare(session, body)
         parent = prepared.extension.parent
         return jsonify({"prompt_text": prepared.prompt.text, "token_ids": prepared.prompt.token_ids,
                         "num_tokens": len(prepared.prompt.token_ids),
@@ -111,112 +144,133 @@ def register_sessions(app, state: AppState) -> None:
         session = lookup(session_id)
         body = parse_request(ChatCompletionRequest, await _json_object())
         if body.stream:
-            return await _stream(session, body)
+            with registry.using(session):
+                prepared = await turns.prepare(session, body)
+                chunks = await turns.open_stream(prepared, body)
+
+            async def events():
+                with registry.using(session):
+                    async for chunk in chunks:
+                        yield chunk
+
+            return sse_response(events())
         with registry.using(session):
-            prepared = await _prepare(state, session, body)
-            plan = await _plan(state, session, body, prepared)
-            run = ChatRun(state, plan)
-            data = await run.complete()
-            _record(registry, prepared, plan, run)
+            prepared = await turns.prepare(session, body)
+            data = await turns.complete(prepared, body)
         return jsonify(data)
 
-    async def _stream(session: Session, body: ChatCompletionRequest):
-        with registry.using(session):
-            prepared = await _prepare(state, session, body)
-            plan = await _plan(state, session, body, prepared)
-            run = ChatRun(state, plan)
-
-        async def events():
-            with registry.using(session):
-                async for chunk in run.stream():
-                    if chunk == fmt.SSE_DONE:
-                        _record(registry, prepared, plan, run)
-                    yield chunk
-
-        return sse_response(events())
-
     app.register_blueprint(bp)
+
+
+def _since(raw: str | None) -> int | None:
+    """The `since` marker of GET /{uuid}/nodes: a revision number a response gave."""
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise bad_request(f"since must be a marker from an earlier response (an integer >= 0), "
+                          f"not {raw!r}", param="since")
+    return value
 
 
 async def _json_object(allow_empty: bool = False) -> dict:
     return await read_json_object(await request.get_data(cache=False), allow_empty)
 
 
-async def _prepare(state: AppState, session: Session, body: ChatCompletionRequest) -> _Prepared:
+async def prepare_turn(lanes: PromptLanes, served: ServedModel | PromptFrontend, session: Session,
+                       body: ChatCompletionRequest) -> PreparedTurn:
     """Render the prompt and find the node it extends; tokenize only the new text."""
-    served = state.serving().served
-    if served.mistral_tokenizer is not None:
-        # mistral-common renders tokens, not text: match nodes token by token.
-        prompt = await render_for_request(state, served, body)
-        parent, new_ids = find_token_extension(session.nodes, prompt.token_ids)
-        return _Prepared(session, Extension(parent, ""), prompt, new_ids)
     try:
         text = await render_chat_text_in_worker(
-            state.lanes.templates, state.lanes.for_chars(text_chars(body.messages) + text_chars(body.tools)),
+            lanes.templates, lanes.for_chars(text_chars(body.messages) + text_chars(body.tools)),
             served, body.messages, body.tools, body.add_generation_prompt, body.continue_final_message,
             body.template_variables)
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     extension = find_extension(session.nodes, text)
     if extension.parent is None and served.reasoning is not None:
-        kept = await state.lanes.run(state.lanes.for_chars(len(text)), find_extension_keeping_thinking,
-                                     session.nodes, text, served.reasoning)
+        kept = await lanes.run(lanes.for_chars(len(text)), find_extension_keeping_thinking, session.nodes, text,
+                               served.reasoning)
         if kept is not None:
             extension, text = kept
-    new_ids = await state.lanes.run(state.lanes.for_chars(len(extension.suffix_text)), served.tokenizer.encode,
-                                 extension.suffix_text, False)
+    new_ids = await lanes.run(lanes.for_chars(len(extension.suffix_text)), served.tokenizer.encode,
+                              extension.suffix_text, False)
     base = extension.parent.tokens if extension.parent is not None else []
     if not base and not new_ids:
         raise bad_request("the rendered prompt is empty", param="messages")
-    return _Prepared(session, extension, RenderedPrompt(text, base + new_ids), new_ids)
+    return PreparedTurn(session, extension, RenderedPrompt(text, base + new_ids), new_ids)
 
 
-async def _plan(state: AppState, session: Session, body: ChatCompletionRequest,
-                prepared: _Prepared) -> ChatPlan:
-    plan = await prepare_chat(state, body, prompt=prepared.prompt)
-    # The session's parser, not the server default, reads tool calls out of the output.
+class EngineTurns:
+    """Session turns on this process's engine, through the same `prepare_chat`/`ChatRun`
+    path as /v1/chat/completions."""
+
+    def __init__(self, state: AppState, registry: SessionRegistry):
+        self.state = state
+        self.registry = registry
+
+    def model_name(self) -> str:
+        served = self.state.serving().served
+        return served.name
+
+    def default_tool_parser(self) -> str | None:
+        served = self.state.serving().served
+        return served.tool_parser
+
+    async def prepare(self, session: Session, body: ChatCompletionRequest) -> PreparedTurn:
+        served = self.state.serving().served
+        if body.prompt_token_ids is not None:
+            # The client's own ids: the node they extend is matched token by token.
+            prompt = await prompt_from_token_ids(self.state, served, body.prompt_token_ids)
+            parent, new_ids = find_token_extension(session.nodes, prompt.token_ids)
+            return PreparedTurn(session, Extension(parent, ""), prompt, new_ids)
+        if served.mistral_tokenizer is not None:
+            # mistral-common renders tokens, not text: match nodes token by token.
+            prompt = await render_for_request(self.state, served, body)
+            parent, new_ids = find_token_extension(session.nodes, prompt.token_ids)
+            return PreparedTurn(session, Extension(parent, ""), prompt, new_ids)
+        return await prepare_turn(self.state.lanes, served, session, body)
+
+    async def _plan(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> ChatPlan:
+        plan = await prepare_chat(self.state, body, prompt=prepared.prompt)
+        plan.tool_parser = session_tool_parser(prepared.session, body)
+        return plan
+
+    async def complete(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> dict:
+        plan = await self._plan(prepared, body)
+        run = ChatRun(self.state, plan)
+        data = await run.complete()
+        self._record(prepared, plan, run)
+        return data
+
+    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        plan = await self._plan(prepared, body)
+        run = ChatRun(self.state, plan)
+
+        async def events():
+            async for chunk in run.stream():
+                if chunk == fmt.SSE_DONE:
+                    self._record(prepared, plan, run)
+                yield chunk
+
+        return events()
+
+    def _record(self, prepared: PreparedTurn, plan: ChatPlan, run: ChatRun) -> None:
+        gens = [FinishedGeneration(token_ids=[t.token_id for t in g.result.tokens],
+                                   logprobs=[t.logprob for t in g.result.tokens], text=g.result.text,
+                                   finish_reason=g.result.finish_reason, stop_reason=g.result.stop_reason,
+                                   num_cached_prompt_tokens=g.result.num_cached_prompt_tokens,
+                                   num_prefilled_tokens=g.result.num_prefilled_tokens,
+                                   weight_spans=tuple((w.weight_version, w.count) for w in g.result.weight_spans))
+                for g in run.gens]
+        stop_ids = set(plan.served.eos_token_ids) | set(plan.body.stop_token_ids or ())
+        record_turn(self.registry, prepared, plan.request_id, gens, plan.served.tokenizer, stop_ids)
+
+
+def session_tool_parser(session: Session, body: ChatCompletionRequest) -> str | None:
+    """The session's parser, not the server default, reads tool calls out of the output."""
     generic = session.tool_parser == GENERIC_TOOL_PARSER  # its replies are JSON even with "none"
-    plan.tool_parser = session.tool_parser if body.tools and (body.tool_choice != "none" or generic) else None
-    return plan
-
-
-def _stop_text(plan: ChatPlan, token_ids: list[int], finish_reason: str, stop_reason) -> str | None:
-    """The text of the stop token (EOS or a stop_token_ids entry) that ended a generation:
-    the response text never includes it (serving.generation), the node's tokens do."""
-    if finish_reason != "stop" or not token_ids or isinstance(stop_reason, str):
-        return None
-    last = token_ids[-1]
-    if last not in set(plan.served.eos_token_ids) | set(plan.body.stop_token_ids or ()):
-        return None
-    return plan.served.tokenizer.decode([last], skip_special_tokens=False) or None
-
-
-def _record(registry: SessionRegistry, prepared: _Prepared, plan: ChatPlan, run: ChatRun) -> None:
-    """Turn each finished generation into a node of the session (if it still exists)."""
-    session = prepared.session
-    if not registry.is_live(session):
-        return
-    parent = prepared.extension.parent
-    children: list[Node] = []
-    for index, gen in enumerate(run.gens):
-        r = gen.result
-        if r.finish_reason in (None, "abort", "error") or not r.tokens:  # "error": its grammar failed
-            continue
-        ids = [t.token_id for t in r.tokens]
-        step = {"request_id": plan.request_id, "choice_index": index,
-                "finish_reason": r.finish_reason, "stop_reason": r.stop_reason,
-                "num_prompt_tokens": len(prepared.prompt.token_ids),
-                "num_new_prompt_tokens": len(prepared.new_prompt_ids),
-                "num_cached_prompt_tokens": r.num_cached_prompt_tokens,
-                "num_prefilled_tokens": r.num_prefilled_tokens,
-                "num_generated_tokens": len(ids),
-                "extended_node": parent.id if parent is not None else None,
-                "stop_token_stands_in": prepared.extension.stop_token_stands_in}
-        gen_record = Generated(token_ids=ids, logprobs=[t.logprob for t in r.tokens], text=r.text,
-                               finish_reason=r.finish_reason,
-                               stop_text=_stop_text(plan, ids, r.finish_reason, r.stop_reason),
-                               metadata=step)
-        children.append(build_node(session.new_node_id(), parent, prepared.new_prompt_ids,
-                                   prepared.prompt.text, gen_record))
-    if children:
-        session.record(parent, children)
+    return session.tool_parser if body.tools and (body.tool_choice != "none" or generic) else None

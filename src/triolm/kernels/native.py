@@ -55,6 +55,15 @@ _SIGNATURES = {
     "tl_moe_ffn": ([_ptr, _ptr, _i64, _ptr, _i64, _i64, _int], None),
     "tl_moe_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float, _int], None),
 }
+# Gemma's layers (gemma_decode.cpp)
+_SIGNATURES.update({
+    "tl_decode_attention_windowed": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _int, _ptr, _i64, _ptr,
+                                      _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _float, _int,
+                                      _i64, _float], None),
+    "tl_gelu_tanh_mul": ([_ptr, _ptr, _i64, _i64], None),
+    "tl_gemma_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float,
+                              _i64, _float, _int], None),
+})
 
 
 def cache_dir() -> Path:

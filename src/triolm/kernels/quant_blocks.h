@@ -2,9 +2,11 @@
 
    Each type is a struct with its block geometry (QK values in BYTES bytes) and two
    decoders of the 32-value group j of one block (j < QK / 32):
-     - `group(blk, j, lo, hi)`: AVX-512, values 16j.. into two registers;
+     - AVX-512: `group(blk, j, lo, hi)`, values 32j.. into two registers, or for types
+       whose groups share bytes and scales (SHARED, the K-quants) `block(blk, emit)`,
+       which decodes the whole block and hands each group to emit(j, lo, hi);
      - `group(blk, j, out)`: portable, into out[32].
-   Both perform the `gguf` package's float32 operations (gguf.quants.dequantize) in its
+   All perform the `gguf` package's float32 operations (gguf.quants.dequantize) in its
    order — scale products first, then code * scale (+/- offset), never fused — so a
    decoded weight is bit-equal to the reference and a dot product with it differs from
    the dequantized float32 model only in summation order. Layouts are ggml's
@@ -60,13 +62,40 @@ static inline __m512i bytes16(const uint8_t* p) { return _mm512_cvtepu8_epi32(_m
 static inline __m512 cvt(__m512i v) { return _mm512_cvtepi32_ps(v); }
 static inline __m512i nib_lo(__m512i v) { return _mm512_and_si512(v, _mm512_set1_epi32(15)); }
 static inline __m512i nib_hi(__m512i v) { return _mm512_srli_epi32(v, 4); }
+/* Small codes become floats by table lookup: `_mm512_permutexvar_ps` reads the low 4
+   bits of each index lane (so a high nibble needs only its shift, a low one nothing),
+   `_mm512_permutex2var_ps` the low 5 (bit 4 picks the second table). One operation where
+   masking, offsetting and converting took three; the values are the same small integers
+   the reference converts. */
+static inline __m512 iota16(float from = 0.f) {
+    return _mm512_add_ps(_mm512_set1_ps(from), _mm512_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f, 8.f, 9.f, 10.f,
+                                                                11.f, 12.f, 13.f, 14.f, 15.f));
+}
+/* Lanes of a 32-bit high-bit word as bit 4 of the index (Q5_0/Q5_1): nibble | 16. */
+static inline __m512i with_high(__m512i nib, __mmask16 high) {
+    return _mm512_mask_or_epi32(nib, high, nib, _mm512_set1_epi32(16));
+}
+
+/* The eight scales and mins of a Q4_K/Q5_K block times d and dmin, in one vector pass
+   (scale_min_k4 for all j at once): out[j] = d * sc_j, out[8 + j] = dmin * m_j. */
+static inline void scales_mins_k4(const uint8_t* b, float* out) {
+    const __m512i s = bytes16(b + 4);  // lanes 12..15 are code bytes, never selected
+    const __m512i a = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11), s);
+    const __m512i t = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6, 7), s);
+    const __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(a, _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4)),
+                                        _mm512_setr_epi32(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
+    const __m512i hi = _mm512_maskz_slli_epi32((__mmask16)0xF0F0, _mm512_srli_epi32(t, 6), 4);
+    const __m512 dd = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(f16(b)), _mm512_set1_ps(f16(b + 2)));
+    _mm512_store_ps(out, _mm512_mul_ps(dd, cvt(_mm512_or_si512(lo, hi))));
+}
 #endif
 
 #if defined(__AVX512F__)
 /* CODES: 0 = decode values only; 1 = value = d * q (`codes` gives q and d); 2 = value =
-   d * q + m. For one x-row the kernels then sum q * x over the block and scale that sum
-   once (plus m times the block's sum of x): the same products regrouped by
-   distributivity, two to four vector operations fewer per 32 values. */
+   d * q + m; 3 = a K-quant with a one-x-row block dot (`dot1`). For one x-row the
+   kernels then sum q * x over a block (or sub-block) and scale that sum once (plus m
+   times the sum of x there): the same products regrouped by distributivity, two to
+   four vector operations fewer per 32 values. */
 
 /* Every group of one block: emit(j, lo, hi) for j < QK / 32. Types whose groups share
    bytes or scales (the K-quants) define their own `block` that decodes those once. */
@@ -110,15 +139,18 @@ struct Q4_0 {
 #if defined(__AVX512F__)
     static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
         const __m512 d = _mm512_set1_ps(f16(b));
-        const __m512i q = bytes16(b + 2), eight = _mm512_set1_epi32(8);
-        lo = _mm512_mul_ps(d, cvt(_mm512_sub_epi32(nib_lo(q), eight)));
-        hi = _mm512_mul_ps(d, cvt(_mm512_sub_epi32(nib_hi(q), eight)));
+        __m512 qlo, qhi;
+        float dd, m;
+        codes(b, qlo, qhi, dd, m);
+        lo = _mm512_mul_ps(d, qlo);
+        hi = _mm512_mul_ps(d, qhi);
     }
     /* The block's codes as floats and its scale/offset: value = d * q + m. */
     static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
-        const __m512i q = bytes16(b + 2), eight = _mm512_set1_epi32(8);
-        lo = cvt(_mm512_sub_epi32(nib_lo(q), eight));
-        hi = cvt(_mm512_sub_epi32(nib_hi(q), eight));
+        const __m512i q = bytes16(b + 2);
+        const __m512 table = iota16(-8.f);
+        lo = _mm512_permutexvar_ps(q, table);
+        hi = _mm512_permutexvar_ps(nib_hi(q), table);
         d = f16(b);
         m = 0.f;
     }
@@ -139,16 +171,18 @@ struct Q4_1 {
     static constexpr int CODES = 2;  // see `codes`
 #if defined(__AVX512F__)
     static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
-        const __m512 d = _mm512_set1_ps(f16(b)), m = _mm512_set1_ps(f16(b + 2));
-        const __m512i q = bytes16(b + 4);
-        lo = _mm512_add_ps(_mm512_mul_ps(d, cvt(nib_lo(q))), m);
-        hi = _mm512_add_ps(_mm512_mul_ps(d, cvt(nib_hi(q))), m);
+        __m512 qlo, qhi;
+        float d, m;
+        codes(b, qlo, qhi, d, m);
+        lo = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), qlo), _mm512_set1_ps(m));
+        hi = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), qhi), _mm512_set1_ps(m));
     }
     /* The block's codes as floats and its scale/offset: value = d * q + m. */
     static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
         const __m512i q = bytes16(b + 4);
-        lo = cvt(nib_lo(q));
-        hi = cvt(nib_hi(q));
+        const __m512 table = iota16();
+        lo = _mm512_permutexvar_ps(q, table);
+        hi = _mm512_permutexvar_ps(nib_hi(q), table);
         d = f16(b);
         m = f16(b + 2);
     }
@@ -171,21 +205,19 @@ struct Q5_0 {
 #if defined(__AVX512F__)
     static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
         const __m512 d = _mm512_set1_ps(f16(b));
-        const uint32_t qh = u32(b + 2);
-        const __m512i q = bytes16(b + 6), sixteen = _mm512_set1_epi32(16);
-        const __m512i h0 = _mm512_maskz_mov_epi32((__mmask16)(qh & 0xFFFF), sixteen);
-        const __m512i h1 = _mm512_maskz_mov_epi32((__mmask16)(qh >> 16), sixteen);
-        lo = _mm512_mul_ps(d, cvt(_mm512_sub_epi32(_mm512_or_si512(nib_lo(q), h0), sixteen)));
-        hi = _mm512_mul_ps(d, cvt(_mm512_sub_epi32(_mm512_or_si512(nib_hi(q), h1), sixteen)));
+        __m512 qlo, qhi;
+        float dd, m;
+        codes(b, qlo, qhi, dd, m);
+        lo = _mm512_mul_ps(d, qlo);
+        hi = _mm512_mul_ps(d, qhi);
     }
     /* The block's codes as floats and its scale/offset: value = d * q + m. */
     static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
         const uint32_t qh = u32(b + 2);
-        const __m512i q = bytes16(b + 6), sixteen = _mm512_set1_epi32(16);
-        const __m512i h0 = _mm512_maskz_mov_epi32((__mmask16)(qh & 0xFFFF), sixteen);
-        const __m512i h1 = _mm512_maskz_mov_epi32((__mmask16)(qh >> 16), sixteen);
-        lo = cvt(_mm512_sub_epi32(_mm512_or_si512(nib_lo(q), h0), sixteen));
-        hi = cvt(_mm512_sub_epi32(_mm512_or_si512(nib_hi(q), h1), sixteen));
+        const __m512i q = bytes16(b + 6);
+        const __m512 t0 = iota16(-16.f), t1 = iota16(0.f);
+        lo = _mm512_permutex2var_ps(t0, with_high(nib_lo(q), (__mmask16)(qh & 0xFFFF)), t1);
+        hi = _mm512_permutex2var_ps(t0, with_high(nib_hi(q), (__mmask16)(qh >> 16)), t1);
         d = f16(b);
         m = 0.f;
     }
@@ -207,22 +239,19 @@ struct Q5_1 {
     static constexpr int CODES = 2;  // see `codes`
 #if defined(__AVX512F__)
     static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
-        const __m512 d = _mm512_set1_ps(f16(b)), m = _mm512_set1_ps(f16(b + 2));
-        const uint32_t qh = u32(b + 4);
-        const __m512i q = bytes16(b + 8), sixteen = _mm512_set1_epi32(16);
-        const __m512i h0 = _mm512_maskz_mov_epi32((__mmask16)(qh & 0xFFFF), sixteen);
-        const __m512i h1 = _mm512_maskz_mov_epi32((__mmask16)(qh >> 16), sixteen);
-        lo = _mm512_add_ps(_mm512_mul_ps(d, cvt(_mm512_or_si512(nib_lo(q), h0))), m);
-        hi = _mm512_add_ps(_mm512_mul_ps(d, cvt(_mm512_or_si512(nib_hi(q), h1))), m);
+        __m512 qlo, qhi;
+        float d, m;
+        codes(b, qlo, qhi, d, m);
+        lo = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), qlo), _mm512_set1_ps(m));
+        hi = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), qhi), _mm512_set1_ps(m));
     }
     /* The block's codes as floats and its scale/offset: value = d * q + m. */
     static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
         const uint32_t qh = u32(b + 4);
-        const __m512i q = bytes16(b + 8), sixteen = _mm512_set1_epi32(16);
-        const __m512i h0 = _mm512_maskz_mov_epi32((__mmask16)(qh & 0xFFFF), sixteen);
-        const __m512i h1 = _mm512_maskz_mov_epi32((__mmask16)(qh >> 16), sixteen);
-        lo = cvt(_mm512_or_si512(nib_lo(q), h0));
-        hi = cvt(_mm512_or_si512(nib_hi(q), h1));
+        const __m512i q = bytes16(b + 8);
+        const __m512 t0 = iota16(0.f), t1 = iota16(16.f);
+        lo = _mm512_permutex2var_ps(t0, with_high(nib_lo(q), (__mmask16)(qh & 0xFFFF)), t1);
+        hi = _mm512_permutex2var_ps(t0, with_high(nib_hi(q), (__mmask16)(qh >> 16)), t1);
         d = f16(b);
         m = f16(b + 2);
     }
@@ -331,31 +360,43 @@ struct Q3_K {
 struct Q4_K {
     static constexpr int QK = 256, BYTES = 144;
     static constexpr bool SHARED = true;
-    static constexpr int CODES = 0;
+    static constexpr int CODES = 3;  // see `dot1`
 #if defined(__AVX512F__)
-    static inline void group(const uint8_t* b, int j, __m512& lo, __m512& hi) {
-        int sc, m;
-        scale_min_k4(b + 4, j, sc, m);
-        const __m512 ds = _mm512_set1_ps(f16(b) * (float)sc), dm = _mm512_set1_ps(f16(b + 2) * (float)m);
-        const uint8_t* qs = b + 16 + (j / 2) * 32;
-        const int sh = 4 * (j % 2);
-        lo = _mm512_sub_ps(_mm512_mul_ps(ds, cvt(nib_lo(_mm512_srli_epi32(bytes16(qs), sh)))), dm);
-        hi = _mm512_sub_ps(_mm512_mul_ps(ds, cvt(nib_lo(_mm512_srli_epi32(bytes16(qs + 16), sh)))), dm);
-    }
+    /* A group's 16 possible values as a table, (d * sc) * k - (dmin * m) for k < 16 —
+       the reference's operations, so entries are bit-equal to its values — and the codes
+       look up their value with one permute (which reads the low 4 bits of each lane):
+       two operations fewer per 16 values than converting and scaling every code. */
     template <class Emit>
     static inline void block(const uint8_t* b, Emit&& emit) {
-        const float d = f16(b), dmin = f16(b + 2);
+        alignas(64) float dm[16];
+        scales_mins_k4(b, dm);
+        const __m512 iota = iota16();
         for (int c = 0; c < 4; c++) {
-            int sc0, m0, sc1, m1;
-            scale_min_k4(b + 4, 2 * c, sc0, m0);
-            scale_min_k4(b + 4, 2 * c + 1, sc1, m1);
             const __m512i q0 = bytes16(b + 16 + c * 32), q1 = bytes16(b + 32 + c * 32);
-            const __m512 ds0 = _mm512_set1_ps(d * (float)sc0), dm0 = _mm512_set1_ps(dmin * (float)m0);
-            const __m512 ds1 = _mm512_set1_ps(d * (float)sc1), dm1 = _mm512_set1_ps(dmin * (float)m1);
-            emit(2 * c, _mm512_sub_ps(_mm512_mul_ps(ds0, cvt(nib_lo(q0))), dm0),
-                 _mm512_sub_ps(_mm512_mul_ps(ds0, cvt(nib_lo(q1))), dm0));
-            emit(2 * c + 1, _mm512_sub_ps(_mm512_mul_ps(ds1, cvt(nib_hi(q0))), dm1),
-                 _mm512_sub_ps(_mm512_mul_ps(ds1, cvt(nib_hi(q1))), dm1));
+            const __m512 t0 = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(dm[2 * c]), iota), _mm512_set1_ps(dm[8 + 2 * c]));
+            const __m512 t1 = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(dm[2 * c + 1]), iota), _mm512_set1_ps(dm[9 + 2 * c]));
+            emit(2 * c, _mm512_permutexvar_ps(q0, t0), _mm512_permutexvar_ps(q1, t0));
+            emit(2 * c + 1, _mm512_permutexvar_ps(nib_hi(q0), t1), _mm512_permutexvar_ps(nib_hi(q1), t1));
+        }
+    }
+    /* One x-row (decode): for each group j, (d * sc_j) * sum(q * x) - (dmin * m_j) * sum(x),
+       the block's products regrouped by distributivity as `codes` does for Q4_0..Q8_0.
+       sx: the sums of x over the block's 8 groups (shared by every weight row). a0, a1
+       accumulate the scaled sums of even and odd groups, off the mins' terms. */
+    static inline void dot1(const uint8_t* b, const float* x, const float* sx, __m512& a0, __m512& a1, __m256& off) {
+        alignas(64) float dm[16];
+        scales_mins_k4(b, dm);
+        off = _mm256_fmadd_ps(_mm256_load_ps(dm + 8), _mm256_loadu_ps(sx), off);
+        const __m512 iota = iota16();
+        for (int c = 0; c < 4; c++) {
+            const __m512i q0 = bytes16(b + 16 + c * 32), q1 = bytes16(b + 32 + c * 32);
+            const float* xc = x + c * 64;
+            const __m512 e = _mm512_fmadd_ps(_mm512_permutexvar_ps(q1, iota), _mm512_loadu_ps(xc + 16),
+                                             _mm512_mul_ps(_mm512_permutexvar_ps(q0, iota), _mm512_loadu_ps(xc)));
+            const __m512 o = _mm512_fmadd_ps(_mm512_permutexvar_ps(nib_hi(q1), iota), _mm512_loadu_ps(xc + 48),
+                                             _mm512_mul_ps(_mm512_permutexvar_ps(nib_hi(q0), iota), _mm512_loadu_ps(xc + 32)));
+            a0 = _mm512_fmadd_ps(e, _mm512_set1_ps(dm[2 * c]), a0);
+            a1 = _mm512_fmadd_ps(o, _mm512_set1_ps(dm[2 * c + 1]), a1);
         }
     }
 #endif
@@ -374,19 +415,29 @@ struct Q4_K {
 struct Q5_K {
     static constexpr int QK = 256, BYTES = 176;
     static constexpr bool SHARED = true;
-    static constexpr int CODES = 0;
+    static constexpr int CODES = 3;  // see `dot1`
 #if defined(__AVX512F__)
-    static inline void group(const uint8_t* b, int j, __m512& lo, __m512& hi) {
-        int sc, m;
-        scale_min_k4(b + 4, j, sc, m);
-        const __m512 ds = _mm512_set1_ps(f16(b) * (float)sc), dm = _mm512_set1_ps(f16(b + 2) * (float)m);
-        const uint8_t* qs = b + 48 + (j / 2) * 32;
-        const int sh = 4 * (j % 2);
-        const __m512i bit = _mm512_set1_epi32(1 << j), sixteen = _mm512_set1_epi32(16);
-        const __m512i h0 = _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(bytes16(b + 16), bit), sixteen);
-        const __m512i h1 = _mm512_maskz_mov_epi32(_mm512_test_epi32_mask(bytes16(b + 32), bit), sixteen);
-        lo = _mm512_sub_ps(_mm512_mul_ps(ds, cvt(_mm512_or_si512(nib_lo(_mm512_srli_epi32(bytes16(qs), sh)), h0))), dm);
-        hi = _mm512_sub_ps(_mm512_mul_ps(ds, cvt(_mm512_or_si512(nib_lo(_mm512_srli_epi32(bytes16(qs + 16), sh)), h1))), dm);
+    /* One x-row: as Q4_K::dot1, the 5-bit codes looked up in two 16-entry tables (bit 4,
+       from qh, picks the second). */
+    static inline void dot1(const uint8_t* b, const float* x, const float* sx, __m512& a0, __m512& a1, __m256& off) {
+        alignas(64) float dm[16];
+        scales_mins_k4(b, dm);
+        off = _mm256_fmadd_ps(_mm256_load_ps(dm + 8), _mm256_loadu_ps(sx), off);
+        const __m512 t0 = iota16(0.f), t1 = iota16(16.f);
+        const __m512i qh0 = bytes16(b + 16), qh1 = bytes16(b + 32);
+        for (int c = 0; c < 4; c++) {
+            const __m512i q0 = bytes16(b + 48 + c * 32), q1 = bytes16(b + 64 + c * 32);
+            const __m512i be = _mm512_set1_epi32(1 << (2 * c)), bo = _mm512_set1_epi32(2 << (2 * c));
+            const float* xc = x + c * 64;
+            const __m512 e0 = _mm512_permutex2var_ps(t0, with_high(nib_lo(q0), _mm512_test_epi32_mask(qh0, be)), t1);
+            const __m512 e1 = _mm512_permutex2var_ps(t0, with_high(nib_lo(q1), _mm512_test_epi32_mask(qh1, be)), t1);
+            const __m512 o0 = _mm512_permutex2var_ps(t0, with_high(nib_hi(q0), _mm512_test_epi32_mask(qh0, bo)), t1);
+            const __m512 o1 = _mm512_permutex2var_ps(t0, with_high(nib_hi(q1), _mm512_test_epi32_mask(qh1, bo)), t1);
+            const __m512 e = _mm512_fmadd_ps(e1, _mm512_loadu_ps(xc + 16), _mm512_mul_ps(e0, _mm512_loadu_ps(xc)));
+            const __m512 o = _mm512_fmadd_ps(o1, _mm512_loadu_ps(xc + 48), _mm512_mul_ps(o0, _mm512_loadu_ps(xc + 32)));
+            a0 = _mm512_fmadd_ps(e, _mm512_set1_ps(dm[2 * c]), a0);
+            a1 = _mm512_fmadd_ps(o, _mm512_set1_ps(dm[2 * c + 1]), a1);
+        }
     }
     template <class Emit>
     static inline void block(const uint8_t* b, Emit&& emit) {
@@ -428,38 +479,31 @@ struct Q6_K {
     static constexpr bool SHARED = true;
     static constexpr int CODES = 0;
 #if defined(__AVX512F__)
-    static inline void group(const uint8_t* b, int j, __m512& lo, __m512& hi) {
-        const float d = f16(b + 208);
-        const int h = j / 4, r = j % 4;
-        const uint8_t* ql = b + h * 64 + (r % 2) * 32;
-        const uint8_t* qh = b + 128 + h * 32;
-        const int shl = 4 * (r / 2), shh = 2 * r;
-        const __m512i three = _mm512_set1_epi32(3), k32 = _mm512_set1_epi32(32);
-        const __m512i q0 = _mm512_or_si512(nib_lo(_mm512_srli_epi32(bytes16(ql), shl)),
-                                           _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bytes16(qh), shh), three), 4));
-        const __m512i q1 = _mm512_or_si512(nib_lo(_mm512_srli_epi32(bytes16(ql + 16), shl)),
-                                           _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bytes16(qh + 16), shh), three), 4));
-        const int8_t* sc = (const int8_t*)(b + 192);
-        lo = _mm512_mul_ps(_mm512_set1_ps(d * (float)sc[2 * j]), cvt(_mm512_sub_epi32(q0, k32)));
-        hi = _mm512_mul_ps(_mm512_set1_ps(d * (float)sc[2 * j + 1]), cvt(_mm512_sub_epi32(q1, k32)));
-    }
+    /* Codes are assembled 64 at a time in bytes (low nibble | high bits << 4, minus
+       32), then widened per 16 and scaled by their own d * scale (one vector of 16). */
     template <class Emit>
     static inline void block(const uint8_t* b, Emit&& emit) {
-        const float d = f16(b + 208);
-        const int8_t* sc = (const int8_t*)(b + 192);
-        const __m512i three = _mm512_set1_epi32(3), k32 = _mm512_set1_epi32(32);
+        alignas(64) float ds[16];
+        _mm512_store_ps(ds, _mm512_mul_ps(_mm512_set1_ps(f16(b + 208)),
+                                          cvt(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b + 192))))));
+        const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(0x30), k32 = _mm512_set1_epi8(32);
+        /* high bits of r = 0 | 1 (bytes 0..31 | 32..63 of ql), and of r = 2 | 3 */
+        const __m512i sh01 = _mm512_setr_epi64(0, 0, 0, 0, 0x0002000200020002LL, 0x0002000200020002LL,
+                                               0x0002000200020002LL, 0x0002000200020002LL);
+        const __m512i sh23 = _mm512_add_epi16(sh01, _mm512_set1_epi16(4));
+        alignas(64) int8_t q[128];
         for (int h = 0; h < 2; h++) {
-            const __m512i qh0 = bytes16(b + 128 + h * 32), qh1 = bytes16(b + 144 + h * 32);
-            for (int half = 0; half < 2; half++) {  // r % 2: which 32 bytes of ql
-                const __m512i ql0 = bytes16(b + h * 64 + half * 32), ql1 = bytes16(b + h * 64 + half * 32 + 16);
-                for (int nib = 0; nib < 2; nib++) {  // r / 2
-                    const int r = 2 * nib + half, j = 4 * h + r;
-                    const __m512i l0 = nib ? nib_hi(ql0) : nib_lo(ql0), l1 = nib ? nib_hi(ql1) : nib_lo(ql1);
-                    const __m512i q0 = _mm512_or_si512(l0, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh0, 2 * r), three), 4));
-                    const __m512i q1 = _mm512_or_si512(l1, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh1, 2 * r), three), 4));
-                    emit(j, _mm512_mul_ps(_mm512_set1_ps(d * (float)sc[2 * j]), cvt(_mm512_sub_epi32(q0, k32))),
-                         _mm512_mul_ps(_mm512_set1_ps(d * (float)sc[2 * j + 1]), cvt(_mm512_sub_epi32(q1, k32))));
-                }
+            const __m512i ql = _mm512_loadu_si512((const void*)(b + h * 64));
+            const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(b + 128 + h * 32)));
+            const __m512i h01 = _mm512_and_si512(_mm512_slli_epi16(_mm512_srlv_epi16(qh, sh01), 4), m2);
+            const __m512i h23 = _mm512_and_si512(_mm512_slli_epi16(_mm512_srlv_epi16(qh, sh23), 4), m2);
+            _mm512_store_si512((void*)q, _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(ql, m4), h01), k32));
+            _mm512_store_si512((void*)(q + 64), _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), h23), k32));
+            for (int r = 0; r < 4; r++) {
+                const int j = 4 * h + r;
+                const int8_t* qr = q + (r / 2) * 64 + (r % 2) * 32;
+                emit(j, _mm512_mul_ps(_mm512_set1_ps(ds[2 * j]), cvt(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i*)qr)))),
+                     _mm512_mul_ps(_mm512_set1_ps(ds[2 * j + 1]), cvt(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i*)(qr + 16))))));
             }
         }
     }

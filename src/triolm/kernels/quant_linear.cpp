@@ -29,6 +29,17 @@ namespace {
 
 enum { W_F32 = 0, W_F16 = 1, W_Q8_0 = 2 };  // the kinds triolm_kernels.cpp computes itself
 constexpr i64 NCHUNK_Q = 32;
+/* Columns per slice of an expanded chunk (many x-rows): 8 x-rows x KC floats = 8 KB. On
+   a 512-row prompt, one thread (GFLOP/s, loaded machine): K = 576 ran at 83 unsliced,
+   K = 1536 at 28 and K = 3072 at 21 (the x-rows' span left L1); MKL's GEMM, 22-31. */
+#ifndef KC_MAX
+#define KC_MAX 1024
+#endif
+#ifndef KC
+#define KC 512
+#endif
+/* The slice width for rows of K columns: K itself up to KC_MAX, else KC. */
+static inline i64 slice_cols(i64 K) { return K <= KC_MAX ? K : KC; }
 
 /* Up to this many x-rows are computed from registers; more expand chunk by chunk.
    Measured on the SmolLM-shape model's matrices (see docs/quantized-weights.md). */
@@ -52,8 +63,11 @@ void parallel_for(i64 n, int nthreads, F&& body) {
 template <class B>
 static inline void prefetch_block(const uint8_t* blk) {
     const char* p = (const char*)blk + QPF_AHEAD;
-    for (int off = 0; off < B::BYTES; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
-    if (B::BYTES % 64) _mm_prefetch(p + B::BYTES - 1, _MM_HINT_T0);
+    /* Blocks of up to 64 bytes: a line holds the end of at least one of them, so the
+       block's last byte alone covers every line (one prefetch per block, not two). */
+    if (B::BYTES > 64)
+        for (int off = 0; off < B::BYTES - 1; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+    _mm_prefetch(p + B::BYTES - 1, _MM_HINT_T0);
 }
 
 /* MR x-rows by NR weight rows; lo and hi halves of each group accumulate separately
@@ -110,6 +124,27 @@ void tile_codes_1(const uint8_t* w, i64 row_bytes, i64 K, const float* x, const 
     }
 }
 
+/* One x-row, NR weight rows of a K-quant with `dot1`. sx: sums of x per 32 values. */
+template <class B, int NR>
+void tile_kdot_1(const uint8_t* w, i64 row_bytes, i64 K, const float* x, const float* sx, float* y, int acc) {
+    __m512 a0[NR], a1[NR];
+    __m256 off[NR];
+    for (int n = 0; n < NR; n++) { a0[n] = a1[n] = _mm512_setzero_ps(); off[n] = _mm256_setzero_ps(); }
+    const i64 nb = K / B::QK;
+    for (i64 b = 0; b < nb; b++)
+        for (int n = 0; n < NR; n++) {
+            const uint8_t* blk = w + n * row_bytes + b * B::BYTES;
+            prefetch_block<B>(blk);
+            B::dot1(blk, x + b * B::QK, sx + b * (B::QK / 32), a0[n], a1[n], off[n]);
+        }
+    for (int n = 0; n < NR; n++) {
+        const __m256 o = off[n];
+        const float v = _mm512_reduce_add_ps(_mm512_add_ps(a0[n], a1[n])) -
+                        _mm512_reduce_add_ps(_mm512_insertf32x8(_mm512_setzero_ps(), o, 0));
+        y[n] = acc ? y[n] + v : v;
+    }
+}
+
 template <class B>
 void expand_block_rows(const uint8_t* w, i64 rows, i64 K, float* out) {
     const i64 nb = rows * (K / B::QK);
@@ -146,6 +181,26 @@ void expand_block_rows(const uint8_t* w, i64 rows, i64 K, float* out) {
 }
 #endif
 
+/* Rows of a block weight as float32, slice by slice: columns [k0, k0 + kc) of row r at
+   out[rows * k0 + r * kc] (kc = KC, or what is left of K in the last slice). */
+template <class B>
+void expand_block_slices(const uint8_t* w, i64 rows, i64 K, float* out) {
+    thread_local std::vector<float> row;
+    if ((i64)row.size() < K) row.resize(K);
+    const i64 sc = slice_cols(K);
+    if (sc == K) {
+        expand_block_rows<B>(w, rows, K, out);
+        return;
+    }
+    for (i64 r = 0; r < rows; r++) {
+        expand_block_rows<B>(w + r * (K / B::QK) * B::BYTES, 1, K, row.data());
+        for (i64 k0 = 0; k0 < K; k0 += sc) {
+            const i64 kc = K - k0 < sc ? K - k0 : sc;
+            memcpy(out + rows * k0 + r * kc, row.data() + k0, kc * sizeof(float));
+        }
+    }
+}
+
 typedef void (*qtile_fn)(const uint8_t*, i64, i64, const float*, i64, float*, i64, int);
 
 /* Rows [0, rows) of one block weight (already offset to its first row), single thread. */
@@ -153,10 +208,16 @@ template <class B>
 void block_rows(const uint8_t* w, i64 rows, i64 K, const float* x, i64 ldx, float* y, i64 ldy, i64 M, int acc) {
     const i64 row_bytes = K / B::QK * B::BYTES;
     if (M > g_inreg_max_rows) {
+        /* Expanded slice by slice of KC columns, each slice [rows, kc] contiguous: the
+           float32 tiles then keep their 8 x-rows' slice in L1 however long K is. */
         thread_local std::vector<float> buf;
         if ((i64)buf.size() < rows * K) buf.resize(rows * K);
-        expand_block_rows<B>(w, rows, K, buf.data());
-        tl_linear(W_F32, buf.data(), nullptr, x, ldx, y, ldy, M, rows, K, acc, 1);
+        expand_block_slices<B>(w, rows, K, buf.data());
+        const i64 sc = slice_cols(K);
+        for (i64 k0 = 0; k0 < K; k0 += sc) {
+            const i64 kc = K - k0 < sc ? K - k0 : sc;
+            tl_linear(W_F32, buf.data() + rows * k0, nullptr, x + k0, ldx, y, ldy, M, rows, kc, acc || k0 > 0, 1);
+        }
         return;
     }
 #if defined(__AVX512F__)
@@ -165,12 +226,17 @@ void block_rows(const uint8_t* w, i64 rows, i64 K, const float* x, i64 ldx, floa
             const i64 nb = K / 32;
             thread_local std::vector<float> sxv;
             if ((i64)sxv.size() < nb) sxv.resize(nb);
-            if (B::CODES == 2)
+            if (B::CODES >= 2)
                 for (i64 b = 0; b < nb; b++)
                     sxv[b] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(x + b * 32), _mm512_loadu_ps(x + b * 32 + 16)));
             i64 n = 0;
-            for (; n + 2 <= rows; n += 2) tile_codes_1<B, 2>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
-            for (; n < rows; n++) tile_codes_1<B, 1>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
+            if constexpr (B::CODES == 3) {
+                for (; n + 2 <= rows; n += 2) tile_kdot_1<B, 2>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
+                for (; n < rows; n++) tile_kdot_1<B, 1>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
+            } else {
+                for (; n + 2 <= rows; n += 2) tile_codes_1<B, 2>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
+                for (; n < rows; n++) tile_codes_1<B, 1>(w + n * row_bytes, row_bytes, K, x, sxv.data(), y + n, acc);
+            }
             return;
         }
     }

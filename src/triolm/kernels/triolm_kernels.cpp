@@ -379,6 +379,11 @@ static void expand_rows(const WeightRef& W, i64 n0, i64 n1, float* out) {
    so it never takes this path. */
 static i64 g_expand_min_rows = 24;
 extern "C" void tl_set_expand_min_rows(i64 rows) { g_expand_min_rows = rows; }
+/* Float16 converts cheaply in registers: expanded only beyond this many x-rows. */
+static const i64 g_f16_inreg_max_rows = 64;
+/* Column slices of expanded chunks (quant_linear.cpp's KC, KC_MAX). */
+#define KSLICE 512
+#define KSLICE_MAX 1024
 
 /* GGUF block kinds and stacked weights: quant_linear.cpp. */
 extern "C" void tl_linear_ext(int kind, const void* w, const float* d, const float* x, i64 ldx, float* y,
@@ -391,26 +396,40 @@ static void linear(const WeightRef& W, const float* x, i64 ldx, float* y, i64 ld
         return;
     }
     const i64 nchunks = (N + NCHUNK - 1) / NCHUNK;
-    if (M >= g_expand_min_rows && W.kind == W_Q8_0) {
-        /* Batches: expand each chunk of rows once into a float32 buffer that stays in
-           L2, so the conversion is not repeated for every group of 8 x-rows. */
+    if ((W.kind == W_Q8_0 && M >= g_expand_min_rows) || (W.kind == W_F16 && M > g_f16_inreg_max_rows)) {
+        /* Batches and prompts: expand each chunk of rows once into a float32 buffer that
+           stays in L2, so the conversion is not repeated for every group of 8 x-rows.
+           Long rows are multiplied in slices of KSLICE columns (partial sums add up in
+           y), so the 8 x-rows a tile reads stay in L1. */
+        const i64 K = W.K, sc = K <= KSLICE_MAX ? K : KSLICE;
         parallel_for(nchunks, nthreads, [&](i64 c) {
-            const i64 n0 = c * NCHUNK, n1 = n0 + NCHUNK < N ? n0 + NCHUNK : N;
-            thread_local std::vector<float> wbuf;
-            if ((i64)wbuf.size() < NCHUNK * W.K) wbuf.resize(NCHUNK * W.K);
+            const i64 n0 = c * NCHUNK, n1 = n0 + NCHUNK < N ? n0 + NCHUNK : N, rows = n1 - n0;
+            thread_local std::vector<float> wbuf, sbuf;
+            if ((i64)wbuf.size() < NCHUNK * K) wbuf.resize(NCHUNK * K);
             expand_rows(W, n0, n1, wbuf.data());
-            const WeightRef F{W_F32, wbuf.data(), nullptr, W.K};
-            i64 m0 = 0;
-            for (; m0 + 8 <= M; m0 += 8)
-                for (i64 n = 0; n < n1 - n0; n += 2) {
-                    const int nr = n1 - n0 - n < 2 ? (int)(n1 - n0 - n) : 2;
-                    TILES_8[nr - 1](F, n, x + m0 * ldx, ldx, y + m0 * ldy + n0 + n, ldy, accumulate);
+            if (sc < K && (i64)sbuf.size() < NCHUNK * sc) sbuf.resize(NCHUNK * sc);
+            for (i64 k0 = 0; k0 < K; k0 += sc) {
+                const i64 kc = K - k0 < sc ? K - k0 : sc;
+                const float* wf = wbuf.data();
+                if (sc < K) {
+                    for (i64 r = 0; r < rows; r++) memcpy(sbuf.data() + r * kc, wbuf.data() + r * K + k0, kc * sizeof(float));
+                    wf = sbuf.data();
                 }
-            for (; m0 < M; m0 += 4) {
-                const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
-                for (i64 n = 0; n < n1 - n0; n += 4) {
-                    const int nr = n1 - n0 - n < 4 ? (int)(n1 - n0 - n) : 4;
-                    TILES[mr - 1][nr - 1](F, n, x + m0 * ldx, ldx, y + m0 * ldy + n0 + n, ldy, accumulate);
+                const WeightRef F{W_F32, wf, nullptr, kc};
+                const float* xs = x + k0;
+                const int acc = accumulate || k0 > 0;
+                i64 m0 = 0;
+                for (; m0 + 8 <= M; m0 += 8)
+                    for (i64 n = 0; n < rows; n += 2) {
+                        const int nr = rows - n < 2 ? (int)(rows - n) : 2;
+                        TILES_8[nr - 1](F, n, xs + m0 * ldx, ldx, y + m0 * ldy + n0 + n, ldy, acc);
+                    }
+                for (; m0 < M; m0 += 4) {
+                    const int mr = M - m0 < 4 ? (int)(M - m0) : 4;
+                    for (i64 n = 0; n < rows; n += 4) {
+                        const int nr = rows - n < 4 ? (int)(rows - n) : 4;
+                        TILES[mr - 1][nr - 1](F, n, xs + m0 * ldx, ldx, y + m0 * ldy + n0 + n, ldy, acc);
+                    }
                 }
             }
         });
@@ -738,16 +757,20 @@ static void decode_attention(
         T* k_cache, T* v_cache,
         const int32_t* block_tables, i64 max_blocks, const int32_t* seq_lens,
         const float* cos_table, const float* sin_table, int rope,
-        float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads) {
-    /* Pass 1 rotates and stores the new key/value and the queries; pass 2 splits every
+        float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads,
+        i64 window, float softcap) {
+    /* window > 0: attend over the last `window` positions only (sliding-window layers;
+       blocks before them need not exist); softcap > 0: scores -> cap * tanh(score / cap).
+       Pass 1 rotates and stores the new key/value and the queries; pass 2 splits every
        context into chunks of ATT_CHUNK positions (so one long sequence still spreads
        over all threads) and keeps per chunk the running max, the exp-sum and the
        unnormalized value sum; pass 3 merges the chunks of each head. */
     const i64 ATT_CHUNK = g_att_chunk;
     const i64 G = H / KVH;
     const i64 slot_stride = KVH * D;
+    auto first_pos = [&](i64 b) -> i64 { return window > 0 && seq_lens[b] > window ? seq_lens[b] - window : 0; };
     i64 lmax = 1;
-    for (i64 b = 0; b < B; b++) lmax = seq_lens[b] > lmax ? seq_lens[b] : lmax;
+    for (i64 b = 0; b < B; b++) lmax = seq_lens[b] - first_pos(b) > lmax ? seq_lens[b] - first_pos(b) : lmax;
     const i64 nch = (lmax + ATT_CHUNK - 1) / ATT_CHUNK;
     const i64 part_len = (D + 2 + 15) / 16 * 16;  // max, sum, acc[D]; padded to 64 bytes
     thread_local std::vector<float> qbuf_v, part_v;
@@ -782,7 +805,7 @@ static void decode_attention(
 
     parallel_for(B * KVH * nch, nthreads, [&](i64 task) {
         const i64 c = task % nch, bk = task / nch, b = bk / KVH, kh = bk % KVH;
-        const i64 L = seq_lens[b], t0 = c * ATT_CHUNK;
+        const i64 L = seq_lens[b], t0 = first_pos(b) + c * ATT_CHUNK;
         const i64 t1 = t0 + ATT_CHUNK < L ? t0 + ATT_CHUNK : L;
         float* pbase = part + ((b * H + kh * G) * nch + c) * part_len;  // head g at + g * nch * part_len
         if (t0 >= L) {
@@ -807,7 +830,8 @@ static void decode_attention(
             krows_v[t - t0] = k_cache + slot * slot_stride + kh * D;
             vrows_v[t - t0] = v_cache + slot * slot_stride + kh * D;
         }
-        if (attn_chunk_vec<T>(qr, (int)G, D, krows_v.data(), vrows_v.data(), n, scale, scores, ATT_CHUNK, accs,
+        if (softcap <= 0.f &&
+            attn_chunk_vec<T>(qr, (int)G, D, krows_v.data(), vrows_v.data(), n, scale, scores, ATT_CHUNK, accs,
                               ms_v.data())) {
             for (i64 g = 0; g < G; g++) {
                 float* pg = pbase + g * nch * part_len;
@@ -825,6 +849,12 @@ static void decode_attention(
             for (i64 i = 0; i < run; i++, t++, kr += slot_stride)
                 for (i64 g = 0; g < G; g++) scores[g * ATT_CHUNK + (t - t0)] = dot_kv(qr + g * D, kr, (int)D) * scale;
         }
+        if (softcap > 0.f)
+            for (i64 g = 0; g < G; g++)
+                for (i64 i = 0; i < n; i++) {
+                    float& sc = scores[g * ATT_CHUNK + i];
+                    sc = softcap * tanhf(sc / softcap);
+                }
         for (i64 g = 0; g < G; g++) {
             float* sg = scores + g * ATT_CHUNK;
             float mx = sg[0];
@@ -872,11 +902,30 @@ extern "C" void tl_decode_attention(
     if (kv_kind == KV_F16)
         decode_attention(q, ldq, k_new, ldk, v_new, ldv, (uint16_t*)k_cache, (uint16_t*)v_cache, block_tables,
                          max_blocks, seq_lens, cos_table, sin_table, rope, out, B, H, KVH, D, block_size, scale,
-                         nthreads);
+                         nthreads, 0, 0.f);
     else
         decode_attention(q, ldq, k_new, ldk, v_new, ldv, (float*)k_cache, (float*)v_cache, block_tables,
                          max_blocks, seq_lens, cos_table, sin_table, rope, out, B, H, KVH, D, block_size, scale,
-                         nthreads);
+                         nthreads, 0, 0.f);
+}
+
+/* tl_decode_attention over the last `window` positions (0: all) with scores soft-capped
+   at `softcap` (0: none): Gemma's layers (gemma_decode.cpp). */
+extern "C" void tl_decode_attention_windowed(
+        const float* q, i64 ldq, const float* k_new, i64 ldk, const float* v_new, i64 ldv,
+        void* k_cache, void* v_cache, int kv_kind,
+        const int32_t* block_tables, i64 max_blocks, const int32_t* seq_lens,
+        const float* cos_table, const float* sin_table,
+        float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads,
+        i64 window, float softcap) {
+    if (kv_kind == KV_F16)
+        decode_attention(q, ldq, k_new, ldk, v_new, ldv, (uint16_t*)k_cache, (uint16_t*)v_cache, block_tables,
+                         max_blocks, seq_lens, cos_table, sin_table, 1, out, B, H, KVH, D, block_size, scale,
+                         nthreads, window, softcap);
+    else
+        decode_attention(q, ldq, k_new, ldk, v_new, ldv, (float*)k_cache, (float*)v_cache, block_tables,
+                         max_blocks, seq_lens, cos_table, sin_table, 1, out, B, H, KVH, D, block_size, scale,
+                         nthreads, window, softcap);
 }
 
 /* ------------------------------------------------------------------ whole decode step

@@ -23,6 +23,7 @@ from triolm.loading import default_model, random_tiny
 from triolm.loading.embedding_spec import EmbeddingSpec, resolve_task, spec_from_gguf_metadata, spec_from_model_dir
 from triolm.model.build import Model, build_model
 from triolm.model.config import ModelConfig
+from triolm.model.linear import PrefillPrecision
 from triolm.prompting.grammar import GrammarCompiler
 from triolm.prompting.reasoning import ReasoningFormat, reasoning_format_for
 from triolm.prompting.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
@@ -51,7 +52,7 @@ class ServedModel:
     name: str
     path: str
     config: ModelConfig
-    model: Model
+    model: Model | None  # None while released (POST /release_memory_occupation, tag "weights")
     tokenizer: Tokenizer
     chat_template: object  # triolm.prompting.template.ChatTemplate
     mistral_tokenizer: object | None  # mistral_common MistralTokenizer in mistral mode
@@ -108,6 +109,7 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     progress("building the model", 0.7)
     max_len = _max_model_len(settings, config)
     model = build_model(config, tensors, dtype=dtype, max_positions=max_len + 1)
+    PrefillPrecision.set(settings.prefill_precision)
     weights_bytes = model.weights_bytes
     del tensors
     progress("tokenizer and chat template", 0.9)
@@ -148,6 +150,22 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
                        tool_parser=tool_parser, max_model_len=max_len,
                        weights_bytes=weights_bytes, card=card, reasoning=reasoning,
                        max_token_chars=longest_token_chars(tokenizer), embedding=embedding)
+
+
+def read_model_files(path: Path, settings: ServerSettings, progress: Progress = _noop):
+    """(config, tensors, tokenizer, chat template source) of a GGUF file or a model
+    directory (Hugging Face or Mistral's native layout)."""
+    if path.is_file():
+        config, tensors, tokenizer, template, _ = _load_gguf(path)
+        return config, tensors, tokenizer, template
+    return _load_directory(path, settings, progress)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dtype = _DTYPES.get(name)
+    if dtype is None:
+        raise ModelLoadError(f"unsupported dtype {name!r} (supported: {', '.join(_DTYPES)})")
+    return dtype
 
 
 def longest_token_chars(tokenizer: Tokenizer) -> int:

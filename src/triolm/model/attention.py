@@ -41,6 +41,8 @@ class AttentionMetadata:
     block_tables: torch.Tensor | None = None  # [B, max_blocks] int32 (padded with 0)
     seq_lens: torch.Tensor | None = None  # [B] int32, context length including the new token
     block_size: int = 16
+    # the sliding-window layers' own slots, when they have their own cache (window_blocks)
+    window: AttentionMetadata | None = None
 
 
 def write_kv(cache_k: torch.Tensor, cache_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -6,7 +6,8 @@ import math
 
 import attrs
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "mixtral", "qwen3_moe")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "mixtral", "qwen3_moe",
+                           "phi3", "granite", "smollm3")
 
 #: Mixture-of-experts architectures (model/moe.py): a routed set of experts replaces the MLP.
 MOE_ARCHITECTURES = ("mixtral", "qwen3_moe")
@@ -21,14 +22,19 @@ FULL = "full_attention"
 
 @attrs.frozen
 class RopeScaling:
-    """Rope scaling: `llama3` (Llama 3.1's wavelength bands) or `linear` (positions
-    divided by `factor`, the only field it uses). None of it means plain RoPE."""
+    """Rope scaling: `llama3` (Llama 3.1's wavelength bands), `linear` (positions
+    divided by `factor`, the only field it uses) or `longrope` (Phi-3: per-frequency
+    divisors, `short_factor` within original_max_position_embeddings and `long_factor`
+    beyond it, cos/sin scaled by `attention_factor`). None of it means plain RoPE."""
 
     rope_type: str = "llama3"
     factor: float = 8.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    short_factor: tuple[float, ...] = ()  # longrope
+    long_factor: tuple[float, ...] = ()  # longrope
+    attention_factor: float = 1.0  # longrope
 
 
 @attrs.frozen
@@ -66,9 +72,23 @@ class ModelConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True  # renormalise the top-k router probabilities to sum to 1
     dense_mlp_layers: tuple[int, ...] = ()  # layers with a plain MLP (`intermediate_size`) instead
+    # phi3 (Phi-4-mini): RoPE rotates the first head_dim * factor dims of each head only
+    partial_rotary_factor: float = 1.0
+    # granite: x = embed * m; x += r * branch; attention scale; logits / s
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_multiplier: float | None = None  # attention scale (else head_dim^-1/2)
+    logits_scaling: float = 1.0
+    # smollm3: False where a layer leaves RoPE out; empty: every layer uses it
+    rope_layers: tuple[bool, ...] = ()
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.layer_types) and self.layer_types[layer] == SLIDING
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many dims of each head RoPE rotates (the rest pass through)."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
 
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -129,4 +149,34 @@ def invalid_fields(config: ModelConfig) -> dict[str, str]:
         if any(not 0 <= i < config.num_hidden_layers for i in config.dense_mlp_layers):
             bad["dense_mlp_layers"] = (f"names layers outside 0..{config.num_hidden_layers - 1}: "
                                        f"{list(config.dense_mlp_layers)}")
+    bad.update(_family_invalid_fields(config))
+    return bad
+
+
+def _family_invalid_fields(config: ModelConfig) -> dict[str, str]:
+    """The phi3 / granite / smollm3 fields (see `invalid_fields`)."""
+    bad: dict[str, str] = {}
+    c = config
+    if not (math.isfinite(c.partial_rotary_factor) and 0 < c.partial_rotary_factor <= 1):
+        bad["partial_rotary_factor"] = f"must be a number in (0, 1], got {c.partial_rotary_factor}"
+    elif c.rotary_dim < 2 or c.rotary_dim % 2:
+        bad["partial_rotary_factor"] = (f"rotates {c.rotary_dim} of {c.head_dim} dims; "
+                                        f"RoPE needs an even number, at least 2")
+    for name in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"):
+        value = getattr(c, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            bad[name] = f"must be a finite positive number, got {value}"
+    if c.rope_layers and len(c.rope_layers) != c.num_hidden_layers:
+        bad["rope_layers"] = f"names {len(c.rope_layers)} layers, the model has {c.num_hidden_layers}"
+    s = c.rope_scaling
+    if s is not None and s.rope_type == "longrope" and "partial_rotary_factor" not in bad:
+        half = c.rotary_dim // 2
+        for name in ("short_factor", "long_factor"):
+            values = getattr(s, name)
+            if len(values) != half:
+                bad[f"rope_scaling.{name}"] = f"has {len(values)} values, expected rotary_dim/2 = {half}"
+            elif not all(math.isfinite(v) and v > 0 for v in values):
+                bad[f"rope_scaling.{name}"] = "must hold finite positive numbers"
+        if not (math.isfinite(s.attention_factor) and s.attention_factor > 0):
+            bad["rope_scaling.attention_factor"] = f"must be a finite positive number, got {s.attention_factor}"
     return bad

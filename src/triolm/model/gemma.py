@@ -11,8 +11,9 @@ What differs from llama, each as Hugging Face computes it:
 - attention is scaled by query_pre_attn_scalar^-1/2; gemma2 soft-caps attention
   scores and final logits (`windowed_attention.py`).
 
-Weights keep the representation the file gives them (`make_linear`); decode runs the
-per-layer torch path (the one-call native decode step is llama's layout).
+Weights keep the representation the file gives them (`make_linear`); decode steps of
+a float32 model run as one native call (`tl_gemma_decode_step`,
+kernels/gemma_decode.cpp), else the per-layer torch path.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from triolm.kernels import native
 from triolm.model import linear as lin
 from triolm.model.attention import AttentionMetadata
 from triolm.model.config import ModelConfig
@@ -75,6 +77,8 @@ class GemmaLayer:
         if self.q_norm is not None:
             q, k = gemma_norm(q, self.q_norm, eps), gemma_norm(k, self.k_norm, eps)
         q, k = self.rope.apply(q, positions), self.rope.apply(k, positions)
+        if self.window is not None and meta.window is not None:
+            meta = meta.window  # this layer's KV lives in the sliding-window pool
         attn = windowed_paged_attention(q, k, v, cache_k, cache_v, meta, self.scale, self.window,
                                         self.softcap, positions)
         x += gemma_norm(self.o_proj(attn.reshape(-1, self.q_size)), self.post_attn_norm, eps)
@@ -84,18 +88,47 @@ class GemmaLayer:
 
 
 class GemmaCacheState:
-    """Per-layer (k, v) views of one KV cache (the runner makes one per cache)."""
+    """Per-layer (k, v) views of the KV cache (the runner makes one per cache). With a
+    `window_cache`, global layers take kv_cache's entries in order and sliding-window
+    layers window_cache's (`engine/window_blocks.py`); else every layer is in kv_cache."""
 
-    def __init__(self, kv_cache: torch.Tensor):
+    def __init__(self, kv_cache: torch.Tensor, window_cache: torch.Tensor | None = None,
+                 sliding: tuple[bool, ...] = ()):
         self.kv_cache = kv_cache
-        self.layers = [(kv_cache[i, 0], kv_cache[i, 1]) for i in range(kv_cache.shape[0])]
+        self._plan: torch.Tensor | None = None
+        if window_cache is None:
+            self.layers = [(kv_cache[i, 0], kv_cache[i, 1]) for i in range(kv_cache.shape[0])]
+            return
+        pools = {False: iter(kv_cache), True: iter(window_cache)}
+        self.layers = [(t[0], t[1]) for t in (next(pools[flag]) for flag in sliding)]
+
+    def decode_plan(self, model: GemmaModel) -> torch.Tensor:
+        """The int64 table `tl_gemma_decode_step` walks (layout in kernels/gemma_decode.cpp).
+        It holds raw pointers: the model's weights and these caches stay referenced by the
+        model and by this object."""
+        if self._plan is None:
+            c = model.config
+
+            def ptr(t: torch.Tensor | None) -> int:
+                return 0 if t is None else t.data_ptr()
+
+            if self.kv_cache.dtype not in native.KV_KINDS:
+                raise ValueError(f"native decode cannot read a {self.kv_cache.dtype} KV cache")
+            plan = [c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
+                    c.num_key_value_heads, c.head_dim, native.KV_KINDS[self.kv_cache.dtype]]
+            for layer, (k, v) in zip(model.layers, self.layers, strict=True):
+                plan += [int(layer.window is not None), layer.rope.cos.data_ptr(), layer.rope.sin.data_ptr(),
+                         ptr(layer.input_norm), ptr(layer.post_attn_norm), ptr(layer.pre_ffn_norm),
+                         ptr(layer.post_ffn_norm), ptr(layer.q_norm), ptr(layer.k_norm),
+                         *layer.qkv.native_ref(), *layer.o_proj.native_ref(), *layer.gate_up.native_ref(),
+                         *layer.down.native_ref(), k.data_ptr(), v.data_ptr()]
+            self._plan = torch.tensor(plan, dtype=torch.int64)
+        return self._plan
 
 
 class GemmaModel:
     """Forward pass of a Gemma 2/3 causal LM over a paged KV cache; the interface of
     `LlamaModel` (weights by HF name, float or quantized, see `make_linear`)."""
-
-    native_decode = False  # the engine's per-layer path (see module doc)
 
     def __init__(self, config: ModelConfig, weights: Mapping[str, Any],
                  dtype: torch.dtype = torch.float32, max_positions: int | None = None):
@@ -116,6 +149,19 @@ class GemmaModel:
         self.layers = [GemmaLayer(c, i, w["layers"][i], self.local_rope if c.is_sliding(i) else self.rope)
                        for i in range(c.num_hidden_layers)]
         self.embed_scale = torch.tensor(c.hidden_size ** 0.5, dtype=dtype)
+        self._native_ok: bool | None = None
+        if dtype == torch.float32:
+            native.lib()  # build/load the kernels now (start-up), not in the first request
+
+    @property
+    def native_decode(self) -> bool:
+        """Decode steps run as one native call (float32, library built, every projection
+        in a format the kernels read, no q/k/v bias)."""
+        if self._native_ok is None:
+            refs = [p.native_ref() for layer in self.layers for p in _projections(layer)]
+            self._native_ok = (self.dtype == torch.float32 and all(r is not None for r in refs)
+                               and all(layer.qkv_bias is None for layer in self.layers))
+        return self._native_ok and native.available()
 
     @property
     def weights_bytes(self) -> int:
@@ -131,8 +177,9 @@ class GemmaModel:
         kinds["lm_head:" + self.lm_head.kind] = 1
         return kinds
 
-    def cache_state(self, kv_cache: torch.Tensor) -> GemmaCacheState:
-        return GemmaCacheState(kv_cache)
+    def cache_state(self, kv_cache: torch.Tensor, window_cache: torch.Tensor | None = None) -> GemmaCacheState:
+        sliding = tuple(self.config.is_sliding(i) for i in range(self.config.num_hidden_layers))
+        return GemmaCacheState(kv_cache, window_cache, sliding)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -143,10 +190,26 @@ class GemmaModel:
         x = self.embed.rows(input_ids).to(self.dtype) * self.embed_scale
         if state is None or state.kv_cache is not kv_cache:
             state = GemmaCacheState(kv_cache)
+        if not meta.is_prefill and meta.block_tables is not None and self.native_decode:
+            return self._native_decode_step(x.contiguous(), meta, state, before_layers)
         if before_layers is not None:
             before_layers()
         for layer, (k, v) in zip(self.layers, state.layers, strict=True):
             layer.forward(x, positions, k, v, meta)
+        return x
+
+    def _native_decode_step(self, x: torch.Tensor, meta: AttentionMetadata, state: GemmaCacheState,
+                            before_layers: Callable[[], None] | None) -> torch.Tensor:
+        c = self.config
+        local = meta.window if meta.window is not None else meta  # one pool: local layers walk the same tables
+        plan = state.decode_plan(self)
+        if before_layers is not None:
+            before_layers()
+        native.lib().tl_gemma_decode_step(
+            plan.data_ptr(), x.data_ptr(), x.shape[0], meta.block_tables.data_ptr(), meta.block_tables.shape[1],
+            local.block_tables.data_ptr(), local.block_tables.shape[1], meta.seq_lens.data_ptr(), meta.block_size,
+            c.rms_norm_eps, (c.query_pre_attn_scalar or c.head_dim) ** -0.5, c.sliding_window or 0,
+            c.attn_logit_softcapping or 0.0, native.num_threads())
         return x
 
     @torch.inference_mode()

@@ -14,14 +14,17 @@ Activations are float32 everywhere; what varies is how W is stored:
   rows as a list of parts, each in its own representation: no concatenated copy.
 
 The reduced-size kinds hold exactly the values the file stores and compute in float32:
-a native kernel converts weights in registers for few rows (decode); for many rows
-(prefill) the weight is expanded into a reused float32 scratch and handed to MKL's GEMM,
-which is compute-bound there anyway. Without the native library they fall back to that
-expansion for every call (same results, slower). docs/quantized-weights.md has the
+a native kernel converts weights in registers for few rows (decode), and for many rows
+(prefill) expands chunks of rows into a cache-resident float32 buffer for its float32
+tiles. Without the native library (or with the opt-in lossy `PrefillPrecision`) the
+weight is expanded into a reused scratch and handed to torch's GEMM (same results
+without the library, slower). docs/quantized-weights.md has the
 per-type details and measurements.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import torch
@@ -31,40 +34,76 @@ from gguf import GGMLQuantizationType
 from triolm.formats import gguf_quants
 from triolm.kernels import native
 
-#: Rows up to which the native weight-streaming kernel beats expand + MKL GEMM, measured
-#: here on a 3072x576 matrix, one thread (us per call, native vs expand+GEMM):
-#: float16 16 rows 575/1389, 32: 1198/1720, 64: 2169/2313, 128: 4714/4429;
-#: Q8_0 16 rows 885/1287, 24: 1328/1432, 32: 1654/1558.
-F16_NATIVE_MAX_ROWS = 64
-Q8_NATIVE_MAX_ROWS = 24
-#: The same for GGUF block types (in registers up to 16 rows, chunk expansion inside the
-#: kernel beyond): on a 1536x1536 matrix, one thread, a loaded machine (us, native vs
-#: expand+GEMM): Q4_1 32 rows 1465/2529, 64: 8582/12299, 128: 21916/29554, 256:
-#: 42779/47900; Q4_K 64: 4910/13981, 128: 15535/19955. GEMM's lead grows with rows on a
-#: quiet machine (float16 above), so prefill beyond 64 rows keeps expand + GEMM.
-BLOCK_NATIVE_MAX_ROWS = 64
+#: Reduced-size weights (F16, Q8_0, every GGUF block type) go through the native kernels
+#: for every row count: in registers for decode, and for prompts by expanding chunks of
+#: rows into an L2-resident float32 buffer multiplied in column slices (quant_linear.cpp,
+#: triolm_kernels.cpp). Against expanding the whole matrix + torch's (MKL) GEMM, 512 rows,
+#: same process interleaved, a loaded 2-core machine (ms, expand + MKL vs native): Q4_1
+#: 1536x576 39.6 / 32.8, 576x1536 35.9 / 25.3; Q5_0 1536x576 41.3 / 30.7; Q4_K 8192x3072
+#: 1260 / 1175; Q6_K 3072x8192 1206 / 1152 (two threads: 1.01x to 2.36x).
+NATIVE_MAX_ROWS = sys.maxsize
+#: Rows beyond which an opt-in lossy prefill precision (`PrefillPrecision`) applies.
+PREFILL_MIN_ROWS = 64
 
 
 class _Scratch:
-    """One growable float32 buffer shared by every layer (they run one at a time)."""
+    """One growable buffer shared by every layer (they run one at a time)."""
 
-    def __init__(self) -> None:
-        self.buf = torch.empty(0)
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+        self.buf = torch.empty(0, dtype=dtype)
 
     def get(self, rows: int, cols: int) -> torch.Tensor:
         n = rows * cols
         if self.buf.numel() < n:
             with torch.inference_mode(False):  # usable in and out of inference mode
-                self.buf = torch.empty(n)
+                self.buf = torch.empty(n, dtype=self.dtype)
         return self.buf[:n].view(rows, cols)
 
 
 _scratch = _Scratch()
+_scratch_bf16 = _Scratch(torch.bfloat16)
+
+#: `--prefill-precision`: the element type of prefill's GEMMs on reduced-size weights.
+PREFILL_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class PrefillPrecision:
+    """float32 (default) keeps prefill exact. bfloat16 rounds the activations, the
+    expanded weights and the GEMM's outputs to bfloat16, which this CPU multiplies
+    several times faster (AVX512-BF16): lossy, so opt-in; docs/quantized-weights.md
+    has its measured logprob drift. Decode (the native kernels) is exact either way."""
+
+    dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def set(cls, name: str) -> None:
+        if name not in PREFILL_PRECISIONS:
+            raise ValueError(f"prefill precision must be one of {sorted(PREFILL_PRECISIONS)}, not {name!r}")
+        cls.dtype = PREFILL_PRECISIONS[name]
+
+
+def _lossy_prefill(rows: int) -> bool:
+    return rows > PREFILL_MIN_ROWS and PrefillPrecision.dtype != torch.float32
+
+
+def _expanded_gemm(layer: _PackedLinear | StackedLinear, x: torch.Tensor,
+                   out: torch.Tensor | None) -> torch.Tensor:
+    """x @ W.T (+ out) through the weight expanded into scratch and torch's GEMM."""
+    w = layer.expand_into(_scratch.get(layer.out_features, layer.in_features))
+    if PrefillPrecision.dtype == torch.bfloat16 and x.dtype == torch.float32:
+        wb = _scratch_bf16.get(layer.out_features, layer.in_features).copy_(w)
+        y = F.linear(x.to(torch.bfloat16), wb).float()
+        return y if out is None else out.add_(y)
+    w = w.to(x.dtype)
+    if out is None:
+        return F.linear(x, w)
+    return out.addmm_(x, w.t())
 
 
 class DenseLinear:
     kind = "dense"
-    native_max_rows = F16_NATIVE_MAX_ROWS  # as a StackedLinear part (float32: MKL's GEMV is as fast)
+    native_max_rows = 64  # as a StackedLinear part (float32: MKL's GEMV is as fast)
 
     def __init__(self, weight: torch.Tensor):
         self.weight = weight.contiguous()
@@ -102,23 +141,21 @@ class _PackedLinear:
     `expand_into(buf) -> Tensor` (the float32 weight, for many rows)."""
 
     kind = "packed"
-    native_max_rows = 16
+    native_max_rows = NATIVE_MAX_ROWS
     out_features: int
     in_features: int
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         rows = x.shape[0]
         lib = native.lib()
-        if lib is not None and rows <= self.native_max_rows and x.dtype == torch.float32:
+        if lib is not None and rows <= self.native_max_rows and x.dtype == torch.float32 \
+                and not _lossy_prefill(rows):
             if x.stride(-1) != 1:
                 x = x.contiguous()
             y = out if out is not None else torch.empty(rows, self.out_features)
             self._native(x, y, out is not None)
             return y
-        w = self.expand_into(_scratch.get(self.out_features, self.in_features)).to(x.dtype)
-        if out is None:
-            return F.linear(x, w)
-        return out.addmm_(x, w.t())
+        return _expanded_gemm(self, x, out)
 
     def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.expand_into(torch.empty(self.out_features, self.in_features)).to(dtype)
@@ -126,7 +163,7 @@ class _PackedLinear:
 
 class Float16Linear(_PackedLinear):
     kind = "f16"
-    native_max_rows = F16_NATIVE_MAX_ROWS
+    native_max_rows = NATIVE_MAX_ROWS
 
     def __init__(self, weight: torch.Tensor):
         self.weight = weight.to(torch.float16).contiguous()
@@ -160,7 +197,7 @@ class Q8Linear(_PackedLinear):
     """Q8_0: int8 codes [out, in] and float32 scales [out, in/32] (value = code * scale)."""
 
     kind = "q8_0"
-    native_max_rows = Q8_NATIVE_MAX_ROWS
+    native_max_rows = NATIVE_MAX_ROWS
 
     def __init__(self, codes: torch.Tensor, scales: torch.Tensor):
         self.codes = codes.to(torch.int8).contiguous()
@@ -222,7 +259,7 @@ class BlockLinear(_PackedLinear):
     The native kernels decode 32 values at a time in registers (quant_blocks.h). `blocks`
     may be a read-only view of the memory-mapped file; nothing here writes to it."""
 
-    native_max_rows = BLOCK_NATIVE_MAX_ROWS
+    native_max_rows = NATIVE_MAX_ROWS
 
     def __init__(self, qtype: str, blocks: torch.Tensor, rows: int, cols: int):
         self.qtype = GGMLQuantizationType[qtype]
@@ -304,7 +341,7 @@ class StackedLinear:
         rows = x.shape[0]
         lib = native.lib()
         if lib is not None and self._table is not None and rows <= self.native_max_rows \
-                and x.dtype == torch.float32:
+                and x.dtype == torch.float32 and not _lossy_prefill(rows):
             if x.stride(-1) != 1:
                 x = x.contiguous()
             y = out if out is not None else torch.empty(rows, self.out_features)
@@ -312,10 +349,7 @@ class StackedLinear:
                           y.data_ptr(), y.stride(0), rows, self.out_features, self.in_features,
                           int(out is not None), native.num_threads())
             return y
-        w = self.expand_into(_scratch.get(self.out_features, self.in_features)).to(x.dtype)
-        if out is None:
-            return F.linear(x, w)
-        return out.addmm_(x, w.t())
+        return _expanded_gemm(self, x, out)
 
     def expand_into(self, buf: torch.Tensor) -> torch.Tensor:
         r0 = 0

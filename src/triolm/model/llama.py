@@ -105,6 +105,8 @@ class LlamaModel:
     compact form (computed in float32); with dtype float16/bfloat16 every weight is
     converted to that dtype and the torch path computes in it."""
 
+    layer_class = DecoderLayer  # variants (granite, smollm3) change a layer's arithmetic
+
     def __init__(self, config: ModelConfig, weights: Mapping[str, Any],
                  dtype: torch.dtype = torch.float32, max_positions: int | None = None):
         self.config = config
@@ -113,7 +115,7 @@ class LlamaModel:
         self.lm_head: lin.Linear = fused["lm_head"]
         self.embed: lin.Linear = fused["embed"]
         self.norm = fused["norm"]
-        self.layers = [DecoderLayer(config, fused["layers"][i]) for i in range(config.num_hidden_layers)]
+        self.layers = [self.layer_class(config, fused["layers"][i]) for i in range(config.num_hidden_layers)]
         self.rope = RotaryEmbedding(config, max_positions or config.max_position_embeddings, dtype)
         self._native_ok: bool | None = None
         if dtype == torch.float32:

@@ -90,7 +90,30 @@ def hf_config_dict(config: ModelConfig, cls: str, model_type: str) -> dict[str, 
         d["use_sliding_window"] = False
         d["sliding_window"] = None
         d["max_window_layers"] = c.num_hidden_layers
+    if model_type in ("phi3", "granite", "smollm3"):
+        _family_config_keys(d, c, model_type)
     return d
+
+
+def _family_config_keys(d: dict[str, Any], c: ModelConfig, model_type: str) -> None:
+    """phi3 / granite / smollm3 keys, in the form their hub config.json files have."""
+    if model_type == "phi3":
+        del d["head_dim"]  # Phi3Config derives it from hidden_size / heads, as llama.cpp does
+        d.update(partial_rotary_factor=c.partial_rotary_factor, sliding_window=None,
+                 original_max_position_embeddings=c.max_position_embeddings, pad_token_id=None)
+        s = c.rope_scaling
+        if s is not None:
+            d["original_max_position_embeddings"] = s.original_max_position_embeddings
+            d["rope_scaling"] = {"type": "longrope", "short_factor": list(s.short_factor),
+                                 "long_factor": list(s.long_factor), "attention_factor": s.attention_factor,
+                                 "original_max_position_embeddings": s.original_max_position_embeddings}
+    elif model_type == "granite":
+        d.update(embedding_multiplier=c.embedding_multiplier, residual_multiplier=c.residual_multiplier,
+                 attention_multiplier=c.attention_multiplier, logits_scaling=c.logits_scaling,
+                 attention_bias=False, mlp_bias=False)
+    else:
+        d.update(no_rope_layers=[int(f) for f in c.rope_layers], use_sliding_window=False,
+                 sliding_window=None, attention_bias=False, mlp_bias=False)
 
 
 def _gemma_config_keys(d: dict[str, Any], c: ModelConfig) -> None:

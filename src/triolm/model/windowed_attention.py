@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from triolm.model.attention import AttentionMetadata, write_kv
+from triolm.model.attention import AttentionMetadata, as_stored, write_kv
 
 
 def windowed_paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -51,12 +51,14 @@ def _prefill(q, k, v, cache_k, cache_v, meta: AttentionMetadata, scale: float,
     for seq in meta.prefill_seqs:
         n = seq.end - seq.start
         qs = q[seq.start:seq.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
-        if seq.num_cached == 0:
-            ks = k[seq.start:seq.end].transpose(0, 1).unsqueeze(0)
-            vs = v[seq.start:seq.end].transpose(0, 1).unsqueeze(0)
-        else:
-            ks = cache_k[seq.context_slots].transpose(0, 1).unsqueeze(0)  # [1, KVH, L, D]
-            vs = cache_v[seq.context_slots].transpose(0, 1).unsqueeze(0)
+        ks, vs = as_stored(k[seq.start:seq.end], cache_k), as_stored(v[seq.start:seq.end], cache_v)
+        if seq.num_cached > 0:
+            # cached keys before this step's; the step's own come from k/v: in a
+            # sliding-window pool the slots of early new positions may hold no block
+            old = seq.context_slots[:seq.num_cached]
+            ks = torch.cat([cache_k[old].to(q.dtype), ks])
+            vs = torch.cat([cache_v[old].to(q.dtype), vs])
+        ks, vs = ks.transpose(0, 1).unsqueeze(0), vs.transpose(0, 1).unsqueeze(0)  # [1, KVH, L, D]
         total = ks.shape[2]
         rows = torch.arange(n).unsqueeze(1) + seq.num_cached  # query positions
         cols = torch.arange(total).unsqueeze(0)  # key positions

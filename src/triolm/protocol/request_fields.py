@@ -37,7 +37,6 @@ UNSUPPORTED: dict[str, tuple[str, Inert]] = {
     "length_penalty": ("length_penalty applies to beam search, which is not supported", _is(1.0, 1)),
     "watermarking": ("watermarking is not supported", _is(False)),
     "priority": ("priority scheduling is not supported", _is(0)),
-    "cache_salt": ("cache_salt is not supported: the prefix cache is shared by all requests", _is()),
     "bad_words": ("bad_words is not supported", _is([])),
     "logprob_token_ids": ("logprob_token_ids is not supported", _is()),
     "logits_processors": ("custom logits processors are not supported", _is()),

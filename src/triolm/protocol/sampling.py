@@ -80,5 +80,6 @@ def build_sampling_params(body: SamplingFields, max_tokens: int, logprobs: int |
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        cache_salt=body.cache_salt,
         constraint=constraint,
     )

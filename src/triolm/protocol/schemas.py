@@ -116,6 +116,7 @@ class SamplingFields(BaseModel):
     # -1 (vLLM: the whole vocabulary per prompt token) is refused: unbounded response size
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
     request_id: str | None = Field(default=None, min_length=1, max_length=256)
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=1024)
     response_format: dict[str, Any] | None = None
     structured_outputs: StructuredOutputs | None = None
     guided_choice: list[str] | None = None
@@ -162,7 +163,10 @@ class SamplingFields(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] | None = None
+    # The prompt as token ids, instead of messages (no template is rendered): an RL
+    # client continues a rollout with exactly the ids it holds.
+    prompt_token_ids: list[int] | None = None
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -180,6 +184,16 @@ class ChatCompletionRequest(SamplingFields):
     include_reasoning: bool = True
     # inert: a latency hint (predicted output) that never changes the output
     prediction: dict[str, Any] | None = None
+
+    def check_one_prompt(self) -> None:
+        """Exactly one of messages and prompt_token_ids (a 400 naming the field)."""
+        if self.messages is None and self.prompt_token_ids is None:
+            raise APIError(400, "'messages' is required (or 'prompt_token_ids')", param="messages")
+        if self.messages is not None and self.prompt_token_ids is not None:
+            raise APIError(400, "give either 'messages' or 'prompt_token_ids', not both",
+                           param="prompt_token_ids")
+        if self.prompt_token_ids is not None and not self.prompt_token_ids:
+            raise APIError(400, "prompt_token_ids must not be empty", param="prompt_token_ids")
 
     @property
     def template_variables(self) -> dict[str, Any] | None:
@@ -218,6 +232,8 @@ class ChatCompletionRequest(SamplingFields):
     @field_validator("messages")
     @classmethod
     def _messages(cls, v):
+        if v is None:
+            raise ValueError("messages must be a list of messages")
         if not v:
             raise ValueError("messages must not be empty")
         for i, m in enumerate(v):

@@ -32,7 +32,10 @@ class RequestLimits:
 
 
 def parse_request(kind: type[Request], data: Any) -> Request:
-    return parse_body(kind, data)
+    body = parse_body(kind, data)
+    if isinstance(body, ChatCompletionRequest):
+        body.check_one_prompt()
+    return body
 
 
 def _max_tokens_field(body: SamplingFields) -> str:

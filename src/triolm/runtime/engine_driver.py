@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
@@ -23,6 +25,7 @@ import trio
 from triolm.engine.llm_engine import LLMEngine, StepOutput
 from triolm.engine.sampling_params import SamplingParams
 from triolm.runtime import loop_core
+from triolm.runtime.generation_control import GenerationControl
 from triolm.runtime.token_stream import TokenStream
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,50 @@ class EngineFailure(RuntimeError):
 
 class GenerationCut(EngineFailure):
     """The server is shutting down and its grace period is over: generation stopped here."""
+
+
+@attrs.frozen
+class Aborted:
+    """The last item of a request stopped by the server, not by its client (weights
+    swapped under the "abort" policy): it ends with finish_reason "abort"."""
+
+    reason: str
+
+
+class EngineCall:
+    """A function run on the engine thread between two steps; its caller awaits `wait()`.
+
+    The engine thread wakes the waiting task through the loop's token (thread-safe)."""
+
+    def __init__(self, fn: Callable[[LLMEngine], Any]):
+        self.fn = fn
+        self._token = trio.lowlevel.current_trio_token()
+        self._done = trio.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def run(self, engine: LLMEngine) -> None:
+        try:
+            self._result = self.fn(engine)
+        except Exception as exc:
+            self._error = exc
+        self._finish()
+
+    def fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self._finish()
+
+    def _finish(self) -> None:
+        try:
+            self._token.run_sync_soon(self._done.set)
+        except trio.RunFinishedError:
+            pass
+
+    async def wait(self) -> Any:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 @attrs.define
@@ -58,12 +105,18 @@ class EngineDriver:
     def __init__(self, engine: LLMEngine, max_queue: int):
         self.engine = engine
         self.max_queue = max_queue
+        # Pause, memory and weight version: written under _work's lock, read by the
+        # engine thread between steps.
+        self.control = GenerationControl(weight_version=engine.weight_version)
         self._limiter = trio.CapacityLimiter(1)
         # Shared with the engine thread, guarded by _work's lock.
         self._work = threading.Condition()
         self._adds: list[_Pending] = []
         self._aborts: set[str] = set()
         self._calls: list = []
+        # Calls that wait for the engine to run dry; while any waits, new requests stay
+        # queued in _adds (so it does run dry).
+        self._idle_calls: list[EngineCall] = []
         self._stopping = False
         self._cut: GenerationCut | None = None  # set once shutdown cut the generations
         self._streams: dict[str, TokenStream] = {}  # requests still listening
@@ -125,6 +178,40 @@ class EngineDriver:
             self._calls.append(fn)
             self._work.notify()
 
+    async def run_on_engine(self, fn: Callable[[LLMEngine], Any], *, when_idle: bool = False) -> Any:
+        """Run `fn(engine)` on the engine thread between two steps and return its result.
+        `when_idle`: only once every request in the engine has finished; requests
+        submitted meanwhile wait for it, then run. The call runs even if the waiting
+        task is cancelled."""
+        call = EngineCall(fn)
+        with self._work:
+            if self._cut is not None:
+                raise self._cut
+            if self._stopping:  # the engine thread is gone or going: nothing would run it
+                raise GenerationCut("the server is shutting down")
+            (self._idle_calls if when_idle else self._calls).append(call)
+            self._work.notify()
+        return await call.wait()
+
+    def set_control(self, **changes) -> GenerationControl:
+        """Change the pause state (paused, pause_mode); the engine thread sees it at its
+        next step boundary. Returns the control state after the change."""
+        with self._work:
+            self.control = attrs.evolve(self.control, **changes)
+            self._work.notify()
+            return self.control
+
+    def abort_all_now(self, engine: LLMEngine, reason: str) -> int:
+        """On the engine thread: stop every request in the engine, each ending with
+        `Aborted(reason)`. How many there were."""
+        ids = engine.abort_all()
+        with self._work:
+            for request_id in ids:
+                stream = self._streams.pop(request_id, None)
+                if stream is not None:
+                    stream.put(Aborted(reason), last=True)
+        return len(ids)
+
     def _forget_locked(self, request_ids: list[str]) -> None:
         """Drop requests not yet added; queue an engine abort for the others."""
         for request_id in request_ids:
@@ -162,24 +249,37 @@ class EngineDriver:
         try:
             while (work := self._wait_for_work(held)) is not None:
                 self._apply(*work)
-                if self.engine.has_unfinished():
+                if self.control.may_step and self.engine.has_unfinished():
                     held.hold(self._step(held))
         finally:
             held.hand_out()
             self.engine.call_before_layers(None)
+            with self._work:
+                left = [c for c in self._calls + self._idle_calls if isinstance(c, EngineCall)]
+                self._calls = [c for c in self._calls if not isinstance(c, EngineCall)]
+                self._idle_calls = []
+            for call in left:
+                call.fail(GenerationCut("the engine stopped before this call ran"))
 
     def _wait_for_work(self, held: _HeldOutputs) -> tuple | None:
-        """(adds, aborts, calls) to apply before the next step; None once stopping."""
+        """(adds, aborts, calls) to apply before the next step; None once stopping.
+        Calls waiting for an idle engine come last in `calls`, once it is idle."""
         with self._work:
-            while not (self._stopping or self._adds or self._aborts or self._calls
-                       or self.engine.has_unfinished()):
+            while not (self._stopping or self._aborts or self._calls
+                       or (self._adds and not self._idle_calls)
+                       or (self._idle_calls and not self.engine.has_unfinished())
+                       or (self.control.may_step and self.engine.has_unfinished())):
                 held.hand_out()  # no step follows to hand them out in
                 self._work.wait()
             if self._stopping:
                 return None
-            adds, self._adds = self._adds, []
+            adds = []
+            if not self._idle_calls:  # else they wait until the idle calls ran
+                adds, self._adds = self._adds, []
             aborts, self._aborts = self._aborts, set()
             calls, self._calls = self._calls, []
+            if self._idle_calls and not self.engine.has_unfinished():
+                calls, self._idle_calls = calls + self._idle_calls, []
             return adds, aborts, calls
 
     def _step(self, held: _HeldOutputs) -> list[StepOutput]:
@@ -211,6 +311,9 @@ class EngineDriver:
         for request_id in aborts:
             self.engine.abort(request_id)
         for fn in calls:
+            if isinstance(fn, EngineCall):
+                fn.run(self.engine)  # its caller gets the exception
+                continue
             try:
                 fn(self.engine)
             except Exception:

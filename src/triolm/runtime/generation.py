@@ -18,7 +18,7 @@ from triolm.engine.llm_engine import StepOutput
 from triolm.engine.prompt_logprobs import PromptTokenLogprob
 from triolm.engine.sampler import SampledToken
 from triolm.engine.sampling_params import SamplingParams
-from triolm.runtime.engine_driver import EngineDriver
+from triolm.runtime.engine_driver import Aborted, EngineDriver
 from triolm.runtime.stop_strings import StopStringMatcher
 from triolm.tokenizers.base import Tokenizer
 from triolm.tokenizers.detokenizer import IncrementalDetokenizer
@@ -34,6 +34,15 @@ class Delta:
     tokens: tuple[SampledToken, ...]
     finish_reason: str | None = None
     stop_reason: str | int | None = None  # the matched stop string or stop token id
+    weight_version: str | None = None  # the weights that computed these tokens (None: no token)
+
+
+@attrs.frozen
+class WeightSpan:
+    """`count` consecutive generated tokens computed by the weights `weight_version`."""
+
+    weight_version: str
+    count: int
 
 
 @attrs.define
@@ -49,12 +58,25 @@ class GenerationResult:
     num_prefilled_tokens: int = 0
     first_token_time: float | None = None
     token_times: list[float] = attrs.Factory(list)
+    weight_spans: list[WeightSpan] = attrs.Factory(list)  # which weights made which tokens, in order
     # the prompt's tokens after the first, when the sampling params asked for them
     prompt_logprobs: tuple[PromptTokenLogprob, ...] | None = None
 
     @property
     def token_ids(self) -> list[int]:
         return [t.token_id for t in self.tokens]
+
+    @property
+    def weight_version(self) -> str | None:
+        """The weights of the last generated token."""
+        return self.weight_spans[-1].weight_version if self.weight_spans else None
+
+    def count_token_of(self, weight_version: str) -> None:
+        spans = self.weight_spans
+        if spans and spans[-1].weight_version == weight_version:
+            spans[-1] = WeightSpan(weight_version, spans[-1].count + 1)
+        else:
+            spans.append(WeightSpan(weight_version, 1))
 
 
 class Generation:
@@ -97,6 +119,9 @@ class Generation:
                 return None
             if isinstance(item, Exception):
                 raise item
+            if isinstance(item, Aborted):
+                finished = True
+                return self._on_aborted()
             delta = self._on_output(item)
             finished = delta.finish_reason is not None
             return delta
@@ -124,6 +149,7 @@ class Generation:
         r.token_times.append(now)
         info = SampledToken(out.token_id, out.logprob, out.top_logprobs)
         r.tokens.append(info)
+        r.count_token_of(out.weight_version)
         # The token that ends generation (EOS, a stop token id) is never part of the text.
         ends = out.finish_reason == "stop" and (
             out.token_id in self.driver.engine.eos_token_ids or out.token_id in self.params.stop_token_ids)
@@ -144,7 +170,15 @@ class Generation:
         r.text += text
         if finish is not None:
             r.finish_reason, r.stop_reason = finish, stop_reason
-        return Delta(text, (info,), finish, stop_reason)
+        return Delta(text, (info,), finish, stop_reason, out.weight_version)
+
+    def _on_aborted(self) -> Delta:
+        """The server stopped this generation (weights swapped under the "abort" policy):
+        what text was held back goes out, then finish_reason "abort"."""
+        text = self.stops.feed(self.detokenizer.flush()) + self.stops.flush()
+        self.result.text += text
+        self.result.finish_reason = "abort"
+        return Delta(text, (), "abort", None, self.result.weight_version)
 
     async def run_to_end(self) -> GenerationResult:
         async with aclosing(self.deltas()) as deltas:

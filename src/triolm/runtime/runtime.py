@@ -24,6 +24,7 @@ from triolm.prompting.template_workers import open_template_workers
 from triolm.runtime.engine_driver import EngineDriver
 from triolm.runtime.lanes import PromptLanes
 from triolm.runtime.lifecycle import Lifecycle
+from triolm.runtime.trainer_control import TrainerControl
 from triolm.settings import ServerSettings
 
 log = logging.getLogger("triolm")
@@ -34,12 +35,13 @@ class RuntimeFailed(Exception):
     driver died. The message is what /readyz and the log say."""
 
 
-@attrs.frozen(eq=False)
+@attrs.define(eq=False)
 class Runtime:
-    served: ServedModel
+    served: ServedModel  # replaced by the trainer's weight swaps, releases and resumes
     driver: EngineDriver
     lanes: PromptLanes
     grammar_limiter: trio.CapacityLimiter  # grammar compiles: a lane of their own
+    trainer: TrainerControl
 
 
 async def run_runtime(settings: ServerSettings, lifecycle: Lifecycle, served: ServedModel | None = None,
@@ -52,6 +54,10 @@ async def run_runtime(settings: ServerSettings, lifecycle: Lifecycle, served: Se
         if served is None:
             served = await _load(settings, lifecycle)
         driver = await _build_driver(settings, served, lanes)
+
+        def install(new: ServedModel) -> None:
+            runtime.served = new
+
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(driver.run)
@@ -63,7 +69,9 @@ async def run_runtime(settings: ServerSettings, lifecycle: Lifecycle, served: Se
                 lifecycle.stage = "ready"
                 log.info("model %s ready (max_model_len %d, %d KV blocks)", served.name,
                          served.max_model_len, driver.engine.block_manager.num_blocks)
-                task_status.started(Runtime(served, driver, lanes, trio.CapacityLimiter(1)))
+                trainer = TrainerControl(driver, settings, served=lambda: runtime.served, install=install)
+                runtime = Runtime(served, driver, lanes, trio.CapacityLimiter(1), trainer)
+                task_status.started(runtime)
         except Exception as exc:
             # Without its driver the server cannot generate: fail (/readyz 503, `triolm serve`
             # exits non-zero) rather than keep answering probes while hanging.
@@ -86,7 +94,7 @@ async def _build_driver(settings: ServerSettings, served: ServedModel, lanes: Pr
         engine = LLMEngine(served.model, served.eos_token_ids, EngineConfig(
             max_num_seqs=settings.max_num_seqs, max_model_len=served.max_model_len,
             kv_cache_bytes=settings.kv_cache_memory, kv_cache_dtype=settings.kv_cache_dtype,
-            seed=settings.seed))
+            seed=settings.seed), weight_version=settings.weight_version)
         return EngineDriver(engine, settings.max_queue)
     except Exception as exc:
         raise _logged(RuntimeFailed(f"model load failed: cannot build the engine: {type(exc).__name__}: {exc}"),

@@ -31,6 +31,15 @@ class Node:
     # exactly that text after the turn; the generated token then stands for it.
     stop_text: str | None = None
     metadata: dict = attrs.Factory(dict)
+    # Which weights generated which tokens: (weight_version, start, end) over `tokens`,
+    # in order; prompt tokens belong to no span.
+    weight_spans: list[tuple[str, int, int]] = attrs.Factory(list)
+    revision: int = 0  # the session's revision that recorded this node (GET /nodes?since=)
+
+    @property
+    def weight_version(self) -> str | None:
+        """The weights of the node's last generated token."""
+        return self.weight_spans[-1][0] if self.weight_spans else None
 
     def text_forms(self) -> list[tuple[str, bool]]:
         """The texts a re-rendered prompt may start with to extend this node, longest
@@ -44,7 +53,11 @@ class Node:
         return {"id": self.id, "parent_id": self.parent_id, "tokens": self.tokens,
                 "masked_tokens": self.masked_tokens,
                 "logprobs": [max(lp, _LOGPROB_FLOOR) for lp in self.logprobs],
-                "full_text": self.full_text, "metadata": self.metadata}
+                "full_text": self.full_text, "metadata": self.metadata,
+                "weight_version": self.weight_version,
+                "weight_versions": [{"weight_version": v, "start": start, "end": end}
+                                    for v, start, end in self.weight_spans],
+                "revision": self.revision}
 
 
 @attrs.frozen
@@ -95,6 +108,7 @@ class Generated:
     finish_reason: str
     stop_text: str | None  # see Node.stop_text
     metadata: dict  # this step's numbers (prefill counts, finish reason …)
+    weight_spans: tuple[tuple[str, int], ...] = ()  # (weight_version, tokens), in order
 
 
 def build_node(node_id: int, parent: Node | None, new_prompt_ids: Sequence[int], prompt_text: str,
@@ -107,9 +121,14 @@ def build_node(node_id: int, parent: Node | None, new_prompt_ids: Sequence[int],
     tokens = (parent.tokens if parent else []) + list(new_prompt_ids) + list(gen.token_ids)
     masked = (parent.masked_tokens if parent else []) + [MASK] * n_new + list(gen.token_ids)
     logprobs = (parent.logprobs if parent else []) + [PROMPT_LOGPROB] * n_new + list(gen.logprobs)
+    spans = list(parent.weight_spans) if parent else []
+    start = len(tokens) - len(gen.token_ids)
+    for version, count in gen.weight_spans:
+        spans.append((version, start, start + count))
+        start += count
     steps = (parent.metadata.get("steps", []) if parent else []) + [gen.metadata]
     metadata = {**gen.metadata, "finish_reason": gen.finish_reason, "num_steps": len(steps),
                 "steps": steps}
     return Node(id=node_id, parent_id=parent.id if parent else None, tokens=tokens,
                 masked_tokens=masked, logprobs=logprobs, full_text=prompt_text + gen.text,
-                stop_text=gen.stop_text, metadata=metadata)
+                stop_text=gen.stop_text, metadata=metadata, weight_spans=spans)

@@ -35,9 +35,10 @@ from triolm.kernels import native
 from triolm.model import linear as lin
 from triolm.model.config import ModelConfig
 from triolm.model.llama import LlamaModel
+from triolm.settings import ServerSettings
 
 TYPES = tuple(native.BLOCK_KINDS)
-ROWS = (1, 2, 4, 8, 16, 20, 24, 64)
+ROWS = (1, 2, 4, 8, 13, 16, 20, 24, 64)
 OUT, COLS = 70, 512  # 70 output rows: chunk and register-tile tails; 512: two K-quant blocks
 BOUND = 1e-5
 LOGITS_TOLERANCE = 1e-4
@@ -126,9 +127,8 @@ def test_portable_block_kernels_match_gguf_dequantize(portable_errors, qtype):
 @pytest.mark.parametrize("rows", ROWS + (80,))
 @pytest.mark.parametrize("qtype", TYPES)
 def test_block_linear_matches_gguf_dequantize(qtype, rows):
-    """The layer's own choice of path (native up to BLOCK_NATIVE_MAX_ROWS, expansion +
-    GEMM beyond: 80 rows), with and without accumulating into `out`."""
-    assert (rows > lin.BLOCK_NATIVE_MAX_ROWS) == (rows == 80)
+    """The layer's own choice of path (in registers up to 16 rows, chunk expansion
+    beyond: 80 rows is a prompt), with and without accumulating into `out`."""
     blocks, ref = _case(qtype, seed=rows)
     layer = lin.BlockLinear(qtype, torch.from_numpy(blocks), OUT, COLS)
     x = torch.randn(rows, COLS, generator=torch.Generator().manual_seed(rows))
@@ -137,6 +137,65 @@ def test_block_linear_matches_gguf_dequantize(qtype, rows):
     start = acc.clone()
     layer(x, out=acc)
     assert _relative_error(acc, x, ref, start) <= BOUND
+
+
+LONG_COLS = 1280  # above the kernels' 1024-column slice limit: slices of 512, 512, 256
+
+
+@pytest.mark.parametrize("qtype", TYPES + ("F16", "Q8_0-repacked"))
+def test_prompt_rows_over_long_columns_match_gguf_dequantize(qtype):
+    """Prompts over rows longer than one column slice: each expanded chunk is multiplied
+    slice by slice with partial sums added in y (the block kinds, float16 and the
+    repacked Q8_0 alike), accumulating or not."""
+    rng = np.random.default_rng(5)
+    if qtype == "F16":
+        ref = torch.from_numpy(rng.standard_normal((OUT, LONG_COLS)).astype(np.float16)).float()
+        layer = lin.Float16Linear(ref)
+    elif qtype == "Q8_0-repacked":
+        layer = lin.Q8Linear.quantize(torch.randn(OUT, LONG_COLS, generator=torch.Generator().manual_seed(5)))
+        ref = layer.dense()
+    else:
+        blocks = random_blocks(qtype, OUT, LONG_COLS, rng)
+        ref = torch.from_numpy(np.ascontiguousarray(gguf_reference.dequantize(
+            blocks, GGMLQuantizationType[qtype]).reshape(OUT, LONG_COLS), dtype=np.float32))
+        layer = lin.BlockLinear(qtype, torch.from_numpy(blocks), OUT, LONG_COLS)
+    x = torch.randn(80, LONG_COLS, generator=torch.Generator().manual_seed(6))
+    assert _relative_error(layer(x), x, ref) <= BOUND
+    acc = torch.randn(80, OUT)
+    start = acc.clone()
+    layer(x, out=acc)
+    assert _relative_error(acc, x, ref, start) <= BOUND
+
+
+#: bfloat16 keeps 8 significant bits: inputs, weights and outputs each round by <= 2^-9.
+BF16_BOUND = 2e-2
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0", "BF16"])
+def test_prefill_precision_float32_is_default_and_bfloat16_is_opt_in(qtype, monkeypatch):
+    """Prefill (80 rows: expansion + GEMM) is exact unless bfloat16 is asked for; then it
+    is close (within bfloat16's rounding) but no longer exact, and float32 is exact again."""
+    assert ServerSettings().prefill_precision == "float32"
+    assert lin.PrefillPrecision.dtype == torch.float32
+    blocks, ref = _case(qtype, seed=3)
+    layer = lin.BlockLinear(qtype, torch.from_numpy(blocks), OUT, COLS)
+    stacked = lin.StackedLinear([layer, lin.BlockLinear(qtype, torch.from_numpy(blocks), OUT, COLS)])
+    x = torch.randn(80, COLS, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(lin.PrefillPrecision, "dtype", torch.float32)
+    lin.PrefillPrecision.set("bfloat16")
+    lossy = _relative_error(layer(x), x, ref)
+    acc = torch.randn(80, OUT)
+    start = acc.clone()
+    layer(x, out=acc)
+    lossy_acc = _relative_error(acc, x, ref, start)
+    lossy_stacked = _relative_error(stacked(x), x, torch.cat([ref, ref]))
+    assert 1e-4 < lossy <= BF16_BOUND and lossy_acc <= BF16_BOUND and 1e-4 < lossy_stacked <= BF16_BOUND
+    lin.PrefillPrecision.set("float32")
+    assert _relative_error(layer(x), x, ref) <= BOUND
+    with pytest.raises(ValueError, match="prefill precision"):
+        lin.PrefillPrecision.set("float16")
+    with pytest.raises(ValueError):
+        ServerSettings(prefill_precision="int8")
 
 
 @pytest.mark.parametrize("qtype", TYPES)

@@ -23,6 +23,9 @@ HF_CLASS = {"llama": ("LlamaForCausalLM", "llama"), "mistral": ("MistralForCausa
             "mixtral": ("MixtralForCausalLM", "mixtral"), "qwen3_moe": ("Qwen3MoeForCausalLM", "qwen3_moe")}
 VOCAB = {"llama": 32000, "mistral": 32768, "qwen2": 131072, "qwen3": 131072, "llama3": 131072,
          "gemma2": 32000, "gemma3": 32000, "mixtral": 32000, "qwen3_moe": 131072}
+HF_CLASS.update(phi3=("Phi3ForCausalLM", "phi3"), granite=("GraniteForCausalLM", "granite"),
+                smollm3=("SmolLM3ForCausalLM", "smollm3"))
+VOCAB.update(phi3=32000, granite=131072, smollm3=131072)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,0 +1,1 @@
+"""triolm router: one OpenAI + sessions endpoint over a fleet of engines (triolm, vLLM, SGLang)."""
