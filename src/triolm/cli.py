@@ -265,10 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         # Fail before binding a port, with the reason on stderr.
         print(f"triolm serve: error: model {model!r}: no such file or directory", file=sys.stderr)
         return 2
-    settings = settings_from_args(args)
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+    settings = settings_from_args(args) if args.command == "serve" else None
+    log_level = settings.log_level if settings is not None else args.log_level
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "serve":
+    if settings is not None:
         try:
             api_keys_of(settings)
         except ValueError as exc:
