@@ -19,7 +19,6 @@ import trio
 from support.router_fleet import Fleet, start_router, wait_admitted
 from support.sessions_api import MASK, SessionsAPI, assert_well_formed
 
-
 HI = [{"role": "user", "content": "Hi"}]
 SEARCH = [{"type": "function", "function": {
     "name": "search", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]

@@ -15,8 +15,6 @@ from support.router_fleet import start_router, wait_admitted
 from support.sessions_api import MASK, SessionsAPI, assert_well_formed
 from support.vllm_standin import VLLMStandIn
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def standin_fleet(tiny_model, tmp_path_factory):
