@@ -10,11 +10,28 @@ import sys
 from pathlib import Path
 
 import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
 
+from triolm.http import framework_patches
 from triolm.http.auth import api_keys_of
+from triolm.http.server import create_app
 from triolm.loading.random_tiny import RANDOM_TINY_NAME
 from triolm.prompting.reasoning import REASONING_PARSERS
+from triolm.runtime import shutdown
 from triolm.settings import ServerSettings
+
+_DEFAULTS = ServerSettings()
+
+
+def _setting(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
+    """A flag for one ServerSettings field. Its default is None, so a flag left out leaves
+    the setting to TRIOLM_<FIELD> or to ServerSettings' own default, which the help shows."""
+    default = getattr(_DEFAULTS, flag.lstrip("-").replace("-", "_"))
+    if default not in (None, ()):
+        text = kwargs.get("help")
+        kwargs["help"] = f"{text} (default: {default})" if text else f"default: {default}"
+    parser.add_argument(flag, default=None, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,74 +42,74 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".gguf file, Hugging Face model directory or 'random-tiny' (a tiny random-weight "
                         "model); default: SmolLM2-135M-Instruct, downloaded once into the user cache")
     s.add_argument("--model", dest="model_option", default=None, metavar="MODEL", help="the same as MODEL")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--served-model-name", default=None, help="model id clients use (default: file/dir name)")
-    s.add_argument("--api-key", action="append", default=None,
-                   help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session "
-                        "routes; repeat it for several valid keys")
-    s.add_argument("--api-key-file", default=None,
-                   help="a file of valid API keys, one a line (# comments); with or instead of --api-key")
-    s.add_argument("--allowed-origins", action="append", default=None,
-                   help="CORS: an origin (https://app.example, or *) whose pages may call the API; repeat it "
-                        "or separate by commas (default: no CORS)")
-    s.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together")
-    s.add_argument("--max-model-len", type=int, default=None,
-                   help="context length (default: the model's, capped at 8192; above it: warning)")
-    s.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
-    s.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request (504 after)")
-    s.add_argument("--tokenizer-mode", choices=["auto", "hf", "mistral"], default="auto")
-    s.add_argument("--tokenizer-threads", type=int, default=1,
-                   help="worker threads for chat templates and tokenization (measured: 1 is best here)")
-    s.add_argument("--chat-template", default=None, help="jinja file overriding the model's chat template")
-    s.add_argument("--tool-call-parser", default=None,
-                   help="hermes | mistral | llama3_json | generic (default: detected; generic when the "
-                        "chat template has no tool support)")
-    s.add_argument("--reasoning-parser", default=None, choices=REASONING_PARSERS,
-                   help="split thinking into reasoning_content (default: detected from the chat template; "
-                        "'none' keeps it in content)")
-    s.add_argument("--template-timeout", type=float, default=10.0,
-                   help="seconds one chat-template render may take (then 400; its worker process is killed)")
-    s.add_argument("--template-max-output", type=int, default=32 * 1024 * 1024,
-                   help="characters one chat-template render may produce")
-    s.add_argument("--template-memory", type=int, default=1 << 30,
-                   help="bytes of memory a chat-template worker process may add to its start-up size")
-    s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    s.add_argument("--kv-cache-memory", type=int, default=2 << 30, help="KV cache budget in bytes")
-    s.add_argument("--kv-cache-dtype", choices=["float32", "float16"], default=None,
-                   help="KV cache element type (default: the --dtype's); float16 halves the cache's "
-                        "memory and long-context decode traffic, see docs/kv-cache.md")
-    s.add_argument("--prefill-precision", choices=["float32", "bfloat16"], default="float32",
-                   help="element type of prompt-processing GEMMs on GGUF F16/BF16/Q* weights: float32 is "
-                        "exact; bfloat16 is faster and lossy (see docs/quantized-weights.md)")
-    s.add_argument("--max-body-size", type=int, default=16 * 1024 * 1024, help="bytes; larger bodies get 413")
-    s.add_argument("--graceful-timeout", type=float, default=5.0,
-                   help="seconds in-flight requests get to finish on SIGINT/SIGTERM")
-    s.add_argument("--shutdown-delay", type=float, default=1.0,
-                   help="seconds between SIGTERM and closing the listener, /readyz answering 503 "
-                        "meanwhile so load balancers stop routing (SIGINT skips it)")
-    s.add_argument("--max-sessions", type=int, default=1024)
-    s.add_argument("--session-idle-timeout", type=float, default=3600.0)
-    s.add_argument("--seed", type=int, default=None, help="seed of the default sampler (unseeded requests)")
-    s.add_argument("--weight-version", default="default",
-                   help="name of the served weights in responses until POST /update_weights_from_disk")
-    s.add_argument("--grammar-compile-timeout", type=float, default=2.0,
-                   help="seconds a new structured-output grammar may take to compile (400 after)")
-    s.add_argument("--grammar-compile-memory", type=int, default=512 << 20,
-                   help="bytes a grammar compile may use (400 past it)")
-    s.add_argument("--grammar-max-size", type=int, default=500_000,
-                   help="symbols a structured-output grammar may have (400 past it)")
-    s.add_argument("--task", choices=["auto", "generate", "embed"], default="auto",
-                   help="embed: serve /v1/embeddings (last-token pooling, normalized, unless the model's "
-                        "sentence-transformers or GGUF pooling metadata say otherwise); auto: embed when "
-                        "that metadata is present, else generate")
-    s.add_argument("--responses-store-entries", type=int, default=1024,
-                   help="Responses API: responses kept for previous_response_id and GET (0: none)")
-    s.add_argument("--responses-store-bytes", type=int, default=64 << 20,
-                   help="Responses API: bytes of stored conversations kept (oldest evicted first)")
-    s.add_argument("--responses-store-ttl", type=float, default=3600.0,
-                   help="Responses API: seconds a stored response is kept")
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    _setting(s, "--host")
+    _setting(s, "--port", type=int)
+    _setting(s, "--served-model-name", help="model id clients use (default: file/dir name)")
+    _setting(s, "--api-key", action="append",
+                help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session "
+                     "routes; repeat it for several valid keys")
+    _setting(s, "--api-key-file",
+                help="a file of valid API keys, one a line (# comments); with or instead of --api-key")
+    _setting(s, "--allowed-origins", action="append",
+                help="CORS: an origin (https://app.example, or *) whose pages may call the API; repeat it "
+                     "or separate by commas (default: no CORS)")
+    _setting(s, "--max-num-seqs", type=int, help="sequences decoded together")
+    _setting(s, "--max-model-len", type=int,
+                help="context length (default: the model's, capped at 8192; above it: warning)")
+    _setting(s, "--max-queue", type=int, help="waiting requests before answering 429")
+    _setting(s, "--request-timeout", type=float, help="seconds per request (504 after)")
+    _setting(s, "--tokenizer-mode", choices=["auto", "hf", "mistral"])
+    _setting(s, "--tokenizer-threads", type=int,
+                help="worker threads for chat templates and tokenization (measured: 1 is best here)")
+    _setting(s, "--chat-template", help="jinja file overriding the model's chat template")
+    _setting(s, "--tool-call-parser",
+                help="hermes | mistral | llama3_json | generic (default: detected; generic when the "
+                     "chat template has no tool support)")
+    _setting(s, "--reasoning-parser", choices=REASONING_PARSERS,
+                help="split thinking into reasoning_content (default: detected from the chat template; "
+                     "'none' keeps it in content)")
+    _setting(s, "--template-timeout", type=float,
+                help="seconds one chat-template render may take (then 400; its worker process is killed)")
+    _setting(s, "--template-max-output", type=int,
+                help="characters one chat-template render may produce")
+    _setting(s, "--template-memory", type=int,
+                help="bytes of memory a chat-template worker process may add to its start-up size")
+    _setting(s, "--dtype", choices=["float32", "float16", "bfloat16"])
+    _setting(s, "--kv-cache-memory", type=int, help="KV cache budget in bytes")
+    _setting(s, "--kv-cache-dtype", choices=["float32", "float16"],
+                help="KV cache element type (default: the --dtype's); float16 halves the cache's "
+                     "memory and long-context decode traffic, see docs/kv-cache.md")
+    _setting(s, "--prefill-precision", choices=["float32", "bfloat16"],
+                help="element type of prompt-processing GEMMs on GGUF F16/BF16/Q* weights: float32 is "
+                     "exact; bfloat16 is faster and lossy (see docs/quantized-weights.md)")
+    _setting(s, "--weight-version",
+                help="name of the served weights in responses until POST /update_weights_from_disk")
+    _setting(s, "--max-body-size", type=int, help="bytes; larger bodies get 413")
+    _setting(s, "--graceful-timeout", type=float,
+                help="seconds in-flight requests get to finish on SIGINT/SIGTERM")
+    _setting(s, "--shutdown-delay", type=float,
+                help="seconds between SIGTERM and closing the listener, /readyz answering 503 "
+                     "meanwhile so load balancers stop routing (SIGINT skips it)")
+    _setting(s, "--max-sessions", type=int)
+    _setting(s, "--session-idle-timeout", type=float)
+    _setting(s, "--seed", type=int, help="seed of the default sampler (unseeded requests)")
+    _setting(s, "--grammar-compile-timeout", type=float,
+                help="seconds a new structured-output grammar may take to compile (400 after)")
+    _setting(s, "--grammar-compile-memory", type=int,
+                help="bytes a grammar compile may use (400 past it)")
+    _setting(s, "--grammar-max-size", type=int,
+                help="symbols a structured-output grammar may have (400 past it)")
+    _setting(s, "--task", choices=["auto", "generate", "embed"],
+                help="embed: serve /v1/embeddings (last-token pooling, normalized, unless the model's "
+                     "sentence-transformers or GGUF pooling metadata say otherwise); auto: embed when "
+                     "that metadata is present, else generate")
+    _setting(s, "--responses-store-entries", type=int,
+                help="Responses API: responses kept for previous_response_id and GET (0: none)")
+    _setting(s, "--responses-store-bytes", type=int,
+                help="Responses API: bytes of stored conversations kept (oldest evicted first)")
+    _setting(s, "--responses-store-ttl", type=float,
+                help="Responses API: seconds a stored response is kept")
+    _setting(s, "--log-level", choices=["debug", "info", "warning", "error"])
     add_router_parser(sub)
     return parser
 
@@ -174,17 +191,12 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 async def serve(settings: ServerSettings) -> int:
     """Serve until a signal (or a model that cannot serve); the stages of the shutdown and
     their deadlines are in `triolm.runtime.shutdown`."""
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
 
-    from triolm.http import framework_patches
-    from triolm.http.server import create_app
-    from triolm.runtime import shutdown
 
     framework_patches.install_fast_send_server()
     app = create_app(settings)
     state = app.config["TRIOLM_STATE"]
-    state.fatal = trio.Event()
+    lifecycle = state.lifecycle
     draining = trio.Event()  # the listener is closed: the graceful period runs
     last_resort = shutdown.LastResortExit()
     config = Config()
@@ -203,7 +215,7 @@ async def serve(settings: ServerSettings) -> int:
                         logging.getLogger("triolm").info("signal %s: shutting down", signum)
                         # Readiness off first; keep accepting (new work gets 503) for a
                         # moment so /readyz can tell load balancers, then stop accepting.
-                        state.shutting_down = True
+                        lifecycle.shut_down()
                         if signum == signal.SIGTERM:
                             with trio.move_on_after(settings.shutdown_delay):
                                 async for _ in signals:  # a second signal skips the delay
@@ -212,23 +224,24 @@ async def serve(settings: ServerSettings) -> int:
                 nursery.cancel_scope.cancel()
 
             async def on_fatal() -> None:
-                await state.fatal.wait()
+                await lifecycle.failed.wait()
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(on_signal)
             nursery.start_soon(on_fatal)
-        state.shutting_down = True
+        lifecycle.shut_down()
         last_resort.arm(config.graceful_timeout + shutdown.EXIT_GRACE)
         draining.set()
 
     async def cut_generations_when_grace_ends() -> None:
         await draining.wait()
         await trio.sleep(settings.graceful_timeout)
-        if state.driver is not None:
+        if state.runtime is not None:
+            driver = state.runtime.driver
             log = logging.getLogger("triolm")
             log.warning("graceful timeout (%.1f s) over: cutting %d running and %d waiting generations",
-                        settings.graceful_timeout, state.driver.num_running, state.driver.num_waiting)
-            state.driver.cut_all(f"server shutting down: generation cut at the graceful timeout "
+                        settings.graceful_timeout, driver.num_running, driver.num_waiting)
+            driver.cut_all(f"server shutting down: generation cut at the graceful timeout "
                                  f"({settings.graceful_timeout} s)")
 
     try:
@@ -238,7 +251,7 @@ async def serve(settings: ServerSettings) -> int:
             nursery.cancel_scope.cancel()
     finally:
         last_resort.disarm()
-    return 1 if state.load_error else 0
+    return 1 if lifecycle.failure is not None else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,10 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         # Fail before binding a port, with the reason on stderr.
         print(f"triolm serve: error: model {model!r}: no such file or directory", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    settings = settings_from_args(args) if args.command == "serve" else None
+    log_level = settings.log_level if settings is not None else args.log_level
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "serve":
-        settings = settings_from_args(args)
+    if settings is not None:
         try:
             api_keys_of(settings)
         except ValueError as exc:

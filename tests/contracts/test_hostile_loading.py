@@ -68,8 +68,9 @@ def test_HOSTILE_LOAD_001_serve_exits_non_zero_naming_the_key(llama_gguf, vocab,
 def test_HOSTILE_LOAD_001_a_panicking_native_library_is_a_load_error(llama_gguf, monkeypatch):
     """PyO3's PanicException derives from BaseException, not Exception: the load task
     must still turn it into a reason to exit (here the grammar tokenizer panics)."""
-    import triolm.prompting.grammar as grammar
-    from triolm.http.server import _load_with_progress
+    import triolm.loading.served_model as served_model
+    from triolm.runtime.lifecycle import Lifecycle
+    from triolm.runtime.runtime import _load_with_progress
 
     class FakePanic(BaseException):  # what pyo3_runtime.PanicException derives from
         pass
@@ -77,13 +78,10 @@ def test_HOSTILE_LOAD_001_a_panicking_native_library_is_a_load_error(llama_gguf,
     def panicking_compiler(*args, **kwargs):
         raise FakePanic("assertion failed: num_parents <= (1 << PARENT_BITS) as usize")
 
-    monkeypatch.setattr(grammar, "GrammarCompiler", panicking_compiler)
-
-    class State:
-        loading = ""
+    monkeypatch.setattr(served_model, "GrammarCompiler", panicking_compiler)
 
     with pytest.raises(ModelLoadError, match="num_parents"):
-        _load_with_progress(ServerSettings(model=str(llama_gguf), log_level="warning"), State())
+        _load_with_progress(ServerSettings(model=str(llama_gguf), log_level="warning"), Lifecycle())
 
 
 # -- HOSTILE-LOAD-002: metadata is checked against what the file holds ----------------------------
@@ -207,7 +205,7 @@ def test_HOSTILE_LOAD_005_non_finite_logits_fail_their_sequence_not_a_greedy_tok
 
 def test_HOSTILE_LOAD_005_through_the_server_the_bystander_stream_completes(make_server, monkeypatch):
     srv = make_server()
-    sampler = srv.state.driver.engine.sampler
+    sampler = srv.state.serving().driver.engine.sampler
     real_sample_row = sampler._sample_row
 
     def fault_injecting_sample_row(row, seq):  # a fake fault: only where no real one can be made

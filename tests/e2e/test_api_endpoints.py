@@ -149,7 +149,7 @@ async def test_app_load_failure_is_reported_not_ready(tmp_path):
     async with app.test_app() as test_app:
         client = test_app.test_client()
         with trio.fail_after(30):
-            while app.config["TRIOLM_STATE"].load_error is None:
+            while app.config["TRIOLM_STATE"].lifecycle.failure is None:
                 await trio.sleep(0.01)
         r = await client.get("/readyz")
         assert r.status_code == 503 and "no such file" in (await r.get_json())["reason"]

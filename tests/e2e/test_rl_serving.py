@@ -258,12 +258,12 @@ def test_rl_pause_001_eight_streams_lose_nothing(server_a, http_a):
         assert s.first_token.wait(60)
     r = http_a.post("/pause_generation")
     assert r.status_code == 200 and r.json()["generation"] == "paused"
-    steps = server_a.state.driver.stats.steps
+    steps = server_a.state.serving().driver.stats.steps
     health = http_a.get("/health").json()
     assert health["generation"] == "paused" and health["status"] == "ok"
     assert health["requests_running"] + health["requests_waiting"] == 8
     time.sleep(1.0)  # a running engine takes many steps in a second (a broken pause shows here)
-    assert server_a.state.driver.stats.steps == steps  # nothing stepped while paused
+    assert server_a.state.serving().driver.stats.steps == steps  # nothing stepped while paused
     assert http_a.post("/pause_generation").status_code == 200  # idempotent
     for _ in range(2):
         r = http_a.post("/continue_generation")

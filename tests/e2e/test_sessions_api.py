@@ -170,10 +170,10 @@ def test_render_with_tools(api):
 
 def test_render_does_not_create_nodes(api, server):
     uid = api.create()
-    steps = server.state.driver.stats.steps
+    steps = server.state.serving().driver.stats.steps
     api.render(uid, HI)
     assert api.nodes(uid) == []
-    assert server.state.driver.stats.steps == steps  # nothing was generated
+    assert server.state.serving().driver.stats.steps == steps  # nothing was generated
 
 
 def test_render_shows_the_extension(api):

@@ -248,9 +248,9 @@ def test_a_stream_cut_short_records_nothing(api, server):
             if '"content": "' in line and '"content": ""' not in line:
                 break  # the first generated text: hang up
     deadline = time.monotonic() + 10
-    while server.state.driver.num_running and time.monotonic() < deadline:
+    while server.state.serving().driver.num_running and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert server.state.driver.num_running == 0  # the generation was aborted, not finished
+    assert server.state.serving().driver.num_running == 0  # the generation was aborted, not finished
     assert api.nodes(uid) == []
 
 

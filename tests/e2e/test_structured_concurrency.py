@@ -141,7 +141,7 @@ def test_OAI_CONC_003_disconnect_repeated_100_times_without_growth(server):
             wait_idle(http, within=1.0)
         gc.collect()
         growth, fd_growth = proc.memory_info().rss - before, proc.num_fds() - fds_before
-    driver = server.state.driver
+    driver = server.state.serving().driver
     assert driver.num_running == 0 and driver.num_waiting == 0
     assert not driver._streams, "the driver still holds token streams of gone requests"
     assert fd_growth < 20, f"{fd_growth} more file descriptors open after 100 disconnects"
@@ -383,7 +383,7 @@ def test_OAI_CONC_006_tokenization_and_steps_run_in_worker_threads(make_server, 
         return real_encode(self, text, add_special_tokens)
 
     monkeypatch.setattr(type(tokenizer), "encode", slow_encode)
-    engine = srv.state.driver.engine
+    engine = srv.state.serving().driver.engine
     step_threads = set()
     real_step = engine.step
 
@@ -417,7 +417,7 @@ def test_OAI_CONC_006_tokenization_and_steps_run_in_worker_threads(make_server, 
 # -- the engine driver survives an engine failure ------------------------------------------------------------
 def test_engine_failure_fails_the_requests_in_flight_and_keeps_serving(make_server, monkeypatch):
     srv = make_server()
-    engine = srv.state.driver.engine
+    engine = srv.state.serving().driver.engine
     real_step = engine.step
     failures = {"left": 1}
 

@@ -26,7 +26,7 @@ def forced_logits(engine: LLMEngine, prompts: list[list[int]],
         raise ValueError("continuations must have equal lengths (one batch per decode step)")
     bm = engine.block_manager
     params = SamplingParams(temperature=0.0, max_tokens=steps + 1, ignore_eos=True)
-    seqs = [Sequence(f"forced-{i}", p, params, i) for i, p in enumerate(prompts)]
+    seqs = [Sequence(f"forced-{i}", p, params) for i, p in enumerate(prompts)]
     rows: list[list[torch.Tensor]] = [[] for _ in seqs]
     try:
         for seq in seqs:

@@ -121,7 +121,7 @@ def converted_dir(kind: str) -> Path:
     target = cache_root() / "tokenizers" / f"{kind}-{_source_digest(src)}-{_converter_digest()}"
     if (target / "tokenizer.json").exists() and (target / "tokenizer_config.json").exists():
         return target
-    from triolm.tokenizers.convert import convert_tokenizer_file
+    from triolm.tokenizers.hf import convert_tokenizer_file
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import mistral_common
 
-from triolm.tokenizers.convert import spm_to_hf, tekken_to_hf
-from triolm.tokenizers.hf import HFTokenizer
+from triolm.tokenizers.hf import HFTokenizer, spm_to_hf, tekken_to_hf
 
 DATA = Path(mistral_common.__file__).parent / "data"
 SPM_V3 = DATA / "mistral_instruct_tokenizer_240323.model.v3"

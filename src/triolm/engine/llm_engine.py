@@ -3,7 +3,6 @@ every call must come from one thread at a time (the serving layer's engine drive
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 
@@ -99,7 +98,6 @@ class LLMEngine:
                                   window.num_blocks if window is not None else 0)
         self.sampler = Sampler(self.eos_token_ids, config.seed)
         self.sequences: dict[str, Sequence] = {}
-        self._arrivals = itertools.count()
         self._failures: list[tuple[str, Exception]] = []
 
     # -- requests ---------------------------------------------------------------------
@@ -112,7 +110,7 @@ class LLMEngine:
         capacity = self.block_manager.num_blocks * self.config.block_size
         if len(prompt_token_ids) >= capacity:
             raise ValueError(f"prompt of {len(prompt_token_ids)} tokens exceeds the KV cache ({capacity} tokens)")
-        seq = Sequence(request_id, prompt_token_ids, params, next(self._arrivals))
+        seq = Sequence(request_id, prompt_token_ids, params)
         self.sequences[request_id] = seq
         self.scheduler.add(seq)
 

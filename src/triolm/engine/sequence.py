@@ -18,15 +18,13 @@ class SequenceStatus(enum.Enum):
 
 
 class Sequence:
-    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 arrival: int):
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams):
         if not prompt_token_ids:
             raise ValueError("a sequence needs at least one prompt token")
         self.request_id = request_id
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.params = params
-        self.arrival = arrival  # admission order: the youngest is preempted first
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
         self.window_table: list[int] = []  # sliding-window layers' blocks, -1: released (window_blocks)

@@ -16,6 +16,7 @@ from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, st
 from triolm.http.state import AppState, request_limits
 from triolm.http.structured import constraint_for_chat, tool_parsing_mode
 from triolm.loading.served_model import ServedModel
+from triolm.prompting.mistral import invalid_request_from_mistral_error
 from triolm.prompting.prompts import (
     RenderedPrompt,
     check_prompt_chars,
@@ -76,7 +77,6 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
         if served.mistral_tokenizer is None:
             raise
         # mistral-common's validation errors name the problem in the message
-        from triolm.prompting.mistral import invalid_request_from_mistral_error
 
         mapped = invalid_request_from_mistral_error(exc)
         if mapped is None:
@@ -99,7 +99,7 @@ async def prompt_from_token_ids(state: AppState, served: ServedModel, token_ids:
 
 async def prepare_chat(state: AppState, body: ChatCompletionRequest,
                        prompt: RenderedPrompt | None = None) -> ChatPlan:
-    served, _ = state.require_generation()
+    served = state.require_generation().served
     state.check_model_name(body.model)
     check_against_model(body, request_limits(state))
     if prompt is not None and body.truncate_prompt_tokens is not None:
@@ -149,7 +149,7 @@ class ChatRun(GenerationsRun):
         body = plan.body
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         self.namer = fmt.TokenNamer(plan.served.tokenizer, body.return_tokens_as_token_ids)
-        _, driver = state.require_ready()
+        driver = state.serving().driver
         admit(driver, body.n)
         self.gens = [
             Generation(driver, plan.served.tokenizer, plan.prompt.token_ids,

@@ -21,7 +21,7 @@ from triolm.runtime.generation import Generation
 
 
 async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[list[int]]:
-    served, _ = state.require_ready()
+    served = state.serving().served
     prompt = body.prompt
     vocab = served.config.vocab_size
     if isinstance(prompt, str):
@@ -58,7 +58,8 @@ class CompletionRun(GenerationsRun):
     chunk_object = "text_completion"
 
     def __init__(self, state: AppState, body: CompletionRequest, prompts: list[list[int]], constraint=None):
-        served, driver = state.require_ready()
+        runtime = state.serving()
+        served, driver = runtime.served, runtime.driver
         self.state, self.body, self.served, self.prompts = state, body, served, prompts
         self.request_id = fmt.new_id("cmpl") if body.request_id is None else f"cmpl-{body.request_id}"
         self.created, self.model_name = fmt.now(), served.name
@@ -207,7 +208,7 @@ class CompletionRun(GenerationsRun):
 
 
 async def prepare_completion(state: AppState, body: CompletionRequest) -> CompletionRun:
-    served, _ = state.require_generation()
+    served = state.require_generation().served
     state.check_model_name(body.model)
     check_against_model(body, request_limits(state))
     if body.suffix:

@@ -89,7 +89,7 @@ def _encoded(vector, encoding_format: str) -> list[float] | str:
 async def create_embeddings():
     st = state()
     body = parse_body(EmbeddingsRequest, await json_body())
-    served, _ = st.require_ready()
+    served = st.serving().served
     st.check_model_name(body.model)
     if served.embedding is None:
         raise APIError(400, f"the model `{served.name}` is served for generation; start the server with "

@@ -40,7 +40,7 @@ def named_sse(event: dict) -> bytes:
 
 
 def _chat_body(body: CountTokensRequest) -> ChatCompletionRequest:
-    served, _ = state().require_ready()
+    served = state().serving().served
     check_thinking(body.thinking, served.reasoning is not None)
     return parse_request(ChatCompletionRequest, chat_request(body))
 
@@ -81,7 +81,7 @@ async def _stream(run: ChatPartsRun, message_id: str) -> AsyncIterator[bytes]:
 async def count_tokens():
     st = state()
     body = parse_messages_request(CountTokensRequest, await json_body())
-    served, _ = st.require_ready()
+    served = st.serving().served
     st.check_model_name(body.model)
     prompt = await render_for_request(st, served, _chat_body(body), check_context=False)
     return jsonify({"input_tokens": len(prompt.token_ids)})

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import trio
+import time
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from triolm.http.body import read_json_object
-from triolm.http.chat import ChatRun, prepare_chat
+from triolm.http.chat import ChatRun, prepare_chat, render_for_request
 from triolm.http.completions import prepare_completion
 from triolm.http.state import AppState
 from triolm.prompting.prompts import encode_text
@@ -65,26 +66,28 @@ async def completions():
 async def list_models():
     st = state()
     data = []
-    if st.served is not None:
-        data.append({"id": st.served.name, "object": "model", "created": int(st.started_at),
-                     "owned_by": "triolm", "root": st.served.name,
-                     "max_model_len": st.served.max_model_len, "card": st.served.card or None,
+    if st.runtime is not None:
+        served = st.runtime.served
+        data.append({"id": served.name, "object": "model", "created": int(st.started_at),
+                     "owned_by": "triolm", "root": served.name,
+                     "max_model_len": served.max_model_len, "card": served.card or None,
                      "weight_version": _weight_version(st)})
     return jsonify({"object": "list", "data": data})
 
 
 def _weight_version(st: AppState) -> str | None:
-    return st.driver.control.weight_version if st.driver is not None else None
+    return st.runtime.driver.control.weight_version if st.runtime is not None else None
 
 
 @bp.get("/v1/models/<path:model_id>")
 async def get_model(model_id: str):
     st = state()
-    if st.served is None or st.served.name != model_id:
+    served = st.runtime.served if st.runtime is not None else None
+    if served is None or served.name != model_id:
         raise APIError(404, f"The model `{model_id}` does not exist.", param="model", code="model_not_found")
-    return jsonify({"id": st.served.name, "object": "model", "created": int(st.started_at),
-                    "owned_by": "triolm", "max_model_len": st.served.max_model_len,
-                    "card": st.served.card or None, "weight_version": _weight_version(st)})
+    return jsonify({"id": served.name, "object": "model", "created": int(st.started_at),
+                    "owned_by": "triolm", "max_model_len": served.max_model_len,
+                    "card": served.card or None, "weight_version": _weight_version(st)})
 
 
 # -- tokenize / detokenize (vLLM shapes) --------------------------------------------------
@@ -95,14 +98,13 @@ async def get_model(model_id: str):
 async def tokenize():
     st = state()
     body = parse_body(TokenizeRequest, await json_body())
-    served, _ = st.require_ready()
+    served = st.serving().served
     st.check_model_name(body.model)
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give exactly one of 'prompt' or 'messages'", param="prompt")
     if body.messages is not None:
         if not body.messages:
             raise bad_request("messages must not be empty", param="messages")
-        from triolm.http.chat import render_for_request
 
         chat_body = parse_body(ChatCompletionRequest, {"messages": body.messages, "tools": body.tools,
                                                        "add_generation_prompt": body.add_generation_prompt})
@@ -135,7 +137,7 @@ def _tokenize_json(tokens: list[int], max_model_len: int) -> str:
 async def detokenize():
     st = state()
     body = parse_body(DetokenizeRequest, await json_body())
-    served, _ = st.require_ready()
+    served = st.serving().served
     st.check_model_name(body.model)
     vocab = served.config.vocab_size
     bad = [t for t in body.tokens if not 0 <= t < vocab]
@@ -155,10 +157,9 @@ async def livez():
 @bp.get("/readyz")
 async def readyz():
     st = state()
-    if st.ready:
-        return jsonify({"status": "ready", "model": st.served.name})
-    reason = "shutting down" if st.shutting_down else (st.load_error or st.loading)
-    response = jsonify({"status": "not ready", "reason": reason})
+    if st.ready and st.runtime is not None:
+        return jsonify({"status": "ready", "model": st.runtime.served.name})
+    response = jsonify({"status": "not ready", "reason": st.lifecycle.reason_not_ready})
     response.status_code = 503
     return response
 
@@ -166,24 +167,25 @@ async def readyz():
 @bp.get("/health")
 async def health():
     st = state()
-    driver = st.driver
-    status = "ok" if st.ready else ("error" if st.load_error else "loading")
-    if st.shutting_down:
+    runtime, lifecycle = st.runtime, st.lifecycle
+    driver = runtime.driver if runtime is not None else None
+    status = "ok" if st.ready else ("error" if lifecycle.failure is not None else "loading")
+    if lifecycle.shutting_down:
         status = "shutting_down"
     data = {
         "status": status,
-        "model": st.served.name if st.served else None,
-        "model_card": st.served.card if st.served else None,
+        "model": runtime.served.name if runtime else None,
+        "model_card": runtime.served.card if runtime else None,
         "requests_running": driver.num_running if driver else 0,
         "requests_waiting": driver.num_waiting if driver else 0,
         "kv_cache_usage": driver.engine.kv_cache_usage if driver else 0.0,
-        "sessions": len(st.sessions) if st.sessions is not None else 0,
-        "uptime_seconds": round(trio.current_time() and (__import__("time").time() - st.started_at), 3),
+        "sessions": len(st.sessions),
+        "uptime_seconds": round(time.time() - st.started_at, 3),
     }
     if driver is not None:
         data.update(driver.control.to_json())  # weight_version, generation, memory
-    if st.load_error:
-        data["error"] = st.load_error
+    if lifecycle.failure is not None:
+        data["error"] = str(lifecycle.failure)
     response = jsonify(data)
     if not st.ready:
         response.status_code = 503
@@ -194,8 +196,9 @@ async def health():
 async def metrics():
     st = state()
     m = st.metrics
-    if st.driver is not None:
-        m.running.set(st.driver.num_running)
-        m.waiting.set(st.driver.num_waiting)
-        m.kv_usage.set(st.driver.engine.kv_cache_usage)
+    if st.runtime is not None:
+        driver = st.runtime.driver
+        m.running.set(driver.num_running)
+        m.waiting.set(driver.num_waiting)
+        m.kv_usage.set(driver.engine.kv_cache_usage)
     return Response(generate_latest(m.registry), content_type=CONTENT_TYPE_LATEST)

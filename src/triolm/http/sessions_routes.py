@@ -66,8 +66,7 @@ class SessionTurns(Protocol):
 
 
 def register_sessions(app, state: AppState) -> None:
-    registry = SessionRegistry(state.settings.max_sessions, state.settings.session_idle_timeout)
-    state.sessions = registry
+    registry = state.sessions
     register_session_routes(app, EngineTurns(state, registry))
 
 
@@ -214,15 +213,15 @@ class EngineTurns:
         self.registry = registry
 
     def model_name(self) -> str:
-        served, _ = self.state.require_ready()
+        served = self.state.serving().served
         return served.name
 
     def default_tool_parser(self) -> str | None:
-        served, _ = self.state.require_ready()
+        served = self.state.serving().served
         return served.tool_parser
 
     async def prepare(self, session: Session, body: ChatCompletionRequest) -> PreparedTurn:
-        served, _ = self.state.require_ready()
+        served = self.state.serving().served
         if body.prompt_token_ids is not None:
             # The client's own ids: the node they extend is matched token by token.
             prompt = await prompt_from_token_ids(self.state, served, body.prompt_token_ids)

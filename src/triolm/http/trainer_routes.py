@@ -52,10 +52,7 @@ def make_trainer_blueprint(state: AppState) -> Blueprint:
         return error_response(APIError(503, str(exc), code="shutting_down"))
 
     def trainer() -> TrainerControl:
-        state.require_ready()
-        if state.trainer is None:
-            raise APIError(503, "model not ready", code="model_not_ready")
-        return state.trainer
+        return state.serving().trainer
 
     @bp.post("/update_weights_from_disk")
     async def update_weights_from_disk():

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from triolm.loading.cache_dir import triolm_cache_dir
 from triolm.model.config import ModelConfig
 from triolm.model.random_init import hf_config_dict, random_weights
-from triolm.tokenizers.convert import convert_to_hf_dir
+from triolm.tokenizers.hf import convert_to_hf_dir
 
 RANDOM_TINY_NAME = "random-tiny"
 RANDOM_TINY_CARD = (

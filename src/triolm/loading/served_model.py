@@ -14,18 +14,31 @@ import attrs
 import torch
 
 from triolm.errors import InvalidRequestError, ModelLoadError
+from triolm.formats.gguf_weights import read_gguf_for_engine
+from triolm.formats.hf_config import read_hf_config
 from triolm.formats.load_limits import MAX_CHAT_TEMPLATE_BYTES, check_chat_template
+from triolm.formats.mistral_native import read_mistral_native
+from triolm.formats.safetensors_loader import read_safetensors
 from triolm.loading import default_model, random_tiny
 from triolm.loading.embedding_spec import EmbeddingSpec, resolve_task, spec_from_gguf_metadata, spec_from_model_dir
 from triolm.model.build import Model, build_model
 from triolm.model.config import ModelConfig
 from triolm.model.linear import PrefillPrecision
+from triolm.prompting.grammar import GrammarCompiler
 from triolm.prompting.reasoning import ReasoningFormat, reasoning_format_for
 from triolm.prompting.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
 from triolm.prompting.template_sandbox import RenderBudget
 from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
 from triolm.settings import ServerSettings
 from triolm.tokenizers.base import Tokenizer
+from triolm.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
+from triolm.tokenizers.hf import HFTokenizer
+from triolm.tokenizers.mistral_tokenizer import (
+    MistralTokenizerAdapter,
+    find_mistral_tokenizer_file,
+    load_mistral_tokenizer,
+    load_mistral_tokenizer_adapter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +115,6 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
     progress("tokenizer and chat template", 0.9)
     mistral_tok = _maybe_mistral_tokenizer(path, settings, config)
     if mistral_tok is not None:
-        from triolm.tokenizers.mistral_tokenizer import MistralTokenizerAdapter
-
         tokenizer = MistralTokenizerAdapter(mistral_tok)
     template_origin = "the model's chat template"
     if settings.chat_template:
@@ -129,8 +140,6 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
         raise ModelLoadError(str(exc)) from None
     name = settings.served_model_name or builtin_name or (path.stem if path.is_file() else path.name)
     progress("grammar compiler", 0.95)
-    from triolm.prompting.grammar import GrammarCompiler
-
     try:
         grammar = GrammarCompiler(tokenizer, vocab_size=config.vocab_size)
     except Exception as exc:
@@ -191,9 +200,6 @@ def _max_model_len(settings: ServerSettings, config: ModelConfig) -> int:
 
 
 def _load_gguf(path: Path):
-    from triolm.formats.gguf_weights import read_gguf_for_engine
-    from triolm.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
-
     gguf, _ = read_gguf_for_engine(path)  # matrices stay in the file's encoding (mapped)
     try:
         tokenizer = tokenizer_from_gguf_metadata(gguf.metadata)
@@ -216,23 +222,15 @@ def _load_gguf(path: Path):
 
 
 def _load_directory(path: Path, settings: ServerSettings, progress: Progress):
-    from triolm.formats.hf_config import read_hf_config
-    from triolm.formats.safetensors_loader import read_safetensors
-
     if (path / "params.json").exists() and not (path / "config.json").exists():
         if settings.tokenizer_mode == "hf":
             raise ModelLoadError(f"{path}: a model in Mistral's native layout (params.json) has no Hugging "
                                  "Face tokenizer; use --tokenizer-mode auto or mistral")
-        from triolm.formats.mistral_native import read_mistral_native
-
         config, tensors = read_mistral_native(path)
-        from triolm.tokenizers.mistral_tokenizer import load_mistral_tokenizer_adapter
-
         return config, tensors, load_mistral_tokenizer_adapter(path), None
     config = read_hf_config(path)
     tensors = with_decoder_prefix(read_safetensors(path, lambda done, total: progress(
         f"reading safetensors {done}/{total}", 0.1 + 0.5 * done / total)))
-    from triolm.tokenizers.hf import HFTokenizer
 
     tokenizer = HFTokenizer.from_dir(path)
     check_chat_template(tokenizer.chat_template, f"{path}: chat_template")
@@ -254,7 +252,6 @@ def _maybe_mistral_tokenizer(path: Path, settings: ServerSettings, config: Model
             raise ModelLoadError("--tokenizer-mode mistral needs a model directory with a "
                                  "mistral-common tokenizer file (tekken.json, tokenizer.model.v3, …)")
         return None
-    from triolm.tokenizers.mistral_tokenizer import find_mistral_tokenizer_file, load_mistral_tokenizer
 
     found = find_mistral_tokenizer_file(path)
     if found is None:

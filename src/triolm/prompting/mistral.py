@@ -26,10 +26,6 @@ benchmark's `process` strategy) or should be refused by a request-size cap.
 from __future__ import annotations
 
 import functools
-import json
-import re
-import secrets
-import string
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -62,8 +58,6 @@ __all__ = [
     "build_mistral_chat_request",
     "invalid_request_from_mistral_error",
     "mistral_request_errors",
-    "new_mistral_tool_call_id",
-    "parse_mistral_tool_calls",
     "render_mistral_prompt",
     "tokenization_limiter",
 ]
@@ -332,104 +326,3 @@ async def async_render_mistral_prompt(
     call = functools.partial(render_mistral_prompt, tokenizer, messages, tools, **kwargs)
     with mistral_request_errors():
         return await _run_in_thread(call, limiter)
-
-
-# --------------------------------------------------------------------------------------
-# Tool calls in model output
-# --------------------------------------------------------------------------------------
-
-TOOL_CALLS_TOKEN = "[TOOL_CALLS]"
-_ARGS_TOKEN = "[ARGS]"
-_CALL_ID_TOKEN = "[CALL_ID]"
-_ID_ALPHABET = string.ascii_letters + string.digits
-_ID_RE = re.compile(r"^[a-zA-Z0-9]{9}$")
-_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_JSON = json.JSONDecoder()
-
-
-def new_mistral_tool_call_id() -> str:
-    """A tool-call id in Mistral's format: 9 ASCII letters/digits (its validators
-    reject anything else when the id comes back in a tool message)."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
-
-
-def parse_mistral_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """Split model output into (content, OpenAI `tool_calls`).
-
-    Understands the formats mistral-common's tokenizers teach (decode the output
-    with special tokens kept, or `[TOOL_CALLS]` is gone):
-      v2-v7:  `[TOOL_CALLS][{"name": "f", "arguments": {...}, "id": "..."}, ...]`
-      v11:    `[TOOL_CALLS]f[CALL_ID]abcdefghi[ARGS]{...}` (repeated per call)
-      v13+:   `[TOOL_CALLS]f[ARGS]{...}` (repeated per call)
-    Text before the first `[TOOL_CALLS]` is the content (None when blank). Ids the
-    model wrote are kept when valid, otherwise fresh 9-character ids are made.
-    Output that does not parse completely is returned as plain content with no
-    tool calls — a half-parsed call is worse than none.
-    """
-    start = text.find(TOOL_CALLS_TOKEN)
-    if start < 0:
-        return text, []
-    calls: list[dict[str, Any]] = []
-    for segment in text[start + len(TOOL_CALLS_TOKEN) :].split(TOOL_CALLS_TOKEN):
-        parsed = _parse_segment(segment)
-        if not parsed:
-            return text, []
-        calls.extend(parsed)
-    content = text[:start].strip() or None
-    return content, [_openai_tool_call(name, arguments, call_id) for name, arguments, call_id in calls]
-
-
-_Call = tuple[str, dict[str, Any], "str | None"]
-
-
-def _parse_segment(segment: str) -> list[_Call] | None:
-    body = segment.strip()
-    if body.startswith(("[", "{")):
-        return _parse_json_calls(body)
-    if _ARGS_TOKEN not in body:
-        return None
-    head, raw_arguments = body.split(_ARGS_TOKEN, 1)
-    call_id = None
-    if _CALL_ID_TOKEN in head:
-        head, call_id = head.split(_CALL_ID_TOKEN, 1)
-        call_id = call_id.strip()
-    name = head.strip()
-    arguments = _whole_json(raw_arguments.strip())
-    if not _NAME_RE.match(name) or not isinstance(arguments, dict):
-        return None
-    return [(name, arguments, call_id)]
-
-
-def _parse_json_calls(body: str) -> list[_Call] | None:
-    value = _whole_json(body)
-    items = [value] if isinstance(value, dict) else value
-    if not isinstance(items, list) or not items:
-        return None
-    calls: list[_Call] = []
-    for item in items:
-        if not isinstance(item, dict):
-            return None
-        name, arguments, call_id = item.get("name"), item.get("arguments", {}), item.get("id")
-        if isinstance(arguments, str):  # some fine-tunes emit arguments as a JSON string
-            arguments = _whole_json(arguments)
-        if not isinstance(name, str) or not _NAME_RE.match(name) or not isinstance(arguments, dict):
-            return None
-        calls.append((name, arguments, call_id if isinstance(call_id, str) else None))
-    return calls
-
-
-def _whole_json(text: str) -> Any:
-    """The JSON value spelling all of `text` (trailing whitespace allowed), else None."""
-    try:
-        value, end = _JSON.raw_decode(text)
-    except (ValueError, RecursionError):
-        return None
-    return value if not text[end:].strip() else None
-
-
-def _openai_tool_call(name: str, arguments: dict[str, Any], call_id: str | None) -> dict[str, Any]:
-    return {
-        "id": call_id if call_id and _ID_RE.match(call_id) else new_mistral_tool_call_id(),
-        "type": "function",
-        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
-    }

@@ -10,7 +10,6 @@ synchronous `render_chat_*` functions render in-process, for library use and tes
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ import trio
 from triolm.errors import InvalidRequestError
 from triolm.loading.served_model import ServedModel
 from triolm.prompting.generic_tool_prompt import generic_tool_messages
+from triolm.prompting.mistral import render_mistral_prompt
 from triolm.prompting.template_workers import TemplateWorkers
 from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
 
@@ -56,8 +56,6 @@ def render_chat_prompt(served: ServedModel, messages: list[dict], tools: list[di
                        add_generation_prompt: bool = True, continue_final_message: bool = False,
                        template_kwargs: dict | None = None) -> RenderedPrompt:
     if served.mistral_tokenizer is not None:
-        from triolm.prompting.mistral import render_mistral_prompt
-
         encoded = render_mistral_prompt(served.mistral_tokenizer, messages, tools,
                                         continue_final_message=continue_final_message)
         return RenderedPrompt(encoded.text, encoded.token_ids)
@@ -132,7 +130,3 @@ def check_prompt_chars(served: ServedModel, chars: int, param: str) -> None:
 
 def encode_text(served: ServedModel, text: str, add_special_tokens: bool = True) -> list[int]:
     return served.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-
-
-def arguments_as_text(arguments: Any) -> str:
-    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)

@@ -128,6 +128,7 @@ class ResponseEvents:
                 yield from self._open_text(kind)
             assert self.open is not None  # _open_text opened it
             self.open_text.append(part.text)
+            assert self.open is not None  # opened just above when it was not
             common = dict(item_id=self.open["id"], output_index=len(self.output), content_index=0)
             if kind == "reasoning":
                 yield self._event("response.reasoning_text.delta", delta=part.text, **common)

@@ -15,7 +15,7 @@ from contextlib import aclosing, asynccontextmanager
 import attrs
 import trio
 
-from triolm.runtime.generation import Delta, Generation
+from triolm.runtime.generation import Generation
 
 
 @attrs.frozen
@@ -143,7 +143,3 @@ async def run_all(gens: list[Generation], timeout: float | None) -> None:
             if error is None:
                 raise
             raise error from group
-
-
-def is_delta(item) -> bool:
-    return isinstance(item, tuple) and isinstance(item[1], Delta)

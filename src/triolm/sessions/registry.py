@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from triolm.runtime.engine_driver import EngineDriver
 from triolm.sessions.session import Session
 
 _GONE_MEMORY = 4096  # ids of deleted/expired sessions remembered, for clearer 404s
@@ -51,19 +52,16 @@ class SessionRegistry:
         self._wall = wall_clock
         self._sessions: dict[str, Session] = {}
         self._gone: OrderedDict[str, str] = OrderedDict()
-        self._served = None
-        self._driver = None
+        self._driver: EngineDriver | None = None
 
     # -- wiring -----------------------------------------------------------------------
-    def attach(self, served, driver) -> None:
-        """Called once the model is loaded: the engine driver forgets freed prefixes."""
-        self._served = served
+    def attach(self, driver: EngineDriver) -> None:
+        """Called once the model serves: its engine forgets the prefixes sessions free."""
         self._driver = driver
 
     @property
     def block_size(self) -> int:
-        engine = getattr(self._driver, "engine", None)
-        return engine.block_manager.block_size if engine is not None else 16
+        return self._driver.engine.block_manager.block_size if self._driver is not None else 16
 
     # -- the registry -----------------------------------------------------------------
     def __len__(self) -> int:

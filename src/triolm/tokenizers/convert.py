@@ -25,14 +25,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from triolm.errors import ModelLoadError
-
-if TYPE_CHECKING:
-    from triolm.tokenizers.hf import HFTokenizer
 
 SPIECE_UNDERLINE = "▁"
 
@@ -279,26 +276,6 @@ def build_spm_tokenizer(vocab: SpmVocab, *, add_bos: bool = True, add_eos: bool 
     return tok
 
 
-def spm_to_hf(model_file: str | Path, *, add_bos: bool = True, add_eos: bool = False,
-              chat_template: str | None = None) -> HFTokenizer:
-    """Convert a SentencePiece model file; the piece scores are kept (for GGUF export)."""
-    from triolm.tokenizers.hf import HFTokenizer
-
-    vocab = read_spm_vocab(model_file)
-    tok = build_spm_tokenizer(vocab, add_bos=add_bos, add_eos=add_eos)
-    return HFTokenizer(
-        tok,
-        bos_token_id=vocab.bos_id,
-        eos_token_ids=() if vocab.eos_id is None else (vocab.eos_id,),
-        add_bos=add_bos,
-        add_eos=add_eos,
-        chat_template=chat_template,
-        unk_token_id=vocab.unk_id,
-        pad_token_id=vocab.pad_id,
-        scores=vocab.scores if vocab.model_type == "bpe" else None,
-    )
-
-
 # ---------------------------------------------------------------------------
 # Byte-level BPE (GPT-2 family, tiktoken, tekken)
 # ---------------------------------------------------------------------------
@@ -443,47 +420,3 @@ def read_tekken(path: str | Path) -> TekkenVocab:
     names += [f"<SPECIAL_{i}>" for i in range(len(names), num_special)]
     return TekkenVocab(ranks=ranks, specials=names, pattern=pattern,
                        extra={"version": config.get("version")})
-
-
-def tekken_to_hf(path: str | Path, *, add_bos: bool = True, chat_template: str | None = None) -> HFTokenizer:
-    """Convert a tekken JSON file: ids 0..n_special-1 are the special tokens, the byte-level
-    BPE tokens follow (id = rank + n_special); merges are derived from the ranks."""
-    from triolm.tokenizers.hf import HFTokenizer
-
-    tv = read_tekken(path)
-    n_special = tv.num_special
-    vocab = {bytes_to_piece(b): r + n_special for b, r in tv.ranks.items()}
-    for i, name in enumerate(tv.specials):
-        if name in vocab:
-            raise ModelLoadError(f"{path}: special token {name!r} collides with a byte-level token")
-        vocab[name] = i
-    merges = [(bytes_to_piece(a), bytes_to_piece(b)) for a, b in merges_from_ranks(tv.ranks)]
-    tok = build_byte_level_bpe(
-        vocab, merges, [tv.pattern], [AddedSpec(i, s, True) for i, s in enumerate(tv.specials)],
-        ignore_merges=True, bos="<s>", eos="</s>", add_bos=add_bos)
-    eos = tok.token_to_id("</s>")
-    assert eos is not None, "build_byte_level_bpe adds </s>"
-    return HFTokenizer(
-        tok,
-        bos_token_id=tok.token_to_id("<s>"),
-        eos_token_ids=(eos,),
-        add_bos=add_bos,
-        chat_template=chat_template,
-        unk_token_id=tok.token_to_id("<unk>"),
-        pad_token_id=tok.token_to_id("<pad>"),
-    )
-
-
-def convert_tokenizer_file(src: str | Path, *, chat_template: str | None = None) -> HFTokenizer:
-    """Convert a tokenizer file by its kind: tekken JSON or SentencePiece model."""
-    src = Path(src)
-    if src.suffix == ".json" or "tekken" in src.name:
-        return tekken_to_hf(src, chat_template=chat_template)
-    return spm_to_hf(src, chat_template=chat_template)
-
-
-def convert_to_hf_dir(src: str | Path, out_dir: str | Path, *, chat_template: str | None = None) -> HFTokenizer:
-    """Convert `src` and write tokenizer.json + tokenizer_config.json into `out_dir`."""
-    tok = convert_tokenizer_file(src, chat_template=chat_template)
-    tok.save(out_dir)
-    return tok

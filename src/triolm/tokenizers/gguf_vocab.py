@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import gguf
+
 from triolm.errors import ModelLoadError
 from triolm.formats.load_limits import check_tokens
 from triolm.tokenizers.convert import (
@@ -497,7 +499,6 @@ def tokenizer_from_gguf_metadata(fields: Mapping[str, Any]) -> HFTokenizer:
 def write_tokenizer_metadata(writer, fields: Mapping[str, Any]) -> None:
     """Add `fields` to a `gguf.GGUFWriter` with llama.cpp's value types (uint32 ids,
     float32 scores, int32 token types, string arrays)."""
-    import gguf
 
     T = gguf.GGUFValueType
     for key, value in fields.items():

@@ -17,6 +17,16 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from triolm.errors import ModelLoadError
+from triolm.tokenizers.convert import (
+    AddedSpec,
+    build_byte_level_bpe,
+    build_spm_tokenizer,
+    bytes_to_piece,
+    merges_from_ranks,
+    read_spm_vocab,
+    read_tekken,
+    unicode_to_byte,
+)
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -134,8 +144,6 @@ class HFTokenizer:
             except Exception as exc:  # the Rust error names what is wrong
                 raise ModelLoadError(f"{d / 'tokenizer.json'}: cannot load: {exc}") from exc
         elif (d / "tokenizer.model").exists():
-            from triolm.tokenizers.convert import build_spm_tokenizer, read_spm_vocab
-
             vocab = read_spm_vocab(d / "tokenizer.model")
             tok = build_spm_tokenizer(vocab, add_bos=cfg.get("add_bos_token", True) is not False,
                                       add_eos=bool(cfg.get("add_eos_token", False)))
@@ -288,8 +296,6 @@ class HFTokenizer:
         the token, and not reflected here."""
         piece = self.id_to_token(token_id)
         if self._style == "byte_level":
-            from triolm.tokenizers.convert import unicode_to_byte
-
             table = unicode_to_byte()
             try:
                 return bytes(table[c] for c in piece)
@@ -317,3 +323,67 @@ def _probe_post_processor(tok: Tokenizer) -> tuple[list[int], list[int]]:
         if full[start:start + len(plain)] == plain:
             return full[:start], full[start + len(plain):]
     return [], []
+
+
+# -- converted from SentencePiece and tekken files ----------------------------------------
+
+
+def spm_to_hf(model_file: str | Path, *, add_bos: bool = True, add_eos: bool = False,
+              chat_template: str | None = None) -> HFTokenizer:
+    """Convert a SentencePiece model file; the piece scores are kept (for GGUF export)."""
+    vocab = read_spm_vocab(model_file)
+    tok = build_spm_tokenizer(vocab, add_bos=add_bos, add_eos=add_eos)
+    return HFTokenizer(
+        tok,
+        bos_token_id=vocab.bos_id,
+        eos_token_ids=() if vocab.eos_id is None else (vocab.eos_id,),
+        add_bos=add_bos,
+        add_eos=add_eos,
+        chat_template=chat_template,
+        unk_token_id=vocab.unk_id,
+        pad_token_id=vocab.pad_id,
+        scores=vocab.scores if vocab.model_type == "bpe" else None,
+    )
+
+
+
+def tekken_to_hf(path: str | Path, *, add_bos: bool = True, chat_template: str | None = None) -> HFTokenizer:
+    """Convert a tekken JSON file: ids 0..n_special-1 are the special tokens, the byte-level
+    BPE tokens follow (id = rank + n_special); merges are derived from the ranks."""
+    tv = read_tekken(path)
+    n_special = tv.num_special
+    vocab = {bytes_to_piece(b): r + n_special for b, r in tv.ranks.items()}
+    for i, name in enumerate(tv.specials):
+        if name in vocab:
+            raise ModelLoadError(f"{path}: special token {name!r} collides with a byte-level token")
+        vocab[name] = i
+    merges = [(bytes_to_piece(a), bytes_to_piece(b)) for a, b in merges_from_ranks(tv.ranks)]
+    tok = build_byte_level_bpe(
+        vocab, merges, [tv.pattern], [AddedSpec(i, s, True) for i, s in enumerate(tv.specials)],
+        ignore_merges=True, bos="<s>", eos="</s>", add_bos=add_bos)
+    eos = tok.token_to_id("</s>")
+    assert eos is not None, "build_byte_level_bpe adds </s>"
+    return HFTokenizer(
+        tok,
+        bos_token_id=tok.token_to_id("<s>"),
+        eos_token_ids=(eos,),
+        add_bos=add_bos,
+        chat_template=chat_template,
+        unk_token_id=tok.token_to_id("<unk>"),
+        pad_token_id=tok.token_to_id("<pad>"),
+    )
+
+
+def convert_tokenizer_file(src: str | Path, *, chat_template: str | None = None) -> HFTokenizer:
+    """Convert a tokenizer file by its kind: tekken JSON or SentencePiece model."""
+    src = Path(src)
+    if src.suffix == ".json" or "tekken" in src.name:
+        return tekken_to_hf(src, chat_template=chat_template)
+    return spm_to_hf(src, chat_template=chat_template)
+
+
+def convert_to_hf_dir(src: str | Path, out_dir: str | Path, *, chat_template: str | None = None) -> HFTokenizer:
+    """Convert `src` and write tokenizer.json + tokenizer_config.json into `out_dir`."""
+    tok = convert_tokenizer_file(src, chat_template=chat_template)
+    tok.save(out_dir)
+    return tok

@@ -99,7 +99,7 @@ def test_logprobs_are_the_raw_distribution(model):
 
 
 def _seq(params, generated=()):
-    seq = Sequence("s", [1, 2, 3], params, 0)
+    seq = Sequence("s", [1, 2, 3], params)
     for t in generated:
         seq.append(t)
     return seq

@@ -172,7 +172,7 @@ def test_prefix_hit_sees_the_same_float16_values_as_a_fresh_prefill(tiny_model):
     prompt = torch.randint(3, model.config.vocab_size, (70,), generator=g).tolist()
     cont = torch.randint(3, model.config.vocab_size, (4,), generator=g).tolist()
     fresh = forced_logits(engine, [prompt], [cont])[0]
-    probe = Sequence("probe", prompt, SamplingParams(), 0)
+    probe = Sequence("probe", prompt, SamplingParams())
     assert engine.block_manager.can_allocate(probe)
     engine.block_manager.allocate(probe)
     assert probe.num_cached_tokens == 64  # the second run takes 64 of 70 tokens from the cache
@@ -235,7 +235,7 @@ def test_server_with_float16_kv_cache_flag_generates(served_model, base_settings
     outs = {}
     for name, s in (("float16", settings), ("float32", base_settings)):
         with ServerThread(s, served_model) as srv:
-            assert srv.state.driver.engine.runner.kv_cache.dtype == getattr(torch, name)
+            assert srv.state.serving().driver.engine.runner.kv_cache.dtype == getattr(torch, name)
             r = httpx.post(srv.base_url + "/v1/completions", json=body, timeout=60)
             assert r.status_code == 200, r.text
             outs[name] = r.json()["choices"][0]

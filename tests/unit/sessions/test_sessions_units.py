@@ -169,7 +169,7 @@ def test_idle_sessions_expire_unless_used_or_busy():
 def test_deleting_forgets_prefixes_but_keeps_blocks_other_sessions_start_with():
     driver = FakeDriver()
     reg = SessionRegistry(max_sessions=10, idle_timeout=None)
-    reg.attach(None, driver)
+    reg.attach(driver)
     shared = [1, 2, 3, 4, 5, 6, 7, 8]
     a, b = reg.create("m", "hermes"), reg.create("m", "hermes")
     a.record(None, [Node(0, None, shared + [10, 11, 12, 13, 14], [], [], "")])

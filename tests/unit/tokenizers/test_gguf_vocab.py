@@ -15,7 +15,7 @@ from tokenizers import Regex, pre_tokenizers
 
 from support.tokenizer_files import SAMPLE_TEXTS, load_test_tokenizer, source_file
 from triolm.errors import ModelLoadError
-from triolm.tokenizers.convert import AddedSpec, spm_to_hf
+from triolm.tokenizers.convert import AddedSpec
 from triolm.tokenizers.gguf_vocab import (
     PRE_TOKENIZERS,
     gguf_metadata_from_tokenizer,
@@ -23,6 +23,7 @@ from triolm.tokenizers.gguf_vocab import (
     tokenizer_from_gguf_metadata,
     write_tokenizer_metadata,
 )
+from triolm.tokenizers.hf import spm_to_hf
 
 CASES = [("spm-llama2", "llama"), ("spm-mistral-v3", "llama"), ("bpe-tekken", "gpt2")]
 SPECIAL_TEXTS = ["<s>[INST] What is 2+2? [/INST] 4</s>", "[TOOL_CALLS][{\"name\": \"f\"}]</s>", "a<unk>b"]

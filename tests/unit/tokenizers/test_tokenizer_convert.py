@@ -18,13 +18,11 @@ from triolm.tokenizers.convert import (
     build_spm_tokenizer,
     byte_to_unicode,
     bytes_to_piece,
-    convert_to_hf_dir,
     merges_from_ranks,
     read_spm_vocab,
     read_tekken,
-    spm_to_hf,
 )
-from triolm.tokenizers.hf import HFTokenizer
+from triolm.tokenizers.hf import HFTokenizer, convert_to_hf_dir, spm_to_hf
 
 SPM_KINDS = ("spm-llama2", "spm-mistral-v3")
 
