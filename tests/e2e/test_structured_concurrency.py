@@ -561,6 +561,7 @@ class FakeEngine:
         self.fail_next_step = False
 
     num_waiting = 0
+    weight_version = "fake-weights"
 
     @property
     def num_running(self):
