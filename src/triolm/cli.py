@@ -14,12 +14,12 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from triolm.http import framework_patches
-from triolm.http.auth import api_keys_of
+from triolm.http.auth import KeySettings, api_keys_of
 from triolm.http.server import create_app
 from triolm.loading.random_tiny import RANDOM_TINY_NAME
 from triolm.prompting.reasoning import REASONING_PARSERS
 from triolm.runtime import shutdown
-from triolm.settings import ServerSettings
+from triolm.settings import API_KEY_FIELDS, ServerSettings, env_values
 
 _DEFAULTS = ServerSettings()
 
@@ -45,11 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(s, "--host")
     _setting(s, "--port", type=int)
     _setting(s, "--served-model-name", help="model id clients use (default: file/dir name)")
-    _setting(s, "--api-key", action="append",
-                help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize and the session "
-                     "routes; repeat it for several valid keys")
-    _setting(s, "--api-key-file",
-                help="a file of valid API keys, one a line (# comments); with or instead of --api-key")
+    add_api_key_flags(s, "/v1/*, /tokenize, /detokenize, the session and the trainer routes")
     _setting(s, "--allowed-origins", action="append",
                 help="CORS: an origin (https://app.example, or *) whose pages may call the API; repeat it "
                      "or separate by commas (default: no CORS)")
@@ -114,6 +110,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_api_key_flags(parser: argparse.ArgumentParser, guarded: str) -> None:
+    """The key flags `serve` and `router` share; `split_api_keys` reads them for both."""
+    parser.add_argument("--api-key", action="append", default=None,
+                        help=f"require 'Authorization: Bearer KEY' (or 'x-api-key: KEY') on {guarded}; "
+                             "repeat it for several valid keys (env: TRIOLM_API_KEY, and "
+                             "TRIOLM_EXTRA_API_KEYS, comma-separated)")
+    parser.add_argument("--api-key-file", default=None,
+                        help="a file of valid API keys, one a line (# comments); with or instead of "
+                             "--api-key (env: TRIOLM_API_KEY_FILE)")
+
+
+def split_api_keys(values: dict) -> None:
+    """`--api-key` given n times: the first is `api_key`, the others `extra_api_keys`. A flag
+    left out stays None, so its TRIOLM_* variable applies."""
+    keys = values.pop("api_key") or []
+    values["api_key"] = keys[0] if keys else None
+    values["extra_api_keys"] = tuple(keys[1:]) or None
+
+
+def refuse_bad_key_file(command: str, settings: KeySettings) -> bool:
+    """A key file that cannot be read or holds no key would leave the routes open: say why
+    and refuse to start."""
+    try:
+        api_keys_of(settings)
+    except ValueError as exc:
+        print(f"triolm {command}: error: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def add_router_parser(sub) -> None:
     r = sub.add_parser("router", help="serve the OpenAI API and sessions over a fleet of triolm, vLLM or "
                                       "SGLang servers (docs/router.md)")
@@ -127,9 +153,7 @@ def add_router_parser(sub) -> None:
     r.add_argument("--host", default="127.0.0.1")
     r.add_argument("--port", type=int, default=8100)
     r.add_argument("--served-model-name", default=None)
-    r.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize, /detokenize, the session "
-                        "and the admin routes")
+    add_api_key_flags(r, "/v1/*, /tokenize, /detokenize, the session and the admin routes")
     r.add_argument("--backend-api-key", default=None, help="sent to the backends as 'Bearer KEY'")
     r.add_argument("--max-model-len", type=int, default=None)
     r.add_argument("--chat-template", default=None)
@@ -162,9 +186,15 @@ def router_main(args: argparse.Namespace) -> int:
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call otherwise
     values = {k: v for k, v in vars(args).items() if k != "command"}
-    settings = RouterSettings(**{**values, "backends": tuple(values["backends"])})
+    split_api_keys(values)
+    given_keys = {name: values.pop(name) for name in API_KEY_FIELDS}
+    keys = {**env_values(RouterSettings, names=API_KEY_FIELDS),
+            **{name: v for name, v in given_keys.items() if v is not None}}
+    settings = RouterSettings(**{**values, **keys, "backends": tuple(values["backends"])})
     if not settings.backends and not settings.backends_file:
         print("triolm router: error: give at least one --backend URL or a --backends-file", file=sys.stderr)
+        return 2
+    if refuse_bad_key_file("router", settings):
         return 2
     try:
         frontend = load_prompt_frontend(settings.tokenizer, FrontendOptions(
@@ -180,9 +210,7 @@ def router_main(args: argparse.Namespace) -> int:
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     values = {k: v for k, v in vars(args).items() if k not in ("command", "model_option")}
     values["model"] = args.model or args.model_option
-    keys = values.pop("api_key") or []
-    values["api_key"] = keys[0] if keys else None
-    values["extra_api_keys"] = tuple(keys[1:]) or None
+    split_api_keys(values)
     origins = [o for given in values.pop("allowed_origins") or [] for o in given.split(",") if o.strip()]
     values["allowed_origins"] = tuple(o.strip() for o in origins) or None
     return ServerSettings.from_env(**values)
@@ -270,10 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings is not None:
-        try:
-            api_keys_of(settings)
-        except ValueError as exc:
-            print(f"triolm serve: error: {exc}", file=sys.stderr)
+        if refuse_bad_key_file("serve", settings):
             return 2
         return trio.run(serve, settings)
     if args.command == "router":

@@ -18,10 +18,10 @@ class ServerSettings:
     task: str = "auto"  # auto | generate | embed (auto: embed when the model's files say so)
     api_key: str | None = None
     # more valid keys: `--api-key` given again, and the lines of `api_key_file`
-    extra_api_keys: tuple[str, ...] = attrs.field(default=(), converter=lambda v: _str_tuple(v))
+    extra_api_keys: tuple[str, ...] = attrs.field(default=(), converter=lambda v: str_tuple(v))
     api_key_file: str | None = None
     # CORS: origins whose browser pages may call the API ("*": any); none: no CORS headers
-    allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=lambda v: _str_tuple(v))
+    allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=lambda v: str_tuple(v))
     max_num_seqs: int = 16
     max_model_len: int | None = None  # None: the model's trained context (capped for memory)
     max_queue: int = 64  # waiting requests beyond the running batch; past it: 429
@@ -72,18 +72,32 @@ class ServerSettings:
     @classmethod
     def from_env(cls, environ=None, **overrides) -> ServerSettings:
         """Settings from TRIOLM_<FIELD> variables (e.g. TRIOLM_MODEL, TRIOLM_MAX_NUM_SEQS)."""
-        environ = os.environ if environ is None else environ
-        values = {}
-        for field in attrs.fields(cls):
-            raw = environ.get(ENV_PREFIX + field.name.upper())
-            if raw is None or raw == "":
-                continue
-            values[field.name] = _convert(raw, field.type)
+        values = env_values(cls, environ)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
 
-def _str_tuple(value) -> tuple[str, ...]:
+# The fields `triolm serve` and `triolm router` both take their valid API keys from
+# (flags or TRIOLM_API_KEY, TRIOLM_EXTRA_API_KEYS, TRIOLM_API_KEY_FILE).
+API_KEY_FIELDS = ("api_key", "extra_api_keys", "api_key_file")
+
+
+def env_values(cls: type, environ=None, names: tuple[str, ...] | None = None) -> dict[str, object]:
+    """The TRIOLM_<FIELD> variables that are set, for the fields of the attrs class `cls`
+    (only those in `names`, when given), converted to the fields' types."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for field in attrs.fields(cls):
+        if names is not None and field.name not in names:
+            continue
+        raw = environ.get(ENV_PREFIX + field.name.upper())
+        if raw is None or raw == "":
+            continue
+        values[field.name] = _convert(raw, field.type)
+    return values
+
+
+def str_tuple(value) -> tuple[str, ...]:
     """A list as it is; a string (from the environment) split at commas."""
     if value is None:
         return ()

@@ -1,6 +1,6 @@
 """`triolm router` in front of three real `triolm serve` backends on the tiny model, all
 real processes on 127.0.0.1: the seed-002 session scenarios with token-exact nodes,
-pinning and prefix affinity, drain, backpressure, the backends file, the API key, a
+pinning and prefix affinity, drain, backpressure, the backends file, the API keys, a
 backend dying mid-stream and a dead backend's request retried elsewhere.
 (Contract clauses: contracts/router.md; the vLLM path: tests/test_router_vllm_standin.py.)
 
@@ -13,11 +13,13 @@ import json
 import signal
 
 import httpx
+import openai
 import pytest
 import trio
 
 from support.router_fleet import Fleet, start_router, wait_admitted
 from support.sessions_api import MASK, SessionsAPI, assert_well_formed
+from triolm.cli import main
 
 HI = [{"role": "user", "content": "Hi"}]
 SEARCH = [{"type": "function", "function": {
@@ -340,6 +342,58 @@ def test_rtr8_backends_file_is_reread_on_sighup_and_the_admin_route(fleet, keyed
     assert r.status_code == 200 and r.json()["removed"] == [fleet.urls[0]]
     listed = httpx.get(router.base_url + "/admin/backends", headers=auth, timeout=60).json()["backends"]
     assert [b["url"] for b in listed] == [fleet.urls[1]]
+
+
+# -- RTR.1b the API keys, taken as `triolm serve` takes them ------------------------------
+def test_rtr1b_every_key_of_flag_file_and_environment_opens_the_router_and_no_other(fleet, tmp_path):
+    key_file = tmp_path / "router-keys"
+    key_file.write_text("# the team's keys\n\n  k-file  \n")
+    router = start_router(fleet.model_dir, [fleet.urls[0]], tmp_path / "router-keys.log",
+                          "--api-key", "k-flag", "--api-key-file", str(key_file), "--health-interval", "0.5",
+                          env={"TRIOLM_EXTRA_API_KEYS": "k-env"})
+    try:
+        wait_admitted(router, 1, headers={"Authorization": "Bearer k-flag"})
+        for key in ("k-flag", "k-file", "k-env"):
+            client = openai.OpenAI(base_url=router.base_url + "/v1", api_key=key, max_retries=0)
+            assert [m.id for m in client.models.list().data] == ["hf"]
+            chat = client.chat.completions.create(model="hf", messages=HI, max_tokens=2)
+            assert chat.usage is not None and chat.usage.completion_tokens == 2
+            # Anthropic's clients send the key as x-api-key
+            r = httpx.post(router.base_url + "/v1/chat/completions", headers={"x-api-key": key},
+                           json={"messages": HI, "max_tokens": 2}, timeout=60)
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+        wrong = ({}, {"Authorization": "Bearer k-fla"}, {"Authorization": "Bearer k-flag,k-file"},
+                 {"Authorization": "Bearer # the team's keys"}, {"Authorization": "Basic k-flag"},
+                 {"x-api-key": "k-fil"})
+        for headers in wrong:
+            for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
+                                 ("GET", "/admin/backends")):
+                r = httpx.request(method, router.base_url + path, headers=headers,
+                                  json={"messages": HI, "max_tokens": 2}, timeout=60)
+                assert r.status_code == 401, (headers, path)
+                error = r.json()["error"]
+                assert set(error) == {"message", "type", "param", "code"}
+                assert (error["type"], error["code"]) == ("authentication_error", "invalid_api_key")
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=router.base_url + "/v1", api_key="nope", max_retries=0).models.list()
+        admin = httpx.get(router.base_url + "/admin/backends", headers={"x-api-key": "k-env"}, timeout=60)
+        assert admin.status_code == 200 and [b["url"] for b in admin.json()["backends"]] == [fleet.urls[0]]
+        assert httpx.get(router.base_url + "/livez", timeout=60).status_code == 200  # probes stay open
+    finally:
+        router.stop()
+
+
+def test_rtr1b_a_key_file_without_a_key_stops_the_router(tiny_model, tmp_path, capsys):
+    """It would leave the routes open: the router refuses to start, as serve does (an
+    address no one can bind, should it not)."""
+    empty = tmp_path / "empty-keys"
+    empty.write_text("# nothing yet\n\n")
+    router = ["router", "--tokenizer", str(tiny_model("qwen2").hf_dir), "--backend", "http://127.0.0.1:9",
+              "--host", "203.0.113.1"]
+    assert main([*router, "--api-key", "k", "--api-key-file", str(empty)]) == 2
+    assert "holds no key" in capsys.readouterr().err
+    assert main([*router, "--api-key-file", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
 
 
 # -- RTR.5 retry once; RTR.4 a backend dying mid-stream (these kill a backend) --------------

@@ -21,13 +21,14 @@ def start_backend(model_dir: str, log_path: Path, port: int | None = None) -> Se
                          log_path, port=port)
 
 
-def start_router(tokenizer: str, backends: list[str], log_path: Path, *flags: str) -> ServerProcess:
+def start_router(tokenizer: str, backends: list[str], log_path: Path, *flags: str,
+                 env: dict | None = None) -> ServerProcess:
     # a generous template budget: the first renders share a busy 2-core machine
     argv = [str(BIN / "triolm"), "router", "--tokenizer", tokenizer, "--port", "{port}",
             "--template-timeout", "120", *flags]
     for url in backends:
         argv += ["--backend", url]
-    return ServerProcess(argv, log_path)
+    return ServerProcess(argv, log_path, env=env)
 
 
 def wait_admitted(router: ServerProcess, count: int, timeout: float = 120.0, headers: dict | None = None) -> dict:

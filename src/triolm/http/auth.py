@@ -14,11 +14,11 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from quart import Request
 
 from triolm.protocol.errors import APIError
-from triolm.settings import ServerSettings
 
 GUARDED_PREFIXES = ("/v1/",)
 GUARDED_PATHS = frozenset({"/tokenize", "/detokenize"})
@@ -63,7 +63,19 @@ def read_api_key_file(path: str) -> list[str]:
     return keys
 
 
-def api_keys_of(settings: ServerSettings) -> ApiKeys:
+class KeySettings(Protocol):
+    """Where the keys are configured: `ServerSettings` and `RouterSettings` alike."""
+
+    @property
+    def api_key(self) -> str | None: ...
+    @property
+    def extra_api_keys(self) -> tuple[str, ...]: ...
+    @property
+    def api_key_file(self) -> str | None: ...
+
+
+def api_keys_of(settings: KeySettings) -> ApiKeys:
+    """The keys of the settings; ValueError for a key file that is unreadable or holds none."""
     keys = [settings.api_key or "", *settings.extra_api_keys]
     if settings.api_key_file:
         keys += read_api_key_file(settings.api_key_file)

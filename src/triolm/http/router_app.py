@@ -6,7 +6,7 @@ from __future__ import annotations
 import trio
 from quart_trio import QuartTrio
 
-from triolm.http.auth import ApiKeys
+from triolm.http.auth import api_keys_of
 from triolm.http.router_routes import admin, bp
 from triolm.http.router_session_turns import FleetTurns
 from triolm.http.server import install_http_basics
@@ -46,7 +46,7 @@ def create_router_app(settings: RouterSettings, frontend: PromptFrontend) -> Qua
     app.config["TRIOLM_ROUTER_STATE"] = state
     app.register_blueprint(bp)
     app.register_blueprint(admin)
-    install_http_basics(app, ApiKeys([settings.api_key or ""]))
+    install_http_basics(app, api_keys_of(settings))
     register_session_routes(app, FleetTurns(state))
 
     @app.before_serving

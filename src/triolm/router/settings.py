@@ -1,8 +1,11 @@
-"""Router settings: one frozen value built from `triolm router` flags."""
+"""Router settings: one frozen value built from `triolm router` flags (and, for the API
+keys, the TRIOLM_* variables `triolm serve` reads)."""
 
 from __future__ import annotations
 
 import attrs
+
+from triolm.settings import str_tuple
 
 
 @attrs.frozen
@@ -13,7 +16,11 @@ class RouterSettings:
     host: str = "127.0.0.1"
     port: int = 8100
     served_model_name: str | None = None
-    api_key: str | None = None  # guards the OpenAI, session and admin routes
+    # the keys that open the OpenAI, session and admin routes, as `triolm serve` takes them:
+    # `--api-key` (given again: `extra_api_keys`) and the lines of `api_key_file`
+    api_key: str | None = None
+    extra_api_keys: tuple[str, ...] = attrs.field(default=(), converter=str_tuple)
+    api_key_file: str | None = None
     backend_api_key: str | None = None  # sent to the backends as a Bearer token
     max_model_len: int | None = None
     chat_template: str | None = None
