@@ -2,9 +2,11 @@
 
    Each type is a struct with its block geometry (QK values in BYTES bytes) and two
    decoders of the 32-value group j of one block (j < QK / 32):
-     - AVX-512: `group(blk, j, lo, hi)`, values 32j.. into two registers, or for types
-       whose groups share bytes and scales (SHARED, the K-quants) `block(blk, emit)`,
-       which decodes the whole block and hands each group to emit(j, lo, hi);
+     - AVX-512, one of: `codes(blk, lo, hi, d, m)`, a 32-value block's codes as floats
+       plus its scale and offset (value = d * q + m; `each_group` scales them);
+       `group(blk, j, lo, hi)`, values 32j.. into two registers; or for types whose
+       groups share bytes and scales (SHARED, the K-quants) `block(blk, emit)`, which
+       decodes the whole block and hands each group to emit(j, lo, hi);
      - `group(blk, j, out)`: portable, into out[32].
    All perform the `gguf` package's float32 operations (gguf.quants.dequantize) in its
    order — scale products first, then code * scale (+/- offset), never fused — so a
@@ -76,6 +78,22 @@ static inline __m512i with_high(__m512i nib, __mmask16 high) {
     return _mm512_mask_or_epi32(nib, high, nib, _mm512_set1_epi32(16));
 }
 
+/* The 32 codes of a legacy block as floats: 16 bytes of nibbles (value i: low nibble of
+   byte i, value 16 + i: high nibble), optionally bit 4 from a 32-bit high-bit word;
+   `from` is the value of code 0 (-8 or -16 for the offset types, 0 otherwise). */
+static inline void codes4(const uint8_t* qs, float from, __m512& lo, __m512& hi) {
+    const __m512i q = bytes16(qs);
+    const __m512 table = iota16(from);
+    lo = _mm512_permutexvar_ps(q, table);
+    hi = _mm512_permutexvar_ps(nib_hi(q), table);
+}
+static inline void codes5(const uint8_t* qs, uint32_t qh, float from, __m512& lo, __m512& hi) {
+    const __m512i q = bytes16(qs);
+    const __m512 t0 = iota16(from), t1 = iota16(from + 16.f);
+    lo = _mm512_permutex2var_ps(t0, with_high(nib_lo(q), (__mmask16)(qh & 0xFFFF)), t1);
+    hi = _mm512_permutex2var_ps(t0, with_high(nib_hi(q), (__mmask16)(qh >> 16)), t1);
+}
+
 /* The eight scales and mins of a Q4_K/Q5_K block times d and dmin, in one vector pass
    (scale_min_k4 for all j at once): out[j] = d * sc_j, out[8 + j] = dmin * m_j. */
 static inline void scales_mins_k4(const uint8_t* b, float* out) {
@@ -103,6 +121,16 @@ template <class B, class Emit>
 static inline void each_group(const uint8_t* b, Emit&& emit) {
     if constexpr (B::SHARED) {
         B::block(b, emit);
+    } else if constexpr (B::CODES == 1 || B::CODES == 2) {
+        /* value = d * q (+ m) from the type's `codes` (one group per block) */
+        __m512 qlo, qhi;
+        float d, m;
+        B::codes(b, qlo, qhi, d, m);
+        const __m512 dv = _mm512_set1_ps(d);
+        if (B::CODES == 2)
+            emit(0, _mm512_add_ps(_mm512_mul_ps(dv, qlo), _mm512_set1_ps(m)), _mm512_add_ps(_mm512_mul_ps(dv, qhi), _mm512_set1_ps(m)));
+        else
+            emit(0, _mm512_mul_ps(dv, qlo), _mm512_mul_ps(dv, qhi));
     } else {
         for (int j = 0; j < B::QK / 32; j++) {
             __m512 lo, hi;
@@ -131,140 +159,39 @@ struct BF16 {
     }
 };
 
-/* d (f16), 16 bytes of nibbles: value i = d * ((i < 16 ? low : high nibble of byte i % 16) - 8). */
-struct Q4_0 {
-    static constexpr int QK = 32, BYTES = 18;
+/* The legacy 32-value blocks Q4_0, Q4_1, Q5_0, Q5_1: d (f16), then m (f16) for the
+   offset types (HAS_M), then 32 high bits for the 5-bit types (FIVE: uint32, bit i ->
+   value i), then 16 bytes of nibbles (value i: low nibble of byte i, value 16 + i: high
+   nibble of byte i). q = nibble | high << 4; value = d * q + m, or without m
+   d * (q - 8) / d * (q - 16). */
+template <int BYTES_, bool HAS_M, bool FIVE>
+struct Legacy {
+    static constexpr int QK = 32, BYTES = BYTES_;
     static constexpr bool SHARED = false;
-    static constexpr int CODES = 1;  // see `codes`
+    static constexpr int CODES = HAS_M ? 2 : 1;  // see `codes`
+    static constexpr int QH = HAS_M ? 4 : 2, QS = QH + (FIVE ? 4 : 0), ZERO = HAS_M ? 0 : (FIVE ? 16 : 8);
 #if defined(__AVX512F__)
-    static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
-        const __m512 d = _mm512_set1_ps(f16(b));
-        __m512 qlo, qhi;
-        float dd, m;
-        codes(b, qlo, qhi, dd, m);
-        lo = _mm512_mul_ps(d, qlo);
-        hi = _mm512_mul_ps(d, qhi);
-    }
     /* The block's codes as floats and its scale/offset: value = d * q + m. */
     static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
-        const __m512i q = bytes16(b + 2);
-        const __m512 table = iota16(-8.f);
-        lo = _mm512_permutexvar_ps(q, table);
-        hi = _mm512_permutexvar_ps(nib_hi(q), table);
+        if (FIVE) codes5(b + QS, u32(b + QH), (float)-ZERO, lo, hi);
+        else codes4(b + QS, (float)-ZERO, lo, hi);
         d = f16(b);
-        m = 0.f;
+        m = HAS_M ? f16(b + 2) : 0.f;
     }
 #endif
     static inline void group(const uint8_t* b, int, float* out) {
         const float d = f16(b);
-        for (int i = 0; i < 16; i++) {
-            out[i] = d * (float)((b[2 + i] & 15) - 8);
-            out[i + 16] = d * (float)((b[2 + i] >> 4) - 8);
+        const uint32_t qh = FIVE ? u32(b + QH) : 0;
+        for (int i = 0; i < 32; i++) {
+            const int q = ((b[QS + i % 16] >> (i < 16 ? 0 : 4)) & 15) | (((qh >> i) & 1) << 4);
+            out[i] = HAS_M ? d * (float)q + f16(b + 2) : d * (float)(q - ZERO);
         }
     }
 };
-
-/* d, m (f16), 16 bytes of nibbles: value = d * q + m. */
-struct Q4_1 {
-    static constexpr int QK = 32, BYTES = 20;
-    static constexpr bool SHARED = false;
-    static constexpr int CODES = 2;  // see `codes`
-#if defined(__AVX512F__)
-    static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
-        __m512 qlo, qhi;
-        float d, m;
-        codes(b, qlo, qhi, d, m);
-        lo = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), qlo), _mm512_set1_ps(m));
-        hi = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), qhi), _mm512_set1_ps(m));
-    }
-    /* The block's codes as floats and its scale/offset: value = d * q + m. */
-    static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
-        const __m512i q = bytes16(b + 4);
-        const __m512 table = iota16();
-        lo = _mm512_permutexvar_ps(q, table);
-        hi = _mm512_permutexvar_ps(nib_hi(q), table);
-        d = f16(b);
-        m = f16(b + 2);
-    }
-#endif
-    static inline void group(const uint8_t* b, int, float* out) {
-        const float d = f16(b), m = f16(b + 2);
-        for (int i = 0; i < 16; i++) {
-            out[i] = d * (float)(b[4 + i] & 15) + m;
-            out[i + 16] = d * (float)(b[4 + i] >> 4) + m;
-        }
-    }
-};
-
-/* d (f16), 32 high bits (uint32, bit i -> value i), 16 bytes of nibbles:
-   value = d * ((nibble | high << 4) - 16). */
-struct Q5_0 {
-    static constexpr int QK = 32, BYTES = 22;
-    static constexpr bool SHARED = false;
-    static constexpr int CODES = 1;  // see `codes`
-#if defined(__AVX512F__)
-    static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
-        const __m512 d = _mm512_set1_ps(f16(b));
-        __m512 qlo, qhi;
-        float dd, m;
-        codes(b, qlo, qhi, dd, m);
-        lo = _mm512_mul_ps(d, qlo);
-        hi = _mm512_mul_ps(d, qhi);
-    }
-    /* The block's codes as floats and its scale/offset: value = d * q + m. */
-    static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
-        const uint32_t qh = u32(b + 2);
-        const __m512i q = bytes16(b + 6);
-        const __m512 t0 = iota16(-16.f), t1 = iota16(0.f);
-        lo = _mm512_permutex2var_ps(t0, with_high(nib_lo(q), (__mmask16)(qh & 0xFFFF)), t1);
-        hi = _mm512_permutex2var_ps(t0, with_high(nib_hi(q), (__mmask16)(qh >> 16)), t1);
-        d = f16(b);
-        m = 0.f;
-    }
-#endif
-    static inline void group(const uint8_t* b, int, float* out) {
-        const float d = f16(b);
-        const uint32_t qh = u32(b + 2);
-        for (int i = 0; i < 16; i++) {
-            out[i] = d * (float)((int)((b[6 + i] & 15) | (((qh >> i) & 1) << 4)) - 16);
-            out[i + 16] = d * (float)((int)((b[6 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - 16);
-        }
-    }
-};
-
-/* d, m (f16), 32 high bits, 16 bytes of nibbles: value = d * (nibble | high << 4) + m. */
-struct Q5_1 {
-    static constexpr int QK = 32, BYTES = 24;
-    static constexpr bool SHARED = false;
-    static constexpr int CODES = 2;  // see `codes`
-#if defined(__AVX512F__)
-    static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
-        __m512 qlo, qhi;
-        float d, m;
-        codes(b, qlo, qhi, d, m);
-        lo = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), qlo), _mm512_set1_ps(m));
-        hi = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), qhi), _mm512_set1_ps(m));
-    }
-    /* The block's codes as floats and its scale/offset: value = d * q + m. */
-    static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
-        const uint32_t qh = u32(b + 4);
-        const __m512i q = bytes16(b + 8);
-        const __m512 t0 = iota16(0.f), t1 = iota16(16.f);
-        lo = _mm512_permutex2var_ps(t0, with_high(nib_lo(q), (__mmask16)(qh & 0xFFFF)), t1);
-        hi = _mm512_permutex2var_ps(t0, with_high(nib_hi(q), (__mmask16)(qh >> 16)), t1);
-        d = f16(b);
-        m = f16(b + 2);
-    }
-#endif
-    static inline void group(const uint8_t* b, int, float* out) {
-        const float d = f16(b), m = f16(b + 2);
-        const uint32_t qh = u32(b + 4);
-        for (int i = 0; i < 16; i++) {
-            out[i] = d * (float)((b[8 + i] & 15) | (((qh >> i) & 1) << 4)) + m;
-            out[i + 16] = d * (float)((b[8 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) + m;
-        }
-    }
-};
+typedef Legacy<18, false, false> Q4_0;
+typedef Legacy<20, true, false> Q4_1;
+typedef Legacy<22, false, true> Q5_0;
+typedef Legacy<24, true, true> Q5_1;
 
 /* d (f16), 32 int8 codes: value = code * d. */
 struct Q8_0 {
@@ -272,11 +199,6 @@ struct Q8_0 {
     static constexpr bool SHARED = false;
     static constexpr int CODES = 1;  // see `codes`
 #if defined(__AVX512F__)
-    static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
-        const __m512 d = _mm512_set1_ps(f16(b));
-        lo = _mm512_mul_ps(cvt(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b + 2)))), d);
-        hi = _mm512_mul_ps(cvt(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b + 18)))), d);
-    }
     /* The block's codes as floats and its scale/offset: value = d * q + m. */
     static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
         lo = cvt(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b + 2))));
