@@ -17,6 +17,7 @@
 #include <string.h>
 #include <vector>
 
+#include "gemm_f32.h"
 #include "quant_blocks.h"
 
 typedef int64_t i64;
@@ -24,6 +25,7 @@ typedef int64_t i64;
 extern "C" void tl_parallel_for(i64 n, int nthreads, void (*fn)(void*, i64), void* ctx);
 extern "C" void tl_linear(int kind, const void* w, const float* d, const float* x, i64 ldx, float* y,
                           i64 ldy, i64 M, i64 N, i64 K, int accumulate, int nthreads);
+extern "C" void tl_expand_rows(int kind, const void* w, const float* d, i64 K, i64 n0, i64 n1, float* out);
 
 namespace {
 
@@ -43,7 +45,19 @@ static inline i64 slice_cols(i64 K) { return K <= KC_MAX ? K : KC; }
 
 /* Up to this many x-rows are computed from registers; more expand chunk by chunk.
    Measured on the SmolLM-shape model's matrices (see docs/quantized-weights.md). */
-i64 g_inreg_max_rows = 16;
+#ifndef INREG_MAX_ROWS
+#define INREG_MAX_ROWS 16
+#endif
+i64 g_inreg_max_rows = INREG_MAX_ROWS;
+/* The K-quants' in-register decoding costs more per x-row pass: beyond 8 x-rows (two
+   passes) the expanded chunk + packed GEMM is ahead. One thread, thread CPU time (ms):
+   Q4_K 16384x3072, 16 rows 23.6 in registers / 14.2 packed, 8 rows 12.1 / 12.4; Q6_K
+   3072x8192, 16 rows 11.2 / 7.0. The 32-value types stay in registers to 16 rows
+   (Q4_0 1536x576, 16 rows: 0.221 / 0.235; 8 rows 0.114 / 0.256). */
+static inline i64 inreg_max_rows(int kind) {
+    const bool kquant = kind >= qb::W_Q2_K && kind <= qb::W_Q6_K;
+    return kquant && g_inreg_max_rows > 8 ? 8 : g_inreg_max_rows;
+}
 
 template <class F>
 void parallel_for(i64 n, int nthreads, F&& body) {
@@ -255,24 +269,35 @@ void block_rows(const uint8_t* w, i64 rows, i64 K, const float* x, i64 ldx, floa
     }
 }
 
-/* Bytes of one weight row, and the offset of row n's scales (repacked Q8_0 only). */
+/* f(B{}) with the block type of `kind`; false for the kinds that are not blocks. */
+template <class F>
+bool with_block_type(int kind, F&& f) {
+    switch (kind) {
+        case qb::W_BF16: f(qb::BF16{}); return true;
+        case qb::W_Q4_0: f(qb::Q4_0{}); return true;
+        case qb::W_Q4_1: f(qb::Q4_1{}); return true;
+        case qb::W_Q5_0: f(qb::Q5_0{}); return true;
+        case qb::W_Q5_1: f(qb::Q5_1{}); return true;
+        case qb::W_Q8_0B: f(qb::Q8_0{}); return true;
+        case qb::W_Q2_K: f(qb::Q2_K{}); return true;
+        case qb::W_Q3_K: f(qb::Q3_K{}); return true;
+        case qb::W_Q4_K: f(qb::Q4_K{}); return true;
+        case qb::W_Q5_K: f(qb::Q5_K{}); return true;
+        case qb::W_Q6_K: f(qb::Q6_K{}); return true;
+    }
+    return false;
+}
+
+/* Bytes of one weight row. */
 i64 row_bytes_of(int kind, i64 K) {
     switch (kind) {
         case W_F32: return 4 * K;
-        case W_F16: case qb::W_BF16: return 2 * K;
+        case W_F16: return 2 * K;
         case W_Q8_0: return K;
-        case qb::W_Q4_0: return K / 32 * qb::Q4_0::BYTES;
-        case qb::W_Q4_1: return K / 32 * qb::Q4_1::BYTES;
-        case qb::W_Q5_0: return K / 32 * qb::Q5_0::BYTES;
-        case qb::W_Q5_1: return K / 32 * qb::Q5_1::BYTES;
-        case qb::W_Q8_0B: return K / 32 * qb::Q8_0::BYTES;
-        case qb::W_Q2_K: return K / 256 * qb::Q2_K::BYTES;
-        case qb::W_Q3_K: return K / 256 * qb::Q3_K::BYTES;
-        case qb::W_Q4_K: return K / 256 * qb::Q4_K::BYTES;
-        case qb::W_Q5_K: return K / 256 * qb::Q5_K::BYTES;
-        case qb::W_Q6_K: return K / 256 * qb::Q6_K::BYTES;
     }
-    return 0;
+    i64 rb = 0;
+    with_block_type(kind, [&](auto b) { rb = K / decltype(b)::QK * decltype(b)::BYTES; });
+    return rb;
 }
 
 /* Output rows [n0, n0 + rows) of one (non-stacked) weight, on the calling thread. */
@@ -280,23 +305,33 @@ void weight_rows(int kind, const void* w, const float* d, i64 K, i64 n0, i64 row
                  float* y, i64 ldy, i64 M, int acc) {
     const uint8_t* wr = (const uint8_t*)w + n0 * row_bytes_of(kind, K);
     y += n0;
-    switch (kind) {
-        case W_F32: case W_F16: case W_Q8_0:
-            tl_linear(kind, wr, d ? d + n0 * (K / 32) : nullptr, x, ldx, y, ldy, M, rows, K, acc, 1);
-            return;
-        case qb::W_BF16: block_rows<qb::BF16>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
-        case qb::W_Q4_0: block_rows<qb::Q4_0>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
-        case qb::W_Q4_1: block_rows<qb::Q4_1>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
-        case qb::W_Q5_0: block_rows<qb::Q5_0>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
-        case qb::W_Q5_1: block_rows<qb::Q5_1>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
-        case qb::W_Q8_0B: block_rows<qb::Q8_0>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
-        case qb::W_Q2_K: block_rows<qb::Q2_K>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
-        case qb::W_Q3_K: block_rows<qb::Q3_K>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
-        case qb::W_Q4_K: block_rows<qb::Q4_K>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
-        case qb::W_Q5_K: block_rows<qb::Q5_K>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
-        case qb::W_Q6_K: block_rows<qb::Q6_K>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
-    }
+    if (!with_block_type(kind, [&](auto b) { block_rows<decltype(b)>(wr, rows, K, x, ldx, y, ldy, M, acc); }))
+        tl_linear(kind, wr, d ? d + n0 * (K / 32) : nullptr, x, ldx, y, ldy, M, rows, K, acc, 1);
 }
+
+/* Rows [n0, n0 + rows) of any weight kind as float32 into out [rows, K]. */
+void expand_rows_of(int kind, const void* w, const float* d, i64 K, i64 n0, i64 rows, float* out) {
+    const uint8_t* wr = (const uint8_t*)w + n0 * row_bytes_of(kind, K);
+    if (kind == W_F32) memcpy(out, wr, rows * K * sizeof(float));
+    else if (!with_block_type(kind, [&](auto b) { expand_block_rows<decltype(b)>(wr, rows, K, out); }))
+        tl_expand_rows(kind, w, d, K, n0, n0 + rows, out);
+}
+
+#if defined(__AVX512F__)
+/* Output rows [n0, n0 + rows) of one weight for many x-rows (`xt`, gemm::pack_x): the
+   rows expanded once into a float32 buffer that stays in L2, then the packed-x GEMM. */
+void weight_rows_gemm(int kind, const void* w, const float* d, i64 K, i64 n0, i64 rows, const float* xt, i64 M,
+                      float* y, i64 ldy, int acc) {
+    if (kind == W_F32) {
+        gemm::multiply(xt, M, (const float*)w + n0 * K, rows, K, y + n0, ldy, acc);
+        return;
+    }
+    thread_local std::vector<float> buf;
+    if ((i64)buf.size() < rows * K) buf.resize(rows * K);
+    expand_rows_of(kind, w, d, K, n0, rows, buf.data());
+    gemm::multiply(xt, M, buf.data(), rows, K, y + n0, ldy, acc);
+}
+#endif
 
 struct Part {
     int kind;
@@ -330,19 +365,43 @@ i64 parts_of(int kind, const void* w, const float* d, i64 N, Part* parts, int& n
 
 extern "C" void tl_set_inreg_max_rows(i64 rows) { g_inreg_max_rows = rows; }
 
-/* Every weight kind above W_Q8_0 (triolm_kernels.cpp's `linear` hands them over). */
+/* Every weight kind above W_Q8_0, and F16/Q8_0/F32 for many x-rows (triolm_kernels.cpp's
+   `linear` hands them over). */
 extern "C" void tl_linear_ext(int kind, const void* w, const float* d, const float* x, i64 ldx, float* y,
                               i64 ldy, i64 M, i64 N, i64 K, int accumulate, int nthreads) {
     Part parts[8];  // StackedLinear.MAX_PARTS
     int np = 0;
     const i64 nchunks = parts_of(kind, w, d, N, parts, np, 8);
     if (np == 0) return;
-    parallel_for(nchunks, nthreads, [&](i64 c) {
+    auto chunk = [&](i64 c, i64& r0, i64& rows) -> const Part& {
         int p = np - 1;
         while (p > 0 && parts[p].chunk0 > c) p--;
-        const Part& P = parts[p];
-        const i64 r0 = (c - P.chunk0) * NCHUNK_Q;
-        const i64 rows = P.rows - r0 < NCHUNK_Q ? P.rows - r0 : NCHUNK_Q;
+        r0 = (c - parts[p].chunk0) * NCHUNK_Q;
+        rows = parts[p].rows - r0 < NCHUNK_Q ? parts[p].rows - r0 : NCHUNK_Q;
+        return parts[p];
+    };
+#if defined(__AVX512F__)
+    i64 inreg = g_inreg_max_rows;
+    for (int p = 0; p < np; p++) inreg = inreg_max_rows(parts[p].kind) < inreg ? inreg_max_rows(parts[p].kind) : inreg;
+    if (M > inreg || kind <= W_Q8_0) {
+        /* x packed once for every chunk (gemm_f32.h); F32/F16/Q8_0 come here only for
+           many x-rows */
+        thread_local std::vector<float> xbuf;
+        const i64 need = gemm::panels(M) * K * 16 + 16;
+        if ((i64)xbuf.size() < need) xbuf.resize(need);
+        float* xt = (float*)(((uintptr_t)xbuf.data() + 63) & ~(uintptr_t)63);
+        gemm::pack_x(x, ldx, M, K, xt);
+        parallel_for(nchunks, nthreads, [&](i64 c) {
+            i64 r0, rows;
+            const Part& P = chunk(c, r0, rows);
+            weight_rows_gemm(P.kind, P.w, P.d, K, r0, rows, xt, M, y + P.out0, ldy, accumulate);
+        });
+        return;
+    }
+#endif
+    parallel_for(nchunks, nthreads, [&](i64 c) {
+        i64 r0, rows;
+        const Part& P = chunk(c, r0, rows);
         weight_rows(P.kind, P.w, P.d, K, r0, rows, x, ldx, y + P.out0, ldy, M, accumulate);
     });
 }
@@ -350,23 +409,8 @@ extern "C" void tl_linear_ext(int kind, const void* w, const float* d, const flo
 /* Rows [0, N) of a block weight as float32 into out [N, K] (prefill's GEMM input). */
 extern "C" void tl_dequant_blocks(int kind, const void* w, float* out, i64 N, i64 K, int nthreads) {
     const i64 nchunks = (N + NCHUNK_Q - 1) / NCHUNK_Q;
-    const i64 rb = row_bytes_of(kind, K);
     parallel_for(nchunks, nthreads, [&](i64 c) {
         const i64 n0 = c * NCHUNK_Q, rows = N - n0 < NCHUNK_Q ? N - n0 : NCHUNK_Q;
-        const uint8_t* wr = (const uint8_t*)w + n0 * rb;
-        float* o = out + n0 * K;
-        switch (kind) {
-            case qb::W_BF16: expand_block_rows<qb::BF16>(wr, rows, K, o); break;
-            case qb::W_Q4_0: expand_block_rows<qb::Q4_0>(wr, rows, K, o); break;
-            case qb::W_Q4_1: expand_block_rows<qb::Q4_1>(wr, rows, K, o); break;
-            case qb::W_Q5_0: expand_block_rows<qb::Q5_0>(wr, rows, K, o); break;
-            case qb::W_Q5_1: expand_block_rows<qb::Q5_1>(wr, rows, K, o); break;
-            case qb::W_Q8_0B: expand_block_rows<qb::Q8_0>(wr, rows, K, o); break;
-            case qb::W_Q2_K: expand_block_rows<qb::Q2_K>(wr, rows, K, o); break;
-            case qb::W_Q3_K: expand_block_rows<qb::Q3_K>(wr, rows, K, o); break;
-            case qb::W_Q4_K: expand_block_rows<qb::Q4_K>(wr, rows, K, o); break;
-            case qb::W_Q5_K: expand_block_rows<qb::Q5_K>(wr, rows, K, o); break;
-            case qb::W_Q6_K: expand_block_rows<qb::Q6_K>(wr, rows, K, o); break;
-        }
+        expand_rows_of(kind, w, nullptr, K, n0, rows, out + n0 * K);
     });
 }

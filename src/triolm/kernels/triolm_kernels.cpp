@@ -371,6 +371,11 @@ static void expand_rows(const WeightRef& W, i64 n0, i64 n1, float* out) {
     }
 }
 
+/* For quant_linear.cpp's chunks of many x-rows. */
+extern "C" void tl_expand_rows(int kind, const void* w, const float* d, i64 K, i64 n0, i64 n1, float* out) {
+    expand_rows(WeightRef{kind, w, d, K}, n0, n1, out);
+}
+
 /* Q8_0 only. On one 3072x576 matrix (us, one thread), expand vs in-register: 8 rows
    491/436, 16 rows 753/874 — but in whole decode steps of the benchmark model (both
    threads, every matrix) in-register wins up to 20 rows: 12 rows 29.5 vs 35.2 ms,
@@ -396,7 +401,15 @@ static void linear(const WeightRef& W, const float* x, i64 ldx, float* y, i64 ld
         return;
     }
     const i64 nchunks = (N + NCHUNK - 1) / NCHUNK;
-    if ((W.kind == W_Q8_0 && M >= g_expand_min_rows) || (W.kind == W_F16 && M > g_f16_inreg_max_rows)) {
+    const bool expand = (W.kind == W_Q8_0 && M >= g_expand_min_rows) || (W.kind == W_F16 && M > g_f16_inreg_max_rows);
+#if TL_AVX512
+    if (expand) {
+        /* chunks expanded once into L2, then the packed-x GEMM (quant_linear.cpp, gemm_f32.h) */
+        tl_linear_ext(W.kind, W.w, W.d, x, ldx, y, ldy, M, N, W.K, accumulate, nthreads);
+        return;
+    }
+#endif
+    if (expand) {
         /* Batches and prompts: expand each chunk of rows once into a float32 buffer that
            stays in L2, so the conversion is not repeated for every group of 8 x-rows.
            Long rows are multiplied in slices of KSLICE columns (partial sums add up in

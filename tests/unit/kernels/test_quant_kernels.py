@@ -1,8 +1,8 @@
 """Every GGUF block type the loader accepts, computed from the file's own bytes, equals the
 `gguf` package's dequantization (gguf.quants.dequantize) up to summation order.
 
-Per type, per row count (1 to 16 rows: weights decoded in registers; 20 to 64: chunk
-expansion inside the kernel; 80 through the layer: expansion + GEMM), per kernel
+Per type, per row count (1 to 16 rows, K-quants 1 to 8: weights decoded in registers;
+more: chunks expanded into L2 and the packed-x GEMM of gemm_f32.h), per kernel
 path: AVX-512, the portable decoders (the library built a second time with
 -mno-avx512f, in a subprocess), and pure torch (no library).
 
@@ -139,7 +139,9 @@ def test_block_linear_matches_gguf_dequantize(qtype, rows):
     assert _relative_error(acc, x, ref, start) <= BOUND
 
 
-LONG_COLS = 1280  # above the kernels' 1024-column slice limit: slices of 512, 512, 256
+#: Above the column slices of the packed GEMM (2048: slices of 2048 + 256) and of the
+#: portable path (1024: slices of 512).
+LONG_COLS = 2304
 
 
 @pytest.mark.parametrize("qtype", TYPES + ("F16", "Q8_0-repacked"))
