@@ -98,8 +98,9 @@ static inline tile_fn tile_of(int nr) {
 }
 
 /* y[m, n] (+)= sum_k x[m, k] * w[n, k] for m < M, n < rows: `xt` from pack_x (M rows, K
-   columns), w float32 [rows, K]. Single thread. */
-static inline void multiply(const float* xt, i64 M, const float* w, i64 rows, i64 K, float* y, i64 ldy, int acc) {
+   columns), w float32 rows `ldw` floats apart. Single thread. */
+static inline void multiply(const float* xt, i64 M, const float* w, i64 ldw, i64 rows, i64 K, float* y, i64 ldy,
+                            int acc) {
     const i64 P = panels(M), ps = K * 16;
     for (i64 k0 = 0; k0 < K; k0 += KS_GEMM) {
         const i64 kc = K - k0 < KS_GEMM ? K - k0 : KS_GEMM;
@@ -112,7 +113,7 @@ static inline void multiply(const float* xt, i64 M, const float* w, i64 rows, i6
             for (i64 n = 0; n < rows; n += 8) {
                 const int nr = rows - n < 8 ? (int)(rows - n) : 8;
                 const tile_fn f = mv == 3 ? tile_of<3>(nr) : mv == 2 ? tile_of<2>(nr) : tile_of<1>(nr);
-                f(xp, ps, w + n * K + k0, K, kc, yp + n, ldy, mrows, a);
+                f(xp, ps, w + n * ldw + k0, ldw, kc, yp + n, ldy, mrows, a);
             }
             p += mv;
         }

@@ -52,6 +52,8 @@ _SIGNATURES = {
                              _ptr, _ptr, _int, _ptr, _i64, _i64, _i64, _i64, _i64, _float, _int],
                             None),
     "tl_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float, _int], None),
+    "tl_prefill_attention": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _i64, _i64, _i64, _i64, _i64, _float,
+                              _int], _int),
     "tl_moe_ffn": ([_ptr, _ptr, _i64, _ptr, _i64, _i64, _int], None),
     "tl_moe_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float, _int], None),
 }

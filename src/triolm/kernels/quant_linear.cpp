@@ -323,13 +323,13 @@ void expand_rows_of(int kind, const void* w, const float* d, i64 K, i64 n0, i64 
 void weight_rows_gemm(int kind, const void* w, const float* d, i64 K, i64 n0, i64 rows, const float* xt, i64 M,
                       float* y, i64 ldy, int acc) {
     if (kind == W_F32) {
-        gemm::multiply(xt, M, (const float*)w + n0 * K, rows, K, y + n0, ldy, acc);
+        gemm::multiply(xt, M, (const float*)w + n0 * K, K, rows, K, y + n0, ldy, acc);
         return;
     }
     thread_local std::vector<float> buf;
     if ((i64)buf.size() < rows * K) buf.resize(rows * K);
     expand_rows_of(kind, w, d, K, n0, rows, buf.data());
-    gemm::multiply(xt, M, buf.data(), rows, K, y + n0, ldy, acc);
+    gemm::multiply(xt, M, buf.data(), K, rows, K, y + n0, ldy, acc);
 }
 #endif
 

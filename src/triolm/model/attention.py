@@ -5,8 +5,10 @@ The cache of one layer is a flat tensor of slots `[num_slots, kv_heads, head_dim
 (`--kv-cache-dtype float16`): values are rounded on write and widened on read. A step
 writes its new keys/values into their slots, then each sequence attends over the slots its block table names.
 
-This module is the torch path (prefill, and decode when the native kernels are not
-built). Native decode (`tl_decode_attention` in kernels/triolm_kernels.cpp) walks the block tables in
+This module is the torch path (prefill with a cached prefix, and everything when the
+native kernels are not built). A prompt with no cached context runs natively
+(`tl_prefill_attention`, kernels/prefill_attention.cpp: two float32 GEMMs per head and
+block of queries, ~2x torch's CPU attention here). Native decode (`tl_decode_attention` in kernels/triolm_kernels.cpp) walks the block tables in
 place instead of gathering each context every layer.
 """
 
@@ -15,6 +17,8 @@ from __future__ import annotations
 import attrs
 import torch
 import torch.nn.functional as F
+
+from triolm.kernels import native
 
 
 @attrs.define
@@ -74,6 +78,10 @@ def _prefill_attention(q, k, v, cache_k, cache_v, meta: AttentionMetadata, scale
     out = torch.empty_like(q)
     for seq in meta.prefill_seqs:
         qs = q[seq.start:seq.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+        if seq.num_cached == 0 and _native_causal(q[seq.start:seq.end], as_stored(k[seq.start:seq.end], cache_k),
+                                                  as_stored(v[seq.start:seq.end], cache_v), out[seq.start:seq.end],
+                                                  scale):
+            continue
         if seq.num_cached == 0:
             ks = as_stored(k[seq.start:seq.end], cache_k).transpose(0, 1).unsqueeze(0)
             vs = as_stored(v[seq.start:seq.end], cache_v).transpose(0, 1).unsqueeze(0)
@@ -89,6 +97,20 @@ def _prefill_attention(q, k, v, cache_k, cache_v, meta: AttentionMetadata, scale
                                                enable_gqa=True)
         out[seq.start:seq.end] = o.squeeze(0).transpose(0, 1)
     return out
+
+
+def _native_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scale: float) -> bool:
+    """Causal attention of one prompt into `out` [n, H, D] by the native kernel; False
+    (nothing written) where it cannot run: no library or no AVX-512, other dtypes, or
+    heads not laid out contiguously."""
+    lib = native.lib()
+    if lib is None or not all(t.dtype == torch.float32 and t.stride(2) == 1 and t.stride(1) == t.shape[2]
+                              for t in (q, k, v, out)):
+        return False
+    n, heads, dim = q.shape
+    return bool(lib.tl_prefill_attention(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(),
+                                         v.stride(0), out.data_ptr(), out.stride(0), n, heads, k.shape[1], dim,
+                                         scale, native.num_threads()))
 
 
 def _decode_attention(q, cache_k, cache_v, meta: AttentionMetadata, scale: float):

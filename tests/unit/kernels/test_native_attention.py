@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from triolm.kernels import native
+from triolm.model.attention import _native_causal
 
 pytestmark = pytest.mark.skipif(native._compiler() is None,
                                 reason="no C++ compiler on this machine: the native kernels cannot exist here")
@@ -72,3 +73,32 @@ def test_decode_attention_matches_reference(head_dim, group):
         assert torch.equal(v_cache[slot].reshape(-1), v_new[b])
     expected = _reference(q, k_cache, v_cache, tables, lens, block_size, kv_heads, scale)
     assert (out - expected).abs().max().item() <= 1e-5
+
+
+def _causal_reference(q, k, v, scale):
+    """Causal attention of one prompt in float64: q [n, H, D], k/v [n, KVH, D]."""
+    group = q.shape[1] // k.shape[1]
+    kk = k.double().repeat_interleave(group, 1)
+    vv = v.double().repeat_interleave(group, 1)
+    scores = torch.einsum("nhd,lhd->hnl", q.double(), kk) * scale
+    n = q.shape[0]
+    scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.einsum("hnl,lhd->nhd", scores.softmax(-1), vv).float()
+
+
+@pytest.mark.parametrize("n", [1, 37, 64, 130])  # one token; one partial, one whole, three query blocks
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 2, 16), (9, 3, 64), (6, 6, 80)])
+def test_prefill_attention_matches_causal_reference(n, heads, kv_heads, head_dim):
+    """`tl_prefill_attention` on q/k/v laid out as the model's fused qkv rows (row stride
+    larger than a head block), grouped-query heads, head sizes inside and outside the
+    16-lane vectors."""
+    assert native.available(), "a C++ compiler is present but the native kernels did not build"
+    g = torch.Generator().manual_seed(n * 100 + heads)
+    qkv = torch.randn(n, (heads + 2 * kv_heads) * head_dim, generator=g) * 2
+    q = qkv[:, :heads * head_dim].view(n, heads, head_dim)
+    k = qkv[:, heads * head_dim:(heads + kv_heads) * head_dim].view(n, kv_heads, head_dim)
+    v = qkv[:, (heads + kv_heads) * head_dim:].view(n, kv_heads, head_dim)
+    out = torch.full((n, heads, head_dim), float("nan"))
+    scale = head_dim ** -0.5
+    assert _native_causal(q, k, v, out, scale)
+    torch.testing.assert_close(out, _causal_reference(q, k, v, scale), rtol=1e-5, atol=1e-5)
