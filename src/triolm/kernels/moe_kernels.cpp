@@ -1,5 +1,4 @@
-/* Mixture-of-experts feed-forward. A MoE decoder's whole decode step is triolm_kernels.cpp's
-   (`tl_moe_decode_step`), which calls `tl_moe_ffn` on its sparse layers.
+/* Mixture-of-experts feed-forward, and the whole decode step of a MoE decoder.
 
    `tl_moe_ffn` takes the normalised hidden states of B tokens and adds their sparse MLP:
    router logits (one linear), softmax over all experts, the top k by probability (ties
@@ -28,6 +27,15 @@ typedef int64_t i64;
 extern "C" void tl_linear(int kind, const void* w, const float* d, const float* x, i64 ldx, float* y,
                           i64 ldy, i64 M, i64 N, i64 K, int accumulate, int nthreads);
 extern "C" void tl_silu_mul(const float* gu, float* out, i64 M, i64 I);
+extern "C" void tl_rms_norm(const float* x, i64 ldx, const float* w, float* out, i64 ldo,
+                            i64 M, i64 N, float eps);
+extern "C" void tl_decode_attention(
+        const float* q, i64 ldq, const float* k_new, i64 ldk, const float* v_new, i64 ldv,
+        void* k_cache, void* v_cache, int kv_kind,
+        const int32_t* block_tables, i64 max_blocks, const int32_t* seq_lens,
+        const float* cos_table, const float* sin_table, int rope,
+        float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads);
+
 #define MOE_HEADER 8
 #define MOE_EXPERT 6
 
@@ -107,5 +115,67 @@ extern "C" void tl_moe_ffn(const i64* moe, const float* h, i64 ldh, float* out, 
         float* o = out + b * ldo;
         const float* a = acc + b * hid;
         for (i64 j = 0; j < hid; j++) o[j] += a[j];
+    }
+}
+
+/* ------------------------------------------------------------------ whole decode step
+   `tl_decode_step` (triolm_kernels.cpp) with a sparse MLP where a layer has one. plan:
+
+     header (PLAN_HEADER): n_layers, hidden, intermediate, heads, kv_heads, head_dim,
+       cos*, sin*, KV cache kind
+     per layer (MOE_PLAN_LAYER slots): input_norm*, post_norm*, qkv kind, w*, d*,
+       qkv bias* (0 = none), q_norm* (0 = none), k_norm*, o kind, w*, d*, gate_up kind,
+       w*, d*, down kind, w*, d* (dense layers), k_cache*, v_cache*, moe table* (0 = dense)
+
+   x [B, hidden] holds the token embeddings and receives the last hidden states. */
+
+#define PLAN_HEADER 9
+#define MOE_PLAN_LAYER 20
+
+extern "C" void tl_moe_decode_step(const i64* plan, float* x, i64 B, const int32_t* block_tables,
+                                   i64 max_blocks, const int32_t* seq_lens, i64 block_size,
+                                   float eps, float scale, int nthreads) {
+    const i64 n_layers = plan[0], hid = plan[1], inter = plan[2], H = plan[3], KVH = plan[4], D = plan[5];
+    const float* cos_t = (const float*)plan[6];
+    const float* sin_t = (const float*)plan[7];
+    const int kv_kind = (int)plan[8];
+    const i64 qd = H * D, kvd = KVH * D, qkvd = qd + 2 * kvd;
+    thread_local std::vector<float> scratch;
+    const size_t need = (size_t)(B * (hid + qkvd + qd + 3 * inter));
+    if (scratch.size() < need) scratch.resize(need);
+    float* h = scratch.data();
+    float* qkv = h + B * hid;
+    float* attn = qkv + B * qkvd;
+    float* gu = attn + B * qd;
+    float* act = gu + B * 2 * inter;
+    for (i64 l = 0; l < n_layers; l++) {
+        const i64* p = plan + PLAN_HEADER + l * MOE_PLAN_LAYER;
+        tl_rms_norm(x, hid, (const float*)p[0], h, hid, B, hid, eps);
+        tl_linear((int)p[2], (const void*)p[3], (const float*)p[4], h, hid, qkv, qkvd, B, qkvd, hid, 0, nthreads);
+        if (p[5]) {
+            const float* bias = (const float*)p[5];
+            for (i64 b = 0; b < B; b++)
+                for (i64 j = 0; j < qkvd; j++) qkv[b * qkvd + j] += bias[j];
+        }
+        if (p[6]) {
+            for (i64 b = 0; b < B; b++) {
+                float* q = qkv + b * qkvd;
+                tl_rms_norm(q, D, (const float*)p[6], q, D, H, D, eps);
+                tl_rms_norm(q + qd, D, (const float*)p[7], q + qd, D, KVH, D, eps);
+            }
+        }
+        tl_decode_attention(qkv, qkvd, qkv + qd, qkvd, qkv + qd + kvd, qkvd, (void*)p[17], (void*)p[18], kv_kind,
+                            block_tables, max_blocks, seq_lens, cos_t, sin_t, 1, attn, B, H, KVH, D,
+                            block_size, scale, nthreads);
+        tl_linear((int)p[8], (const void*)p[9], (const float*)p[10], attn, qd, x, hid, B, hid, qd, 1, nthreads);
+        tl_rms_norm(x, hid, (const float*)p[1], h, hid, B, hid, eps);
+        if (p[19]) {
+            tl_moe_ffn((const i64*)p[19], h, hid, x, hid, B, nthreads);
+            continue;
+        }
+        tl_linear((int)p[11], (const void*)p[12], (const float*)p[13], h, hid, gu, 2 * inter, B, 2 * inter, hid, 0,
+                  nthreads);
+        tl_silu_mul(gu, act, B, inter);
+        tl_linear((int)p[14], (const void*)p[15], (const float*)p[16], act, inter, x, hid, B, hid, inter, 1, nthreads);
     }
 }

@@ -939,20 +939,15 @@ extern "C" void tl_decode_attention_windowed(
      per layer (PLAN_LAYER slots): input_norm*, post_norm*, qkv kind, qkv w*, qkv d*,
        qkv bias* (0 = none), q_norm* (0 = none), k_norm*, o kind, o w*, o d*, gate_up
        kind, w*, d*, down kind, w*, d*, k_cache*, v_cache*
-     a MoE decoder's layers (tl_moe_decode_step, model/moe.py) have one slot more, last:
-       the layer's `tl_moe_ffn` table (0 = a dense layer)
 
    x [B, hidden] holds the token embeddings and receives the last hidden states. */
 
 #define PLAN_HEADER 9
 #define PLAN_LAYER 19
 
-/* The sparse MLP of a MoE layer (moe_kernels.cpp). */
-extern "C" void tl_moe_ffn(const i64* moe, const float* h, i64 ldh, float* out, i64 ldo, i64 B, int nthreads);
-
-static void decode_layers(const i64* plan, i64 layer_slots, float* x, i64 B, const int32_t* block_tables,
-                          i64 max_blocks, const int32_t* seq_lens, i64 block_size, float eps, float scale,
-                          int nthreads) {
+extern "C" void tl_decode_step(const i64* plan, float* x, i64 B, const int32_t* block_tables,
+                               i64 max_blocks, const int32_t* seq_lens, i64 block_size,
+                               float eps, float scale, int nthreads) {
     const i64 n_layers = plan[0], hid = plan[1], inter = plan[2], H = plan[3], KVH = plan[4], D = plan[5];
     const float* cos_t = (const float*)plan[6];
     const float* sin_t = (const float*)plan[7];
@@ -967,7 +962,7 @@ static void decode_layers(const i64* plan, i64 layer_slots, float* x, i64 B, con
     float* gu = attn + B * qd;
     float* act = gu + B * 2 * inter;
     for (i64 l = 0; l < n_layers; l++) {
-        const i64* p = plan + PLAN_HEADER + l * layer_slots;
+        const i64* p = plan + PLAN_HEADER + l * PLAN_LAYER;
         tl_rms_norm(x, hid, (const float*)p[0], h, hid, B, hid, eps);
         linear(WeightRef{(int)p[2], (const void*)p[3], (const float*)p[4], hid}, h, hid, qkv, qkvd, B, qkvd, 0, nthreads);
         if (p[5]) {
@@ -987,25 +982,8 @@ static void decode_layers(const i64* plan, i64 layer_slots, float* x, i64 B, con
                             block_size, scale, nthreads);
         linear(WeightRef{(int)p[8], (const void*)p[9], (const float*)p[10], qd}, attn, qd, x, hid, B, hid, 1, nthreads);
         tl_rms_norm(x, hid, (const float*)p[1], h, hid, B, hid, eps);
-        if (layer_slots > PLAN_LAYER && p[layer_slots - 1]) {
-            tl_moe_ffn((const i64*)p[layer_slots - 1], h, hid, x, hid, B, nthreads);
-            continue;
-        }
         linear(WeightRef{(int)p[11], (const void*)p[12], (const float*)p[13], hid}, h, hid, gu, 2 * inter, B, 2 * inter, 0, nthreads);
         tl_silu_mul(gu, act, B, inter);
         linear(WeightRef{(int)p[14], (const void*)p[15], (const float*)p[16], inter}, act, inter, x, hid, B, hid, 1, nthreads);
     }
-}
-
-extern "C" void tl_decode_step(const i64* plan, float* x, i64 B, const int32_t* block_tables,
-                               i64 max_blocks, const int32_t* seq_lens, i64 block_size,
-                               float eps, float scale, int nthreads) {
-    decode_layers(plan, PLAN_LAYER, x, B, block_tables, max_blocks, seq_lens, block_size, eps, scale, nthreads);
-}
-
-extern "C" void tl_moe_decode_step(const i64* plan, float* x, i64 B, const int32_t* block_tables,
-                                   i64 max_blocks, const int32_t* seq_lens, i64 block_size,
-                                   float eps, float scale, int nthreads) {
-    decode_layers(plan, PLAN_LAYER + 1, x, B, block_tables, max_blocks, seq_lens, block_size, eps, scale,
-                  nthreads);
 }

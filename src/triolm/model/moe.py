@@ -199,7 +199,7 @@ class MoeModel:
 
 class MoeCacheState(CacheState):
     """`CacheState` whose decode plan has a MoE table slot per layer (layout in
-    kernels/triolm_kernels.cpp, `tl_moe_decode_step`)."""
+    kernels/moe_kernels.cpp, `tl_moe_decode_step`)."""
 
     model: MoeModel
 
