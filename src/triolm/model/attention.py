@@ -8,8 +8,9 @@ writes its new keys/values into their slots, then each sequence attends over the
 This module is the torch path (prefill with a cached prefix, and everything when the
 native kernels are not built). A prompt with no cached context runs natively
 (`tl_prefill_attention`, kernels/prefill_attention.cpp: two float32 GEMMs per head and
-block of queries, ~2x torch's CPU attention here). Native decode (`tl_decode_attention` in kernels/triolm_kernels.cpp) walks the block tables in
-place instead of gathering each context every layer.
+block of queries, ~2x torch's CPU attention here). Native decode
+(`tl_decode_attention` in kernels/triolm_kernels.cpp) walks the block tables in place
+instead of gathering each context every layer.
 """
 
 from __future__ import annotations
