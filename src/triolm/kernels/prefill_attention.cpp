@@ -74,7 +74,8 @@ extern "C" int tl_prefill_attention(const float* q, i64 ldq, const float* k, i64
                                     int nthreads) {
 #if defined(__AVX512F__)
     /* keys per kv head contiguous [n, D]; values transposed [D, n] (the second GEMM's weight rows) */
-    std::vector<float> kc((size_t)(KVH * n * D)), vt((size_t)(KVH * D * n));
+    thread_local std::vector<float> kc, vt;  // the caller's, reused from layer to layer
+    if (kc.size() < (size_t)(KVH * n * D)) { kc.resize((size_t)(KVH * n * D)); vt.resize((size_t)(KVH * n * D)); }
     parallel_for(KVH, nthreads, [&](i64 g) {
         for (i64 j = 0; j < n; j++) {
             memcpy(kc.data() + (g * n + j) * D, k + j * ldk + g * D, D * sizeof(float));
