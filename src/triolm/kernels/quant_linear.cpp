@@ -6,9 +6,10 @@
    Few x-rows (decode): each 32-value group of a weight row is decoded in registers and
    feeds one FMA per x-row, accumulating in float32 — the weights stream from memory once
    per call whatever the type. Many x-rows: each chunk of weight rows is expanded once
-   into a float32 buffer that stays in L2, then multiplied by the float32 tiles of
-   triolm_kernels.cpp (`tl_linear` on that buffer), so decoding is not repeated per group
-   of x-rows. Without AVX-512 the same code runs with the portable decoders.
+   into a float32 buffer that stays in L2, then multiplied with the x-rows packed once per
+   call (gemm_f32.h), so decoding is not repeated per group of x-rows. Without AVX-512 the
+   portable decoders expand the chunk in column slices for triolm_kernels.cpp's float32
+   tiles (`tl_linear` on that buffer).
 
    Threads: the caller's parallel loop (`tl_parallel_for`, triolm_kernels.cpp) over chunks
    of NCHUNK_Q weight rows; a stacked weight's parts share one loop. */
