@@ -49,7 +49,8 @@ static inline void pack_x(const float* x, i64 ldx, i64 M, i64 K, float* out) {
                                                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
             const float* xp = x + 16 * p * ldx;
             if (ldx * 16 < (i64)1 << 31)
-                for (; k < K; k++) _mm512_store_ps(o + k * 16, _mm512_i32gather_ps(idx, xp + k, 4));
+                for (; k < K; k++)
+                    _mm512_store_ps(o + k * 16, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), (__mmask16)0xFFFF, idx, xp + k, 4));
         }
         for (; k < K; k++)
             for (i64 i = 0; i < rows; i++) o[k * 16 + i] = x[(16 * p + i) * ldx + k];
