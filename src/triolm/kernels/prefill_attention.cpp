@@ -74,11 +74,13 @@ extern "C" int tl_prefill_attention(const float* q, i64 ldq, const float* k, i64
                                     int nthreads) {
 #if defined(__AVX512F__)
     /* keys per kv head contiguous [n, D]; values transposed [D, n] (the second GEMM's weight rows) */
-    thread_local std::vector<float> kc, vt;  // the caller's, reused from layer to layer
-    if (kc.size() < (size_t)(KVH * n * D)) { kc.resize((size_t)(KVH * n * D)); vt.resize((size_t)(KVH * n * D)); }
+    thread_local std::vector<float> kbuf, vbuf;  // the caller's, reused from layer to layer
+    if (kbuf.size() < (size_t)(KVH * n * D)) { kbuf.resize((size_t)(KVH * n * D)); vbuf.resize((size_t)(KVH * n * D)); }
+    float* const kc = kbuf.data();  // the workers see these pointers, not their own thread_local buffers
+    float* const vt = vbuf.data();
     parallel_for(KVH, nthreads, [&](i64 g) {
         for (i64 j = 0; j < n; j++) {
-            memcpy(kc.data() + (g * n + j) * D, k + j * ldk + g * D, D * sizeof(float));
+            memcpy(kc + (g * n + j) * D, k + j * ldk + g * D, D * sizeof(float));
             for (i64 d = 0; d < D; d++) vt[(g * D + d) * n + j] = v[j * ldv + g * D + d];
         }
     });
@@ -94,7 +96,7 @@ extern "C" int tl_prefill_attention(const float* q, i64 ldq, const float* k, i64
         float* xa = (float*)(((uintptr_t)xt.data() + 63) & ~(uintptr_t)63);
         float* pa = (float*)(((uintptr_t)pt.data() + 63) & ~(uintptr_t)63);
         gemm::pack_x(q + r0 * ldq + h * D, ldq, rows, D, xa);
-        gemm::multiply(xa, rows, kc.data() + g * n * D, D, L, D, s.data(), L, 0);
+        gemm::multiply(xa, rows, kc + g * n * D, D, L, D, s.data(), L, 0);
         float inv[QB];
         for (i64 m = 0; m < rows; m++) {
             float* row = s.data() + m * L;
@@ -104,7 +106,7 @@ extern "C" int tl_prefill_attention(const float* q, i64 ldq, const float* k, i64
         }
         gemm::pack_x(s.data(), L, rows, L, pa);
         float* o = out + r0 * ldo + h * D;
-        gemm::multiply(pa, rows, vt.data() + g * D * n, n, D, L, o, ldo, 0);
+        gemm::multiply(pa, rows, vt + g * D * n, n, D, L, o, ldo, 0);
         for (i64 m = 0; m < rows; m++)
             for (i64 d = 0; d < D; d++) o[m * ldo + d] *= inv[m];
     });
