@@ -28,7 +28,7 @@ from triolm.protocol.validation import parse_request
 from triolm.router import dispatch
 from triolm.router.backend_client import BackendBroke
 from triolm.router.backends import read_backends_file
-from triolm.router.chat import FleetChat, tool_parsing_mode
+from triolm.router.chat import FleetChat
 from triolm.router.state import RouterState
 from triolm.runtime.lanes import text_chars
 
@@ -77,7 +77,7 @@ async def chat_completions():
     _check_running(st)
     check_model_name(st, body.model)
     prompt = await render_prompt(st, body)
-    run = FleetChat(st, body, prompt, tool_parsing_mode(st, body))
+    run = FleetChat(st, body, prompt)
     choice = dispatch.choose(st, prompt.token_ids)
     if body.stream:
         response = sse_response(await run.open_stream(choice))

@@ -13,6 +13,7 @@ from triolm.http.completions import prepare_completion
 from triolm.http.state import AppState
 from triolm.prompting.prompts import encode_text
 from triolm.protocol.errors import APIError, bad_request
+from triolm.protocol.plan import chat_messages, resolve_chat, resolve_completion
 from triolm.protocol.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -45,19 +46,22 @@ def sse_response(body) -> Response:
 # -- OpenAI -----------------------------------------------------------------------------
 @bp.post("/v1/chat/completions")
 async def chat_completions():
+    st = state()
     body = parse_request(ChatCompletionRequest, await json_body())
-    plan = await prepare_chat(state(), body)
-    run = ChatRun(state(), plan)
-    if body.stream:
+    plan = resolve_chat(body, st.model_info(body.model))
+    run = ChatRun(st, await prepare_chat(st, plan))
+    if plan.stream:
         return sse_response(run.stream())
     return jsonify(await run.complete())
 
 
 @bp.post("/v1/completions")
 async def completions():
+    st = state()
     body = parse_request(CompletionRequest, await json_body())
-    run = await prepare_completion(state(), body)
-    if body.stream:
+    plan = resolve_completion(body, st.model_info(body.model))
+    run = await prepare_completion(st, plan)
+    if plan.stream:
         return sse_response(run.stream())
     return jsonify(await run.complete())
 
@@ -108,7 +112,7 @@ async def tokenize():
 
         chat_body = parse_body(ChatCompletionRequest, {"messages": body.messages, "tools": body.tools,
                                                        "add_generation_prompt": body.add_generation_prompt})
-        tokens = (await render_for_request(st, served, chat_body, check_context=False)).token_ids
+        tokens = (await render_for_request(st, served, chat_messages(chat_body), check_context=False)).token_ids
     else:
         tokens = await st.lanes.run(st.lanes.for_chars(len(body.prompt)), encode_text, served, body.prompt,
                                     body.add_special_tokens)

@@ -1,12 +1,10 @@
-"""The one request validator of every generating route (/v1/chat/completions,
-/v1/completions, the session routes): a JSON object becomes a checked request, or a 400
-naming the field and the limit.
-
-Two stages, because some limits are the served model's:
-- `parse_request` — shape, ranges and field combinations (pydantic, `schemas`);
+"""The two checking stages of the request resolver (protocol.plan), a 400 naming the
+field and the limit otherwise:
+- `parse_request` — shape, ranges and field combinations (pydantic, `schemas`), before
+  anything of the model is known (so a bad body is a 400 even while the model loads);
 - `check_against_model` — what needs the model's numbers but not the prompt: n, the
   vocabulary, max/min_tokens against the context, the generations the server can queue.
-The prompt-length checks (`sampling.check_context`) follow rendering/tokenization.
+The prompt-length check (`GenerationPlan.max_tokens_for`) follows rendering/tokenization.
 """
 
 from __future__ import annotations
@@ -22,13 +20,16 @@ Request = TypeVar("Request", ChatCompletionRequest, CompletionRequest)
 
 
 @attrs.frozen
-class RequestLimits:
-    """The numbers a request is checked against: the model's and the server's."""
+class ModelInfo:
+    """What a request is checked and resolved against: the served model's numbers and
+    formats, and the server's limits."""
 
     vocab_size: int
     max_model_len: int
     max_n: int
     max_queue: int
+    tool_parser: str | None = None  # the model's tool-call format (prompting.tool_parsers)
+    reasoning: bool = False  # the model has a reasoning parser (its thinking markup may be special tokens)
 
 
 def parse_request(kind: type[Request], data: Any) -> Request:
@@ -61,7 +62,7 @@ def num_prompts(body: SamplingFields) -> int:
     return 1
 
 
-def check_against_model(body: SamplingFields, limits: RequestLimits) -> None:
+def check_against_model(body: SamplingFields, limits: ModelInfo) -> None:
     """The checks that need the model's and server's numbers but not the prompt."""
     if body.n < 1 or body.n > limits.max_n:
         raise bad_request(f"n must be between 1 and {limits.max_n}, got {body.n}", param="n")
