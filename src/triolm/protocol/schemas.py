@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from triolm.protocol.chat_messages import normalize_messages
-from triolm.protocol.errors import APIError, RequestError
+from triolm.protocol.errors import RequestError
 from triolm.protocol.request_fields import refuse_unsupported
 
 # What the chat template renderer itself binds (triolm.prompting.template): a request's
@@ -187,12 +187,12 @@ class ChatCompletionRequest(SamplingFields):
     def check_one_prompt(self) -> None:
         """Exactly one of messages and prompt_token_ids (a 400 naming the field)."""
         if self.messages is None and self.prompt_token_ids is None:
-            raise APIError(400, "'messages' is required (or 'prompt_token_ids')", param="messages")
+            raise RequestError("'messages' is required (or 'prompt_token_ids')", param="messages")
         if self.messages is not None and self.prompt_token_ids is not None:
-            raise APIError(400, "give either 'messages' or 'prompt_token_ids', not both",
-                           param="prompt_token_ids")
+            raise RequestError("give either 'messages' or 'prompt_token_ids', not both",
+                               param="prompt_token_ids")
         if self.prompt_token_ids is not None and not self.prompt_token_ids:
-            raise APIError(400, "prompt_token_ids must not be empty", param="prompt_token_ids")
+            raise RequestError("prompt_token_ids must not be empty", param="prompt_token_ids")
 
     @property
     def template_variables(self) -> dict[str, Any] | None:
@@ -271,7 +271,7 @@ Body = TypeVar("Body", bound=BaseModel)
 
 def parse_body(model: type[Body], data: Any) -> Body:
     if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object")
+        raise RequestError("request body must be a JSON object")
     if issubclass(model, SamplingFields):
         data = refuse_unsupported(data)
     try:
@@ -282,9 +282,9 @@ def parse_body(model: type[Body], data: Any) -> Body:
         param = loc[0] if loc else None
         where = ".".join(loc)
         if err.get("type") == "extra_forbidden":
-            raise APIError(400, f"unknown field '{where}': this server does not support it",
-                           param=param, code="unknown_parameter") from None
+            raise RequestError(f"unknown field '{where}': this server does not support it",
+                               param=param, code="unknown_parameter") from None
         msg = err.get("msg", "invalid value")
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        raise APIError(400, f"invalid '{where}': {msg}" if where else msg, param=param) from None
+        raise RequestError(f"invalid '{where}': {msg}" if where else msg, param=param) from None
