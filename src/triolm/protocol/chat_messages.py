@@ -14,6 +14,7 @@ hashes the exact string into its tokens; `tool_call_arguments` parses them for t
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from triolm.protocol.errors import RequestError
@@ -38,7 +39,7 @@ def _normalized(i: int, message: dict[str, Any]) -> dict[str, Any]:
         raise RequestError(f"messages[{i}].content must be a string or a list of content parts", param="messages")
     if isinstance(content, list):
         for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            if not is_text_part(part):
                 raise RequestError(f"messages[{i}].content: only text parts are supported", param="messages")
     if role == "tool" and not isinstance(message.get("tool_call_id", ""), str):
         raise RequestError(f"messages[{i}].tool_call_id must be a string", param="messages")
@@ -50,6 +51,12 @@ def _normalized(i: int, message: dict[str, Any]) -> dict[str, Any]:
     if role == "assistant" and isinstance(content, list):
         out["content"] = content_text(content)
     return out
+
+
+def is_text_part(part: Any) -> bool:
+    """A content part this server takes: `{"type": "text", "text": "..."}` (text models:
+    images and audio are refused, never fetched)."""
+    return isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)
 
 
 def content_text(content: str | list[dict[str, Any]] | None) -> str:
