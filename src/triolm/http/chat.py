@@ -32,6 +32,7 @@ from triolm.protocol.errors import bad_request
 from triolm.protocol.plan import ChatMessages, GenerationPlan, PromptTokenIds
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.protocol.tool_calls import tool_calls_finish_reason
+from triolm.protocol.validation import check_token_ids
 from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
 from triolm.runtime.generation import Generation
 from triolm.runtime.lanes import text_chars, verbatim_prompt_chars
@@ -70,10 +71,7 @@ async def render_for_request(state: AppState, served: ServedModel, chat: ChatMes
         if check_context:
             check_prompt_chars(served, verbatim_prompt_chars(chat.messages), "messages")
         limiter = lanes.for_chars(text_chars(chat.messages) + text_chars(chat.tools))
-        if served.mistral_tokenizer is not None:
-            if chat.add_special_tokens:
-                raise bad_request("add_special_tokens is not supported with mistral-common's tokenizer "
-                                  "(it writes the special tokens itself)", param="add_special_tokens")
+        if served.mistral_tokenizer is not None:  # it writes the special tokens itself
             return await lanes.run(
                 limiter, render_chat_prompt, served, chat.messages, chat.tools,
                 chat.add_generation_prompt, chat.continue_final_message, chat.template_variables)
@@ -97,11 +95,7 @@ async def render_for_request(state: AppState, served: ServedModel, chat: ChatMes
 async def prompt_from_token_ids(state: AppState, served: ServedModel, token_ids: list[int]) -> RenderedPrompt:
     """A chat prompt given as token ids (`prompt_token_ids`): used as they are, with their
     decoded text (special tokens kept) as the prompt's text."""
-    vocab = served.config.vocab_size
-    bad = next((t for t in token_ids if not 0 <= t < vocab), None)
-    if bad is not None:
-        raise bad_request(f"prompt_token_ids: token id {bad} is outside the vocabulary (0..{vocab - 1})",
-                          param="prompt_token_ids")
+    check_token_ids(token_ids, served.config.vocab_size, "prompt_token_ids")
     text = await state.lanes.run(state.lanes.for_chars(len(token_ids) * 4), served.tokenizer.decode,
                                  token_ids, False)
     return RenderedPrompt(text, list(token_ids))

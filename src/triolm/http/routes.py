@@ -21,7 +21,7 @@ from triolm.protocol.schemas import (
     TokenizeRequest,
     parse_body,
 )
-from triolm.protocol.validation import parse_request
+from triolm.protocol.validation import check_token_ids, parse_request
 
 bp = Blueprint("triolm", __name__)
 
@@ -143,10 +143,7 @@ async def detokenize():
     body = parse_body(DetokenizeRequest, await json_body())
     served = st.serving().served
     st.check_model_name(body.model)
-    vocab = served.config.vocab_size
-    bad = [t for t in body.tokens if not 0 <= t < vocab]
-    if bad:
-        raise bad_request(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
+    check_token_ids(body.tokens, served.config.vocab_size, "tokens")
     text = await st.lanes.run(st.lanes.for_chars(len(body.tokens) * _CHARS_PER_TOKEN_ID),
                               served.tokenizer.decode, body.tokens, False)
     return jsonify({"prompt": text})

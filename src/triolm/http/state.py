@@ -70,7 +70,8 @@ class AppState:
         served = runtime.served
         return ModelInfo(vocab_size=served.config.vocab_size, max_model_len=served.max_model_len,
                          max_n=self.settings.max_n, max_queue=runtime.driver.max_queue,
-                         tool_parser=served.tool_parser, reasoning=served.reasoning is not None)
+                         tool_parser=served.tool_parser, reasoning=served.reasoning is not None,
+                         renders_tokens=served.mistral_tokenizer is not None)
 
     def check_model_name(self, requested: str | None) -> None:
         if requested and self.runtime is not None and requested != self.runtime.served.name:

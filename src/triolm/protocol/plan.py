@@ -26,7 +26,7 @@ from triolm.protocol.chat_messages import content_text
 from triolm.protocol.errors import RequestError, bad_request
 from triolm.protocol.sampling import check_context, sampling_params, stop_strings
 from triolm.protocol.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
-from triolm.protocol.validation import ModelInfo, check_against_model, requested_max_tokens
+from triolm.protocol.validation import ModelInfo, check_against_model, check_token_ids, requested_max_tokens
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
@@ -154,9 +154,13 @@ def resolve_chat(body: ChatCompletionRequest, model: ModelInfo, *,
                           param="truncate_prompt_tokens")
     prompt: PromptSource
     if body.prompt_token_ids is not None:
+        check_token_ids(body.prompt_token_ids, model.vocab_size, "prompt_token_ids")
         prompt = PromptTokenIds(list(body.prompt_token_ids))
     else:
         prompt = chat_messages(body)
+        if model.renders_tokens and prompt.add_special_tokens:
+            raise bad_request("add_special_tokens is not supported with mistral-common's tokenizer "
+                              "(it writes the special tokens itself)", param="add_special_tokens")
     tool_parser = reply_tool_parser(session_tool_parser or model.tool_parser, body.tools, body.tool_choice)
     sampling = sampling_params(body)
     return GenerationPlan(
@@ -186,7 +190,8 @@ def resolve_completion(body: CompletionRequest, model: ModelInfo) -> GenerationP
         prompt_logprobs = body.logprobs
     answer = answer_constraint(body)
     return GenerationPlan(
-        request=body, prompt=CompletionPrompts(_completion_prompts(body.prompt), body.add_special_tokens),
+        request=body, prompt=CompletionPrompts(completion_prompts(body.prompt, model.vocab_size),
+                                               body.add_special_tokens),
         n=body.n, max_tokens=COMPLETION_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
         max_model_len=model.max_model_len, prompt_param="prompt", sampling=sampling_params(body),
         prompt_logprobs_once=False, stops=tuple(stop_strings(body)),
@@ -211,19 +216,25 @@ def _include_usage(body: SamplingFields) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
-def _completion_prompts(prompt: Any) -> list[str | list[int]]:
+def completion_prompts(prompt: Any, vocab_size: int) -> list[str | list[int]]:
     """A completion's `prompt` (a string, strings, token ids or lists of token ids) as
-    one entry per prompt."""
+    one entry per prompt; token ids are checked here, text once it is tokenized."""
     if isinstance(prompt, str):
         return [prompt]
     if prompt and all(isinstance(p, str) for p in prompt):
         return list(prompt)
     if prompt and all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]
-    if prompt and all(isinstance(p, list) for p in prompt):
-        return [list(p) for p in prompt]
-    raise bad_request("prompt must be a string, a list of strings, a list of token ids "
-                      "or a list of lists of token ids, and not empty", param="prompt")
+        prompts = [list(prompt)]
+    elif prompt and all(isinstance(p, list) for p in prompt):
+        prompts = [list(p) for p in prompt]
+    else:
+        raise bad_request("prompt must be a string, a list of strings, a list of token ids "
+                          "or a list of lists of token ids, and not empty", param="prompt")
+    for ids in prompts:
+        if not ids:
+            raise bad_request("prompt must not be empty", param="prompt")
+        check_token_ids(ids, vocab_size, "prompt")
+    return list(prompts)
 
 
 def _echoed_text(body: ChatCompletionRequest) -> str:

@@ -9,6 +9,7 @@ The prompt-length check (`GenerationPlan.max_tokens_for`) follows rendering/toke
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import attrs
@@ -30,6 +31,7 @@ class ModelInfo:
     max_queue: int
     tool_parser: str | None = None  # the model's tool-call format (prompting.tool_parsers)
     reasoning: bool = False  # the model has a reasoning parser (its thinking markup may be special tokens)
+    renders_tokens: bool = False  # mistral-common renders its chats, special tokens included
 
 
 def parse_request(kind: type[Request], data: Any) -> Request:
@@ -89,17 +91,18 @@ def check_against_model(body: SamplingFields, limits: ModelInfo) -> None:
             token_id = int(key)
         except ValueError:
             raise bad_request(f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
-        if not 0 <= token_id < vocab_size:
-            raise bad_request(f"logit_bias token id {token_id} is outside the vocabulary "
-                              f"(0..{vocab_size - 1})", param="logit_bias")
-    for token_id in body.stop_token_ids or ():
-        if not 0 <= token_id < vocab_size:
-            raise bad_request(f"stop_token_ids: {token_id} is outside the vocabulary", param="stop_token_ids")
-    for token_id in body.allowed_token_ids or ():
-        if not 0 <= token_id < vocab_size:
-            raise bad_request(f"allowed_token_ids: {token_id} is outside the vocabulary",
-                              param="allowed_token_ids")
+        check_token_ids([token_id], vocab_size, "logit_bias")
+    check_token_ids(body.stop_token_ids or (), vocab_size, "stop_token_ids")
+    check_token_ids(body.allowed_token_ids or (), vocab_size, "allowed_token_ids")
     if body.prompt_logprobs is not None and body.stream:
         raise bad_request("prompt_logprobs are not available when stream is true", param="prompt_logprobs")
     if isinstance(body, ChatCompletionRequest) and body.logprobs is False and body.top_logprobs:
         raise bad_request("top_logprobs requires logprobs: true", param="top_logprobs")
+
+
+def check_token_ids(token_ids: Iterable[int], vocab_size: int, param: str) -> None:
+    """Every id names a token of the vocabulary, or a 400 naming `param` and the first
+    that does not."""
+    bad = next((t for t in token_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise bad_request(f"{param}: token id {bad} is outside the vocabulary (0..{vocab_size - 1})", param=param)

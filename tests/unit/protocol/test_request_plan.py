@@ -200,10 +200,26 @@ def test_more_generations_than_the_server_queues_is_too_large():
     ({"suffix": "end"}, "suffix"),
     ({"prompt": []}, "prompt"),
     ({"prompt": [[1], "a"]}, "prompt"),
+    ({"prompt": [[1], []]}, "prompt"),
+    ({"prompt": [5, 1000]}, "prompt"),
     ({"max_tokens": 0}, "max_tokens"),
 ])
 def test_completion_refusals_name_the_param(fields, param):
     assert refusal(completion, **fields).param == param
+
+
+def test_prompt_token_ids_must_be_in_the_vocabulary():
+    body = parse_request(ChatCompletionRequest, {"prompt_token_ids": [1, 1000]})
+    with pytest.raises(RequestError) as caught:
+        resolve_chat(body, MODEL)
+    assert caught.value.param == "prompt_token_ids" and "1000" in caught.value.message
+
+
+def test_mistral_common_writes_the_special_tokens_itself():
+    mistral = ModelInfo(vocab_size=1000, max_model_len=256, max_n=4, max_queue=8, tool_parser="mistral",
+                        renders_tokens=True)
+    assert refusal(chat, model=mistral, add_special_tokens=True).param == "add_special_tokens"
+    assert not chat(mistral).prompt.add_special_tokens
 
 
 def test_generic_tools_cannot_be_combined_with_structured_output():
