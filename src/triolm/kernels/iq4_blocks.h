@@ -28,12 +28,12 @@ struct IQ4_NL {
     static constexpr bool SHARED = false;
     static constexpr int CODES = 1;  // see `codes`
 #if defined(__AVX512F__)
+    /* The block's 16 possible weights, d * value[k] (the reference's product), looked up. */
     static inline void group(const uint8_t* b, int, __m512& lo, __m512& hi) {
-        __m512 qlo, qhi;
-        float d, m;
-        codes(b, qlo, qhi, d, m);
-        lo = _mm512_mul_ps(_mm512_set1_ps(d), qlo);
-        hi = _mm512_mul_ps(_mm512_set1_ps(d), qhi);
+        const __m512i q = bytes16(b + 2);
+        const __m512 table = _mm512_mul_ps(_mm512_set1_ps(f16(b)), iq4_table());
+        lo = _mm512_permutexvar_ps(q, table);
+        hi = _mm512_permutexvar_ps(nib_hi(q), table);
     }
     /* The block's table values as floats and its scale: value = d * q. */
     static inline void codes(const uint8_t* b, __m512& lo, __m512& hi, float& d, float& m) {
@@ -68,30 +68,37 @@ struct IQ4_XS {
         const int hi = ((b[2] | (b[3] << 8)) >> (2 * j)) & 3;
         return (lo | (hi << 4)) - 32;
     }
-    /* d * scale for the 8 groups, the reference's float32 product. */
-    static inline void scales(const uint8_t* b, float* dl) {
-        const float d = f16(b);
-        for (int j = 0; j < 8; j++) dl[j] = d * (float)scale(b, j);
-    }
 #if defined(__AVX512F__)
+    /* The 8 scales in one vector pass: lane j = d * ((low nibble j | high bits j << 4) - 32). */
+    static inline __m256 scales8(const uint8_t* b) {
+        const __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)u32(b + 4)),
+                                                              _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                                            _mm256_set1_epi32(15));
+        const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(b[2] | (b[3] << 8)),
+                                                              _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                            _mm256_set1_epi32(3));
+        const __m256i sc = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
+        return _mm256_mul_ps(_mm256_set1_ps(f16(b)), _mm256_cvtepi32_ps(sc));
+    }
+    /* A group's 16 possible values as a table, (d * scale) * value[k] — the reference's
+       product, so entries are bit-equal to its weights — looked up by the codes. */
     template <class Emit>
     static inline void block(const uint8_t* b, Emit&& emit) {
-        float dl[8];
-        scales(b, dl);
+        alignas(32) float dl[8];
+        _mm256_store_ps(dl, scales8(b));
         const __m512 table = iq4_table();
         for (int j = 0; j < 8; j++) {
             const __m512i q = bytes16(b + 8 + 16 * j);
-            const __m512 s = _mm512_set1_ps(dl[j]);
-            emit(j, _mm512_mul_ps(s, _mm512_permutexvar_ps(q, table)),
-                 _mm512_mul_ps(s, _mm512_permutexvar_ps(nib_hi(q), table)));
+            const __m512 t = _mm512_mul_ps(_mm512_set1_ps(dl[j]), table);
+            emit(j, _mm512_permutexvar_ps(q, t), _mm512_permutexvar_ps(nib_hi(q), t));
         }
     }
     /* One x-row (decode): per group, (d * scale) * sum(value * x), the products regrouped
        by distributivity as Q4_K::dot1 does (IQ4_XS has no mins: `off` and `sx` unused).
        Even groups accumulate in a0, odd ones in a1. */
     static inline void dot1(const uint8_t* b, const float* x, const float*, __m512& a0, __m512& a1, __m256&) {
-        float dl[8];
-        scales(b, dl);
+        alignas(32) float dl[8];
+        _mm256_store_ps(dl, scales8(b));
         const __m512 table = iq4_table();
         for (int c = 0; c < 4; c++) {
             const __m512i q0 = bytes16(b + 8 + 32 * c), q1 = bytes16(b + 24 + 32 * c);
