@@ -289,9 +289,11 @@ def test_q4_k_m_model_matches_dequantized_float32(q4_k_m_file):
     assert our_tokens == ref_tokens
 
 
-def test_block_matrices_are_mapped_from_the_file(q4_k_m_file):
+@pytest.mark.parametrize("file_fixture", ["q4_k_m_file", "iq4_file"])
+def test_block_matrices_are_mapped_from_the_file(file_fixture, request):
     """Matrices whose rows need no reordering are read-only views of the mapped file, not
     copies (llama's Q/K rows are reordered, so those two are copies)."""
+    q4_k_m_file = request.getfixturevalue(file_fixture)
     gguf, tensors = read_gguf_for_engine(q4_k_m_file)
     model = LlamaModel(gguf.config, tensors)
     maps = {}
