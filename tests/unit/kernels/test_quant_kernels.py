@@ -334,6 +334,7 @@ def test_iq4_model_matches_dequantized_float32(iq4_file):
     gguf, tensors = read_gguf_for_engine(iq4_file)
     assert set(gguf.tensor_types.values()) >= {"IQ4_XS", "IQ4_NL"}
     compact = LlamaModel(gguf.config, tensors)
+    assert compact.native_decode == native.available()
     kinds = compact.weight_kinds()
     assert "dense" not in kinds and kinds["lm_head:iq4_xs"] == 1, kinds
     assert any("iq4_nl" in k and "iq4_xs" in k for k in kinds), kinds  # stacked mixed parts
