@@ -31,7 +31,9 @@ from triolm.kernels import native
 from triolm.model import linear as lin
 from triolm.model.build import build_model
 from triolm.model.config import ModelConfig
-from triolm.model.moe import MoeModel, SparseMoe
+from triolm.model.feed_forward import DenseMlp
+from triolm.model.llama import LlamaModel
+from triolm.model.moe import SparseMoe
 from triolm.model.random_init import random_weights
 
 ARCHS = ["mixtral", "qwen3_moe"]
@@ -90,7 +92,8 @@ def test_moe_001_logits_match_transformers_from_hf_directory(moe, arch):
     config = read_hf_config(paths.hf_dir)
     assert config == paths.config and config.num_experts_per_tok == 3
     model = build_model(config, read_safetensors(paths.hf_dir))
-    assert isinstance(model, MoeModel) and model.native_decode == native.available()
+    assert isinstance(model, LlamaModel) and model.native_decode == native.available()
+    assert all(isinstance(layer.feed_forward, SparseMoe) for layer in model.layers)
     assert_matches_transformers(model, hf_model(paths.hf_dir), config.vocab_size, arch)
 
 
@@ -133,7 +136,8 @@ def test_moe_003_quantized_experts_are_views_of_the_stacked_tensor(moe):
     expert e's blocks start e slices after expert 0's, in the mapped file."""
     parsed, tensors = read_gguf_for_engine(moe("qwen3_moe").gguf_path("Q8_0"))
     model = build_model(parsed.config, tensors)
-    sparse = model.layers[1].moe
+    sparse = model.layers[1].feed_forward
+    assert isinstance(sparse, SparseMoe)
     gates = [gate_up.parts[0] for gate_up, _ in sparse.experts]
     downs = [down for _, down in sparse.experts]
     for group in (gates, downs):
@@ -178,7 +182,8 @@ def test_moe_004_native_and_torch_expert_paths_agree(moe, arch):
     if not native.available():
         pytest.skip("no native kernels on this machine")
     for weights in (read_safetensors(paths.hf_dir), read_gguf_for_engine(paths.gguf_path("Q8_0"))[1]):
-        sparse = build_model(paths.config, weights).layers[0].moe
+        sparse = build_model(paths.config, weights).layers[0].feed_forward
+        assert isinstance(sparse, SparseMoe)
         assert sparse.table is not None
         gen = torch.Generator().manual_seed(2)
         for rows in (1, 5, 70):
@@ -200,18 +205,18 @@ def test_moe_005_decode_step_is_one_native_call(moe, monkeypatch):
     model = build_model(paths.config, read_safetensors(paths.hf_dir))
     lib = native.lib()
     calls = {"step": 0, "python_moe": 0}
-    step = lib.tl_moe_decode_step
+    step = lib.tl_decode_step
 
     def counting_step(*args):
         calls["step"] += 1
         return step(*args)
 
-    def counting_moe(self, h, out):
+    def counting_moe(self, *args):
         calls["python_moe"] += 1
-        return original(self, h, out)
+        return original(self, *args)
 
     original = SparseMoe.add_into
-    monkeypatch.setattr(lib, "tl_moe_decode_step", counting_step)
+    monkeypatch.setattr(lib, "tl_decode_step", counting_step)
     monkeypatch.setattr(SparseMoe, "add_into", counting_moe)
     greedy_with_logits(model, prompts_for(paths.config.vocab_size), 5)
     # prefill: one Python MoE call per layer; then 4 decode steps, one native call each
@@ -244,7 +249,7 @@ def test_moe_006_qwen3_moe_unnormalised_routing_and_dense_layers(moe, tmp_path):
                and k != "model.layers.1.mlp.gate.weight"}
     save_file(weights, str(model_dir / "model.safetensors"))
     model = build_model(config, read_safetensors(model_dir))
-    assert model.layers[1].moe is None and model.layers[0].moe is not None
+    assert isinstance(model.layers[1].feed_forward, DenseMlp) and isinstance(model.layers[0].feed_forward, SparseMoe)
     assert_matches_transformers(model, hf_model(model_dir), config.vocab_size, "unnormalised, dense layer 1")
     with pytest.raises(ValueError, match="norm_topk_prob"):
         write_gguf(tmp_path / "x.gguf", config, weights, file_type="F32")
