@@ -19,10 +19,10 @@
    embeddings and receives the last hidden states. */
 
 #include <string.h>
-#include <vector>
 
 #include "decode_plan.h"
 #include "kernel_api.h"
+#include "step_buffers.h"
 
 namespace {
 
@@ -58,15 +58,8 @@ extern "C" void tl_decode_step(const i64* pl, float* x, i64 B, const int32_t* bl
     const float* sin_t = (const float*)pl[rope_sin];
     const int kv = (int)pl[kv_kind];
     const i64 qd = H * D, kvd = KVH * D, qkvd = qd + 2 * kvd;
-    thread_local std::vector<float> scratch;
-    const size_t need = (size_t)(B * (2 * hid + qkvd + qd + 3 * inter));
-    if (scratch.size() < need) scratch.resize(need);
-    float* h = scratch.data();
-    float* branch = h + B * hid;
-    float* qkv = branch + B * hid;
-    float* attn = qkv + B * qkvd;
-    float* gu = attn + B * qd;
-    float* act = gu + B * 2 * inter;
+    const StepBuffers buf = step_buffers(B, hid, qkvd, qd, inter);
+    float *h = buf.h, *branch = buf.branch, *qkv = buf.qkv, *attn = buf.attn, *gu = buf.gu, *act = buf.act;
     const Residual res{residual, branch, B, hid};
     for (i64 l = 0; l < L; l++) {
         const i64* p = pl + HEADER_SLOTS + l * LAYER_SLOTS;

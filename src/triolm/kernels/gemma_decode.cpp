@@ -19,6 +19,7 @@
 
 #include "decode_plan.h"
 #include "kernel_api.h"
+#include "step_buffers.h"
 
 /* out[m, j] = gelu_tanh(gu[m, j]) * gu[m, I + j], torch's approximate="tanh" formula. */
 extern "C" void tl_gelu_tanh_mul(const float* gu, float* out, i64 M, i64 I) {
@@ -43,15 +44,8 @@ extern "C" void tl_gemma_decode_step(const i64* plan, float* x, i64 B, const int
               KVH = plan[kv_heads], D = plan[head_dim];
     const int kv = (int)plan[kv_kind];
     const i64 qd = H * D, kvd = KVH * D, qkvd = qd + 2 * kvd;
-    thread_local std::vector<float> scratch;
-    const size_t need = (size_t)(B * (2 * hid + qkvd + qd + 3 * inter));
-    if (scratch.size() < need) scratch.resize(need);
-    float* h = scratch.data();
-    float* branch = h + B * hid;
-    float* qkv = branch + B * hid;
-    float* attn = qkv + B * qkvd;
-    float* gu = attn + B * qd;
-    float* act = gu + B * 2 * inter;
+    const StepBuffers buf = step_buffers(B, hid, qkvd, qd, inter);
+    float *h = buf.h, *branch = buf.branch, *qkv = buf.qkv, *attn = buf.attn, *gu = buf.gu, *act = buf.act;
     auto linear = [&](const i64* p, int kind_slot, const float* in, i64 K, float* out, i64 N) {
         tl_linear((int)p[kind_slot], (const void*)p[kind_slot + 1], (const float*)p[kind_slot + 2], in, K, out, N,
                   B, N, K, 0, nthreads);

@@ -15,12 +15,18 @@ import shutil
 import attrs
 import pytest
 import torch
-import transformers
 from safetensors.torch import save_file
 
 from support.engine_run import greedy_with_logits
 from support.hostile_gguf import rewrite_gguf
 from support.paths import DATA_DIR
+from support.transformers_oracle import (
+    TOLERANCE,
+    assert_matches_transformers,
+    engine_run,
+    hf_model,
+    random_prompts,
+)
 from triolm.errors import ModelLoadError
 from triolm.formats.gguf_reader import read_gguf
 from triolm.formats.gguf_weights import read_gguf_for_engine
@@ -38,7 +44,6 @@ from triolm.model.random_init import random_weights
 
 ARCHS = ["mixtral", "qwen3_moe"]
 GGUF_TYPES = ("F32", "F16", "Q8_0")
-TOLERANCE = 1e-4  # float32 end to end; differences come only from summation order
 STEPS = 16
 LLAMA_CPP_TINY = json.loads((DATA_DIR / "moe_tiny_llamacpp.json").read_text())
 
@@ -49,21 +54,7 @@ def moe(tiny_model):
 
 
 def prompts_for(vocab):
-    gen = torch.Generator().manual_seed(1)
-    return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in (70, 41)]
-
-
-def per_prompt_logits(model, prompts, steps=STEPS):
-    """Greedy-decode the prompts together; per prompt its [steps + 1, vocab] logits and tokens."""
-    logits, tokens = greedy_with_logits(model, prompts, steps + 1)
-    # rows: one prefill step holding every prompt, then one row per prompt per decode step
-    n = len(prompts)
-    rows = [[logits[i]] + [logits[n + s * n + i] for s in range(steps)] for i in range(n)]
-    return [(torch.stack(r), t) for r, t in zip(rows, tokens, strict=True)]
-
-
-def hf_model(model_dir):
-    return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return random_prompts(vocab, (70, 41))
 
 
 def hf_model_on(tensors, config_dir, tmp_path):
@@ -74,16 +65,6 @@ def hf_model_on(tensors, config_dir, tmp_path):
     shutil.copy(config_dir / "config.json", model_dir / "config.json")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(model_dir / "model.safetensors"))
     return hf_model(model_dir)
-
-
-def assert_matches_transformers(model, hf, vocab, label):
-    for prompt, (ours, tokens) in zip(prompts_for(vocab), per_prompt_logits(model, prompts_for(vocab)), strict=True):
-        with torch.no_grad():
-            ref = hf(torch.tensor([prompt + tokens[:STEPS]])).logits[0, len(prompt) - 1:].float()
-        assert ours.shape == ref.shape == (STEPS + 1, vocab)
-        diff = (ours - ref).abs().max().item()
-        assert diff <= TOLERANCE, f"{label}, prompt of {len(prompt)}: max |logit diff| {diff}"
-        assert tokens[:STEPS] == ref[:-1].argmax(-1).tolist()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -123,7 +104,7 @@ def test_moe_002_gguf_runs_as_in_llama_cpp(moe, arch):
     ref = LLAMA_CPP_TINY[arch]
     parsed, tensors = read_gguf_for_engine(moe(arch).gguf_path("F32"))
     model = build_model(parsed.config, tensors)
-    (ours, tokens), = per_prompt_logits(model, [ref["prompt_ids"]], steps=15)
+    (ours, tokens), = engine_run(model, [ref["prompt_ids"]], steps=15)
     assert tokens == ref["tokens"]
     logprobs = ours.log_softmax(-1)
     worst = max(abs(logprobs[step, token].item() - lp)
@@ -194,33 +175,6 @@ def test_moe_004_native_and_torch_expert_paths_agree(moe, arch):
             sparse._torch_add_into(h, slow)
             assert not torch.equal(fast, residual)
             assert (fast - slow).abs().max().item() <= 1e-5
-
-
-def test_moe_005_decode_step_is_one_native_call(moe, monkeypatch):
-    """Decode steps make one native call for every layer and expert: the Python MoE
-    path is never entered, so the step's Python cost does not grow with the experts."""
-    if not native.available():
-        pytest.skip("no native kernels on this machine")
-    paths = moe("qwen3_moe")
-    model = build_model(paths.config, read_safetensors(paths.hf_dir))
-    lib = native.lib()
-    calls = {"step": 0, "python_moe": 0}
-    step = lib.tl_decode_step
-
-    def counting_step(*args):
-        calls["step"] += 1
-        return step(*args)
-
-    def counting_moe(self, *args):
-        calls["python_moe"] += 1
-        return original(self, *args)
-
-    original = SparseMoe.add_into
-    monkeypatch.setattr(lib, "tl_decode_step", counting_step)
-    monkeypatch.setattr(SparseMoe, "add_into", counting_moe)
-    greedy_with_logits(model, prompts_for(paths.config.vocab_size), 5)
-    # prefill: one Python MoE call per layer; then 4 decode steps, one native call each
-    assert calls == {"step": 4, "python_moe": paths.config.num_hidden_layers}
 
 
 def _edited_copy(paths, tmp_path, **changes):
