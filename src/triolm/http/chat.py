@@ -12,7 +12,8 @@ import attrs
 import trio
 
 from triolm.errors import InvalidRequestError
-from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
+from triolm.http.generations_run import GenerationsRun, admit
+from triolm.http.sse_stream import EventStream
 from triolm.http.state import AppState, request_limits
 from triolm.http.structured import constraint_for_chat, tool_parsing_mode
 from triolm.loading.served_model import ServedModel
@@ -27,9 +28,9 @@ from triolm.prompting.prompts import (
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.chat_output import make_streamer, shape_message
 from triolm.protocol.errors import bad_request
+from triolm.protocol.finish_reason import openai_finish
 from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings, truncated_prompt
 from triolm.protocol.schemas import ChatCompletionRequest
-from triolm.protocol.tool_calls import tool_calls_finish_reason
 from triolm.protocol.validation import check_against_model, requested_max_tokens
 from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
 from triolm.runtime.generation import Generation
@@ -178,14 +179,14 @@ class ChatRun(GenerationsRun):
             r = g.result
             message, called = shape_message(r.text, tool_parser=p.tool_parser, tool_names=self.tool_names,
                                             reasoning=p.served.reasoning, prompt_text=p.prompt.text,
-                                            cut_short=r.finish_reason == "length")
+                                            cut_short=r.finish is not None and r.finish.cut_short)
             if not p.body.include_reasoning:
                 message.pop("reasoning_content", None)
             if self.echo:
                 message["content"] = self.echo + (message["content"] or "")
-            finish = tool_calls_finish_reason(r.finish_reason) if called else r.finish_reason
-            choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish,
-                      "stop_reason": r.stop_reason}
+            finish_reason, stop_reason = openai_finish(r.finish, called)
+            choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish_reason,
+                      "stop_reason": stop_reason}
             if p.body.logprobs:
                 choice["logprobs"] = fmt.chat_logprobs(r.tokens, self.namer)
             if p.body.return_token_ids:
@@ -211,10 +212,22 @@ class ChatRun(GenerationsRun):
             choice["token_ids"] = [t.token_id for t in tokens]
         return choice
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    def event_stream(self) -> EventStream:
+        return EventStream(self._events(), tail=self._usage_events)
+
+    def _usage_events(self) -> list[dict]:
+        """The usage chunk, when asked for: after the choices, or after an error."""
+        p, body = self.plan, self.plan.body
+        if not (body.stream_options and body.stream_options.include_usage):
+            return []
+        completion_tokens = sum(len(g.result.tokens) for g in self.gens)
+        return [self._chunk([], fmt.usage(len(p.prompt.token_ids), completion_tokens,
+                                          self.gens[0].result.num_cached_prompt_tokens),
+                            weight_version=self.weight_version)]
+
+    async def _events(self) -> AsyncIterator[dict | Tick]:
         p = self.plan
         body = p.body
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         streamers = [make_streamer(tool_parser=p.tool_parser, tool_names=self.tool_names,
                                    reasoning=p.served.reasoning, prompt_text=p.prompt.text)
                      for _ in self.gens]
@@ -235,21 +248,22 @@ class ChatRun(GenerationsRun):
             async with merged_deltas(self.gens, self.state.settings.request_timeout) as events:
                 async for event in events:
                     if isinstance(event, Tick):
-                        yield fmt.SSE_KEEPALIVE
+                        yield event
                         continue
                     if isinstance(event, TimedOut):
+                        timed_out, _ = openai_finish(event.finish)
                         for i, done in enumerate(finished):
                             if not done:
                                 finished[i] = True
                                 yield self._chunk([self._with_ids({"index": i, "delta": {}, "logprobs": None,
-                                                                   "finish_reason": "length"}, ())])
+                                                                   "finish_reason": timed_out}, ())])
                         break
                     i, delta = event
                     streamer = streamers[i]
                     deltas = streamer.push(delta.text) if streamer else (
                         [{"content": delta.text}] if delta.text else [])
-                    if delta.finish_reason is not None and streamer is not None:
-                        deltas += streamer.finish(cut_short=delta.finish_reason == "length")
+                    if delta.finish is not None and streamer is not None:
+                        deltas += streamer.finish(cut_short=delta.finish.cut_short)
                     if not body.include_reasoning:
                         deltas = [d for d in deltas if "reasoning_content" not in d]
                     logprobs = fmt.chat_logprobs(delta.tokens, self.namer) if body.logprobs else None
@@ -259,23 +273,14 @@ class ChatRun(GenerationsRun):
                                                            "logprobs": logprobs if j == 0 else None,
                                                            "finish_reason": None},
                                                           delta.tokens if j == 0 else ())])
-                    if delta.finish_reason is not None:
+                    if delta.finish is not None:
                         finished[i] = True
-                        finish = delta.finish_reason
-                        if streamer is not None and streamer.saw_tool_call:
-                            finish = tool_calls_finish_reason(finish)
+                        finish_reason, stop_reason = openai_finish(
+                            delta.finish, streamer is not None and streamer.saw_tool_call)
                         yield self._chunk([self._with_ids({"index": i, "delta": {}, "logprobs": None,
-                                                           "finish_reason": finish,
-                                                           "stop_reason": delta.stop_reason}, ())],
+                                                           "finish_reason": finish_reason,
+                                                           "stop_reason": stop_reason}, ())],
                                           weight_version=self.gens[i].result.weight_version
                                           or self.weight_version)
-        except STREAM_ERRORS as exc:
-            yield stream_error_event(exc)
         finally:
             self._observe()
-        if include_usage:
-            completion_tokens = sum(len(g.result.tokens) for g in self.gens)
-            yield self._chunk([], fmt.usage(len(p.prompt.token_ids), completion_tokens,
-                                            self.gens[0].result.num_cached_prompt_tokens),
-                              weight_version=self.weight_version)
-        yield fmt.SSE_DONE

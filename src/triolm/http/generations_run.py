@@ -8,7 +8,6 @@ import trio
 from triolm.engine.constraint import ConstraintFailure
 from triolm.http.state import AppState
 from triolm.prompting.grammar.compiler import limit_hit
-from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import APIError, bad_request
 from triolm.runtime.engine_driver import EngineDriver, EngineFailure, GenerationCut, OverloadedError
 from triolm.runtime.fanout import run_all
@@ -29,7 +28,7 @@ class GenerationsRun:
     def _observe(self) -> None:
         end = trio.current_time()
         for g in self.gens:
-            if g.result.finish_reason is not None:
+            if g.result.finish is not None:
                 self.state.metrics.observe_generation(g.result, self.start, end)
 
     async def _run_to_end(self) -> None:
@@ -50,7 +49,7 @@ class GenerationsRun:
             self._observe()
 
     def _chunk(self, choices: list[dict], usage: dict | None = None, extra: dict | None = None,
-               weight_version: str | None = None) -> bytes:
+               weight_version: str | None = None) -> dict:
         data = {"id": self.request_id, "object": self.chunk_object, "created": self.created,
                 "model": self.model_name, "choices": choices}
         if usage is not None:
@@ -59,7 +58,7 @@ class GenerationsRun:
             data.update(extra)
         if weight_version is not None:
             data["weight_version"] = weight_version
-        return fmt.sse(data)
+        return data
 
     @property
     def weight_version(self) -> str:
@@ -86,10 +85,6 @@ def constraint_error(exc: ConstraintFailure) -> APIError:
 
 # Failures that can surface after a stream's 200 has been sent: told as an SSE error event.
 STREAM_ERRORS = (OverloadedError, ValueError, EngineFailure, ConstraintFailure)
-
-
-def stream_error_event(exc: Exception) -> bytes:
-    return fmt.sse({"error": stream_error(exc).body()["error"]})
 
 
 def stream_error(exc: Exception) -> APIError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 
@@ -17,21 +16,6 @@ def new_id(prefix: str) -> str:
 
 def now() -> int:
     return int(time.time())
-
-
-def sse(data: dict) -> bytes:
-    """One SSE event whose `data:` line no line splitter can break. Python's str.splitlines
-    (so httpx `iter_lines`, and many hand-written SSE readers) also splits on U+2028,
-    U+2029 and U+0085, which JSON may hold raw inside a string; written as \\u escapes
-    the line stays whole and decodes to the same JSON (json.dumps escapes the rest)."""
-    payload = json.dumps(data, ensure_ascii=False)
-    if not payload.isascii():
-        payload = payload.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
-    return f"data: {payload}\n\n".encode()
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-SSE_KEEPALIVE = b": keep-alive\n\n"
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict:

@@ -18,9 +18,9 @@ from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.chat_output import make_streamer, shape_message
 from triolm.protocol.errors import APIError, bad_request
+from triolm.protocol.finish_reason import openai_finish
 from triolm.protocol.sampling import check_context
 from triolm.protocol.schemas import ChatCompletionRequest
-from triolm.protocol.tool_calls import tool_calls_finish_reason
 from triolm.protocol.validation import RequestLimits, check_against_model, requested_max_tokens
 from triolm.router import dispatch
 from triolm.router.backend_client import BackendBroke
@@ -67,7 +67,8 @@ class FleetChat:
         self.request_id, self.created = fmt.new_id("chatcmpl"), fmt.now()
         self.namer = fmt.TokenNamer(fe.tokenizer, body.return_tokens_as_token_ids)
         self.tool_names = [t.get("function", {}).get("name") for t in (body.tools or [])] or None
-        self.results = [ChoiceResult() for _ in range(body.n)]
+        stop_ids = set(fe.eos_token_ids) | set(body.stop_token_ids or ())
+        self.results = [ChoiceResult(stop_ids) for _ in range(body.n)]
         self.cached_tokens: int | None = None
         self.choice: Choice | None = None
 
@@ -92,7 +93,7 @@ class FleetChat:
         prefilled = None if cached is None else len(self.prompt.token_ids) - cached
         backend = {"backend": self.choice.backend.url, "routed_by": self.choice.reason} if self.choice else {}
         return [FinishedGeneration(token_ids=[t.token_id for t in r.tokens], logprobs=[t.logprob for t in r.tokens],
-                                   text=r.text, finish_reason=r.finish_reason, stop_reason=r.stop_reason,
+                                   text=r.text, finish=r.finish,
                                    num_cached_prompt_tokens=cached, num_prefilled_tokens=prefilled,
                                    extra_metadata=backend)
                 for r in self.results]
@@ -121,10 +122,10 @@ class FleetChat:
         for i, r in enumerate(self.results):
             message, called = shape_message(r.text, tool_parser=self.tool_parser, tool_names=self.tool_names,
                                             reasoning=fe.reasoning, prompt_text=self.prompt.text,
-                                            cut_short=r.finish_reason == "length")
-            finish = tool_calls_finish_reason(r.finish_reason) if called else r.finish_reason
-            choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish,
-                      "stop_reason": r.stop_reason}
+                                            cut_short=r.finish is not None and r.finish.cut_short)
+            finish_reason, stop_reason = openai_finish(r.finish, called)
+            choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish_reason,
+                      "stop_reason": stop_reason}
             if body.logprobs:
                 choice["logprobs"] = fmt.chat_logprobs(r.tokens, self.namer)
             if body.return_token_ids:
@@ -137,19 +138,20 @@ class FleetChat:
         return data
 
     # -- streaming --------------------------------------------------------------------
-    async def open_stream(self, choice: Choice, on_done: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
-        """Reach a backend (retrying once elsewhere) before answering 200; then the events.
-        `on_done` runs once the stream completed (every choice finished)."""
+    async def open_stream(self, choice: Choice, on_done: Callable[[], None] | None = None) -> AsyncIterator[dict]:
+        """Reach a backend (retrying once elsewhere) before answering 200; then the chat
+        chunks (the caller frames them). `on_done` runs once the stream completed (every
+        choice finished)."""
         events, self.choice = await dispatch.open_stream(self.state, self.payload(stream=True), choice,
                                                          self.prompt.token_ids)
         return self._events(events, on_done)
 
-    def _chunk(self, choices: list[dict], usage: dict | None = None, **extra) -> bytes:
+    def _chunk(self, choices: list[dict], usage: dict | None = None, **extra) -> dict:
         data = {"id": self.request_id, "object": "chat.completion.chunk", "created": self.created,
                 "model": self.state.frontend.name, "choices": choices, **extra}
         if usage is not None:
             data["usage"] = usage
-        return fmt.sse(data)
+        return data
 
     async def _events(self, events: AsyncIterator[dict], on_done: Callable[[], None] | None):
         body, fe = self.body, self.state.frontend
@@ -167,7 +169,7 @@ class FleetChat:
             async for event in events:
                 if isinstance(event.get("error"), dict):  # the backend's own stream error event
                     failed = True
-                    yield fmt.sse({"error": event["error"]})
+                    yield {"error": event["error"]}
                     break
                 if event.get("usage") is not None:
                     self.cached_tokens = cached_prompt_tokens(event["usage"])
@@ -181,19 +183,18 @@ class FleetChat:
             failed = True
             err = APIError(502, f"{exc}; the request was not retried (part of it was already sent)",
                            code="backend_failed", error_type="upstream_error")
-            yield fmt.sse({"error": err.body()["error"]})
+            yield {"error": err.body()["error"]}
         if include_usage:
             yield self._chunk([], self._usage())
         if not failed and on_done is not None:
             on_done()
-        yield fmt.SSE_DONE
 
     def _delta_chunks(self, delta, streamer, ids: bool):
         i, body = delta.index, self.body
-        self.results[i].add(delta)
+        finish = self.results[i].add(delta)
         deltas = streamer.push(delta.text) if streamer else ([{"content": delta.text}] if delta.text else [])
-        if delta.finish_reason is not None and streamer is not None:
-            deltas += streamer.finish(cut_short=delta.finish_reason == "length")
+        if finish is not None and streamer is not None:
+            deltas += streamer.finish(cut_short=finish.cut_short)
         logprobs = fmt.chat_logprobs(delta.tokens, self.namer) if body.logprobs else None
         token_ids = [t.token_id for t in delta.tokens]
         for j, d in enumerate(deltas or ([{}] if logprobs or (ids and token_ids) else [])):
@@ -201,9 +202,7 @@ class FleetChat:
             if ids:
                 choice["token_ids"] = token_ids if j == 0 else []
             yield self._chunk([choice])
-        if delta.finish_reason is not None:
-            finish = delta.finish_reason
-            if streamer is not None and streamer.saw_tool_call:
-                finish = tool_calls_finish_reason(finish)
-            yield self._chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish,
-                                "stop_reason": delta.stop_reason}])
+        if finish is not None:
+            finish_reason, stop_reason = openai_finish(finish, streamer is not None and streamer.saw_tool_call)
+            yield self._chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish_reason,
+                                "stop_reason": stop_reason}])
