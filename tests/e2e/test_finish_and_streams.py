@@ -1,6 +1,7 @@
 """Why a generation ended reaches every endpoint as the engine said it (one `Finish`,
-one mapping to each API's words), streamed or not; and every stream goes through the
-one SSE loop: its framing escapes the characters line splitters break on, everywhere.
+one mapping to each API's words), streamed or not (contracts/openai-compat.md
+OAI-STOP-004); and every stream goes through the one SSE loop: its framing escapes the
+characters line splitters break on, everywhere (contracts/hostile-input.md HOSTILE-VAL-006).
 
 Streams are read as raw bytes and split on blank lines here: httpx's `iter_lines()`
 would itself split on U+2028 / U+2029 / U+0085 (the trap this framing exists for)."""
@@ -72,7 +73,7 @@ def greedy(http, endpoint: str, **extra) -> tuple[str, list[int]]:
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "completions"])
-def test_each_finish_kind_reaches_the_client_the_same_streamed_or_not(http, served_model, endpoint):
+def test_OAI_STOP_004_each_finish_kind_reaches_the_client_the_same_streamed_or_not(http, served_model, endpoint):
     path, base = ENDPOINTS[endpoint]
     full, ids = greedy(http, endpoint)
     (eos,) = served_model.eos_token_ids
@@ -94,7 +95,7 @@ def test_each_finish_kind_reaches_the_client_the_same_streamed_or_not(http, serv
             assert got == want, fields
 
 
-def test_the_stop_token_is_in_the_ids_but_not_in_the_text(http, served_model):
+def test_OAI_STOP_004_the_stop_token_is_in_the_ids_but_not_in_the_text(http, served_model):
     full, ids = greedy(http, "completions")
     stop_id = ids[3]
     cut = ids.index(stop_id)
@@ -104,7 +105,7 @@ def test_the_stop_token_is_in_the_ids_but_not_in_the_text(http, served_model):
     assert whole(http, "/v1/completions", body) == (before, ids[:cut + 1], "stop", stop_id)
 
 
-def test_messages_and_responses_say_the_same_finish_in_their_words(http):
+def test_OAI_STOP_004_messages_and_responses_say_the_same_finish_in_their_words(http):
     full, _ = greedy(http, "chat")
     stop = full[4:7]
     m = http.post("/v1/messages", json={"model": "hf", "max_tokens": 3, "messages": MSGS, "temperature": 0}).json()
@@ -123,7 +124,7 @@ def test_messages_and_responses_say_the_same_finish_in_their_words(http):
     assert [d["response"]["status"] for d in done] == ["incomplete"]
 
 
-def test_a_generation_the_server_aborts_ends_with_abort_and_no_stop_reason(make_server):
+def test_OAI_STOP_004_a_generation_the_server_aborts_ends_with_abort_and_no_stop_reason(make_server):
     srv = make_server()
     with httpx.Client(base_url=srv.base_url, timeout=60) as http, \
             http.stream("POST", "/v1/completions", json={"prompt": PROMPT, "max_tokens": 2000, "ignore_eos": True,
@@ -155,7 +156,7 @@ def odd_server(served_model, base_settings):
         yield srv
 
 
-def test_every_stream_escapes_the_line_breakers_and_decodes_to_the_same_json(odd_server):
+def test_HOSTILE_VAL_006_every_streaming_route_escapes_the_line_breakers(odd_server):
     with httpx.Client(base_url=odd_server.base_url, timeout=60) as http:
         session = http.post("/sessions/create", json={}).json()["uuid"]
         streams = {
