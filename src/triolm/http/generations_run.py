@@ -8,6 +8,7 @@ import trio
 from triolm.engine.constraint import ConstraintFailure
 from triolm.http.state import AppState
 from triolm.prompting.grammar.compiler import limit_hit
+from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import APIError, bad_request
 from triolm.runtime.engine_driver import EngineDriver, EngineFailure, GenerationCut, OverloadedError
 from triolm.runtime.fanout import run_all
@@ -50,15 +51,9 @@ class GenerationsRun:
 
     def _chunk(self, choices: list[dict], usage: dict | None = None, extra: dict | None = None,
                weight_version: str | None = None) -> dict:
-        data = {"id": self.request_id, "object": self.chunk_object, "created": self.created,
-                "model": self.model_name, "choices": choices}
-        if usage is not None:
-            data["usage"] = usage
-        if extra:
-            data.update(extra)
-        if weight_version is not None:
-            data["weight_version"] = weight_version
-        return data
+        versions = {"weight_version": weight_version} if weight_version is not None else {}
+        return fmt.chunk(self.request_id, self.chunk_object, self.created, self.model_name, choices, usage,
+                         **(extra or {}), **versions)
 
     @property
     def weight_version(self) -> str:

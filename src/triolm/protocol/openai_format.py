@@ -18,6 +18,17 @@ def now() -> int:
     return int(time.time())
 
 
+def chunk(request_id: str, obj: str, created: int, model: str, choices: list[dict],
+          usage: dict | None = None, **extra: object) -> dict:
+    """One streamed chunk: the envelope every chat and text completion chunk shares."""
+    data: dict[str, object] = {"id": request_id, "object": obj, "created": created, "model": model,
+                               "choices": choices}
+    if usage is not None:
+        data["usage"] = usage
+    data.update(extra)
+    return data
+
+
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict:
     out: dict[str, object] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
            "total_tokens": prompt_tokens + completion_tokens}

@@ -145,11 +145,8 @@ class FleetChat:
         return self._events(events, on_done)
 
     def _chunk(self, choices: list[dict], usage: dict | None = None, **extra) -> dict:
-        data = {"id": self.request_id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.state.frontend.name, "choices": choices, **extra}
-        if usage is not None:
-            data["usage"] = usage
-        return data
+        return fmt.chunk(self.request_id, "chat.completion.chunk", self.created, self.state.frontend.name,
+                         choices, usage, **extra)
 
     async def _events(self, events: AsyncIterator[dict], on_done: Callable[[], None] | None):
         body = self.body
