@@ -14,7 +14,8 @@ import trio
 
 from triolm.engine.constraint import GrammarSpec
 from triolm.errors import InvalidRequestError
-from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
+from triolm.http.generations_run import GenerationsRun, admit
+from triolm.http.sse_stream import EventStream
 from triolm.http.state import AppState
 from triolm.http.structured import compile_constraint
 from triolm.loading.served_model import ServedModel
@@ -27,11 +28,10 @@ from triolm.prompting.prompts import (
     render_chat_text_in_worker,
 )
 from triolm.protocol import openai_format as fmt
-from triolm.protocol.chat_output import make_streamer, shape_message
+from triolm.protocol.chat_choices import ChoiceOptions, ChoiceStream, message_choice
 from triolm.protocol.errors import bad_request
 from triolm.protocol.plan import ChatMessages, GenerationPlan, PromptTokenIds
 from triolm.protocol.schemas import ChatCompletionRequest
-from triolm.protocol.tool_calls import tool_calls_finish_reason
 from triolm.protocol.validation import check_token_ids
 from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
 from triolm.runtime.generation import Generation
@@ -139,6 +139,11 @@ class ChatRun(GenerationsRun):
             for i in range(plan.n)
         ]
         self.tool_names = plan.tool_names
+        body = prepared.body
+        self.choice_options = ChoiceOptions(
+            tool_parser=plan.tool_parser, tool_names=plan.tool_names, reasoning=prepared.served.reasoning,
+            prompt_text=prepared.prompt.text, namer=self.namer, logprobs=bool(body.logprobs),
+            token_ids=body.return_token_ids, include_reasoning=body.include_reasoning)
         self.echo = plan.echo_text
         self.start = trio.current_time()
 
@@ -149,24 +154,9 @@ class ChatRun(GenerationsRun):
 
     def response_json(self) -> dict:
         p = self.plan
-        choices = []
-        for i, g in enumerate(self.gens):
-            r = g.result
-            message, called = shape_message(r.text, tool_parser=p.tool_parser, tool_names=self.tool_names,
-                                            reasoning=p.served.reasoning, prompt_text=p.prompt.text,
-                                            cut_short=r.finish_reason == "length")
-            if not p.body.include_reasoning:
-                message.pop("reasoning_content", None)
-            if self.echo:
-                message["content"] = self.echo + (message["content"] or "")
-            finish = tool_calls_finish_reason(r.finish_reason) if called else r.finish_reason
-            choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish,
-                      "stop_reason": r.stop_reason}
-            if p.body.logprobs:
-                choice["logprobs"] = fmt.chat_logprobs(r.tokens, self.namer)
-            if p.body.return_token_ids:
-                choice["token_ids"] = r.token_ids
-            choices.append(choice)
+        choices = [message_choice(i, g.result.text, g.result.tokens, g.result.finish, self.choice_options,
+                                  echo=self.echo)
+                   for i, g in enumerate(self.gens)]
         completion_tokens = sum(len(g.result.tokens) for g in self.gens)
         cached = self.gens[0].result.num_cached_prompt_tokens if self.gens else 0
         out = {"id": p.request_id, "object": "chat.completion", "created": p.created,
@@ -181,77 +171,49 @@ class ChatRun(GenerationsRun):
         return out
 
     # -- streaming --------------------------------------------------------------------
-    def _with_ids(self, choice: dict, tokens) -> dict:
-        """A stream choice with the ids of the tokens it tells, when the request asks."""
-        if self.plan.body.return_token_ids:
-            choice["token_ids"] = [t.token_id for t in tokens]
-        return choice
+    def event_stream(self) -> EventStream:
+        return EventStream(self._events(), tail=self._usage_events)
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    def _usage_events(self) -> list[dict]:
+        """The usage chunk, when asked for: after the choices, or after an error."""
+        p, body = self.plan, self.plan.body
+        if not (body.stream_options and body.stream_options.include_usage):
+            return []
+        completion_tokens = sum(len(g.result.tokens) for g in self.gens)
+        return [self._chunk([], fmt.usage(len(p.prompt.token_ids), completion_tokens,
+                                          self.gens[0].result.num_cached_prompt_tokens),
+                            weight_version=self.weight_version)]
+
+    async def _events(self) -> AsyncIterator[dict | Tick]:
         p = self.plan
-        body = p.body
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        streamers = [make_streamer(tool_parser=p.tool_parser, tool_names=self.tool_names,
-                                   reasoning=p.served.reasoning, prompt_text=p.prompt.text)
-                     for _ in self.gens]
+        streams = [ChoiceStream(i, self.choice_options) for i in range(len(self.gens))]
         finished = [False] * len(self.gens)
-        token_ids = body.return_token_ids
-        # vLLM's shape: the prompt's ids on each first (role) chunk, each chunk's new
-        # token ids on its choice; concatenated they are the choice's token_ids.
-        extra = {"prompt_token_ids": list(p.prompt.token_ids)} if token_ids else None
-        for i in range(len(self.gens)):
-            yield self._chunk([self._with_ids({"index": i, "delta": {"role": "assistant", "content": ""},
-                                               "logprobs": None, "finish_reason": None}, ())],
-                              extra=extra)
+        # vLLM's shape: the prompt's ids on each first (role) chunk
+        extra = {"prompt_token_ids": list(p.prompt.token_ids)} if p.body.return_token_ids else None
+        for stream in streams:
+            yield self._chunk([stream.role()], extra=extra)
         if self.echo:
-            for i in range(len(self.gens)):
-                yield self._chunk([self._with_ids({"index": i, "delta": {"content": self.echo},
-                                                   "logprobs": None, "finish_reason": None}, ())])
+            for stream in streams:
+                yield self._chunk([stream.content(self.echo)])
         try:
             async with merged_deltas(self.gens, self.state.settings.request_timeout) as events:
                 async for event in events:
                     if isinstance(event, Tick):
-                        yield fmt.SSE_KEEPALIVE
+                        yield event
                         continue
                     if isinstance(event, TimedOut):
                         for i, done in enumerate(finished):
                             if not done:
                                 finished[i] = True
-                                yield self._chunk([self._with_ids({"index": i, "delta": {}, "logprobs": None,
-                                                                   "finish_reason": "length"}, ())])
+                                yield self._chunk([streams[i].finished(event.finish)])
                         break
                     i, delta = event
-                    streamer = streamers[i]
-                    deltas = streamer.push(delta.text) if streamer else (
-                        [{"content": delta.text}] if delta.text else [])
-                    if delta.finish_reason is not None and streamer is not None:
-                        deltas += streamer.finish(cut_short=delta.finish_reason == "length")
-                    if not body.include_reasoning:
-                        deltas = [d for d in deltas if "reasoning_content" not in d]
-                    logprobs = fmt.chat_logprobs(delta.tokens, self.namer) if body.logprobs else None
-                    per_token = bool(logprobs) or token_ids  # every token is told, text or not
-                    for j, d in enumerate(deltas or ([{}] if per_token else [])):
-                        yield self._chunk([self._with_ids({"index": i, "delta": d,
-                                                           "logprobs": logprobs if j == 0 else None,
-                                                           "finish_reason": None},
-                                                          delta.tokens if j == 0 else ())])
-                    if delta.finish_reason is not None:
+                    for choice in streams[i].pieces(delta.text, delta.tokens, delta.finish):
+                        yield self._chunk([choice])
+                    if delta.finish is not None:
                         finished[i] = True
-                        finish = delta.finish_reason
-                        if streamer is not None and streamer.saw_tool_call:
-                            finish = tool_calls_finish_reason(finish)
-                        yield self._chunk([self._with_ids({"index": i, "delta": {}, "logprobs": None,
-                                                           "finish_reason": finish,
-                                                           "stop_reason": delta.stop_reason}, ())],
+                        yield self._chunk([streams[i].finished(delta.finish)],
                                           weight_version=self.gens[i].result.weight_version
                                           or self.weight_version)
-        except STREAM_ERRORS as exc:
-            yield stream_error_event(exc)
         finally:
             self._observe()
-        if include_usage:
-            completion_tokens = sum(len(g.result.tokens) for g in self.gens)
-            yield self._chunk([], fmt.usage(len(p.prompt.token_ids), completion_tokens,
-                                            self.gens[0].result.num_cached_prompt_tokens),
-                              weight_version=self.weight_version)
-        yield fmt.SSE_DONE

@@ -6,14 +6,18 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from triolm.engine import finish as finishes
 from triolm.engine.constraint import GrammarSpec
+from triolm.engine.finish import Finish
 from triolm.errors import InvalidRequestError
-from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
+from triolm.http.generations_run import GenerationsRun, admit
+from triolm.http.sse_stream import EventStream
 from triolm.http.state import AppState
 from triolm.http.structured import compile_constraint
 from triolm.prompting.prompts import check_prompt_chars, encode_text
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import bad_request
+from triolm.protocol.finish_reason import openai_finish
 from triolm.protocol.plan import CompletionPrompts, GenerationPlan
 from triolm.protocol.schemas import CompletionRequest
 from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
@@ -85,18 +89,19 @@ class CompletionRun(GenerationsRun):
         cached = sum(self.gens[i].result.num_cached_prompt_tokens for i in range(0, len(self.gens), self.body.n))
         return fmt.usage(prompt_tokens, generated, cached)
 
-    def _told(self, text: str, tokens, finish_reason: str | None, stop_reason) -> tuple:
-        """What is told of generated output: nothing but the end, for echo alone."""
+    def _told(self, text: str, tokens, finish: Finish | None) -> tuple:
+        """(text, tokens, finish_reason, stop_reason) told of generated output: for echo
+        alone, nothing but the end (the max_tokens of 0 it asked for)."""
         if self.echo_only:
-            return "", (), "length" if finish_reason is not None else None, None
-        return text, tokens, finish_reason, stop_reason
+            return "", (), *openai_finish(finishes.LENGTH if finish is not None else None)
+        return text, tokens, *openai_finish(finish)
 
     async def complete(self) -> dict:
         await self._run_to_end()
         choices = []
         for i, g in enumerate(self.gens):
             r = g.result
-            text, tokens, finish_reason, stop_reason = self._told(r.text, r.tokens, r.finish_reason, r.stop_reason)
+            text, tokens, finish_reason, stop_reason = self._told(r.text, r.tokens, r.finish)
             prefix = self._echo_text(i) if self.body.echo else ""
             choice = {"index": i, "text": prefix + text, "logprobs": None,
                       "finish_reason": finish_reason, "stop_reason": stop_reason}
@@ -115,9 +120,17 @@ class CompletionRun(GenerationsRun):
                 "model": self.served.name, "choices": choices, "usage": self._usage(),
                 "weight_version": self.weight_version}
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    def event_stream(self) -> EventStream:
+        return EventStream(self._events(), tail=self._usage_events)
+
+    def _usage_events(self) -> list[dict]:
+        """The usage chunk, when asked for: after the choices, or after an error."""
+        if not (self.body.stream_options and self.body.stream_options.include_usage):
+            return []
+        return [self._chunk([], self._usage(), weight_version=self.weight_version)]
+
+    async def _events(self) -> AsyncIterator[dict | Tick]:
         body = self.body
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         finished = [False] * len(self.gens)
         offsets = [0] * len(self.gens)
         # vLLM's shape: a choice's first chunk carries its prompt's ids, every chunk the
@@ -137,7 +150,7 @@ class CompletionRun(GenerationsRun):
         # log-probabilities; without, it goes out at once.
         echo_pending = [body.echo] * len(self.gens)
 
-        def echo_chunk(i: int) -> bytes:
+        def echo_chunk(i: int) -> dict:
             echo_pending[i] = False
             text = self._echo_text(i)
             offsets[i] = len(text)
@@ -152,21 +165,21 @@ class CompletionRun(GenerationsRun):
             async with merged_deltas(self.gens, self.state.settings.request_timeout) as events:
                 async for event in events:
                     if isinstance(event, Tick):
-                        yield fmt.SSE_KEEPALIVE
+                        yield event
                         continue
                     if isinstance(event, TimedOut):
+                        timed_out, _ = openai_finish(event.finish)
                         for i, done in enumerate(finished):
                             if echo_pending[i]:
                                 yield echo_chunk(i)
                             if not done:
                                 yield self._chunk([choice(i, {"text": "", "logprobs": None,
-                                                              "finish_reason": "length"})])
+                                                              "finish_reason": timed_out})])
                         break
                     i, delta = event
                     if echo_pending[i]:
                         yield echo_chunk(i)
-                    text, tokens, finish_reason, stop_reason = self._told(
-                        delta.text, delta.tokens, delta.finish_reason, delta.stop_reason)
+                    text, tokens, finish_reason, stop_reason = self._told(delta.text, delta.tokens, delta.finish)
                     logprobs = None
                     if body.logprobs is not None:
                         logprobs = fmt.completion_logprobs(tokens, self.namer, offsets[i])
@@ -179,13 +192,8 @@ class CompletionRun(GenerationsRun):
                                                   "stop_reason": stop_reason}, tokens)],
                                       weight_version=(self.gens[i].result.weight_version
                                                       or self.weight_version) if final else None)
-        except STREAM_ERRORS as exc:
-            yield stream_error_event(exc)
         finally:
             self._observe()
-        if include_usage:
-            yield self._chunk([], self._usage(), weight_version=self.weight_version)
-        yield fmt.SSE_DONE
 
 
 async def prepare_completion(state: AppState, plan: GenerationPlan) -> CompletionRun:

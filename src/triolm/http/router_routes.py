@@ -3,19 +3,20 @@ plus the admin routes (backends, drain, reload)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from triolm.errors import InvalidRequestError
 from triolm.http.body import read_json_object
-from triolm.http.routes import sse_response
+from triolm.http.sse_stream import EventStream, sse_response
 from triolm.prompting.prompts import (
     RenderedPrompt,
     check_prompt_chars,
     encode_text,
     render_chat_text_in_worker,
 )
-from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import APIError, bad_request
 from triolm.protocol.plan import completion_prompts
 from triolm.protocol.schemas import (
@@ -81,7 +82,7 @@ async def chat_completions():
     run = FleetChat(st, body, prompt)
     choice = dispatch.choose(st, prompt.token_ids)
     if body.stream:
-        response = sse_response(await run.open_stream(choice))
+        response = sse_response(EventStream(await run.open_stream(choice)))
     else:
         response = jsonify(await run.complete(choice))
     response.headers[BACKEND_HEADER] = run.choice.backend.url
@@ -107,17 +108,16 @@ async def completions():
         return jsonify({**answer, "model": name})
     events, _ = await dispatch.open_stream(st, payload, choice, prompts[0])
 
-    async def relay():
+    async def relay() -> AsyncIterator[dict]:
         try:
             async for event in events:
-                yield fmt.sse({**event, "model": name} if "model" in event else event)
+                yield {**event, "model": name} if "model" in event else event
         except BackendBroke as exc:
             err = APIError(502, f"{exc}; the request was not retried (part of it was already sent)",
                            code="backend_failed", error_type="upstream_error")
-            yield fmt.sse({"error": err.body()["error"]})
-        yield fmt.SSE_DONE
+            yield {"error": err.body()["error"]}
 
-    return sse_response(relay())
+    return sse_response(EventStream(relay()))
 
 
 async def _prompt_ids(st: RouterState, body: CompletionRequest) -> list[list[int]]:

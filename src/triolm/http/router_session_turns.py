@@ -9,11 +9,10 @@ request, and the node's step metadata says so (`moved_from`, `moved_because`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import attrs
 
 from triolm.http.sessions_routes import prepare_turn
+from triolm.http.sse_stream import EventStream
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.router import dispatch
 from triolm.router.backends import Backend, Choice
@@ -55,9 +54,7 @@ class FleetTurns:
                                                      "moved_because": why})
                     for g in gens]
         session.backend = used.url
-        fe = self.state.frontend
-        stop_ids = set(fe.eos_token_ids) | set(run.body.stop_token_ids or ())
-        record_turn(self.registry, prepared, run.request_id, gens, fe.tokenizer, stop_ids)
+        record_turn(self.registry, prepared, run.request_id, gens, self.state.frontend.tokenizer)
 
     async def complete(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> dict:
         run, choice = self._start(prepared, body)
@@ -65,9 +62,9 @@ class FleetTurns:
         self._record(prepared, run)
         return data
 
-    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> EventStream:
         run, choice = self._start(prepared, body)
-        return await run.open_stream(choice, on_done=lambda: self._record(prepared, run))
+        return EventStream(await run.open_stream(choice, on_done=lambda: self._record(prepared, run)))
 
 
 def _why_moved(state: RouterState, url: str) -> str:

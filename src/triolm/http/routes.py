@@ -10,6 +10,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from triolm.http.body import read_json_object
 from triolm.http.chat import ChatRun, prepare_chat, render_for_request
 from triolm.http.completions import prepare_completion
+from triolm.http.sse_stream import sse_response
 from triolm.http.state import AppState
 from triolm.prompting.prompts import encode_text
 from triolm.protocol.errors import APIError, bad_request
@@ -35,14 +36,6 @@ async def json_body() -> dict:
     return await read_json_object(await request.get_data(cache=False))
 
 
-def sse_response(body) -> Response:
-    response = Response(body, mimetype="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    response.timeout = None
-    return response
-
-
 # -- OpenAI -----------------------------------------------------------------------------
 @bp.post("/v1/chat/completions")
 async def chat_completions():
@@ -51,7 +44,7 @@ async def chat_completions():
     plan = resolve_chat(body, st.model_info(body.model))
     run = ChatRun(st, await prepare_chat(st, plan))
     if plan.stream:
-        return sse_response(run.stream())
+        return sse_response(run.event_stream())
     return jsonify(await run.complete())
 
 
@@ -62,7 +55,7 @@ async def completions():
     plan = resolve_completion(body, st.model_info(body.model))
     run = await prepare_completion(st, plan)
     if plan.stream:
-        return sse_response(run.stream())
+        return sse_response(run.event_stream())
     return jsonify(await run.complete())
 
 

@@ -15,25 +15,27 @@ path as /v1/chat/completions) or, in `triolm router`, a backend. Contract: contr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Protocol
 
+import attrs
 from quart import Blueprint, jsonify, request
 
 from triolm.errors import InvalidRequestError
 from triolm.http.body import read_json_object
 from triolm.http.chat import ChatRun, PreparedChat, prepare_chat, prompt_from_token_ids, render_for_request
-from triolm.http.routes import sse_response
+from triolm.http.sse_stream import EventStream, sse_response
 from triolm.http.state import AppState
 from triolm.loading.served_model import ServedModel
 from triolm.prompting.prompts import RenderedPrompt, render_chat_text_in_worker
 from triolm.prompting.tool_parsers import TOOL_PARSERS
-from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import APIError, bad_request
 from triolm.protocol.plan import chat_messages, resolve_chat
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.protocol.validation import parse_request
 from triolm.router.frontend import PromptFrontend
+from triolm.runtime.fanout import Tick
 from triolm.runtime.lanes import PromptLanes, text_chars
 from triolm.sessions.node import Extension, find_extension, find_token_extension
 from triolm.sessions.raw_history import find_extension_keeping_thinking
@@ -60,7 +62,7 @@ class SessionTurns(Protocol):
     async def complete(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> dict:
         """Generate, record the nodes, return the chat completion."""
 
-    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> EventStream:
         """Everything that can fail before the first byte, then the SSE events (the
         nodes are recorded when the stream completes)."""
 
@@ -146,14 +148,8 @@ def register_session_routes(app, turns: SessionTurns) -> None:
         if body.stream:
             with registry.using(session):
                 prepared = await turns.prepare(session, body)
-                chunks = await turns.open_stream(prepared, body)
-
-            async def events():
-                with registry.using(session):
-                    async for chunk in chunks:
-                        yield chunk
-
-            return sse_response(events())
+                stream = await turns.open_stream(prepared, body)
+            return sse_response(used_while_streaming(registry, session, stream))
         with registry.using(session):
             prepared = await turns.prepare(session, body)
             data = await turns.complete(prepared, body)
@@ -245,25 +241,45 @@ class EngineTurns:
         self._record(prepared, plan, run)
         return data
 
-    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> EventStream:
         plan = await self._plan(prepared, body)
         run = ChatRun(self.state, plan)
-
-        async def events():
-            async for chunk in run.stream():
-                if chunk == fmt.SSE_DONE:
-                    self._record(prepared, plan, run)
-                yield chunk
-
-        return events()
+        return recorded_at_end(run.event_stream(), lambda: self._record(prepared, plan, run))
 
     def _record(self, prepared: PreparedTurn, plan: PreparedChat, run: ChatRun) -> None:
         gens = [FinishedGeneration(token_ids=[t.token_id for t in g.result.tokens],
                                    logprobs=[t.logprob for t in g.result.tokens], text=g.result.text,
-                                   finish_reason=g.result.finish_reason, stop_reason=g.result.stop_reason,
+                                   finish=g.result.finish,
                                    num_cached_prompt_tokens=g.result.num_cached_prompt_tokens,
                                    num_prefilled_tokens=g.result.num_prefilled_tokens,
                                    weight_spans=tuple((w.weight_version, w.count) for w in g.result.weight_spans))
                 for g in run.gens]
-        stop_ids = set(plan.served.eos_token_ids) | set(plan.body.stop_token_ids or ())
-        record_turn(self.registry, prepared, plan.request_id, gens, plan.served.tokenizer, stop_ids)
+        record_turn(self.registry, prepared, plan.request_id, gens, plan.served.tokenizer)
+
+
+def recorded_at_end(stream: EventStream, record: Callable[[], None]) -> EventStream:
+    """`stream`, recording the turn's nodes once its events ended (normally or with an
+    error: the choices that finished are recorded); not when its client left first."""
+
+    def tail() -> list[dict]:
+        events = list(stream.tail())
+        record()
+        return events
+
+    return attrs.evolve(stream, tail=tail)
+
+
+def used_while_streaming(registry: SessionRegistry, session: Session, stream: EventStream) -> EventStream:
+    """`stream`, with the session marked in use (it does not expire) while it streams."""
+
+    async def events() -> AsyncIterator[dict | Tick]:
+        with registry.using(session):
+            async with aclosing(stream.events) as source:
+                async for event in source:
+                    yield event
+
+    def tail() -> list[dict]:
+        with registry.using(session):
+            return list(stream.tail())
+
+    return attrs.evolve(stream, events=events(), tail=tail)

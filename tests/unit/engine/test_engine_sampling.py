@@ -67,14 +67,14 @@ def test_stop_token_ids_min_tokens_and_ignore_eos(model):
     stop_at = greedy[3]
     outs = run(model, [("s", PROMPT, SamplingParams(temperature=0, max_tokens=10, stop_token_ids=(stop_at,)))])
     assert tokens(outs, "s") == greedy[: greedy.index(stop_at) + 1]
-    assert outs["s"][-1].finish_reason == "stop"
+    assert outs["s"][-1].finish.kind == "stop"
     # EOS forced by bias: stops at once, unless ignore_eos or min_tokens hides it
     bias = ((EOS, 100.0),)
     outs = run(model, [("e", PROMPT, SamplingParams(temperature=0, max_tokens=6, logit_bias=bias)),
                        ("i", PROMPT, SamplingParams(temperature=0, max_tokens=6, logit_bias=bias, ignore_eos=True)),
                        ("m", PROMPT, SamplingParams(temperature=0, max_tokens=6, logit_bias=bias, min_tokens=4))])
-    assert tokens(outs, "e") == [EOS] and outs["e"][-1].finish_reason == "stop"
-    assert tokens(outs, "i") == [EOS] * 6 and outs["i"][-1].finish_reason == "length"
+    assert tokens(outs, "e") == [EOS] and outs["e"][-1].finish.kind == "stop"
+    assert tokens(outs, "i") == [EOS] * 6 and outs["i"][-1].finish.kind == "length"
     assert EOS not in tokens(outs, "m")[:4] and tokens(outs, "m")[4] == EOS
 
 
