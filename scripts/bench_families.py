@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-quantize", default=None)
     ap.add_argument("--llama-cpp-python", default=bls.LLAMA_CPP_PYTHON)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--gen", type=int, default=128, help="tokens of the single-stream decode case")
+    ap.add_argument("--gen", type=int, default=64, help="tokens of the single-stream decode case")
     ap.add_argument("--prefill-len", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--triolm-kv-cache-dtype", choices=["float32", "float16"], default=None)
