@@ -60,7 +60,7 @@ import bench_common as bc  # noqa: E402
 REAL_SMOLLM2 = Path("/work/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 KNOWN_BUILD = Path("/work/peers/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin")
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
-BENCH_QUANTS = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
+BENCH_QUANTS = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_NL", "IQ4_XS")
 CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
                "-DGGML_F16C=ON", "-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON",
                "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF",

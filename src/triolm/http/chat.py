@@ -1,4 +1,5 @@
-"""/v1/chat/completions: prepare (render off the loop, validate), generate, shape.
+"""/v1/chat/completions: a resolved plan (protocol.plan) gets its prompt (rendered off the
+loop) and its constraint (compiled), then generates and is shaped.
 
 `prepare_chat` and `ChatRun` are also used by the sessions routes, which supply their
 own prompt tokens and record what was generated.
@@ -11,10 +12,11 @@ from collections.abc import AsyncIterator
 import attrs
 import trio
 
+from triolm.engine.constraint import GrammarSpec
 from triolm.errors import InvalidRequestError
 from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
-from triolm.http.state import AppState, request_limits
-from triolm.http.structured import constraint_for_chat, tool_parsing_mode
+from triolm.http.state import AppState
+from triolm.http.structured import compile_constraint
 from triolm.loading.served_model import ServedModel
 from triolm.prompting.mistral import invalid_request_from_mistral_error
 from triolm.prompting.prompts import (
@@ -27,57 +29,63 @@ from triolm.prompting.prompts import (
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.chat_output import make_streamer, shape_message
 from triolm.protocol.errors import bad_request
-from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings, truncated_prompt
+from triolm.protocol.plan import ChatMessages, GenerationPlan, PromptTokenIds
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.protocol.tool_calls import tool_calls_finish_reason
-from triolm.protocol.validation import check_against_model, requested_max_tokens
+from triolm.protocol.validation import check_token_ids
 from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
 from triolm.runtime.generation import Generation
 from triolm.runtime.lanes import text_chars, verbatim_prompt_chars
 
 
-@attrs.define
-class ChatPlan:
-    body: ChatCompletionRequest
+@attrs.frozen
+class PreparedChat:
+    """A chat plan with its prompt rendered and tokenized and its constraint compiled."""
+
+    plan: GenerationPlan
     served: ServedModel
     prompt: RenderedPrompt
     max_tokens: int
-    stops: list[str]
-    tool_parser: str | None  # parse tool calls out of the output with this parser
-    constraint: object | None
-    request_id: str = attrs.Factory(lambda: fmt.new_id("chatcmpl"))
+    constraint: GrammarSpec | None
+    request_id: str
     created: int = attrs.Factory(fmt.now)
 
+    @property
+    def body(self) -> ChatCompletionRequest:
+        """The checked request (for the flags the reply's shape reads as given)."""
+        assert isinstance(self.plan.request, ChatCompletionRequest)
+        return self.plan.request
 
-async def render_for_request(state: AppState, served: ServedModel, body: ChatCompletionRequest,
+    @property
+    def tool_parser(self) -> str | None:
+        return self.plan.tool_parser
+
+
+async def render_for_request(state: AppState, served: ServedModel, chat: ChatMessages,
                              check_context: bool = True) -> RenderedPrompt:
-    """The prompt of a chat request: rendered (in a template worker process, or by
-    mistral-common in a thread) and tokenized in the lane its size picks. With
-    `check_context`, text that cannot fit the context is refused before any of that."""
+    """The prompt of a chat: rendered (in a template worker process, or by mistral-common
+    in a thread) and tokenized in the lane its size picks. With `check_context`, text that
+    cannot fit the context is refused before any of that."""
     lanes = state.lanes
     try:
         if check_context:
-            check_prompt_chars(served, verbatim_prompt_chars(body.messages), "messages")
-        limiter = lanes.for_chars(text_chars(body.messages) + text_chars(body.tools))
-        if served.mistral_tokenizer is not None:
-            if body.add_special_tokens:
-                raise bad_request("add_special_tokens is not supported with mistral-common's tokenizer "
-                                  "(it writes the special tokens itself)", param="add_special_tokens")
+            check_prompt_chars(served, verbatim_prompt_chars(chat.messages), "messages")
+        limiter = lanes.for_chars(text_chars(chat.messages) + text_chars(chat.tools))
+        if served.mistral_tokenizer is not None:  # it writes the special tokens itself
             return await lanes.run(
-                limiter, render_chat_prompt, served, body.messages, body.tools,
-                body.add_generation_prompt, body.continue_final_message, body.template_variables)
+                limiter, render_chat_prompt, served, chat.messages, chat.tools,
+                chat.add_generation_prompt, chat.continue_final_message, chat.template_variables)
         text = await render_chat_text_in_worker(
-            lanes.templates, limiter, served, body.messages, body.tools, body.add_generation_prompt,
-            body.continue_final_message, body.template_variables)
+            lanes.templates, limiter, served, chat.messages, chat.tools, chat.add_generation_prompt,
+            chat.continue_final_message, chat.template_variables)
         # The template already contains bos and other special tokens as text.
-        return RenderedPrompt(text, await lanes.run(limiter, encode_text, served, text, body.add_special_tokens))
+        return RenderedPrompt(text, await lanes.run(limiter, encode_text, served, text, chat.add_special_tokens))
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     except Exception as exc:
         if served.mistral_tokenizer is None:
             raise
         # mistral-common's validation errors name the problem in the message
-
         mapped = invalid_request_from_mistral_error(exc)
         if mapped is None:
             raise
@@ -87,54 +95,27 @@ async def render_for_request(state: AppState, served: ServedModel, body: ChatCom
 async def prompt_from_token_ids(state: AppState, served: ServedModel, token_ids: list[int]) -> RenderedPrompt:
     """A chat prompt given as token ids (`prompt_token_ids`): used as they are, with their
     decoded text (special tokens kept) as the prompt's text."""
-    vocab = served.config.vocab_size
-    bad = next((t for t in token_ids if not 0 <= t < vocab), None)
-    if bad is not None:
-        raise bad_request(f"prompt_token_ids: token id {bad} is outside the vocabulary (0..{vocab - 1})",
-                          param="prompt_token_ids")
+    check_token_ids(token_ids, served.config.vocab_size, "prompt_token_ids")
     text = await state.lanes.run(state.lanes.for_chars(len(token_ids) * 4), served.tokenizer.decode,
                                  token_ids, False)
     return RenderedPrompt(text, list(token_ids))
 
 
-async def prepare_chat(state: AppState, body: ChatCompletionRequest,
-                       prompt: RenderedPrompt | None = None) -> ChatPlan:
-    served = state.require_generation().served
-    state.check_model_name(body.model)
-    check_against_model(body, request_limits(state))
-    if prompt is not None and body.truncate_prompt_tokens is not None:
-        raise bad_request("truncate_prompt_tokens cannot be used here: the prompt is the session's",
-                          param="truncate_prompt_tokens")
+async def prepare_chat(state: AppState, plan: GenerationPlan, prompt: RenderedPrompt | None = None) -> PreparedChat:
+    """Render and tokenize the plan's prompt (unless the caller gives it: a session's),
+    check it against the context, compile the constraint."""
+    served = state.serving().served
     if prompt is None:
-        if body.prompt_token_ids is not None:
-            prompt = await prompt_from_token_ids(state, served, body.prompt_token_ids)
+        if isinstance(plan.prompt, PromptTokenIds):
+            prompt = await prompt_from_token_ids(state, served, plan.prompt.token_ids)
         else:
-            prompt = await render_for_request(state, served, body)
-        prompt = attrs.evolve(prompt, token_ids=truncated_prompt(prompt.token_ids, body, served.max_model_len))
-    max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), served.max_model_len,
-                               min_tokens=body.min_tokens)
-    constraint = await constraint_for_chat(state, served, body, prompt.text)
-    plan = ChatPlan(body=body, served=served, prompt=prompt, max_tokens=max_tokens,
-                    stops=stop_strings(body), tool_parser=tool_parsing_mode(served, body),
-                    constraint=constraint)
-    if body.request_id is not None:
-        plan.request_id = f"chatcmpl-{body.request_id}"
-    return plan
-
-
-def echoed_text(body: ChatCompletionRequest) -> str:
-    """vLLM's chat `echo`: the last message's text, when the reply continues its role
-    (the reply's role is the last message's without a generation prompt)."""
-    if not body.echo or body.messages is None:
-        return ""
-    last = body.messages[-1]
-    role = "assistant" if body.add_generation_prompt else last.get("role")
-    if last.get("role") != role:
-        return ""
-    content = last.get("content")
-    if isinstance(content, list):
-        content = "".join(part["text"] for part in content)
-    return content or ""
+            assert isinstance(plan.prompt, ChatMessages)
+            prompt = await render_for_request(state, served, plan.prompt)
+        prompt = attrs.evolve(prompt, token_ids=plan.truncated(prompt.token_ids))
+    max_tokens = plan.max_tokens_for(len(prompt.token_ids))
+    constraint = await compile_constraint(state, served, plan.constraint, prompt.text)
+    request_id = fmt.new_id("chatcmpl") if plan.request_id is None else f"chatcmpl-{plan.request_id}"
+    return PreparedChat(plan, served, prompt, max_tokens, constraint, request_id)
 
 
 class ChatRun(GenerationsRun):
@@ -142,28 +123,23 @@ class ChatRun(GenerationsRun):
 
     chunk_object = "chat.completion.chunk"
 
-    def __init__(self, state: AppState, plan: ChatPlan):
+    def __init__(self, state: AppState, prepared: PreparedChat):
         self.state = state
-        self.plan = plan
-        self.request_id, self.created, self.model_name = plan.request_id, plan.created, plan.served.name
-        body = plan.body
-        logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        self.namer = fmt.TokenNamer(plan.served.tokenizer, body.return_tokens_as_token_ids)
+        self.plan = prepared
+        self.request_id, self.created, self.model_name = prepared.request_id, prepared.created, prepared.served.name
+        plan = prepared.plan
+        self.namer = fmt.TokenNamer(prepared.served.tokenizer, plan.request.return_tokens_as_token_ids)
         driver = state.serving().driver
-        admit(driver, body.n)
+        admit(driver, plan.n)
         self.gens = [
-            Generation(driver, plan.served.tokenizer, plan.prompt.token_ids,
-                       build_sampling_params(body, plan.max_tokens, logprobs, seed_offset=i,
-                                             constraint=plan.constraint,
-                                             prompt_logprobs=body.prompt_logprobs if i == 0 else None),
-                       stop=plan.stops, include_stop_str=body.include_stop_str_in_output,
-                       # tool and thinking markup may be special tokens ([TOOL_CALLS], [THINK])
-                       skip_special_tokens=body.skip_special_tokens and plan.tool_parser is None
-                       and plan.served.reasoning is None)
-            for i in range(body.n)
+            Generation(driver, prepared.served.tokenizer, prepared.prompt.token_ids,
+                       plan.sampling_params(i, prepared.max_tokens, prepared.constraint),
+                       stop=list(plan.stops), include_stop_str=plan.include_stop_str,
+                       skip_special_tokens=plan.skip_special_tokens)
+            for i in range(plan.n)
         ]
-        self.tool_names = [t.get("function", {}).get("name") for t in (body.tools or [])] or None
-        self.echo = echoed_text(body)
+        self.tool_names = plan.tool_names
+        self.echo = plan.echo_text
         self.start = trio.current_time()
 
     # -- non-streaming ----------------------------------------------------------------

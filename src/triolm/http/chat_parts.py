@@ -1,6 +1,6 @@
 """One chat generation streamed as typed parts (protocol.reply_parts), for the protocols
 that shape a reply their own way (the Responses and Messages APIs). The chat pipeline
-does the work: the request is a `ChatPlan`, and the text is split by the same reasoning
+does the work: the request is a `PreparedChat`, and the text is split by the same reasoning
 splitter and tool-call parser that shape `/v1/chat/completions` deltas."""
 
 from __future__ import annotations

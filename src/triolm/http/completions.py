@@ -6,84 +6,65 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from triolm.engine.constraint import GrammarSpec
 from triolm.errors import InvalidRequestError
 from triolm.http.generations_run import STREAM_ERRORS, GenerationsRun, admit, stream_error_event
-from triolm.http.state import AppState, request_limits
-from triolm.http.structured import constraint_for_completion
+from triolm.http.state import AppState
+from triolm.http.structured import compile_constraint
 from triolm.prompting.prompts import check_prompt_chars, encode_text
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import bad_request
-from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings, truncated_prompt
+from triolm.protocol.plan import CompletionPrompts, GenerationPlan
 from triolm.protocol.schemas import CompletionRequest
-from triolm.protocol.validation import check_against_model, requested_max_tokens
 from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
 from triolm.runtime.generation import Generation
 
 
-async def tokenize_prompts(state: AppState, body: CompletionRequest) -> list[list[int]]:
+async def tokenize_prompts(state: AppState, prompts: CompletionPrompts) -> list[list[int]]:
+    """Each prompt's token ids: texts tokenized in the lane their size picks (ids were
+    checked by the resolver)."""
     served = state.serving().served
-    prompt = body.prompt
-    vocab = served.config.vocab_size
-    if isinstance(prompt, str):
-        texts = [prompt]
-    elif prompt and all(isinstance(p, str) for p in prompt):
-        texts = list(prompt)
-    elif prompt and all(isinstance(p, int) for p in prompt):
-        texts, ids = None, [list(prompt)]
-    elif prompt and all(isinstance(p, list) for p in prompt):
-        texts, ids = None, [list(p) for p in prompt]
-    else:
-        raise bad_request("prompt must be a string, a list of strings, a list of token ids "
-                          "or a list of lists of token ids, and not empty", param="prompt")
-    if texts is not None:
-        ids = []
-        for text in texts:
+    ids = []
+    for prompt in prompts.prompts:
+        if isinstance(prompt, str):
             try:
-                check_prompt_chars(served, len(text), "prompt")
+                check_prompt_chars(served, len(prompt), "prompt")
             except InvalidRequestError as exc:
                 raise bad_request(exc.message, param=exc.param, code=exc.code) from None
-            ids.append(await state.lanes.run(state.lanes.for_chars(len(text)), encode_text, served, text,
-                                             body.add_special_tokens))
-    for seq in ids:
-        if not seq:
-            raise bad_request("prompt must not be empty", param="prompt")
-        for t in seq:
-            if not 0 <= t < vocab:
-                raise bad_request(f"prompt token id {t} is outside the vocabulary (0..{vocab - 1})",
-                                  param="prompt")
-    return [truncated_prompt(seq, body, served.max_model_len) for seq in ids]
+            prompt = await state.lanes.run(state.lanes.for_chars(len(prompt)), encode_text, served, prompt,
+                                           prompts.add_special_tokens)
+            if not prompt:
+                raise bad_request("prompt must not be empty", param="prompt")
+        ids.append(prompt)
+    return ids
 
 
 class CompletionRun(GenerationsRun):
     chunk_object = "text_completion"
 
-    def __init__(self, state: AppState, body: CompletionRequest, prompts: list[list[int]], constraint=None):
+    def __init__(self, state: AppState, plan: GenerationPlan, prompts: list[list[int]],
+                 constraint: GrammarSpec | None = None):
         runtime = state.serving()
         served, driver = runtime.served, runtime.driver
+        assert isinstance(plan.request, CompletionRequest)
+        body = plan.request
         self.state, self.body, self.served, self.prompts = state, body, served, prompts
-        self.request_id = fmt.new_id("cmpl") if body.request_id is None else f"cmpl-{body.request_id}"
+        self.request_id = fmt.new_id("cmpl") if plan.request_id is None else f"cmpl-{plan.request_id}"
         self.created, self.model_name = fmt.now(), served.name
         self.namer = fmt.TokenNamer(served.tokenizer, body.return_tokens_as_token_ids)
-        stops = stop_strings(body)
-        # echo + logprobs gives the prompt's log-probabilities too (as vLLM does)
-        self.prompt_logprobs = body.prompt_logprobs
-        if self.prompt_logprobs is None and body.echo and body.logprobs is not None:
-            self.prompt_logprobs = body.logprobs
-        # echo with max_tokens 0 (vLLM; scoring harnesses send it): the prompt alone. One
-        # token is generated (the prefill must sample) and not told.
-        self.echo_only = body.echo and requested_max_tokens(body) == 0
+        self.prompt_logprobs = plan.prompt_logprobs
+        # echo with max_tokens 0: the prompt alone. One token is generated (the prefill
+        # must sample) and not told.
+        self.echo_only = plan.echo_only
         self.gens: list[Generation] = []
         self.prompt_index: list[int] = []
         for p_index, prompt in enumerate(prompts):
-            wanted = 1 if self.echo_only else requested_max_tokens(body) or 16
-            max_tokens = check_context(len(prompt), wanted, served.max_model_len,
-                                       prompt_param="prompt", min_tokens=body.min_tokens)
-            for i in range(body.n):
-                params = build_sampling_params(body, max_tokens, body.logprobs, seed_offset=i,
-                                               constraint=constraint, prompt_logprobs=self.prompt_logprobs)
-                self.gens.append(Generation(driver, served.tokenizer, prompt, params, stop=stops,
-                                            skip_special_tokens=body.skip_special_tokens,
-                                            include_stop_str=body.include_stop_str_in_output))
+            max_tokens = plan.max_tokens_for(len(prompt))
+            for i in range(plan.n):
+                self.gens.append(Generation(driver, served.tokenizer, prompt,
+                                            plan.sampling_params(i, max_tokens, constraint), stop=list(plan.stops),
+                                            skip_special_tokens=plan.skip_special_tokens,
+                                            include_stop_str=plan.include_stop_str))
                 self.prompt_index.append(p_index)
         admit(driver, len(self.gens))
         self.start = trio.current_time()
@@ -207,12 +188,10 @@ class CompletionRun(GenerationsRun):
         yield fmt.SSE_DONE
 
 
-async def prepare_completion(state: AppState, body: CompletionRequest) -> CompletionRun:
-    served = state.require_generation().served
-    state.check_model_name(body.model)
-    check_against_model(body, request_limits(state))
-    if body.suffix:
-        raise bad_request("suffix is not supported", param="suffix")
-    prompts = await tokenize_prompts(state, body)
-    constraint = await constraint_for_completion(state, served, body)
-    return CompletionRun(state, body, prompts, constraint)
+async def prepare_completion(state: AppState, plan: GenerationPlan) -> CompletionRun:
+    """Tokenize the plan's prompts, check each against the context, compile the constraint."""
+    served = state.serving().served
+    assert isinstance(plan.prompt, CompletionPrompts)
+    prompts = [plan.truncated(ids) for ids in await tokenize_prompts(state, plan.prompt)]
+    constraint = await compile_constraint(state, served, plan.constraint)
+    return CompletionRun(state, plan, prompts, constraint)

@@ -23,6 +23,7 @@ from triolm.protocol.messages_request import (
     check_thinking,
     parse_messages_request,
 )
+from triolm.protocol.plan import chat_messages, resolve_chat
 from triolm.protocol.reply_parts import Finished
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.protocol.validation import parse_request
@@ -50,11 +51,12 @@ async def create_message():
     st = state()
     body = parse_messages_request(MessagesRequest, await json_body())
     try:
-        plan = await prepare_chat(st, _chat_body(body))
+        chat_body = _chat_body(body)
+        prepared = await prepare_chat(st, resolve_chat(chat_body, st.model_info(chat_body.model)))
     except APIError as exc:
         exc.param = _PARAMS.get(exc.param, exc.param)
         raise
-    run = ChatPartsRun(st, plan)
+    run = ChatPartsRun(st, prepared)
     message_id = new_id("msg")
     if body.stream:
         return sse_response(_stream(run, message_id))
@@ -83,6 +85,6 @@ async def count_tokens():
     body = parse_messages_request(CountTokensRequest, await json_body())
     served = st.serving().served
     st.check_model_name(body.model)
-    prompt = await render_for_request(st, served, _chat_body(body), check_context=False)
+    prompt = await render_for_request(st, served, chat_messages(_chat_body(body)), check_context=False)
     return jsonify({"input_tokens": len(prompt.token_ids)})
 

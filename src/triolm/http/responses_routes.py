@@ -16,6 +16,7 @@ from triolm.http.routes import json_body, sse_response, state
 from triolm.http.state import AppState
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import APIError
+from triolm.protocol.plan import resolve_chat
 from triolm.protocol.reply_parts import Finished
 from triolm.protocol.responses_output import ResponseEvents, ResponseShape, output_items, status_of, usage
 from triolm.protocol.responses_request import (
@@ -67,12 +68,12 @@ async def create_response():
     before = _previous_conversation(st, body)
     try:
         chat_body = parse_request(ChatCompletionRequest, chat_request(body, before))
-        plan = await prepare_chat(st, chat_body)
+        prepared = await prepare_chat(st, resolve_chat(chat_body, st.model_info(chat_body.model)))
     except APIError as exc:
         exc.param = _PARAMS.get(exc.param, exc.param)
         raise
-    run = ChatPartsRun(st, plan)
-    shape = ResponseShape(body, plan.served.name)
+    run = ChatPartsRun(st, prepared)
+    shape = ResponseShape(body, prepared.served.name)
     if body.stream:
         return sse_response(_stream(st, run, shape, body, before))
     chat = await run.complete()

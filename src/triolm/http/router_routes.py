@@ -17,6 +17,7 @@ from triolm.prompting.prompts import (
 )
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import APIError, bad_request
+from triolm.protocol.plan import completion_prompts
 from triolm.protocol.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -28,7 +29,7 @@ from triolm.protocol.validation import parse_request
 from triolm.router import dispatch
 from triolm.router.backend_client import BackendBroke
 from triolm.router.backends import read_backends_file
-from triolm.router.chat import FleetChat, tool_parsing_mode
+from triolm.router.chat import FleetChat
 from triolm.router.state import RouterState
 from triolm.runtime.lanes import text_chars
 
@@ -77,7 +78,7 @@ async def chat_completions():
     _check_running(st)
     check_model_name(st, body.model)
     prompt = await render_prompt(st, body)
-    run = FleetChat(st, body, prompt, tool_parsing_mode(st, body))
+    run = FleetChat(st, body, prompt)
     choice = dispatch.choose(st, prompt.token_ids)
     if body.stream:
         response = sse_response(await run.open_stream(choice))
@@ -120,31 +121,20 @@ async def completions():
 
 
 async def _prompt_ids(st: RouterState, body: CompletionRequest) -> list[list[int]]:
-    fe, prompt = st.frontend, body.prompt
-    if isinstance(prompt, str):
-        prompt = [prompt]
-    if prompt and all(isinstance(p, int) for p in prompt):
-        prompts = [list(prompt)]
-    elif prompt and all(isinstance(p, list) for p in prompt):
-        prompts = [list(p) for p in prompt]
-    elif prompt and all(isinstance(p, str) for p in prompt):
-        prompts = []
-        for text in prompt:
+    """As `triolm serve` takes a completion's prompts: ids checked, texts tokenized here."""
+    fe = st.frontend
+    prompts = []
+    for prompt in completion_prompts(body.prompt, fe.vocab_size):
+        if isinstance(prompt, str):
             try:
-                check_prompt_chars(fe, len(text), "prompt")
+                check_prompt_chars(fe, len(prompt), "prompt")
             except InvalidRequestError as exc:
                 raise bad_request(exc.message, param=exc.param, code=exc.code) from None
-            prompts.append(await st.lanes.run(st.lanes.for_chars(len(text)), encode_text, fe, text, True))
-    else:
-        raise bad_request("prompt must be a string, a list of strings, a list of token ids "
-                          "or a list of lists of token ids, and not empty", param="prompt")
-    for ids in prompts:
-        if not ids:
-            raise bad_request("prompt must not be empty", param="prompt")
-        bad = [t for t in ids if not 0 <= t < fe.vocab_size]
-        if bad:
-            raise bad_request(f"prompt token id {bad[0]} is outside the vocabulary (0..{fe.vocab_size - 1})",
-                              param="prompt")
+            prompt = await st.lanes.run(st.lanes.for_chars(len(prompt)), encode_text, fe, prompt,
+                                        body.add_special_tokens)
+            if not prompt:
+                raise bad_request("prompt must not be empty", param="prompt")
+        prompts.append(prompt)
     return prompts
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import attrs
 
-from triolm.http.sessions_routes import prepare_turn, session_tool_parser
+from triolm.http.sessions_routes import prepare_turn
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.router import dispatch
 from triolm.router.backends import Backend, Choice
@@ -32,7 +32,7 @@ class FleetTurns:
     def model_name(self) -> str:
         return self.state.frontend.name
 
-    def default_tool_parser(self) -> str | None:
+    def default_tool_parser(self) -> str:
         return self.state.frontend.tool_parser
 
     async def prepare(self, session: Session, body: ChatCompletionRequest) -> PreparedTurn:
@@ -40,7 +40,7 @@ class FleetTurns:
 
     def _start(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> tuple[FleetChat, Choice]:
         session = prepared.session
-        run = FleetChat(self.state, body, prepared.prompt, session_tool_parser(session, body))
+        run = FleetChat(self.state, body, prepared.prompt, session_tool_parser=session.tool_parser)
         pinned = self.state.pool.get(session.backend) if session.backend else None
         return run, dispatch.choose(self.state, prepared.prompt.token_ids, pinned=pinned)
 

@@ -22,14 +22,15 @@ from quart import Blueprint, jsonify, request
 
 from triolm.errors import InvalidRequestError
 from triolm.http.body import read_json_object
-from triolm.http.chat import ChatPlan, ChatRun, prepare_chat, prompt_from_token_ids, render_for_request
+from triolm.http.chat import ChatRun, PreparedChat, prepare_chat, prompt_from_token_ids, render_for_request
 from triolm.http.routes import sse_response
 from triolm.http.state import AppState
 from triolm.loading.served_model import ServedModel
 from triolm.prompting.prompts import RenderedPrompt, render_chat_text_in_worker
-from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, TOOL_PARSERS
+from triolm.prompting.tool_parsers import TOOL_PARSERS
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import APIError, bad_request
+from triolm.protocol.plan import chat_messages, resolve_chat
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.protocol.validation import parse_request
 from triolm.router.frontend import PromptFrontend
@@ -39,8 +40,6 @@ from triolm.sessions.raw_history import find_extension_keeping_thinking
 from triolm.sessions.registry import SessionNotFound, SessionRegistry, TooManySessions
 from triolm.sessions.session import Session
 from triolm.sessions.turn import FinishedGeneration, PreparedTurn, record_turn
-
-DEFAULT_TOOL_PARSER = "hermes"
 
 
 class SessionTurns(Protocol):
@@ -52,7 +51,8 @@ class SessionTurns(Protocol):
     def model_name(self) -> str:
         """The served model's name; a 503 APIError while nothing can serve."""
 
-    def default_tool_parser(self) -> str | None: ...
+    def default_tool_parser(self) -> str:
+        """The model's tool-call format: a session's parser unless it names another."""
 
     async def prepare(self, session: Session, body: ChatCompletionRequest) -> PreparedTurn:
         """The exact prompt of the turn and the node it extends (no generation)."""
@@ -86,7 +86,7 @@ def register_session_routes(app, turns: SessionTurns) -> None:
         model_name = turns.model_name()
         parser = data.get("tool_parser")
         if parser is None:
-            parser = turns.default_tool_parser() or DEFAULT_TOOL_PARSER
+            parser = turns.default_tool_parser()
         known = TOOL_PARSERS
         if not isinstance(parser, str) or parser not in known:
             raise bad_request(f"unknown tool_parser {parser!r} (known: {', '.join(known)})",
@@ -183,11 +183,12 @@ async def _json_object(allow_empty: bool = False) -> dict:
 async def prepare_turn(lanes: PromptLanes, served: ServedModel | PromptFrontend, session: Session,
                        body: ChatCompletionRequest) -> PreparedTurn:
     """Render the prompt and find the node it extends; tokenize only the new text."""
+    chat = chat_messages(body)
     try:
         text = await render_chat_text_in_worker(
-            lanes.templates, lanes.for_chars(text_chars(body.messages) + text_chars(body.tools)),
-            served, body.messages, body.tools, body.add_generation_prompt, body.continue_final_message,
-            body.template_variables)
+            lanes.templates, lanes.for_chars(text_chars(chat.messages) + text_chars(chat.tools)),
+            served, chat.messages, chat.tools, chat.add_generation_prompt, chat.continue_final_message,
+            chat.template_variables)
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     extension = find_extension(session.nodes, text)
@@ -216,9 +217,8 @@ class EngineTurns:
         served = self.state.serving().served
         return served.name
 
-    def default_tool_parser(self) -> str | None:
-        served = self.state.serving().served
-        return served.tool_parser
+    def default_tool_parser(self) -> str:
+        return self.state.serving().served.tool_parser
 
     async def prepare(self, session: Session, body: ChatCompletionRequest) -> PreparedTurn:
         served = self.state.serving().served
@@ -229,15 +229,14 @@ class EngineTurns:
             return PreparedTurn(session, Extension(parent, ""), prompt, new_ids)
         if served.mistral_tokenizer is not None:
             # mistral-common renders tokens, not text: match nodes token by token.
-            prompt = await render_for_request(self.state, served, body)
+            prompt = await render_for_request(self.state, served, chat_messages(body))
             parent, new_ids = find_token_extension(session.nodes, prompt.token_ids)
             return PreparedTurn(session, Extension(parent, ""), prompt, new_ids)
         return await prepare_turn(self.state.lanes, served, session, body)
 
-    async def _plan(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> ChatPlan:
-        plan = await prepare_chat(self.state, body, prompt=prepared.prompt)
-        plan.tool_parser = session_tool_parser(prepared.session, body)
-        return plan
+    async def _plan(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> PreparedChat:
+        plan = resolve_chat(body, self.state.model_info(body.model), session_tool_parser=prepared.session.tool_parser)
+        return await prepare_chat(self.state, plan, prompt=prepared.prompt)
 
     async def complete(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> dict:
         plan = await self._plan(prepared, body)
@@ -258,7 +257,7 @@ class EngineTurns:
 
         return events()
 
-    def _record(self, prepared: PreparedTurn, plan: ChatPlan, run: ChatRun) -> None:
+    def _record(self, prepared: PreparedTurn, plan: PreparedChat, run: ChatRun) -> None:
         gens = [FinishedGeneration(token_ids=[t.token_id for t in g.result.tokens],
                                    logprobs=[t.logprob for t in g.result.tokens], text=g.result.text,
                                    finish_reason=g.result.finish_reason, stop_reason=g.result.stop_reason,
@@ -268,9 +267,3 @@ class EngineTurns:
                 for g in run.gens]
         stop_ids = set(plan.served.eos_token_ids) | set(plan.body.stop_token_ids or ())
         record_turn(self.registry, prepared, plan.request_id, gens, plan.served.tokenizer, stop_ids)
-
-
-def session_tool_parser(session: Session, body: ChatCompletionRequest) -> str | None:
-    """The session's parser, not the server default, reads tool calls out of the output."""
-    generic = session.tool_parser == GENERIC_TOOL_PARSER  # its replies are JSON even with "none"
-    return session.tool_parser if body.tools and (body.tool_choice != "none" or generic) else None

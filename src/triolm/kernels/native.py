@@ -183,12 +183,13 @@ def num_threads() -> int:
 
 
 #: Weight formats understood by the kernels (`tl_linear`, `tl_decode_step`); the block
-#: kinds and W_PARTS are defined in quant_blocks.h.
+#: kinds and W_PARTS are defined in quant_blocks.h and iq4_blocks.h.
 W_F32, W_F16, W_Q8_0 = 0, 1, 2
 W_PARTS = 32
 #: GGUF block types the kernels read as the file stores them -> their kind.
 BLOCK_KINDS = {"BF16": 3, "Q4_0": 4, "Q4_1": 5, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8,
-               "Q2_K": 9, "Q3_K": 10, "Q4_K": 11, "Q5_K": 12, "Q6_K": 13}
+               "Q2_K": 9, "Q3_K": 10, "Q4_K": 11, "Q5_K": 12, "Q6_K": 13,
+               "IQ4_NL": 20, "IQ4_XS": 21}  # iq4_blocks.h
 
 #: KV cache element types understood by `tl_decode_attention` / `tl_decode_step`.
 KV_KINDS = {torch.float32: 0, torch.float16: 1}

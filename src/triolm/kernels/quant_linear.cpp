@@ -17,6 +17,7 @@
 #include <string.h>
 #include <vector>
 
+#include "iq4_blocks.h"
 #include "quant_blocks.h"
 
 typedef int64_t i64;
@@ -271,6 +272,8 @@ i64 row_bytes_of(int kind, i64 K) {
         case qb::W_Q4_K: return K / 256 * qb::Q4_K::BYTES;
         case qb::W_Q5_K: return K / 256 * qb::Q5_K::BYTES;
         case qb::W_Q6_K: return K / 256 * qb::Q6_K::BYTES;
+        case qb::W_IQ4_NL: return K / 32 * qb::IQ4_NL::BYTES;
+        case qb::W_IQ4_XS: return K / 256 * qb::IQ4_XS::BYTES;
     }
     return 0;
 }
@@ -295,6 +298,8 @@ void weight_rows(int kind, const void* w, const float* d, i64 K, i64 n0, i64 row
         case qb::W_Q4_K: block_rows<qb::Q4_K>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
         case qb::W_Q5_K: block_rows<qb::Q5_K>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
         case qb::W_Q6_K: block_rows<qb::Q6_K>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
+        case qb::W_IQ4_NL: block_rows<qb::IQ4_NL>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
+        case qb::W_IQ4_XS: block_rows<qb::IQ4_XS>(wr, rows, K, x, ldx, y, ldy, M, acc); return;
     }
 }
 
@@ -367,6 +372,8 @@ extern "C" void tl_dequant_blocks(int kind, const void* w, float* out, i64 N, i6
             case qb::W_Q4_K: expand_block_rows<qb::Q4_K>(wr, rows, K, o); break;
             case qb::W_Q5_K: expand_block_rows<qb::Q5_K>(wr, rows, K, o); break;
             case qb::W_Q6_K: expand_block_rows<qb::Q6_K>(wr, rows, K, o); break;
+            case qb::W_IQ4_NL: expand_block_rows<qb::IQ4_NL>(wr, rows, K, o); break;
+            case qb::W_IQ4_XS: expand_block_rows<qb::IQ4_XS>(wr, rows, K, o); break;
         }
     });
 }

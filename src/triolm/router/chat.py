@@ -18,10 +18,10 @@ from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
 from triolm.protocol import openai_format as fmt
 from triolm.protocol.chat_output import make_streamer, shape_message
 from triolm.protocol.errors import APIError, bad_request
-from triolm.protocol.sampling import check_context
+from triolm.protocol.plan import resolve_chat
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.protocol.tool_calls import tool_calls_finish_reason
-from triolm.protocol.validation import RequestLimits, check_against_model, requested_max_tokens
+from triolm.protocol.validation import ModelInfo
 from triolm.router import dispatch
 from triolm.router.backend_client import BackendBroke
 from triolm.router.backends import Choice
@@ -34,12 +34,6 @@ MAX_N = 16
 _PASSED_THROUGH = ("n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                    "frequency_penalty", "logit_bias", "seed", "stop", "stop_token_ids", "ignore_eos",
                    "min_tokens", "response_format", "guided_choice", "guided_regex", "guided_json", "user")
-
-
-def tool_parsing_mode(state: RouterState, body: ChatCompletionRequest) -> str | None:
-    if not body.tools or body.tool_choice == "none":
-        return None
-    return state.frontend.tool_parser
 
 
 def check_tools_supported(state: RouterState, body: ChatCompletionRequest) -> None:
@@ -56,17 +50,18 @@ def check_tools_supported(state: RouterState, body: ChatCompletionRequest) -> No
 
 class FleetChat:
     def __init__(self, state: RouterState, body: ChatCompletionRequest, prompt: RenderedPrompt,
-                 tool_parser: str | None):
+                 session_tool_parser: str | None = None):
         fe = state.frontend
-        check_against_model(body, RequestLimits(vocab_size=fe.vocab_size, max_model_len=fe.max_model_len,
-                                                max_n=MAX_N, max_queue=state.settings.backend_max_inflight))
+        model = ModelInfo(vocab_size=fe.vocab_size, max_model_len=fe.max_model_len, max_n=MAX_N,
+                          max_queue=state.settings.backend_max_inflight, tool_parser=fe.tool_parser,
+                          reasoning=fe.reasoning is not None)
+        self.plan = resolve_chat(body, model, session_tool_parser=session_tool_parser)
         check_tools_supported(state, body)
-        self.state, self.body, self.prompt, self.tool_parser = state, body, prompt, tool_parser
-        self.max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), fe.max_model_len,
-                                        min_tokens=body.min_tokens)
+        self.state, self.body, self.prompt, self.tool_parser = state, body, prompt, self.plan.tool_parser
+        self.max_tokens = self.plan.max_tokens_for(len(prompt.token_ids))
         self.request_id, self.created = fmt.new_id("chatcmpl"), fmt.now()
         self.namer = fmt.TokenNamer(fe.tokenizer, body.return_tokens_as_token_ids)
-        self.tool_names = [t.get("function", {}).get("name") for t in (body.tools or [])] or None
+        self.tool_names = self.plan.tool_names
         self.results = [ChoiceResult() for _ in range(body.n)]
         self.cached_tokens: int | None = None
         self.choice: Choice | None = None
@@ -77,9 +72,7 @@ class FleetChat:
         out.update(prompt=self.prompt.token_ids, max_tokens=self.max_tokens,
                    logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
                    return_tokens_as_token_ids=True, return_token_ids=True,
-                   # tool and thinking markup may be special tokens
-                   skip_special_tokens=body.skip_special_tokens and self.tool_parser is None
-                   and self.state.frontend.reasoning is None,
+                   skip_special_tokens=self.plan.skip_special_tokens,
                    stream=stream)
         if stream:
             out["stream_options"] = {"include_usage": True}
