@@ -267,7 +267,12 @@ def check_family(name: str, server_bin: Path, args, log_dir: Path) -> dict:
             bc.log(f"check {name}: llama-server REFUSES the file: {exc}\n{log_tail}")
             return out
         out["llama_server_loads"] = True
-        procs["triolm"] = bls.start_triolm(path, ctx, one, log_dir, f"check-{name}")
+        try:
+            procs["triolm"] = bls.start_triolm(path, ctx, one, log_dir, f"check-{name}")
+        except RuntimeError as exc:  # reported; the other families still run
+            out["error"] = str(exc)
+            bc.log(f"check {name}: triolm did not start: {exc}")
+            return out
         bc.log(f"check {name}: both servers up (llama-server {procs['llama-server'][2]:.1f} s, "
                f"triolm {procs['triolm'][2]:.1f} s)")
         with bls.only(procs, "llama-server"):
@@ -302,8 +307,8 @@ def check_family(name: str, server_bin: Path, args, log_dir: Path) -> dict:
 def check_table(checks: list[dict]) -> str:
     rows = []
     for c in checks:
-        if not c.get("llama_server_loads"):
-            rows.append([c["family"], "no", "–", "–", "–"])
+        if not c.get("llama_server_loads") or "error" in c:
+            rows.append([c["family"], "yes" if c.get("llama_server_loads") else "no", "–", "–", "–"])
             continue
         agree = ", ".join(f"{p['agree']}/{p['of']}" for p in c["prompts"])
         gaps = ", ".join("–" if p["llama_cpp_gap_at_divergence"] is None
