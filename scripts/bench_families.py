@@ -13,19 +13,22 @@ random-weight model of a realistic small shape (`FAMILIES`: SmolLM-135M's dims f
 dense ones, ~200M-parameter MoEs with several experts per token), written as F16 by
 triolm's own GGUF writer (`write_gguf`, llama.cpp's converter conventions) and
 quantized by llama.cpp's `llama-quantize`. Files are cached in
-~/.cache/triolm/bench-models/family-<name>-<digest>/ (the digest covers the shape and
-the writer's sources, so a writer change rebuilds them).
+~/.cache/triolm/bench-models/family-<name>-<digest>/ (the digest covers the shape, the
+vocabulary and the writer's sources, so a writer change rebuilds them).
 
 Two parts, per family:
 
 1. The check (skipped by `--no-check`): llama-server must load the F16 file triolm
-   wrote, and both servers decode the same token-id prompts greedily (`--check-len`
+   wrote, both servers must tokenize `CHECK_TEXT` to the same ids, and both decode the
+   same token-id prompts greedily (`--check-len`
    tokens, longer than the Gemma windows, then `--check-gen` tokens; llama-server
    with a float32 KV cache like triolm's). Reported: how many leading tokens agree,
    and llama.cpp's gap between its two best tokens where they first differ (a gap
    near 0 is a near-tie that float16 arithmetic may flip; a large gap means the two
-   read the file differently). For gemma3 the random-weight file has the real
-   model's shape (the real file is llama.cpp's own and checked by the tests).
+   read the file differently). phi3's check runs at a context past its longrope
+   switch (long factors; the benchmark's short context takes the short ones). For
+   gemma3 the random-weight file has the real model's shape (the real file is
+   llama.cpp's own and checked by the tests).
 2. The benchmark, with `bench_llama_server.bench_file` (both servers up, the one not
    measured frozen with SIGSTOP, order alternating by round, medians of `--rounds`):
    single-stream decode tok/s (128-token prompt, `--gen` tokens, first token
@@ -33,8 +36,9 @@ Two parts, per family:
    and peak RSS of each server process. Both run one sequence (`-np 1`,
    `--max-num-seqs 1`).
 
-Runtime on the 2-core VM, quiet, files cached: ~10 minutes for every family with the
-defaults; building the files the first time adds ~4 minutes.
+Runtime on a quiet 2-core machine, estimated from the parts of a loaded run: 8-10
+minutes for every family with the defaults once the files are cached; building them
+the first time adds ~3 minutes.
 
 Results (JSON, server logs) go to `--results` (default
 ~/.cache/triolm/bench-results/families-<time>/); the markdown tables to stdout,
