@@ -34,6 +34,7 @@ from triolm.formats.gguf_writer import write_gguf
 from triolm.kernels import native
 from triolm.model import linear as lin
 from triolm.model.config import ModelConfig
+from triolm.model.feed_forward import DenseMlp
 from triolm.model.llama import LlamaModel
 from triolm.settings import ServerSettings
 
@@ -305,9 +306,10 @@ def test_block_matrices_are_mapped_from_the_file(file_fixture, request):
                 maps[lo] = hi
     mapped = lambda ptr: any(lo <= ptr < hi for lo, hi in maps.items())  # noqa: E731
     layer = model.layers[1]
-    assert isinstance(layer.gate_up, lin.StackedLinear)
-    assert all(mapped(p.blocks.data_ptr()) for p in layer.gate_up.parts)
-    assert mapped(layer.down.blocks.data_ptr()) and mapped(model.lm_head.blocks.data_ptr())
+    mlp = layer.feed_forward
+    assert isinstance(mlp, DenseMlp) and isinstance(mlp.gate_up, lin.StackedLinear)
+    assert all(mapped(p.blocks.data_ptr()) for p in mlp.gate_up.parts)
+    assert mapped(mlp.down.blocks.data_ptr()) and mapped(model.lm_head.blocks.data_ptr())
     assert mapped(layer.qkv.parts[2].blocks.data_ptr())  # v
     assert not mapped(layer.qkv.parts[0].blocks.data_ptr())  # q: rows reordered
 
