@@ -60,7 +60,7 @@ import bench_common as bc  # noqa: E402
 REAL_SMOLLM2 = Path("/work/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 KNOWN_BUILD = Path("/work/peers/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin")
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
-BENCH_QUANTS = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
+BENCH_QUANTS = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_NL", "IQ4_XS")
 CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
                "-DGGML_F16C=ON", "-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON",
                "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF",
@@ -257,11 +257,12 @@ class Vocab:
 
 # ---------------------------------------------------------------------- servers
 
-def start_llama_server(binary: Path, model: Path, ctx: int, args, log_dir: Path, label: str):
+def start_llama_server(binary: Path, model: Path, ctx: int, args, log_dir: Path, label: str,
+                       extra: tuple[str, ...] = ()):
     port = bc.free_port()
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
            "-np", str(args.streams), "-t", str(args.threads), "-tb", str(args.threads),
-           "-c", str(args.streams * ctx), "--cont-batching", "-a", "model", "--no-webui"]
+           "-c", str(args.streams * ctx), "--cont-batching", "-a", "model", "--no-webui", *extra]
     return _start(cmd, f"http://127.0.0.1:{port}", "/health", log_dir / f"llama-server-{label}.log", None)
 
 
@@ -375,12 +376,15 @@ def cases(args) -> list[tuple[str, int, int, int, str]]:
     return out
 
 
-def bench_file(label: str, path: Path, server_bin: Path, args, log_dir: Path) -> dict:
+def bench_file(label: str, path: Path, server_bin: Path, args, log_dir: Path,
+               suite: list[tuple[str, int, int, int, str]] | None = None) -> dict:
+    """Both servers on one file, `suite` (default: `cases(args)`) in interleaved rounds."""
     import trio
 
-    contexts = args.big_contexts if label.startswith("llama3.2-3b") else args.contexts
-    run_args = argparse.Namespace(**{**vars(args), "contexts": contexts})
-    longest = max([128 + args.gen, args.prefill_len + 1] + [c + args.ctx_gen for c in contexts])
+    if suite is None:
+        contexts = args.big_contexts if label.startswith("llama3.2-3b") else args.contexts
+        suite = cases(argparse.Namespace(**{**vars(args), "contexts": contexts}))
+    longest = max(plen + gen for _, _, plen, gen, _ in suite)
     ctx = -(-(longest + 16) // 256) * 256
     vocab = Vocab(path)
     bc.log(f"{label}: {path} ({path.stat().st_size / 1e6:.0f} MB), per-sequence context {ctx}")
@@ -398,7 +402,7 @@ def bench_file(label: str, path: Path, server_bin: Path, args, log_dir: Path) ->
         seed = 10_000
         for rnd in range(args.rounds):
             order = SERVERS if rnd % 2 == 0 else SERVERS[::-1]
-            for name, streams, plen, gen, metric in cases(run_args):
+            for name, streams, plen, gen, metric in suite:
                 seed += 1
                 prompts = vocab.prompts(streams, plen, seed)
                 for s in order:
@@ -416,10 +420,10 @@ def bench_file(label: str, path: Path, server_bin: Path, args, log_dir: Path) ->
     for s in SERVERS:
         runs = out["servers"][s]["runs"]
         out["servers"][s]["summary"] = {name: bc.median([r[metric] for r in runs.get(name, []) if r[metric]])
-                                        for name, _, _, _, metric in cases(run_args)}
+                                        for name, _, _, _, metric in suite}
     summ = {s: out["servers"][s]["summary"] for s in SERVERS}
-    bc.log(f"{label}: single {bc.fmt(summ['triolm']['single_decode'])} vs "
-           f"{bc.fmt(summ['llama-server']['single_decode'])} tok/s; RSS "
+    bc.log(f"{label}: single {bc.fmt(summ['triolm'].get('single_decode'))} vs "
+           f"{bc.fmt(summ['llama-server'].get('single_decode'))} tok/s; RSS "
            f"{bc.fmt(out['servers']['triolm']['peak_rss_mb'], 0)} vs "
            f"{bc.fmt(out['servers']['llama-server']['peak_rss_mb'], 0)} MB")
     return out

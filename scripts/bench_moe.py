@@ -113,7 +113,7 @@ def python_cost(experts_list: list[int], steps: int) -> list[dict]:
     from triolm.model.random_init import random_weights
 
     lib = native.lib()
-    step_fn = lib.tl_moe_decode_step
+    step_fn = lib.tl_decode_step
     inside = [0.0]
 
     def timed(*args):
@@ -121,7 +121,7 @@ def python_cost(experts_list: list[int], steps: int) -> list[dict]:
         step_fn(*args)
         inside[0] += time.perf_counter() - t0
 
-    lib.tl_moe_decode_step = timed
+    lib.tl_decode_step = timed
     out = []
     try:
         for experts in experts_list:
@@ -147,7 +147,7 @@ def python_cost(experts_list: list[int], steps: int) -> list[dict]:
                    f"{row['native_ms']:.3f} ms, Python {row['python_ms']:.3f} ms")
             out.append(row)
     finally:
-        lib.tl_moe_decode_step = step_fn
+        lib.tl_decode_step = step_fn
     return out
 
 

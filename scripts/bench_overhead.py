@@ -2,6 +2,7 @@
 """Serving overhead per token, measured in pairs so both sides see the same machine load.
 
     python scripts/bench_overhead.py --kinds F16 Q8_0 --pairs 8 --gen 256
+    python scripts/bench_overhead.py --files /work/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 For each weight file: start `triolm serve` on it, load the same file in this process,
 then take turns — one engine-only request, then the same request streamed over HTTP by
@@ -80,13 +81,18 @@ async def http_itl_ms(url: str, model: str, prompt: list[int], gen: int) -> floa
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kinds", nargs="+", default=["F16", "Q8_0"])
+    ap.add_argument("--files", nargs="+", type=Path, default=[],
+                    help="GGUF files measured instead of the benchmark model's --kinds")
     ap.add_argument("--pairs", type=int, default=8, help="rounds (engine, socket, httpx)")
     ap.add_argument("--gen", type=int, default=256)
     args = ap.parse_args(argv)
-    paths = bc.bench_model(tuple(args.kinds))
+    if args.files:
+        targets = [(path.name, path) for path in args.files]
+    else:
+        paths = bc.bench_model(tuple(args.kinds))
+        targets = [(kind, paths.model_path(kind)) for kind in args.kinds]
     rows, report = [], {"machine": bc.machine_info(), "kinds": {}}
-    for kind in args.kinds:
-        path = paths.model_path(kind)
+    for kind, path in targets:
         proc, url, _ = start_triolm(path, 16, None)
         try:
             _, engine, _ = bench_engine.load_engine(path, 1, 2048)

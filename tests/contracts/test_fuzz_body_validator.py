@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from triolm.http.body import parse_json_object
 from triolm.protocol.errors import APIError
-from triolm.protocol.sampling import build_sampling_params, check_context, stop_strings
+from triolm.protocol.plan import resolve_chat, resolve_completion
 from triolm.protocol.schemas import ChatCompletionRequest, CompletionRequest
-from triolm.protocol.validation import RequestLimits, check_against_model, parse_request, requested_max_tokens
+from triolm.protocol.validation import ModelInfo, parse_request
 
-LIMITS = RequestLimits(vocab_size=1000, max_model_len=2048, max_n=16, max_queue=64)
+LIMITS = ModelInfo(vocab_size=1000, max_model_len=2048, max_n=16, max_queue=64, tool_parser="hermes")
 
 
 def fuzz(max_examples: int, *health_checks: HealthCheck) -> settings:
@@ -108,20 +108,18 @@ def assert_openai_4xx(err: APIError) -> None:
 
 
 def validate(kind, raw: bytes) -> None:
-    """Everything a route checks before it renders or tokenizes, then the sampling params
-    the engine would get, for the shortest and the longest prompt the context allows."""
+    """Everything a route checks before it renders or tokenizes (the resolver), then the
+    sampling params the engine would get, for the shortest and the longest prompt the
+    context allows."""
     body = parse_request(kind, parse_json_object(raw))
-    check_against_model(body, LIMITS)
-    stop_strings(body)
+    plan = resolve_chat(body, LIMITS) if kind is ChatCompletionRequest else resolve_completion(body, LIMITS)
     for prompt_len in (1, LIMITS.max_model_len - 1):
         try:
-            max_tokens = check_context(prompt_len, requested_max_tokens(body), LIMITS.max_model_len,
-                                       min_tokens=body.min_tokens)
+            max_tokens = plan.max_tokens_for(prompt_len)
         except APIError as exc:
             assert_openai_4xx(exc)
             continue
-        logprobs = body.logprobs if isinstance(body, CompletionRequest) else (body.top_logprobs or 0)
-        build_sampling_params(body, max_tokens, logprobs, seed_offset=body.n - 1)
+        plan.sampling_params(plan.n - 1, max_tokens)
 
 
 def check_never_500(kind, raw: bytes) -> None:

@@ -7,7 +7,8 @@ import pytest
 
 from support.server_thread import ServerThread
 from triolm.loading.served_model import load_served_model
-from triolm.model.moe import MoeModel
+from triolm.model.llama import LlamaModel
+from triolm.model.moe import SparseMoe
 from triolm.settings import ServerSettings
 
 
@@ -25,7 +26,7 @@ def test_moe_008_server_answers_chat_completions(moe, arch, file_type):
     model_path = paths.gguf_path(file_type) if file_type else paths.hf_dir
     settings = ServerSettings(model=str(model_path), max_num_seqs=2)
     served = load_served_model(settings)
-    assert isinstance(served.model, MoeModel)
+    assert isinstance(served.model, LlamaModel) and isinstance(served.model.layers[0].feed_forward, SparseMoe)
     with ServerThread(settings, served) as srv:
         client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="x", max_retries=0)
         answers = []

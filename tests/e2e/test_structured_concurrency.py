@@ -573,7 +573,7 @@ class FakeEngine:
     def add_request(self, request_id, prompt_ids, params):
         self.requests[request_id] = 0
 
-    def abort(self, request_id):
+    def finish(self, request_id, finish):
         self.aborted.append(request_id)
         return self.requests.pop(request_id, None) is not None
 

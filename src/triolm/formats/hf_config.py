@@ -8,8 +8,7 @@ from pathlib import Path
 import attrs
 
 from triolm.errors import ModelLoadError
-from triolm.formats import moe_config, phi3
-from triolm.model import granite, smollm3
+from triolm.formats import granite, moe_config, phi3, smollm3
 from triolm.model.config import (
     FULL,
     MOE_ARCHITECTURES,

@@ -1,16 +1,18 @@
 """One chat generation streamed as typed parts (protocol.reply_parts), for the protocols
 that shape a reply their own way (the Responses and Messages APIs). The chat pipeline
-does the work: the request is a `ChatPlan`, and the text is split by the same reasoning
+does the work: the request is a `PreparedChat`, and the text is split by the same reasoning
 splitter and tool-call parser that shape `/v1/chat/completions` deltas."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from triolm.engine import finish as finishes
+from triolm.engine.finish import Finish
 from triolm.http.chat import ChatRun
 from triolm.protocol.chat_output import OutputStreamer
+from triolm.protocol.finish_reason import openai_finish
 from triolm.protocol.reply_parts import Finished, Part, parts_of_delta
-from triolm.protocol.tool_calls import tool_calls_finish_reason
 from triolm.runtime.fanout import Tick, TimedOut, merged_deltas
 
 
@@ -25,8 +27,7 @@ class ChatPartsRun(ChatRun):
         gen = self.gens[0]
         streamer = OutputStreamer(tool_parser=p.tool_parser, tool_names=self.tool_names,
                                   reasoning=p.served.reasoning, prompt_text=p.prompt.text)
-        finish: str | None = None
-        stop_reason = None
+        finish: Finish | None = None
         try:
             async with merged_deltas(self.gens, self.state.settings.request_timeout) as events:
                 async for event in events:
@@ -34,24 +35,23 @@ class ChatPartsRun(ChatRun):
                         yield event
                         continue
                     if isinstance(event, TimedOut):
-                        finish = "length"
+                        finish = event.finish
                         for delta in streamer.finish(cut_short=True):
                             for part in parts_of_delta(delta):
                                 yield part
                         break
                     _, delta = event
                     deltas = streamer.push(delta.text)
-                    if delta.finish_reason is not None:
-                        deltas += streamer.finish(cut_short=delta.finish_reason == "length")
+                    if delta.finish is not None:
+                        deltas += streamer.finish(cut_short=delta.finish.cut_short)
                     for d in deltas:
                         for part in parts_of_delta(d):
                             yield part
-                    if delta.finish_reason is not None:
-                        finish, stop_reason = delta.finish_reason, delta.stop_reason
-                        if streamer.saw_tool_call:
-                            finish = tool_calls_finish_reason(finish)
+                    if delta.finish is not None:
+                        finish = delta.finish
         finally:
             self._observe()
         r = gen.result
-        yield Finished(finish or "length", stop_reason, len(p.prompt.token_ids), len(r.tokens),
+        finish_reason, stop_reason = openai_finish(finish or finishes.LENGTH, streamer.saw_tool_call)
+        yield Finished(finish_reason or "length", stop_reason, len(p.prompt.token_ids), len(r.tokens),
                        r.num_cached_prompt_tokens)

@@ -29,7 +29,7 @@ class GenerationsRun:
     def _observe(self) -> None:
         end = trio.current_time()
         for g in self.gens:
-            if g.result.finish_reason is not None:
+            if g.result.finish is not None:
                 self.state.metrics.observe_generation(g.result, self.start, end)
 
     async def _run_to_end(self) -> None:
@@ -50,16 +50,10 @@ class GenerationsRun:
             self._observe()
 
     def _chunk(self, choices: list[dict], usage: dict | None = None, extra: dict | None = None,
-               weight_version: str | None = None) -> bytes:
-        data = {"id": self.request_id, "object": self.chunk_object, "created": self.created,
-                "model": self.model_name, "choices": choices}
-        if usage is not None:
-            data["usage"] = usage
-        if extra:
-            data.update(extra)
-        if weight_version is not None:
-            data["weight_version"] = weight_version
-        return fmt.sse(data)
+               weight_version: str | None = None) -> dict:
+        versions = {"weight_version": weight_version} if weight_version is not None else {}
+        return fmt.chunk(self.request_id, self.chunk_object, self.created, self.model_name, choices, usage,
+                         **(extra or {}), **versions)
 
     @property
     def weight_version(self) -> str:
@@ -86,10 +80,6 @@ def constraint_error(exc: ConstraintFailure) -> APIError:
 
 # Failures that can surface after a stream's 200 has been sent: told as an SSE error event.
 STREAM_ERRORS = (OverloadedError, ValueError, EngineFailure, ConstraintFailure)
-
-
-def stream_error_event(exc: Exception) -> bytes:
-    return fmt.sse({"error": stream_error(exc).body()["error"]})
 
 
 def stream_error(exc: Exception) -> APIError:

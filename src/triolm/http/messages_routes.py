@@ -4,7 +4,6 @@ as a chat request through the chat pipeline (messages_request) and shaped back
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -12,8 +11,8 @@ from quart import Blueprint, jsonify
 
 from triolm.http.chat import prepare_chat, render_for_request
 from triolm.http.chat_parts import ChatPartsRun
-from triolm.http.generations_run import STREAM_ERRORS, stream_error
-from triolm.http.routes import json_body, sse_response, state
+from triolm.http.routes import json_body, state
+from triolm.http.sse_stream import ANTHROPIC, EventStream, sse_response
 from triolm.protocol.errors import APIError, anthropic_error_body
 from triolm.protocol.messages_output import MessageEvents, from_chat_completion, new_id
 from triolm.protocol.messages_request import (
@@ -23,6 +22,7 @@ from triolm.protocol.messages_request import (
     check_thinking,
     parse_messages_request,
 )
+from triolm.protocol.plan import chat_messages, resolve_chat
 from triolm.protocol.reply_parts import Finished
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.protocol.validation import parse_request
@@ -31,12 +31,6 @@ from triolm.runtime.fanout import Tick
 messages_bp = Blueprint("messages", __name__)
 
 _PARAMS = {"max_completion_tokens": "max_tokens", "max_tokens": "max_tokens", "stop": "stop_sequences"}
-
-
-def named_sse(event: dict) -> bytes:
-    """An SSE event with its `event:` line (Anthropic's client skips events without one)."""
-    payload = json.dumps(event, ensure_ascii=False)
-    return f"event: {event['type']}\ndata: {payload}\n\n".encode()
 
 
 def _chat_body(body: CountTokensRequest) -> ChatCompletionRequest:
@@ -50,31 +44,31 @@ async def create_message():
     st = state()
     body = parse_messages_request(MessagesRequest, await json_body())
     try:
-        plan = await prepare_chat(st, _chat_body(body))
+        chat_body = _chat_body(body)
+        prepared = await prepare_chat(st, resolve_chat(chat_body, st.model_info(chat_body.model)))
     except APIError as exc:
         exc.param = _PARAMS.get(exc.param, exc.param)
         raise
-    run = ChatPartsRun(st, plan)
+    run = ChatPartsRun(st, prepared)
     message_id = new_id("msg")
     if body.stream:
-        return sse_response(_stream(run, message_id))
+        return sse_response(EventStream(_events(run, message_id), ANTHROPIC,
+                                        on_error=lambda err: [anthropic_error_body(err)]))
     return jsonify(from_chat_completion(message_id, await run.complete()))
 
 
-async def _stream(run: ChatPartsRun, message_id: str) -> AsyncIterator[bytes]:
+async def _events(run: ChatPartsRun, message_id: str) -> AsyncIterator[dict | Tick]:
+    """The Messages API's events (each named by its type) for one chat run's parts."""
     events = MessageEvents(message_id, run.plan.served.name)
     for event in events.start(len(run.plan.prompt.token_ids)):
-        yield named_sse(event)
-    try:
-        async with aclosing(run.parts()) as parts:
-            async for part in parts:
-                if isinstance(part, Tick):
-                    yield named_sse({"type": "ping"})
-                    continue
-                for event in events.finish(part) if isinstance(part, Finished) else events.push(part):
-                    yield named_sse(event)
-    except STREAM_ERRORS as exc:
-        yield named_sse(anthropic_error_body(stream_error(exc)))
+        yield event
+    async with aclosing(run.parts()) as parts:  # closed with the stream: its generation aborts
+        async for part in parts:
+            if isinstance(part, Tick):
+                yield part
+                continue
+            for event in events.finish(part) if isinstance(part, Finished) else events.push(part):
+                yield event
 
 
 @messages_bp.post("/v1/messages/count_tokens")
@@ -83,6 +77,6 @@ async def count_tokens():
     body = parse_messages_request(CountTokensRequest, await json_body())
     served = st.serving().served
     st.check_model_name(body.model)
-    prompt = await render_for_request(st, served, _chat_body(body), check_context=False)
+    prompt = await render_for_request(st, served, chat_messages(_chat_body(body)), check_context=False)
     return jsonify({"input_tokens": len(prompt.token_ids)})
 

@@ -11,11 +11,11 @@ from quart import Blueprint, jsonify
 
 from triolm.http.chat import prepare_chat
 from triolm.http.chat_parts import ChatPartsRun
-from triolm.http.generations_run import STREAM_ERRORS, stream_error
-from triolm.http.routes import json_body, sse_response, state
+from triolm.http.routes import json_body, state
+from triolm.http.sse_stream import RESPONSES, EventStream, sse_response
 from triolm.http.state import AppState
-from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import APIError
+from triolm.protocol.plan import resolve_chat
 from triolm.protocol.reply_parts import Finished
 from triolm.protocol.responses_output import ResponseEvents, ResponseShape, output_items, status_of, usage
 from triolm.protocol.responses_request import (
@@ -55,11 +55,6 @@ def _remember(st: AppState, body: ResponsesRequest, response: dict, before: list
     st.responses.put(response["id"], response, conversation, conversation_size(conversation))
 
 
-def typed_sse(event: dict) -> bytes:
-    """An SSE event with its `event:` line (the Responses stream names each event)."""
-    return b"event: " + event["type"].encode() + b"\n" + fmt.sse(event)
-
-
 @responses_bp.post("/v1/responses")
 async def create_response():
     st = state()
@@ -67,14 +62,16 @@ async def create_response():
     before = _previous_conversation(st, body)
     try:
         chat_body = parse_request(ChatCompletionRequest, chat_request(body, before))
-        plan = await prepare_chat(st, chat_body)
+        prepared = await prepare_chat(st, resolve_chat(chat_body, st.model_info(chat_body.model)))
     except APIError as exc:
         exc.param = _PARAMS.get(exc.param, exc.param)
         raise
-    run = ChatPartsRun(st, plan)
-    shape = ResponseShape(body, plan.served.name)
+    run = ChatPartsRun(st, prepared)
+    shape = ResponseShape(body, prepared.served.name)
     if body.stream:
-        return sse_response(_stream(st, run, shape, body, before))
+        events = ResponseEvents(shape)
+        return sse_response(EventStream(_events(st, run, events, body, before), RESPONSES,
+                                        on_error=lambda err: events.fail(err.body()["error"])))
     chat = await run.complete()
     choice = chat["choices"][0]
     status, incomplete = status_of(choice["finish_reason"])
@@ -87,26 +84,22 @@ async def create_response():
     return jsonify(response)
 
 
-async def _stream(st: AppState, run: ChatPartsRun, shape: ResponseShape, body: ResponsesRequest,
-                  before: list[dict]) -> AsyncIterator[bytes]:
-    events = ResponseEvents(shape)
+async def _events(st: AppState, run: ChatPartsRun, events: ResponseEvents, body: ResponsesRequest,
+                  before: list[dict]) -> AsyncIterator[dict | Tick]:
+    """The Responses API's events for one chat run's parts."""
     for event in events.start():
-        yield typed_sse(event)
-    try:
-        async with aclosing(run.parts()) as parts:
-            async for part in parts:
-                if isinstance(part, Tick):
-                    yield fmt.SSE_KEEPALIVE
-                elif isinstance(part, Finished):
-                    for event in events.finish(part):
-                        yield typed_sse(event)
-                    _remember(st, body, event["response"], before)
-                else:
-                    for event in events.push(part):
-                        yield typed_sse(event)
-    except STREAM_ERRORS as exc:
-        for event in events.fail(stream_error(exc).body()["error"]):
-            yield typed_sse(event)
+        yield event
+    async with aclosing(run.parts()) as parts:  # closed with the stream: its generation aborts
+        async for part in parts:
+            if isinstance(part, Tick):
+                yield part
+            elif isinstance(part, Finished):
+                for event in events.finish(part):
+                    yield event
+                _remember(st, body, event["response"], before)
+            else:
+                for event in events.push(part):
+                    yield event
 
 
 @responses_bp.get("/v1/responses/<response_id>")

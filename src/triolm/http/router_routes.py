@@ -3,20 +3,22 @@ plus the admin routes (backends, drain, reload)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from triolm.errors import InvalidRequestError
 from triolm.http.body import read_json_object
-from triolm.http.routes import sse_response
+from triolm.http.sse_stream import EventStream, sse_response
 from triolm.prompting.prompts import (
     RenderedPrompt,
     check_prompt_chars,
     encode_text,
     render_chat_text_in_worker,
 )
-from triolm.protocol import openai_format as fmt
 from triolm.protocol.errors import APIError, bad_request
+from triolm.protocol.plan import completion_prompts
 from triolm.protocol.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -28,7 +30,7 @@ from triolm.protocol.validation import parse_request
 from triolm.router import dispatch
 from triolm.router.backend_client import BackendBroke
 from triolm.router.backends import read_backends_file
-from triolm.router.chat import FleetChat, tool_parsing_mode
+from triolm.router.chat import FleetChat
 from triolm.router.state import RouterState
 from triolm.runtime.lanes import text_chars
 
@@ -77,10 +79,10 @@ async def chat_completions():
     _check_running(st)
     check_model_name(st, body.model)
     prompt = await render_prompt(st, body)
-    run = FleetChat(st, body, prompt, tool_parsing_mode(st, body))
+    run = FleetChat(st, body, prompt)
     choice = dispatch.choose(st, prompt.token_ids)
     if body.stream:
-        response = sse_response(await run.open_stream(choice))
+        response = sse_response(EventStream(await run.open_stream(choice)))
     else:
         response = jsonify(await run.complete(choice))
     response.headers[BACKEND_HEADER] = run.choice.backend.url
@@ -106,45 +108,33 @@ async def completions():
         return jsonify({**answer, "model": name})
     events, _ = await dispatch.open_stream(st, payload, choice, prompts[0])
 
-    async def relay():
+    async def relay() -> AsyncIterator[dict]:
         try:
             async for event in events:
-                yield fmt.sse({**event, "model": name} if "model" in event else event)
+                yield {**event, "model": name} if "model" in event else event
         except BackendBroke as exc:
             err = APIError(502, f"{exc}; the request was not retried (part of it was already sent)",
                            code="backend_failed", error_type="upstream_error")
-            yield fmt.sse({"error": err.body()["error"]})
-        yield fmt.SSE_DONE
+            yield {"error": err.body()["error"]}
 
-    return sse_response(relay())
+    return sse_response(EventStream(relay()))
 
 
 async def _prompt_ids(st: RouterState, body: CompletionRequest) -> list[list[int]]:
-    fe, prompt = st.frontend, body.prompt
-    if isinstance(prompt, str):
-        prompt = [prompt]
-    if prompt and all(isinstance(p, int) for p in prompt):
-        prompts = [list(prompt)]
-    elif prompt and all(isinstance(p, list) for p in prompt):
-        prompts = [list(p) for p in prompt]
-    elif prompt and all(isinstance(p, str) for p in prompt):
-        prompts = []
-        for text in prompt:
+    """As `triolm serve` takes a completion's prompts: ids checked, texts tokenized here."""
+    fe = st.frontend
+    prompts = []
+    for prompt in completion_prompts(body.prompt, fe.vocab_size):
+        if isinstance(prompt, str):
             try:
-                check_prompt_chars(fe, len(text), "prompt")
+                check_prompt_chars(fe, len(prompt), "prompt")
             except InvalidRequestError as exc:
                 raise bad_request(exc.message, param=exc.param, code=exc.code) from None
-            prompts.append(await st.lanes.run(st.lanes.for_chars(len(text)), encode_text, fe, text, True))
-    else:
-        raise bad_request("prompt must be a string, a list of strings, a list of token ids "
-                          "or a list of lists of token ids, and not empty", param="prompt")
-    for ids in prompts:
-        if not ids:
-            raise bad_request("prompt must not be empty", param="prompt")
-        bad = [t for t in ids if not 0 <= t < fe.vocab_size]
-        if bad:
-            raise bad_request(f"prompt token id {bad[0]} is outside the vocabulary (0..{fe.vocab_size - 1})",
-                              param="prompt")
+            prompt = await st.lanes.run(st.lanes.for_chars(len(prompt)), encode_text, fe, prompt,
+                                        body.add_special_tokens)
+            if not prompt:
+                raise bad_request("prompt must not be empty", param="prompt")
+        prompts.append(prompt)
     return prompts
 
 

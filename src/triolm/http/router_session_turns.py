@@ -9,11 +9,10 @@ request, and the node's step metadata says so (`moved_from`, `moved_because`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import attrs
 
-from triolm.http.sessions_routes import prepare_turn, session_tool_parser
+from triolm.http.sessions_routes import prepare_turn
+from triolm.http.sse_stream import EventStream
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.router import dispatch
 from triolm.router.backends import Backend, Choice
@@ -32,7 +31,7 @@ class FleetTurns:
     def model_name(self) -> str:
         return self.state.frontend.name
 
-    def default_tool_parser(self) -> str | None:
+    def default_tool_parser(self) -> str:
         return self.state.frontend.tool_parser
 
     async def prepare(self, session: Session, body: ChatCompletionRequest) -> PreparedTurn:
@@ -40,7 +39,7 @@ class FleetTurns:
 
     def _start(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> tuple[FleetChat, Choice]:
         session = prepared.session
-        run = FleetChat(self.state, body, prepared.prompt, session_tool_parser(session, body))
+        run = FleetChat(self.state, body, prepared.prompt, session_tool_parser=session.tool_parser)
         pinned = self.state.pool.get(session.backend) if session.backend else None
         return run, dispatch.choose(self.state, prepared.prompt.token_ids, pinned=pinned)
 
@@ -55,9 +54,7 @@ class FleetTurns:
                                                      "moved_because": why})
                     for g in gens]
         session.backend = used.url
-        fe = self.state.frontend
-        stop_ids = set(fe.eos_token_ids) | set(run.body.stop_token_ids or ())
-        record_turn(self.registry, prepared, run.request_id, gens, fe.tokenizer, stop_ids)
+        record_turn(self.registry, prepared, run.request_id, gens, self.state.frontend.tokenizer)
 
     async def complete(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> dict:
         run, choice = self._start(prepared, body)
@@ -65,9 +62,9 @@ class FleetTurns:
         self._record(prepared, run)
         return data
 
-    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> EventStream:
         run, choice = self._start(prepared, body)
-        return await run.open_stream(choice, on_done=lambda: self._record(prepared, run))
+        return EventStream(await run.open_stream(choice, on_done=lambda: self._record(prepared, run)))
 
 
 def _why_moved(state: RouterState, url: str) -> str:

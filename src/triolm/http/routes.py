@@ -10,9 +10,11 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from triolm.http.body import read_json_object
 from triolm.http.chat import ChatRun, prepare_chat, render_for_request
 from triolm.http.completions import prepare_completion
+from triolm.http.sse_stream import sse_response
 from triolm.http.state import AppState
 from triolm.prompting.prompts import encode_text
 from triolm.protocol.errors import APIError, bad_request
+from triolm.protocol.plan import chat_messages, resolve_chat, resolve_completion
 from triolm.protocol.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -20,7 +22,7 @@ from triolm.protocol.schemas import (
     TokenizeRequest,
     parse_body,
 )
-from triolm.protocol.validation import parse_request
+from triolm.protocol.validation import check_token_ids, parse_request
 
 bp = Blueprint("triolm", __name__)
 
@@ -34,31 +36,26 @@ async def json_body() -> dict:
     return await read_json_object(await request.get_data(cache=False))
 
 
-def sse_response(body) -> Response:
-    response = Response(body, mimetype="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    response.timeout = None
-    return response
-
-
 # -- OpenAI -----------------------------------------------------------------------------
 @bp.post("/v1/chat/completions")
 async def chat_completions():
+    st = state()
     body = parse_request(ChatCompletionRequest, await json_body())
-    plan = await prepare_chat(state(), body)
-    run = ChatRun(state(), plan)
-    if body.stream:
-        return sse_response(run.stream())
+    plan = resolve_chat(body, st.model_info(body.model))
+    run = ChatRun(st, await prepare_chat(st, plan))
+    if plan.stream:
+        return sse_response(run.event_stream())
     return jsonify(await run.complete())
 
 
 @bp.post("/v1/completions")
 async def completions():
+    st = state()
     body = parse_request(CompletionRequest, await json_body())
-    run = await prepare_completion(state(), body)
-    if body.stream:
-        return sse_response(run.stream())
+    plan = resolve_completion(body, st.model_info(body.model))
+    run = await prepare_completion(st, plan)
+    if plan.stream:
+        return sse_response(run.event_stream())
     return jsonify(await run.complete())
 
 
@@ -108,7 +105,7 @@ async def tokenize():
 
         chat_body = parse_body(ChatCompletionRequest, {"messages": body.messages, "tools": body.tools,
                                                        "add_generation_prompt": body.add_generation_prompt})
-        tokens = (await render_for_request(st, served, chat_body, check_context=False)).token_ids
+        tokens = (await render_for_request(st, served, chat_messages(chat_body), check_context=False)).token_ids
     else:
         tokens = await st.lanes.run(st.lanes.for_chars(len(body.prompt)), encode_text, served, body.prompt,
                                     body.add_special_tokens)
@@ -139,10 +136,7 @@ async def detokenize():
     body = parse_body(DetokenizeRequest, await json_body())
     served = st.serving().served
     st.check_model_name(body.model)
-    vocab = served.config.vocab_size
-    bad = [t for t in body.tokens if not 0 <= t < vocab]
-    if bad:
-        raise bad_request(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="tokens")
+    check_token_ids(body.tokens, served.config.vocab_size, "tokens")
     text = await st.lanes.run(st.lanes.for_chars(len(body.tokens) * _CHARS_PER_TOKEN_ID),
                               served.tokenizer.decode, body.tokens, False)
     return jsonify({"prompt": text})

@@ -15,32 +15,33 @@ path as /v1/chat/completions) or, in `triolm router`, a backend. Contract: contr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Protocol
 
+import attrs
 from quart import Blueprint, jsonify, request
 
 from triolm.errors import InvalidRequestError
 from triolm.http.body import read_json_object
-from triolm.http.chat import ChatPlan, ChatRun, prepare_chat, prompt_from_token_ids, render_for_request
-from triolm.http.routes import sse_response
+from triolm.http.chat import ChatRun, PreparedChat, prepare_chat, prompt_from_token_ids, render_for_request
+from triolm.http.sse_stream import EventStream, sse_response
 from triolm.http.state import AppState
 from triolm.loading.served_model import ServedModel
 from triolm.prompting.prompts import RenderedPrompt, render_chat_text_in_worker
-from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, TOOL_PARSERS
-from triolm.protocol import openai_format as fmt
+from triolm.prompting.tool_parsers import TOOL_PARSERS
 from triolm.protocol.errors import APIError, bad_request
+from triolm.protocol.plan import chat_messages, resolve_chat
 from triolm.protocol.schemas import ChatCompletionRequest
 from triolm.protocol.validation import parse_request
 from triolm.router.frontend import PromptFrontend
+from triolm.runtime.fanout import Tick
 from triolm.runtime.lanes import PromptLanes, text_chars
 from triolm.sessions.node import Extension, find_extension, find_token_extension
 from triolm.sessions.raw_history import find_extension_keeping_thinking
 from triolm.sessions.registry import SessionNotFound, SessionRegistry, TooManySessions
 from triolm.sessions.session import Session
 from triolm.sessions.turn import FinishedGeneration, PreparedTurn, record_turn
-
-DEFAULT_TOOL_PARSER = "hermes"
 
 
 class SessionTurns(Protocol):
@@ -52,7 +53,8 @@ class SessionTurns(Protocol):
     def model_name(self) -> str:
         """The served model's name; a 503 APIError while nothing can serve."""
 
-    def default_tool_parser(self) -> str | None: ...
+    def default_tool_parser(self) -> str:
+        """The model's tool-call format: a session's parser unless it names another."""
 
     async def prepare(self, session: Session, body: ChatCompletionRequest) -> PreparedTurn:
         """The exact prompt of the turn and the node it extends (no generation)."""
@@ -60,7 +62,7 @@ class SessionTurns(Protocol):
     async def complete(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> dict:
         """Generate, record the nodes, return the chat completion."""
 
-    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> EventStream:
         """Everything that can fail before the first byte, then the SSE events (the
         nodes are recorded when the stream completes)."""
 
@@ -86,7 +88,7 @@ def register_session_routes(app, turns: SessionTurns) -> None:
         model_name = turns.model_name()
         parser = data.get("tool_parser")
         if parser is None:
-            parser = turns.default_tool_parser() or DEFAULT_TOOL_PARSER
+            parser = turns.default_tool_parser()
         known = TOOL_PARSERS
         if not isinstance(parser, str) or parser not in known:
             raise bad_request(f"unknown tool_parser {parser!r} (known: {', '.join(known)})",
@@ -146,14 +148,8 @@ def register_session_routes(app, turns: SessionTurns) -> None:
         if body.stream:
             with registry.using(session):
                 prepared = await turns.prepare(session, body)
-                chunks = await turns.open_stream(prepared, body)
-
-            async def events():
-                with registry.using(session):
-                    async for chunk in chunks:
-                        yield chunk
-
-            return sse_response(events())
+                stream = await turns.open_stream(prepared, body)
+            return sse_response(used_while_streaming(registry, session, stream))
         with registry.using(session):
             prepared = await turns.prepare(session, body)
             data = await turns.complete(prepared, body)
@@ -183,11 +179,12 @@ async def _json_object(allow_empty: bool = False) -> dict:
 async def prepare_turn(lanes: PromptLanes, served: ServedModel | PromptFrontend, session: Session,
                        body: ChatCompletionRequest) -> PreparedTurn:
     """Render the prompt and find the node it extends; tokenize only the new text."""
+    chat = chat_messages(body)
     try:
         text = await render_chat_text_in_worker(
-            lanes.templates, lanes.for_chars(text_chars(body.messages) + text_chars(body.tools)),
-            served, body.messages, body.tools, body.add_generation_prompt, body.continue_final_message,
-            body.template_variables)
+            lanes.templates, lanes.for_chars(text_chars(chat.messages) + text_chars(chat.tools)),
+            served, chat.messages, chat.tools, chat.add_generation_prompt, chat.continue_final_message,
+            chat.template_variables)
     except InvalidRequestError as exc:
         raise bad_request(exc.message, param=exc.param or "messages", code=exc.code) from None
     extension = find_extension(session.nodes, text)
@@ -216,9 +213,8 @@ class EngineTurns:
         served = self.state.serving().served
         return served.name
 
-    def default_tool_parser(self) -> str | None:
-        served = self.state.serving().served
-        return served.tool_parser
+    def default_tool_parser(self) -> str:
+        return self.state.serving().served.tool_parser
 
     async def prepare(self, session: Session, body: ChatCompletionRequest) -> PreparedTurn:
         served = self.state.serving().served
@@ -229,15 +225,14 @@ class EngineTurns:
             return PreparedTurn(session, Extension(parent, ""), prompt, new_ids)
         if served.mistral_tokenizer is not None:
             # mistral-common renders tokens, not text: match nodes token by token.
-            prompt = await render_for_request(self.state, served, body)
+            prompt = await render_for_request(self.state, served, chat_messages(body))
             parent, new_ids = find_token_extension(session.nodes, prompt.token_ids)
             return PreparedTurn(session, Extension(parent, ""), prompt, new_ids)
         return await prepare_turn(self.state.lanes, served, session, body)
 
-    async def _plan(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> ChatPlan:
-        plan = await prepare_chat(self.state, body, prompt=prepared.prompt)
-        plan.tool_parser = session_tool_parser(prepared.session, body)
-        return plan
+    async def _plan(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> PreparedChat:
+        plan = resolve_chat(body, self.state.model_info(body.model), session_tool_parser=prepared.session.tool_parser)
+        return await prepare_chat(self.state, plan, prompt=prepared.prompt)
 
     async def complete(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> dict:
         plan = await self._plan(prepared, body)
@@ -246,31 +241,45 @@ class EngineTurns:
         self._record(prepared, plan, run)
         return data
 
-    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def open_stream(self, prepared: PreparedTurn, body: ChatCompletionRequest) -> EventStream:
         plan = await self._plan(prepared, body)
         run = ChatRun(self.state, plan)
+        return recorded_at_end(run.event_stream(), lambda: self._record(prepared, plan, run))
 
-        async def events():
-            async for chunk in run.stream():
-                if chunk == fmt.SSE_DONE:
-                    self._record(prepared, plan, run)
-                yield chunk
-
-        return events()
-
-    def _record(self, prepared: PreparedTurn, plan: ChatPlan, run: ChatRun) -> None:
+    def _record(self, prepared: PreparedTurn, plan: PreparedChat, run: ChatRun) -> None:
         gens = [FinishedGeneration(token_ids=[t.token_id for t in g.result.tokens],
                                    logprobs=[t.logprob for t in g.result.tokens], text=g.result.text,
-                                   finish_reason=g.result.finish_reason, stop_reason=g.result.stop_reason,
+                                   finish=g.result.finish,
                                    num_cached_prompt_tokens=g.result.num_cached_prompt_tokens,
                                    num_prefilled_tokens=g.result.num_prefilled_tokens,
                                    weight_spans=tuple((w.weight_version, w.count) for w in g.result.weight_spans))
                 for g in run.gens]
-        stop_ids = set(plan.served.eos_token_ids) | set(plan.body.stop_token_ids or ())
-        record_turn(self.registry, prepared, plan.request_id, gens, plan.served.tokenizer, stop_ids)
+        record_turn(self.registry, prepared, plan.request_id, gens, plan.served.tokenizer)
 
 
-def session_tool_parser(session: Session, body: ChatCompletionRequest) -> str | None:
-    """The session's parser, not the server default, reads tool calls out of the output."""
-    generic = session.tool_parser == GENERIC_TOOL_PARSER  # its replies are JSON even with "none"
-    return session.tool_parser if body.tools and (body.tool_choice != "none" or generic) else None
+def recorded_at_end(stream: EventStream, record: Callable[[], None]) -> EventStream:
+    """`stream`, recording the turn's nodes once its events ended (normally or with an
+    error: the choices that finished are recorded); not when its client left first."""
+
+    def tail() -> list[dict]:
+        events = list(stream.tail())
+        record()
+        return events
+
+    return attrs.evolve(stream, tail=tail)
+
+
+def used_while_streaming(registry: SessionRegistry, session: Session, stream: EventStream) -> EventStream:
+    """`stream`, with the session marked in use (it does not expire) while it streams."""
+
+    async def events() -> AsyncIterator[dict | Tick]:
+        with registry.using(session):
+            async with aclosing(stream.events) as source:
+                async for event in source:
+                    yield event
+
+    def tail() -> list[dict]:
+        with registry.using(session):
+            return list(stream.tail())
+
+    return attrs.evolve(stream, events=events(), tail=tail)

@@ -12,7 +12,7 @@ import trio
 
 from triolm.protocol.errors import APIError
 from triolm.protocol.responses_store import ResponseStore
-from triolm.protocol.validation import RequestLimits
+from triolm.protocol.validation import ModelInfo
 from triolm.runtime.lanes import PromptLanes
 from triolm.runtime.lifecycle import Lifecycle
 from triolm.runtime.metrics import Metrics
@@ -61,14 +61,20 @@ class AppState:
     def grammar_limiter(self) -> trio.CapacityLimiter:
         return self.serving().grammar_limiter
 
+    def model_info(self, requested: str | None) -> ModelInfo:
+        """What a generating request naming the model `requested` is resolved against
+        (protocol.plan): a 503 while no model serves, a 400 for an embeddings model, a
+        404 for another model's name."""
+        runtime = self.require_generation()
+        self.check_model_name(requested)
+        served = runtime.served
+        return ModelInfo(vocab_size=served.config.vocab_size, max_model_len=served.max_model_len,
+                         max_n=self.settings.max_n, max_queue=runtime.driver.max_queue,
+                         tool_parser=served.tool_parser, reasoning=served.reasoning is not None,
+                         renders_tokens=served.mistral_tokenizer is not None)
+
     def check_model_name(self, requested: str | None) -> None:
         if requested and self.runtime is not None and requested != self.runtime.served.name:
             name = self.runtime.served.name
             raise APIError(404, f"The model `{requested}` does not exist. Served: `{name}`.",
                            param="model", code="model_not_found")
-
-
-def request_limits(state: AppState) -> RequestLimits:
-    runtime = state.serving()
-    return RequestLimits(vocab_size=runtime.served.config.vocab_size, max_model_len=runtime.served.max_model_len,
-                         max_n=state.settings.max_n, max_queue=runtime.driver.max_queue)

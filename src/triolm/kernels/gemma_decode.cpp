@@ -6,12 +6,8 @@
    positions of their own cache (engine/window_blocks.py), with their own RoPE tables;
    attention scores soft-capped when `softcap` > 0.
 
-   `plan` is an int64 array written once by the model (GemmaCacheState.decode_plan):
-     header: n_layers, hidden, intermediate, heads, kv_heads, head_dim, KV cache kind
-     per layer (GEMMA_PLAN_LAYER slots): local (0/1), cos*, sin*, input_norm*,
-       post_attention_norm*, pre_ffn_norm*, post_ffn_norm*, q_norm* (0 = none), k_norm*,
-       qkv kind, w*, d*, o kind, w*, d*, gate_up kind, w*, d*, down kind, w*, d*,
-       k_cache*, v_cache*
+   `plan` is an int64 array written once by the model (GemmaCacheState.decode_plan);
+   its layout: decode_plan.h, namespace gemma_plan.
    Global layers walk `block_tables`, local ones `window_tables` (blocks a sequence no
    longer holds point at a scratch block and are never read).
    x [B, hidden] holds the scaled token embeddings and receives the last hidden states. */
@@ -21,19 +17,9 @@
 #include <cstring>
 #include <vector>
 
-typedef int64_t i64;
-
-extern "C" void tl_linear(int kind, const void* w, const float* d, const float* x, i64 ldx, float* y,
-                          i64 ldy, i64 M, i64 N, i64 K, int accumulate, int nthreads);
-extern "C" void tl_rms_norm(const float* x, i64 ldx, const float* w, float* out, i64 ldo,
-                            i64 M, i64 N, float eps);
-extern "C" void tl_decode_attention_windowed(
-        const float* q, i64 ldq, const float* k_new, i64 ldk, const float* v_new, i64 ldv,
-        void* k_cache, void* v_cache, int kv_kind,
-        const int32_t* block_tables, i64 max_blocks, const int32_t* seq_lens,
-        const float* cos_table, const float* sin_table,
-        float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads,
-        i64 window, float softcap);
+#include "decode_plan.h"
+#include "kernel_api.h"
+#include "step_buffers.h"
 
 /* out[m, j] = gelu_tanh(gu[m, j]) * gu[m, I + j], torch's approximate="tanh" formula. */
 extern "C" void tl_gelu_tanh_mul(const float* gu, float* out, i64 M, i64 I) {
@@ -49,51 +35,46 @@ extern "C" void tl_gelu_tanh_mul(const float* gu, float* out, i64 M, i64 I) {
     }
 }
 
-#define GEMMA_PLAN_HEADER 7
-#define GEMMA_PLAN_LAYER 23
-
 extern "C" void tl_gemma_decode_step(const i64* plan, float* x, i64 B, const int32_t* block_tables,
                                      i64 max_blocks, const int32_t* window_tables, i64 max_wblocks,
                                      const int32_t* seq_lens, i64 block_size, float eps, float scale,
                                      i64 window, float softcap, int nthreads) {
-    const i64 n_layers = plan[0], hid = plan[1], inter = plan[2], H = plan[3], KVH = plan[4], D = plan[5];
-    const int kv_kind = (int)plan[6];
+    using namespace gemma_plan;
+    const i64 L = plan[n_layers], hid = plan[hidden], inter = plan[intermediate], H = plan[heads],
+              KVH = plan[kv_heads], D = plan[head_dim];
+    const int kv = (int)plan[kv_kind];
     const i64 qd = H * D, kvd = KVH * D, qkvd = qd + 2 * kvd;
-    thread_local std::vector<float> scratch;
-    const size_t need = (size_t)(B * (2 * hid + qkvd + qd + 3 * inter));
-    if (scratch.size() < need) scratch.resize(need);
-    float* h = scratch.data();
-    float* branch = h + B * hid;
-    float* qkv = branch + B * hid;
-    float* attn = qkv + B * qkvd;
-    float* gu = attn + B * qd;
-    float* act = gu + B * 2 * inter;
-    for (i64 l = 0; l < n_layers; l++) {
-        const i64* p = plan + GEMMA_PLAN_HEADER + l * GEMMA_PLAN_LAYER;
-        const bool local = p[0] != 0;
-        tl_rms_norm(x, hid, (const float*)p[3], h, hid, B, hid, eps);
-        tl_linear((int)p[9], (const void*)p[10], (const float*)p[11], h, hid, qkv, qkvd, B, qkvd, hid, 0, nthreads);
-        if (p[7]) {
+    const StepBuffers buf = step_buffers(B, hid, qkvd, qd, inter);
+    float *h = buf.h, *branch = buf.branch, *qkv = buf.qkv, *attn = buf.attn, *gu = buf.gu, *act = buf.act;
+    auto linear = [&](const i64* p, int kind_slot, const float* in, i64 K, float* out, i64 N) {
+        tl_linear((int)p[kind_slot], (const void*)p[kind_slot + 1], (const float*)p[kind_slot + 2], in, K, out, N,
+                  B, N, K, 0, nthreads);
+    };
+    for (i64 l = 0; l < L; l++) {
+        const i64* p = plan + HEADER_SLOTS + l * LAYER_SLOTS;
+        const bool is_local = p[local] != 0;
+        tl_rms_norm(x, hid, (const float*)p[input_norm], h, hid, B, hid, eps);
+        linear(p, qkv_kind, h, hid, qkv, qkvd);
+        if (p[q_norm]) {
             for (i64 b = 0; b < B; b++) {
                 float* q = qkv + b * qkvd;
-                tl_rms_norm(q, D, (const float*)p[7], q, D, H, D, eps);
-                tl_rms_norm(q + qd, D, (const float*)p[8], q + qd, D, KVH, D, eps);
+                tl_rms_norm(q, D, (const float*)p[q_norm], q, D, H, D, eps);
+                tl_rms_norm(q + qd, D, (const float*)p[k_norm], q + qd, D, KVH, D, eps);
             }
         }
-        tl_decode_attention_windowed(qkv, qkvd, qkv + qd, qkvd, qkv + qd + kvd, qkvd, (void*)p[21], (void*)p[22],
-                                     kv_kind, local ? window_tables : block_tables, local ? max_wblocks : max_blocks,
-                                     seq_lens, (const float*)p[1], (const float*)p[2], attn, B, H, KVH, D,
-                                     block_size, scale, nthreads, local ? window : 0, softcap);
-        tl_linear((int)p[12], (const void*)p[13], (const float*)p[14], attn, qd, branch, hid, B, hid, qd, 0, nthreads);
-        tl_rms_norm(branch, hid, (const float*)p[4], branch, hid, B, hid, eps);
+        tl_decode_attention_windowed(qkv, qkvd, qkv + qd, qkvd, qkv + qd + kvd, qkvd, (void*)p[k_cache],
+                                     (void*)p[v_cache], kv, is_local ? window_tables : block_tables,
+                                     is_local ? max_wblocks : max_blocks, seq_lens, (const float*)p[rope_cos],
+                                     (const float*)p[rope_sin], attn, B, H, KVH, D, block_size, scale, nthreads,
+                                     is_local ? window : 0, softcap);
+        linear(p, o_kind, attn, qd, branch, hid);
+        tl_rms_norm(branch, hid, (const float*)p[post_attention_norm], branch, hid, B, hid, eps);
         for (i64 i = 0; i < B * hid; i++) x[i] += branch[i];
-        tl_rms_norm(x, hid, (const float*)p[5], h, hid, B, hid, eps);
-        tl_linear((int)p[15], (const void*)p[16], (const float*)p[17], h, hid, gu, 2 * inter, B, 2 * inter, hid, 0,
-                  nthreads);
+        tl_rms_norm(x, hid, (const float*)p[pre_feedforward_norm], h, hid, B, hid, eps);
+        linear(p, gate_up_kind, h, hid, gu, 2 * inter);
         tl_gelu_tanh_mul(gu, act, B, inter);
-        tl_linear((int)p[18], (const void*)p[19], (const float*)p[20], act, inter, branch, hid, B, hid, inter, 0,
-                  nthreads);
-        tl_rms_norm(branch, hid, (const float*)p[6], branch, hid, B, hid, eps);
+        linear(p, down_kind, act, inter, branch, hid);
+        tl_rms_norm(branch, hid, (const float*)p[post_feedforward_norm], branch, hid, B, hid, eps);
         for (i64 i = 0; i < B * hid; i++) x[i] += branch[i];
     }
 }

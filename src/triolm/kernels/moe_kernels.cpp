@@ -1,4 +1,4 @@
-/* Mixture-of-experts feed-forward, and the whole decode step of a MoE decoder.
+/* Mixture-of-experts feed-forward (a MoE decoder's decode step is tl_decode_step).
 
    `tl_moe_ffn` takes the normalised hidden states of B tokens and adds their sparse MLP:
    router logits (one linear), softmax over all experts, the top k by probability (ties
@@ -12,32 +12,15 @@
 
    Threads: inside each linear (over chunks of output rows), as for dense layers.
 
-   table (int64, built by model/moe.py, SparseMoe.table):
-     [0] experts, [1] top_k, [2] renormalise top-k (0/1), [3] hidden, [4] expert width,
-     [5..7] router kind, w*, d*, then per expert MOE_EXPERT slots:
-     gate_up kind, w*, d*, down kind, w*, d*                                          */
+   table: an int64 plan written once by model/moe.py (layout: decode_plan.h, namespace
+   moe_plan), a header then one row per expert.                                       */
 
 #include <math.h>
-#include <stdint.h>
 #include <string.h>
 #include <vector>
 
-typedef int64_t i64;
-
-extern "C" void tl_linear(int kind, const void* w, const float* d, const float* x, i64 ldx, float* y,
-                          i64 ldy, i64 M, i64 N, i64 K, int accumulate, int nthreads);
-extern "C" void tl_silu_mul(const float* gu, float* out, i64 M, i64 I);
-extern "C" void tl_rms_norm(const float* x, i64 ldx, const float* w, float* out, i64 ldo,
-                            i64 M, i64 N, float eps);
-extern "C" void tl_decode_attention(
-        const float* q, i64 ldq, const float* k_new, i64 ldk, const float* v_new, i64 ldv,
-        void* k_cache, void* v_cache, int kv_kind,
-        const int32_t* block_tables, i64 max_blocks, const int32_t* seq_lens,
-        const float* cos_table, const float* sin_table, int rope,
-        float* out, i64 B, i64 H, i64 KVH, i64 D, i64 block_size, float scale, int nthreads);
-
-#define MOE_HEADER 8
-#define MOE_EXPERT 6
+#include "decode_plan.h"
+#include "kernel_api.h"
 
 /* Top-k routing of B rows of router logits [B, E] -> expert ids and weights [B, k]. */
 static void route(const float* logits, i64 B, i64 E, i64 k, int renorm, int32_t* ids, float* weights) {
@@ -66,8 +49,9 @@ static void route(const float* logits, i64 B, i64 E, i64 k, int renorm, int32_t*
 }
 
 extern "C" void tl_moe_ffn(const i64* moe, const float* h, i64 ldh, float* out, i64 ldo, i64 B, int nthreads) {
-    const i64 E = moe[0], k = moe[1], hid = moe[3], ff = moe[4];
-    const int renorm = (int)moe[2];
+    using namespace moe_plan;
+    const i64 E = moe[experts], k = moe[top_k], hid = moe[hidden], ff = moe[width];
+    const int renorm = (int)moe[renormalize];
     thread_local std::vector<float> logits_v, weights_v, xb_v, gu_v, act_v, yb_v, acc_v;
     thread_local std::vector<int32_t> ids_v, count_v, start_v, rows_v;
     if ((i64)logits_v.size() < B * E) logits_v.resize(B * E);
@@ -75,7 +59,7 @@ extern "C" void tl_moe_ffn(const i64* moe, const float* h, i64 ldh, float* out, 
     if ((i64)count_v.size() < E + 1) { count_v.resize(E + 1); start_v.resize(E + 1); }
     if ((i64)acc_v.size() < B * hid) acc_v.resize(B * hid);
     float* logits = logits_v.data();
-    tl_linear((int)moe[5], (const void*)moe[6], (const float*)moe[7], h, ldh, logits, E, B, E, hid, 0, nthreads);
+    tl_linear((int)moe[router_kind], (const void*)moe[router_w], (const float*)moe[router_d], h, ldh, logits, E, B, E, hid, 0, nthreads);
     route(logits, B, E, k, renorm, ids_v.data(), weights_v.data());
 
     /* counting sort of the B * k assignments by expert; within an expert, by token */
@@ -98,11 +82,11 @@ extern "C" void tl_moe_ffn(const i64* moe, const float* h, i64 ldh, float* out, 
         if (n == 0) continue;
         const int32_t* rows = rows_v.data() + start[e];
         for (i64 r = 0; r < n; r++) memcpy(xb_v.data() + r * hid, h + (rows[r] / k) * ldh, hid * sizeof(float));
-        const i64* ex = moe + MOE_HEADER + e * MOE_EXPERT;
-        tl_linear((int)ex[0], (const void*)ex[1], (const float*)ex[2], xb_v.data(), hid, gu_v.data(), 2 * ff,
+        const i64* ex = moe + HEADER_SLOTS + e * EXPERT_SLOTS;
+        tl_linear((int)ex[gate_up_kind], (const void*)ex[gate_up_w], (const float*)ex[gate_up_d], xb_v.data(), hid, gu_v.data(), 2 * ff,
                   n, 2 * ff, hid, 0, nthreads);
         tl_silu_mul(gu_v.data(), act_v.data(), n, ff);
-        tl_linear((int)ex[3], (const void*)ex[4], (const float*)ex[5], act_v.data(), ff, yb_v.data(), hid,
+        tl_linear((int)ex[down_kind], (const void*)ex[down_w], (const float*)ex[down_d], act_v.data(), ff, yb_v.data(), hid,
                   n, hid, ff, 0, nthreads);
         for (i64 r = 0; r < n; r++) {
             const float w = weights_v[rows[r]];
@@ -115,67 +99,5 @@ extern "C" void tl_moe_ffn(const i64* moe, const float* h, i64 ldh, float* out, 
         float* o = out + b * ldo;
         const float* a = acc + b * hid;
         for (i64 j = 0; j < hid; j++) o[j] += a[j];
-    }
-}
-
-/* ------------------------------------------------------------------ whole decode step
-   `tl_decode_step` (triolm_kernels.cpp) with a sparse MLP where a layer has one. plan:
-
-     header (PLAN_HEADER): n_layers, hidden, intermediate, heads, kv_heads, head_dim,
-       cos*, sin*, KV cache kind
-     per layer (MOE_PLAN_LAYER slots): input_norm*, post_norm*, qkv kind, w*, d*,
-       qkv bias* (0 = none), q_norm* (0 = none), k_norm*, o kind, w*, d*, gate_up kind,
-       w*, d*, down kind, w*, d* (dense layers), k_cache*, v_cache*, moe table* (0 = dense)
-
-   x [B, hidden] holds the token embeddings and receives the last hidden states. */
-
-#define PLAN_HEADER 9
-#define MOE_PLAN_LAYER 20
-
-extern "C" void tl_moe_decode_step(const i64* plan, float* x, i64 B, const int32_t* block_tables,
-                                   i64 max_blocks, const int32_t* seq_lens, i64 block_size,
-                                   float eps, float scale, int nthreads) {
-    const i64 n_layers = plan[0], hid = plan[1], inter = plan[2], H = plan[3], KVH = plan[4], D = plan[5];
-    const float* cos_t = (const float*)plan[6];
-    const float* sin_t = (const float*)plan[7];
-    const int kv_kind = (int)plan[8];
-    const i64 qd = H * D, kvd = KVH * D, qkvd = qd + 2 * kvd;
-    thread_local std::vector<float> scratch;
-    const size_t need = (size_t)(B * (hid + qkvd + qd + 3 * inter));
-    if (scratch.size() < need) scratch.resize(need);
-    float* h = scratch.data();
-    float* qkv = h + B * hid;
-    float* attn = qkv + B * qkvd;
-    float* gu = attn + B * qd;
-    float* act = gu + B * 2 * inter;
-    for (i64 l = 0; l < n_layers; l++) {
-        const i64* p = plan + PLAN_HEADER + l * MOE_PLAN_LAYER;
-        tl_rms_norm(x, hid, (const float*)p[0], h, hid, B, hid, eps);
-        tl_linear((int)p[2], (const void*)p[3], (const float*)p[4], h, hid, qkv, qkvd, B, qkvd, hid, 0, nthreads);
-        if (p[5]) {
-            const float* bias = (const float*)p[5];
-            for (i64 b = 0; b < B; b++)
-                for (i64 j = 0; j < qkvd; j++) qkv[b * qkvd + j] += bias[j];
-        }
-        if (p[6]) {
-            for (i64 b = 0; b < B; b++) {
-                float* q = qkv + b * qkvd;
-                tl_rms_norm(q, D, (const float*)p[6], q, D, H, D, eps);
-                tl_rms_norm(q + qd, D, (const float*)p[7], q + qd, D, KVH, D, eps);
-            }
-        }
-        tl_decode_attention(qkv, qkvd, qkv + qd, qkvd, qkv + qd + kvd, qkvd, (void*)p[17], (void*)p[18], kv_kind,
-                            block_tables, max_blocks, seq_lens, cos_t, sin_t, 1, attn, B, H, KVH, D,
-                            block_size, scale, nthreads);
-        tl_linear((int)p[8], (const void*)p[9], (const float*)p[10], attn, qd, x, hid, B, hid, qd, 1, nthreads);
-        tl_rms_norm(x, hid, (const float*)p[1], h, hid, B, hid, eps);
-        if (p[19]) {
-            tl_moe_ffn((const i64*)p[19], h, hid, x, hid, B, nthreads);
-            continue;
-        }
-        tl_linear((int)p[11], (const void*)p[12], (const float*)p[13], h, hid, gu, 2 * inter, B, 2 * inter, hid, 0,
-                  nthreads);
-        tl_silu_mul(gu, act, B, inter);
-        tl_linear((int)p[14], (const void*)p[15], (const float*)p[16], act, inter, x, hid, B, hid, inter, 1, nthreads);
     }
 }

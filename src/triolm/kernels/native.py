@@ -17,10 +17,12 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -51,11 +53,10 @@ _SIGNATURES = {
     "tl_decode_attention": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _int, _ptr, _i64, _ptr,
                              _ptr, _ptr, _int, _ptr, _i64, _i64, _i64, _i64, _i64, _float, _int],
                             None),
-    "tl_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float, _int], None),
+    "tl_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float, _float, _int], None),
     "tl_prefill_attention": ([_ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _i64, _i64, _i64, _i64, _i64, _float,
                               _int], _int),
     "tl_moe_ffn": ([_ptr, _ptr, _i64, _ptr, _i64, _i64, _int], None),
-    "tl_moe_decode_step": ([_ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _float, _float, _int], None),
 }
 # Gemma's layers (gemma_decode.cpp)
 _SIGNATURES.update({
@@ -185,12 +186,60 @@ def num_threads() -> int:
 
 
 #: Weight formats understood by the kernels (`tl_linear`, `tl_decode_step`); the block
-#: kinds and W_PARTS are defined in quant_blocks.h.
+#: kinds and W_PARTS are defined in quant_blocks.h and iq4_blocks.h.
 W_F32, W_F16, W_Q8_0 = 0, 1, 2
 W_PARTS = 32
 #: GGUF block types the kernels read as the file stores them -> their kind.
 BLOCK_KINDS = {"BF16": 3, "Q4_0": 4, "Q4_1": 5, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8,
-               "Q2_K": 9, "Q3_K": 10, "Q4_K": 11, "Q5_K": 12, "Q6_K": 13}
+               "Q2_K": 9, "Q3_K": 10, "Q4_K": 11, "Q5_K": 12, "Q6_K": 13,
+               "IQ4_NL": 20, "IQ4_XS": 21}  # iq4_blocks.h
 
 #: KV cache element types understood by `tl_decode_attention` / `tl_decode_step`.
 KV_KINDS = {torch.float32: 0, torch.float16: 1}
+
+
+# ------------------------------------------------------------------ plans
+# A plan is an int64 table of named slots (pointers as integers) a model writes once and
+# a kernel walks every call; the slots are named once, in decode_plan.h, and read here.
+
+def _plan_enums(text: str) -> dict[str, tuple[str, ...]]:
+    """`namespace::Enum` -> its enumerator names in order, without the closing size."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    enums: dict[str, tuple[str, ...]] = {}
+    for space, body in re.findall(r"namespace (\w+) \{(.*?)\}  // namespace", text, flags=re.S):
+        for name, items in re.findall(r"enum (\w+) \{(.*?)\};", body, flags=re.S):
+            names = [n.strip() for n in items.split(",") if n.strip()]
+            enums[f"{space}::{name}"] = tuple(names[:-1])
+    return enums
+
+
+_PLANS = _plan_enums((_SOURCE_DIR / "decode_plan.h").read_text())
+
+
+class PlanLayout:
+    """One plan's slot names: a header, then rows (layers or experts) of the same slots."""
+
+    def __init__(self, space: str, row: str):
+        self.header = _PLANS[f"{space}::Header"]
+        self.row = _PLANS[f"{space}::{row}"]
+
+    def pack(self, header: Mapping[str, int], rows: Sequence[Mapping[str, int]]) -> torch.Tensor:
+        """The int64 table, each slot taken by name: a missing or unknown name is an error."""
+        table = _ordered(self.header, header)
+        for row in rows:
+            table += _ordered(self.row, row)
+        return torch.tensor(table, dtype=torch.int64)
+
+
+def _ordered(names: tuple[str, ...], values: Mapping[str, int]) -> list[int]:
+    if set(values) != set(names):
+        raise ValueError(f"plan slots {sorted(set(values) ^ set(names))} missing or unknown")
+    return [int(values[n]) for n in names]
+
+
+#: `tl_decode_step` (decode_step.cpp): llama-family decoders, MoE ones included.
+DECODE_PLAN = PlanLayout("plan", "Layer")
+#: `tl_moe_ffn` (moe_kernels.cpp): one sparse MLP, a row per expert.
+MOE_PLAN = PlanLayout("moe_plan", "Expert")
+#: `tl_gemma_decode_step` (gemma_decode.cpp).
+GEMMA_PLAN = PlanLayout("gemma_plan", "Layer")

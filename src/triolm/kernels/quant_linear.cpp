@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "gemm_f32.h"
+#include "iq4_blocks.h"
 #include "quant_blocks.h"
 
 typedef int64_t i64;
@@ -285,6 +286,8 @@ bool with_block_type(int kind, F&& f) {
         case qb::W_Q4_K: f(qb::Q4_K{}); return true;
         case qb::W_Q5_K: f(qb::Q5_K{}); return true;
         case qb::W_Q6_K: f(qb::Q6_K{}); return true;
+        case qb::W_IQ4_NL: f(qb::IQ4_NL{}); return true;
+        case qb::W_IQ4_XS: f(qb::IQ4_XS{}); return true;
     }
     return false;
 }

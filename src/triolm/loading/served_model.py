@@ -28,7 +28,7 @@ from triolm.prompting.grammar import GrammarCompiler
 from triolm.prompting.reasoning import ReasoningFormat, reasoning_format_for
 from triolm.prompting.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
 from triolm.prompting.template_sandbox import RenderBudget
-from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
+from triolm.prompting.tool_parsers import model_tool_parser
 from triolm.settings import ServerSettings
 from triolm.tokenizers.base import Tokenizer
 from triolm.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
@@ -56,7 +56,7 @@ class ServedModel:
     tokenizer: Tokenizer
     chat_template: object  # triolm.prompting.template.ChatTemplate
     mistral_tokenizer: object | None  # mistral_common MistralTokenizer in mistral mode
-    tool_parser: str | None
+    tool_parser: str  # its tool-call format (prompting.tool_parsers.model_tool_parser)
     max_model_len: int
     weights_bytes: int
     card: str = ""
@@ -133,7 +133,8 @@ def load_served_model(settings: ServerSettings, progress: Progress = _noop) -> S
                                 budget=RenderBudget(settings.template_timeout, settings.template_max_output))
     except InvalidRequestError as exc:
         raise ModelLoadError(f"{path}: {template_origin}: {exc.message}") from None
-    tool_parser = settings.tool_call_parser or _detect_tool_parser(template_source, config, mistral_tok)
+    tool_parser = model_tool_parser(settings.tool_call_parser, template_source, config.architecture,
+                                    mistral_tokenizer=mistral_tok is not None)
     try:
         reasoning = reasoning_format_for(settings.reasoning_parser, template.source)
     except ValueError as exc:  # an unknown name from TRIOLM_REASONING_PARSER
@@ -260,10 +261,3 @@ def _maybe_mistral_tokenizer(path: Path, settings: ServerSettings, config: Model
                                  "file (tekken.json, tokenizer.model.v3, …) in the directory")
         return None
     return load_mistral_tokenizer(path)
-
-
-def _detect_tool_parser(template: str | None, config: ModelConfig, mistral_tok) -> str:
-    """The template's own tool-call format, else the generic JSON format."""
-    if mistral_tok is not None:
-        return "mistral"
-    return detect_tool_parser(template, config.architecture) or GENERIC_TOOL_PARSER

@@ -85,6 +85,10 @@ class ModelConfig:
     def is_sliding(self, layer: int) -> bool:
         return bool(self.layer_types) and self.layer_types[layer] == SLIDING
 
+    def rotates(self, layer: int) -> bool:
+        """Whether the layer applies RoPE (smollm3 leaves it out on some)."""
+        return not self.rope_layers or self.rope_layers[layer]
+
     @property
     def rotary_dim(self) -> int:
         """How many dims of each head RoPE rotates (the rest pass through)."""

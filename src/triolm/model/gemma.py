@@ -29,8 +29,9 @@ from triolm.kernels import native
 from triolm.model import linear as lin
 from triolm.model.attention import AttentionMetadata
 from triolm.model.config import ModelConfig
-from triolm.model.llama import _take, _vector, make_linear, rms_norm
+from triolm.model.norm import rms_norm
 from triolm.model.rope import RotaryEmbedding
+from triolm.model.weights import attention, embeddings, gated_mlp, native_slots, ptr, vector
 from triolm.model.windowed_attention import windowed_paged_attention
 
 
@@ -103,26 +104,25 @@ class GemmaCacheState:
         self.layers = [(t[0], t[1]) for t in (next(pools[flag]) for flag in sliding)]
 
     def decode_plan(self, model: GemmaModel) -> torch.Tensor:
-        """The int64 table `tl_gemma_decode_step` walks (layout in kernels/gemma_decode.cpp).
+        """The plan `tl_gemma_decode_step` walks (kernels/decode_plan.h, `gemma_plan`).
         It holds raw pointers: the model's weights and these caches stay referenced by the
         model and by this object."""
         if self._plan is None:
             c = model.config
-
-            def ptr(t: torch.Tensor | None) -> int:
-                return 0 if t is None else t.data_ptr()
-
             if self.kv_cache.dtype not in native.KV_KINDS:
                 raise ValueError(f"native decode cannot read a {self.kv_cache.dtype} KV cache")
-            plan = [c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
-                    c.num_key_value_heads, c.head_dim, native.KV_KINDS[self.kv_cache.dtype]]
-            for layer, (k, v) in zip(model.layers, self.layers, strict=True):
-                plan += [int(layer.window is not None), layer.rope.cos.data_ptr(), layer.rope.sin.data_ptr(),
-                         ptr(layer.input_norm), ptr(layer.post_attn_norm), ptr(layer.pre_ffn_norm),
-                         ptr(layer.post_ffn_norm), ptr(layer.q_norm), ptr(layer.k_norm),
-                         *layer.qkv.native_ref(), *layer.o_proj.native_ref(), *layer.gate_up.native_ref(),
-                         *layer.down.native_ref(), k.data_ptr(), v.data_ptr()]
-            self._plan = torch.tensor(plan, dtype=torch.int64)
+            header = {"n_layers": c.num_hidden_layers, "hidden": c.hidden_size, "intermediate": c.intermediate_size,
+                      "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads, "head_dim": c.head_dim,
+                      "kv_kind": native.KV_KINDS[self.kv_cache.dtype]}
+            rows = [{"local": int(layer.window is not None), "rope_cos": layer.rope.cos.data_ptr(),
+                     "rope_sin": layer.rope.sin.data_ptr(), "input_norm": ptr(layer.input_norm),
+                     "post_attention_norm": ptr(layer.post_attn_norm), "pre_feedforward_norm": ptr(layer.pre_ffn_norm),
+                     "post_feedforward_norm": ptr(layer.post_ffn_norm), "q_norm": ptr(layer.q_norm),
+                     "k_norm": ptr(layer.k_norm), **native_slots("qkv", layer.qkv), **native_slots("o", layer.o_proj),
+                     **native_slots("gate_up", layer.gate_up), **native_slots("down", layer.down),
+                     "k_cache": k.data_ptr(), "v_cache": v.data_ptr()}
+                    for layer, (k, v) in zip(model.layers, self.layers, strict=True)]
+            self._plan = native.GEMMA_PLAN.pack(header, rows)
         return self._plan
 
 
@@ -230,44 +230,25 @@ def _gemma_weights(config: ModelConfig, weights: Mapping[str, Any], dtype: torch
     """Check every tensor's presence and shape; fuse q|k|v and gate|up; norms become
     their float32 multipliers 1 + w."""
     c = config
-    hid, inter = c.hidden_size, c.intermediate_size
-    qd, kvd = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    hid = c.hidden_size
 
     def norm(name: str, size: int) -> torch.Tensor:
-        return 1.0 + _vector(weights, name, (size,), dtype).float()
-
-    def matrix(name: str, shape: tuple[int, int]) -> lin.Linear:
-        return make_linear(_take(weights, name, shape), dtype)
+        return 1.0 + vector(weights, name, (size,), dtype).float()
 
     layers = []
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
-
-        def mat(name: str, shape: tuple[int, int], p: str = p) -> lin.Linear:
-            return matrix(p + name, shape)
-
-        layer = {
+        layer: dict[str, Any] = {
             name: norm(p + name + ".weight", hid)
             for name in ("input_layernorm", "post_attention_layernorm",
                          "pre_feedforward_layernorm", "post_feedforward_layernorm")
         }
-        layer["qkv"] = lin.concat([mat("self_attn.q_proj.weight", (qd, hid)),
-                                   mat("self_attn.k_proj.weight", (kvd, hid)),
-                                   mat("self_attn.v_proj.weight", (kvd, hid))])
-        layer["o_proj"] = mat("self_attn.o_proj.weight", (hid, qd))
-        layer["gate_up"] = lin.concat([mat("mlp.gate_proj.weight", (inter, hid)),
-                                       mat("mlp.up_proj.weight", (inter, hid))])
-        layer["down"] = mat("mlp.down_proj.weight", (hid, inter))
-        if c.attention_bias:
-            layer["qkv_bias"] = torch.cat([
-                _vector(weights, p + f"self_attn.{n}_proj.bias", (size,), dtype)
-                for n, size in (("q", qd), ("k", kvd), ("v", kvd))])
+        layer["qkv"], layer["qkv_bias"], layer["o_proj"] = attention(c, weights, p, dtype)
+        mlp = (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight")
+        layer["gate_up"], layer["down"] = gated_mlp(c, weights, mlp, c.intermediate_size, dtype)
         if c.qk_norm:
             layer["q_norm"] = norm(p + "self_attn.q_norm.weight", c.head_dim)
             layer["k_norm"] = norm(p + "self_attn.k_norm.weight", c.head_dim)
         layers.append(layer)
-    embed = matrix("model.embed_tokens.weight", (c.vocab_size, hid))
-    lm_head = embed
-    if "lm_head.weight" in weights and not c.tie_word_embeddings:
-        lm_head = matrix("lm_head.weight", (c.vocab_size, hid))
+    embed, lm_head = embeddings(c, weights, dtype)
     return {"embed": embed, "lm_head": lm_head, "norm": norm("model.norm.weight", hid), "layers": layers}

@@ -8,8 +8,8 @@ Activations are float32 everywhere; what varies is how W is stored:
 - `Float16Linear`: GGUF F16 weights kept as float16 (half the bytes).
 - `Q8Linear`: Q8_0 as int8 codes plus one float32 scale per 32 (for weights quantized
   at load; GGUF Q8_0 files take `BlockLinear`, as fast with the file's own bytes).
-- `BlockLinear`: every GGUF block type (BF16, Q4_0 ... Q8_0, Q2_K ... Q6_K) as the
-  file's own bytes, usually a read-only view of the memory-mapped file.
+- `BlockLinear`: every GGUF block type (BF16, Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL,
+  IQ4_XS) as the file's own bytes, usually a read-only view of the memory-mapped file.
 - `StackedLinear`: weights that read the same input (q|k|v, gate|up) stacked by output
   rows as a list of parts, each in its own representation: no concatenated copy.
 

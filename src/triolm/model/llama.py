@@ -1,12 +1,19 @@
-"""The llama-family decoder (llama, mistral, qwen2, qwen3) as plain tensors and functions.
+"""The llama-family decoder, and the families that are llama plus a difference or two.
+
+llama, mistral, qwen2 (q/k/v bias), qwen3 (per-head q/k norms), phi3 (its fused tensors
+split at load, `formats/phi3.py`; partial rotation and longrope in the RoPE tables),
+granite (embedding, residual and attention multipliers, logits scaling), smollm3 (no
+RoPE on some layers), and the mixture-of-experts qwen3_moe and mixtral (a routed
+feed-forward, `moe.py`): each difference is a config field this module reads or a
+layer part it is given, so one decoder runs them all.
 
 Weights are fused where that saves kernel launches (q|k|v, gate|up: stacked parts, no
 copy) and kept in the representation the file gives them (see `linear.py`: float32,
-float16, every GGUF block type). The
-forward pass takes a flat batch of tokens, so prefill and batched decode share one
-torch code path; decode steps of a float32-activation model take a leaner path through
-the native kernels (fused RoPE + KV write + paged attention, GEMV on packed weights,
-residual adds folded into the projections).
+float16, every GGUF block type). The forward pass takes a flat batch of tokens, so
+prefill and batched decode share one torch code path; a decode step of a
+float32-activation model is one native call for all layers (`tl_decode_step`,
+kernels/decode_step.cpp: fused RoPE + KV write + paged attention, GEMV on packed
+weights, residual adds folded into the projections).
 """
 
 from __future__ import annotations
@@ -15,85 +22,88 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from triolm.errors import ModelLoadError
+from triolm.formats import moe_layout
 from triolm.kernels import native
 from triolm.model import linear as lin
 from triolm.model.attention import AttentionMetadata, paged_attention
 from triolm.model.config import ModelConfig
+from triolm.model.feed_forward import DenseMlp, add_projection
+from triolm.model.moe import SparseMoe, sparse_moe
+from triolm.model.norm import rms_norm
 from triolm.model.rope import RotaryEmbedding
+from triolm.model.weights import attention, embeddings, gated_mlp, native_slots, ptr, vector
 
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF's RMSNorm in float32. torch's CPU rms_norm is a chain of small ops (~50 us a
-    call here), so float32 rows go through one native call when available."""
-    lib = native.lib()
-    if lib is None or x.dtype != torch.float32 or weight.dtype != torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    n = x.shape[-1]
-    rows = x.reshape(-1, n)
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
-    out = torch.empty(rows.shape)
-    lib.tl_rms_norm(rows.data_ptr(), rows.stride(0), weight.data_ptr(), out.data_ptr(), n,
-                    rows.shape[0], n, eps)
-    return out.view(x.shape)
+FeedForward = DenseMlp | SparseMoe
 
 
 class DecoderLayer:
-    def __init__(self, config: ModelConfig, w: dict[str, Any]):
-        self.config = config
-        self.input_norm = w["input_layernorm"]
-        self.post_attn_norm = w["post_attention_layernorm"]
-        self.qkv: lin.Linear = w["qkv"]
-        self.qkv_bias = w.get("qkv_bias")
-        self.o_proj: lin.Linear = w["o_proj"]
-        self.gate_up: lin.Linear = w["gate_up"]
-        self.down: lin.Linear = w["down"]
-        self.q_norm = w.get("q_norm")
-        self.k_norm = w.get("k_norm")
-        h, kvh, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        self.q_size, self.kv_size = h * d, kvh * d
-        self.scale = d ** -0.5
+    """Pre-norm attention then a feed-forward, each branch added to the residual stream
+    (times `residual_multiplier`: granite's; 1 elsewhere)."""
 
-    def _qkv(self, x: torch.Tensor):
+    def __init__(self, config: ModelConfig, index: int, input_norm: torch.Tensor, post_attn_norm: torch.Tensor,
+                 qkv: lin.Linear, qkv_bias: torch.Tensor | None, o_proj: lin.Linear,
+                 q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, feed_forward: FeedForward):
+        c = config
+        self.config = c
+        self.input_norm, self.post_attn_norm = input_norm, post_attn_norm
+        self.qkv, self.qkv_bias, self.o_proj = qkv, qkv_bias, o_proj
+        self.q_norm, self.k_norm = q_norm, k_norm
+        self.feed_forward = feed_forward
+        self.rotates = c.rotates(index)
+        self.residual = c.residual_multiplier
+        self.q_size, self.kv_size = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.config
-        h = rms_norm(x, self.input_norm, c.rms_norm_eps)
-        qkv = self.qkv(h)
+        qkv = self.qkv(rms_norm(x, self.input_norm, c.rms_norm_eps))
         if self.qkv_bias is not None:
             qkv += self.qkv_bias
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if self.q_norm is not None:
-            q = rms_norm(q.reshape(-1, c.num_attention_heads, c.head_dim), self.q_norm, c.rms_norm_eps)
-            k = rms_norm(k.reshape(-1, c.num_key_value_heads, c.head_dim), self.k_norm, c.rms_norm_eps)
-            q, k = q.reshape(-1, self.q_size), k.reshape(-1, self.kv_size)
-        return q, k, v
+        q = q.reshape(-1, c.num_attention_heads, c.head_dim)
+        k = k.reshape(-1, c.num_key_value_heads, c.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = rms_norm(q, self.q_norm, c.rms_norm_eps), rms_norm(k, self.k_norm, c.rms_norm_eps)
+        return q, k, v.reshape(-1, c.num_key_value_heads, c.head_dim)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
                 cache_k: torch.Tensor, cache_v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Generic torch path (prefill; decode without native kernels). Updates x in place."""
-        c = self.config
+        """The torch path (prefill; decode without native kernels). Updates x in place."""
         q, k, v = self._qkv(x)
-        q = rope.apply(q.reshape(-1, c.num_attention_heads, c.head_dim), positions)
-        k = rope.apply(k.reshape(-1, c.num_key_value_heads, c.head_dim), positions)
-        v = v.reshape(-1, c.num_key_value_heads, c.head_dim)
-        attn = paged_attention(q, k, v, cache_k, cache_v, meta, self.scale)
-        self.o_proj(attn.reshape(-1, self.q_size), out=x)
-        self._mlp(x)
+        if self.rotates:
+            q, k = rope.apply(q, positions), rope.apply(k, positions)
+        attn = paged_attention(q, k, v, cache_k, cache_v, meta, attention_scale(self.config))
+        add_projection(self.o_proj, attn.reshape(-1, self.q_size), x, self.residual)
+        h = rms_norm(x, self.post_attn_norm, self.config.rms_norm_eps)
+        self.feed_forward.add_into(h, x, self.residual)
         return x
 
-    def _mlp(self, x: torch.Tensor) -> None:
-        h = rms_norm(x, self.post_attn_norm, self.config.rms_norm_eps)
-        gate_up = self.gate_up(h)
-        lib = native.lib()
-        if lib is not None and gate_up.dtype == torch.float32:
-            act = torch.empty(x.shape[0], self.config.intermediate_size)
-            lib.tl_silu_mul(gate_up.data_ptr(), act.data_ptr(), x.shape[0], self.config.intermediate_size)
-        else:
-            gate, up = gate_up.chunk(2, dim=-1)
-            act = F.silu(gate) * up
-        self.down(act, out=x)
+    def projections(self) -> list[lin.Linear]:
+        return [self.qkv, self.o_proj, *self.feed_forward.projections()]
+
+    def weight_kinds(self) -> list[str]:
+        return [self.qkv.kind, self.o_proj.kind, *self.feed_forward.weight_kinds()]
+
+    @property
+    def native_ready(self) -> bool:
+        """Every weight in a format the native decode step reads."""
+        return (self.qkv.native_ref() is not None and self.o_proj.native_ref() is not None
+                and self.feed_forward.native_ready)
+
+    def plan_row(self, cache_k: torch.Tensor, cache_v: torch.Tensor) -> dict[str, int]:
+        """This layer's slots of the decode plan (kernels/decode_plan.h, `plan::Layer`)."""
+        return {"input_norm": ptr(self.input_norm), "post_attention_norm": ptr(self.post_attn_norm),
+                **native_slots("qkv", self.qkv), "qkv_bias": ptr(self.qkv_bias),
+                "q_norm": ptr(self.q_norm), "k_norm": ptr(self.k_norm), "rotate": int(self.rotates),
+                **native_slots("o", self.o_proj), **self.feed_forward.plan_slots(),
+                "k_cache": cache_k.data_ptr(), "v_cache": cache_v.data_ptr()}
+
+
+def attention_scale(config: ModelConfig) -> float:
+    """granite's attention multiplier, else head_dim^-1/2."""
+    if config.attention_multiplier is not None:
+        return config.attention_multiplier
+    return config.head_dim ** -0.5
 
 
 class LlamaModel:
@@ -105,17 +115,13 @@ class LlamaModel:
     compact form (computed in float32); with dtype float16/bfloat16 every weight is
     converted to that dtype and the torch path computes in it."""
 
-    layer_class = DecoderLayer  # variants (granite, smollm3) change a layer's arithmetic
-
     def __init__(self, config: ModelConfig, weights: Mapping[str, Any],
                  dtype: torch.dtype = torch.float32, max_positions: int | None = None):
         self.config = config
         self.dtype = dtype
-        fused = fuse_weights(config, weights, dtype)
-        self.lm_head: lin.Linear = fused["lm_head"]
-        self.embed: lin.Linear = fused["embed"]
-        self.norm = fused["norm"]
-        self.layers = [self.layer_class(config, fused["layers"][i]) for i in range(config.num_hidden_layers)]
+        self.embed, self.lm_head = embeddings(config, weights, dtype)
+        self.layers = [decoder_layer(config, weights, i, dtype) for i in range(config.num_hidden_layers)]
+        self.norm = vector(weights, "model.norm.weight", (config.hidden_size,), dtype)
         self.rope = RotaryEmbedding(config, max_positions or config.max_position_embeddings, dtype)
         self._native_ok: bool | None = None
         if dtype == torch.float32:
@@ -126,31 +132,23 @@ class LlamaModel:
         """Decode steps run as one native call (float32 activations, library built, every
         weight in a format the kernels read)."""
         if self._native_ok is None:
-            refs = [p.native_ref() for layer in self.layers
-                    for p in (layer.qkv, layer.o_proj, layer.gate_up, layer.down)]
-            self._native_ok = self.dtype == torch.float32 and all(r is not None for r in refs)
+            self._native_ok = self.dtype == torch.float32 and all(layer.native_ready for layer in self.layers)
         return self._native_ok and native.available()
 
     @property
     def weights_bytes(self) -> int:
         """Bytes of weights as held in memory (tied embeddings counted once)."""
-        seen: set[int] = set()
-        total = 0
-        parts = [self.embed, self.lm_head]
-        for layer in self.layers:
-            parts += [layer.qkv, layer.o_proj, layer.gate_up, layer.down]
-        for p in parts:
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.nbytes
-        return total
+        projections = [p for layer in self.layers for p in layer.projections()]
+        parts = {id(p): p for p in [self.embed, self.lm_head, *projections]}
+        return sum(p.nbytes for p in parts.values())
 
     def weight_kinds(self) -> dict[str, int]:
-        """How many projection matrices use each representation (for logs and benchmarks)."""
+        """How many matrices use each representation (for logs and benchmarks); MoE
+        routers and experts counted apart."""
         kinds: dict[str, int] = {}
         for layer in self.layers:
-            for p in (layer.qkv, layer.o_proj, layer.gate_up, layer.down):
-                kinds[p.kind] = kinds.get(p.kind, 0) + 1
+            for kind in layer.weight_kinds():
+                kinds[kind] = kinds.get(kind, 0) + 1
         kinds["lm_head:" + self.lm_head.kind] = 1
         return kinds
 
@@ -168,12 +166,14 @@ class LlamaModel:
 
         `before_layers` runs once the inputs are ready, right before the layers (the
         native decode call releases the GIL for its whole duration)."""
+        c = self.config
         x = self.embed.rows(input_ids).to(self.dtype)
+        if c.embedding_multiplier != 1.0:
+            x = x * c.embedding_multiplier
         if state is None or state.kv_cache is not kv_cache:
             state = CacheState(self, kv_cache)
-        caches = state.layers
-        if not meta.is_prefill and meta.block_tables is not None and self.native_decode:
-            c = self.config
+        if not meta.is_prefill and meta.block_tables is not None and meta.seq_lens is not None \
+                and self.native_decode:
             x = x.contiguous()
             plan = state.decode_plan()
             if before_layers is not None:
@@ -181,25 +181,29 @@ class LlamaModel:
             native.lib().tl_decode_step(
                 plan.data_ptr(), x.data_ptr(), x.shape[0],
                 meta.block_tables.data_ptr(), meta.block_tables.shape[1], meta.seq_lens.data_ptr(),
-                meta.block_size, c.rms_norm_eps, c.head_dim ** -0.5, native.num_threads())
+                meta.block_size, c.rms_norm_eps, attention_scale(c), c.residual_multiplier,
+                native.num_threads())
             return x
         if before_layers is not None:
             before_layers()
-        for layer, (k, v) in zip(self.layers, caches, strict=True):
+        for layer, (k, v) in zip(self.layers, state.layers, strict=True):
             layer.forward(x, positions, self.rope, k, v, meta)
         return x
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits for the given rows of hidden states."""
-        h = rms_norm(hidden, self.norm, self.config.rms_norm_eps)
-        return self.lm_head(h).float()
+        """Float32 logits for the given rows of hidden states (divided by granite's
+        logits_scaling)."""
+        logits = self.lm_head(rms_norm(hidden, self.norm, self.config.rms_norm_eps)).float()
+        if self.config.logits_scaling != 1.0:
+            logits = logits / self.config.logits_scaling
+        return logits
 
 
 class CacheState:
-    """Per-layer (k, v) views of one KV cache, and the int64 table `tl_decode_step`
-    walks (layout in kernels/triolm_kernels.cpp). The table holds raw pointers: the model's weights and
-    this cache stay referenced by the model and by this object."""
+    """Per-layer (k, v) views of one KV cache, and the decode plan `tl_decode_step` walks
+    (kernels/decode_plan.h). The plan holds raw pointers: the model's weights and this
+    cache stay referenced by the model and by this object."""
 
     def __init__(self, model: LlamaModel, kv_cache: torch.Tensor):
         self.model = model
@@ -210,93 +214,32 @@ class CacheState:
     def decode_plan(self) -> torch.Tensor:
         if self._plan is None:
             m, c = self.model, self.model.config
-
-            def ptr(t: torch.Tensor | None) -> int:
-                return 0 if t is None else t.data_ptr()
-
             if self.kv_cache.dtype not in native.KV_KINDS:
                 raise ValueError(f"native decode cannot read a {self.kv_cache.dtype} KV cache")
-            plan = [c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
-                    c.num_key_value_heads, c.head_dim, m.rope.cos.data_ptr(), m.rope.sin.data_ptr(),
-                    native.KV_KINDS[self.kv_cache.dtype]]
-            for layer, (k, v) in zip(m.layers, self.layers, strict=True):
-                plan += [ptr(layer.input_norm), ptr(layer.post_attn_norm), *layer.qkv.native_ref(),
-                         ptr(layer.qkv_bias), ptr(layer.q_norm), ptr(layer.k_norm),
-                         *layer.o_proj.native_ref(), *layer.gate_up.native_ref(),
-                         *layer.down.native_ref(), k.data_ptr(), v.data_ptr()]
-            self._plan = torch.tensor(plan, dtype=torch.int64)
+            header = {"n_layers": c.num_hidden_layers, "hidden": c.hidden_size, "intermediate": c.intermediate_size,
+                      "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads, "head_dim": c.head_dim,
+                      "rope_cos": m.rope.cos.data_ptr(), "rope_sin": m.rope.sin.data_ptr(),
+                      "kv_kind": native.KV_KINDS[self.kv_cache.dtype]}
+            rows = [layer.plan_row(k, v) for layer, (k, v) in zip(m.layers, self.layers, strict=True)]
+            self._plan = native.DECODE_PLAN.pack(header, rows)
         return self._plan
 
 
-# ------------------------------------------------------------------------ weights
-
-def _shape_of(t: Any) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
-def _take(weights: Mapping[str, Any], name: str, shape: tuple[int, ...]) -> Any:
-    if name not in weights:
-        raise ModelLoadError(f"missing tensor {name!r}")
-    t = weights[name]
-    if _shape_of(t) != shape:
-        raise ModelLoadError(f"tensor {name!r} has shape {_shape_of(t)}, expected {shape}")
-    return t
-
-
-def _vector(weights: Mapping[str, Any], name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    t = _take(weights, name, shape)
-    if not isinstance(t, torch.Tensor):
-        t = t.dequantize(torch.float32)
-    return t.to(dtype).contiguous()
-
-
-def make_linear(t: Any, dtype: torch.dtype) -> lin.Linear:
-    """The representation of one weight matrix (see module `linear`)."""
-    if not isinstance(t, torch.Tensor):  # a GGUF matrix as the file's bytes
-        if dtype == torch.float32:
-            return lin.from_blocks(t.qtype, t.data, *t.shape)
-        return lin.DenseLinear(t.dequantize(torch.float32).to(dtype))
-    if dtype == torch.float32 and t.dtype == torch.float16:
-        return lin.Float16Linear(t)
-    return lin.DenseLinear(t.to(dtype))
-
-
-def fuse_weights(config: ModelConfig, weights: Mapping[str, Any], dtype: torch.dtype) -> dict:
-    """Check every tensor's presence and shape, then fuse q|k|v and gate|up."""
+def decoder_layer(config: ModelConfig, weights: Mapping[str, Any], index: int, dtype: torch.dtype) -> DecoderLayer:
+    """Layer `index` from HF-named weights, every tensor's presence and shape checked."""
     c = config
-    hid, inter = c.hidden_size, c.intermediate_size
-    qd, kvd = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-    embed = make_linear(_take(weights, "model.embed_tokens.weight", (c.vocab_size, hid)), dtype)
-    if "lm_head.weight" in weights and not c.tie_word_embeddings:
-        lm_head = make_linear(_take(weights, "lm_head.weight", (c.vocab_size, hid)), dtype)
+    p = f"model.layers.{index}."
+    input_norm = vector(weights, p + "input_layernorm.weight", (c.hidden_size,), dtype)
+    post_attn_norm = vector(weights, p + "post_attention_layernorm.weight", (c.hidden_size,), dtype)
+    qkv, qkv_bias, o_proj = attention(c, weights, p, dtype)
+    q_norm = k_norm = None
+    if c.qk_norm:
+        q_norm = vector(weights, p + "self_attn.q_norm.weight", (c.head_dim,), dtype)
+        k_norm = vector(weights, p + "self_attn.k_norm.weight", (c.head_dim,), dtype)
+    feed_forward: FeedForward
+    if moe_layout.is_sparse(c, index):
+        feed_forward = sparse_moe(c, weights, index, dtype)
     else:
-        lm_head = embed
-    layers = []
-    for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}."
-
-        def mat(name: str, shape: tuple[int, int]) -> lin.Linear:
-            return make_linear(_take(weights, p + name, shape), dtype)  # noqa: B023 (called within this iteration)
-
-        layer = {
-            "input_layernorm": _vector(weights, p + "input_layernorm.weight", (hid,), dtype),
-            "post_attention_layernorm": _vector(weights, p + "post_attention_layernorm.weight", (hid,), dtype),
-            "qkv": lin.concat([mat("self_attn.q_proj.weight", (qd, hid)),
-                               mat("self_attn.k_proj.weight", (kvd, hid)),
-                               mat("self_attn.v_proj.weight", (kvd, hid))]),
-            "o_proj": mat("self_attn.o_proj.weight", (hid, qd)),
-            "gate_up": lin.concat([mat("mlp.gate_proj.weight", (inter, hid)),
-                                   mat("mlp.up_proj.weight", (inter, hid))]),
-            "down": mat("mlp.down_proj.weight", (hid, inter)),
-        }
-        if c.attention_bias:
-            layer["qkv_bias"] = torch.cat([
-                _vector(weights, p + "self_attn.q_proj.bias", (qd,), dtype),
-                _vector(weights, p + "self_attn.k_proj.bias", (kvd,), dtype),
-                _vector(weights, p + "self_attn.v_proj.bias", (kvd,), dtype)])
-        if c.qk_norm:
-            layer["q_norm"] = _vector(weights, p + "self_attn.q_norm.weight", (c.head_dim,), dtype)
-            layer["k_norm"] = _vector(weights, p + "self_attn.k_norm.weight", (c.head_dim,), dtype)
-        layers.append(layer)
-    norm = _vector(weights, "model.norm.weight", (hid,), dtype)
-    return {"embed": embed, "lm_head": lm_head, "norm": norm, "layers": layers}
+        names = (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight")
+        feed_forward = DenseMlp(*gated_mlp(c, weights, names, c.intermediate_size, dtype))
+    return DecoderLayer(c, index, input_norm, post_attn_norm, qkv, qkv_bias, o_proj, q_norm, k_norm, feed_forward)

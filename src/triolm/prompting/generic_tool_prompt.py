@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from triolm.prompting.tool_parsers.generic_json import GENERIC_FORMAT, render_response
+from triolm.protocol.chat_messages import tool_call_arguments
 
 INSTRUCTIONS = (
     "You can call tools. Each tool is described by its name, what it does, and the JSON schema "
@@ -41,20 +42,11 @@ def describe_tools(tools: Sequence[dict]) -> str:
     return INSTRUCTIONS.format(tools="\n".join(lines))
 
 
-def _arguments(arguments: Any) -> Any:
-    if isinstance(arguments, str):
-        try:
-            return json.loads(arguments)
-        except ValueError:
-            return arguments
-    return arguments if arguments is not None else {}
-
-
 def _calls_text(calls: list) -> str:
     rendered = []
     for call in calls:
         fn = (call.get("function") if isinstance(call, dict) else None) or {}
-        rendered.append((fn.get("name") or "", _arguments(fn.get("arguments"))))
+        rendered.append((fn.get("name") or "", tool_call_arguments(fn.get("arguments"))))
     return GENERIC_FORMAT.render_calls(rendered)
 
 

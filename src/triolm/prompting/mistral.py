@@ -48,6 +48,7 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from mistral_common.tokens.tokenizers.sentencepiece import SentencePieceTokenizer
 
 from triolm.errors import InvalidRequestError
+from triolm.protocol.chat_messages import content_text, is_text_part
 
 __all__ = [
     "DEFAULT_TOKENIZATION_THREADS",
@@ -81,12 +82,13 @@ def build_mistral_chat_request(
 ) -> ChatCompletionRequest:
     """OpenAI-format `messages`/`tools` -> mistral-common `ChatCompletionRequest`.
 
-    Only fills gaps OpenAI clients leave (a missing `tool_call_id` or `content`
-    becomes None) so that mistral-common's own validators report them with their
-    own exception types. triolm serves text models, so content parts other than
-    `{"type": "text"}` are refused (InvalidRequestException) — mistral-common
-    would otherwise fetch image URLs from the network. Assistant content given as
-    text parts is joined into one string (pre-v7 encoders accept only str).
+    The server passes messages already normalized (triolm.protocol.chat_messages);
+    for direct callers the same rules hold here: content parts other than
+    `{"type": "text"}` are refused (InvalidRequestException) — mistral-common would
+    otherwise fetch image URLs from the network — and assistant text parts are joined
+    (pre-v7 encoders accept only str). Gaps OpenAI clients leave (a missing
+    `tool_call_id` or `content`) become None so that mistral-common's own validators
+    report them with their own exception types.
     A non-list `messages` or a non-object message raises
     InvalidMessageStructureException.
     Recognised kwargs: continue_final_message, tool_choice, parallel_tool_calls,
@@ -126,14 +128,9 @@ def _normalize_message(index: int, message: Any) -> dict[str, Any]:
         out.setdefault("content", None)
     if role == "tool":
         out.setdefault("tool_call_id", None)
-    if role == "assistant" and isinstance(content, list) and content:
-        if all(_is_text_part(part) for part in content):
-            out["content"] = "".join(part["text"] for part in content)
+    if role == "assistant" and isinstance(content, list) and content and all(map(is_text_part, content)):
+        out["content"] = content_text(content)
     return out
-
-
-def _is_text_part(part: Any) -> bool:
-    return isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)
 
 
 def _encode(tokenizer: MistralTokenizer, messages: Any, tools: Any, kwargs: dict[str, Any]) -> Any:

@@ -22,6 +22,7 @@ from triolm.prompting.generic_tool_prompt import generic_tool_messages
 from triolm.prompting.mistral import render_mistral_prompt
 from triolm.prompting.template_workers import TemplateWorkers
 from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
+from triolm.protocol.chat_messages import content_text
 
 T = TypeVar("T")
 
@@ -36,18 +37,17 @@ async def run_off_loop(limiter: trio.CapacityLimiter, fn: Callable[..., T], *arg
     return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
 
-def normalize_messages(messages: list[dict]) -> list[dict]:
-    """OpenAI messages -> what HF chat templates expect: text parts joined into a string."""
+def _template_messages(messages: list[dict]) -> list[dict]:
+    """Normalized messages (protocol.chat_messages) as HF chat templates take them: every
+    content a string (text parts joined), an assistant's with tool calls "" rather than
+    None (as clients send calls back; templates such as Qwen3's call string methods on it)."""
     out = []
     for m in messages:
-        m = dict(m)
         content = m.get("content")
         if isinstance(content, list):
-            m["content"] = "".join(part.get("text", "") for part in content)
-        if m.get("role") == "developer":
-            m["role"] = "system"
-        if m.get("role") == "assistant" and content is None and m.get("tool_calls"):
-            m["content"] = ""  # as clients send calls back; templates (Qwen3) call string methods on it
+            m = {**m, "content": content_text(content)}
+        elif content is None and m.get("role") == "assistant" and m.get("tool_calls"):
+            m = {**m, "content": ""}
         out.append(m)
     return out
 
@@ -92,18 +92,16 @@ async def render_chat_text_in_worker(workers: TemplateWorkers, limiter: trio.Cap
 
 def _template_inputs(served: ServedModel, messages: list[dict], tools: list[dict] | None
                      ) -> tuple[list[dict], list[dict] | None]:
-    """Messages and tools as the template sees them: normalized, and for a template with
-    no tool support, the tools described in the system message (generic format)."""
-    messages = normalize_messages(messages)
+    """Messages and tools as the template sees them: contents as text, and for a template
+    with no tool support, the tools described in the system message (generic format)."""
+    messages = _template_messages(messages)
     if served.tool_parser == GENERIC_TOOL_PARSER:
         return generic_tool_messages(messages, tools), None
     return messages, tools
 
 
 def _end_at_final_message(text: str, messages: list[dict]) -> str:
-    last = messages[-1].get("content") or ""
-    if isinstance(last, list):
-        last = "".join(p.get("text", "") for p in last)
+    last = content_text(messages[-1].get("content"))
     idx = text.rfind(last)
     if last and idx != -1:
         text = text[: idx + len(last)]

@@ -40,6 +40,7 @@ from triolm.prompting.template_sandbox import (
     TemplateBudgetExceeded,
     render_bounded,
 )
+from triolm.protocol.chat_messages import tool_call_arguments
 
 BUILTIN_TEMPLATES = ("chatml_tools", "llama2", "llama3", "gemma")
 
@@ -108,10 +109,7 @@ def _with_parsed_arguments(messages: Sequence[Mapping[str, Any]]) -> list[dict[s
             for call in calls:
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                    try:
-                        fn["arguments"] = json.loads(fn["arguments"])
-                    except ValueError:
-                        pass  # leave text that is not JSON to the template
+                    fn["arguments"] = tool_call_arguments(fn["arguments"])  # text that is not JSON stays
         out.append(m)
     return out
 

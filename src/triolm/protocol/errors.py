@@ -55,5 +55,13 @@ def anthropic_error_body(err: APIError) -> dict:
                                        "message": err.message}}
 
 
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
+class RequestError(APIError):
+    """A request the server will not run as sent: a 400 naming the field (`param`) and,
+    where one applies, OpenAI's `code` (`context_length_exceeded`, `unknown_parameter`…)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(400, message, param=param, code=code)
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> RequestError:
+    return RequestError(message, param=param, code=code)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 
@@ -19,19 +18,15 @@ def now() -> int:
     return int(time.time())
 
 
-def sse(data: dict) -> bytes:
-    """One SSE event whose `data:` line no line splitter can break. Python's str.splitlines
-    (so httpx `iter_lines`, and many hand-written SSE readers) also splits on U+2028,
-    U+2029 and U+0085, which JSON may hold raw inside a string; written as \\u escapes
-    the line stays whole and decodes to the same JSON (json.dumps escapes the rest)."""
-    payload = json.dumps(data, ensure_ascii=False)
-    if not payload.isascii():
-        payload = payload.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
-    return f"data: {payload}\n\n".encode()
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-SSE_KEEPALIVE = b": keep-alive\n\n"
+def chunk(request_id: str, obj: str, created: int, model: str, choices: list[dict],
+          usage: dict | None = None, **extra: object) -> dict:
+    """One streamed chunk: the envelope every chat and text completion chunk shares."""
+    data: dict[str, object] = {"id": request_id, "object": obj, "created": created, "model": model,
+                               "choices": choices}
+    if usage is not None:
+        data["usage"] = usage
+    data.update(extra)
+    return data
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from triolm.protocol.errors import APIError
+from triolm.protocol.errors import RequestError
 
 Inert = Callable[[Any, dict], bool]
 
@@ -74,5 +74,5 @@ def refuse_unsupported(data: dict) -> dict:
             continue
         why, inert = refusal
         if not inert(value, data):
-            raise APIError(400, f"'{key}' is not supported: {why}", param=key, code="unsupported_parameter")
+            raise RequestError(f"'{key}' is not supported: {why}", param=key, code="unsupported_parameter")
     return kept

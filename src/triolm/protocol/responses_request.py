@@ -97,7 +97,7 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict]:
             if role not in ("user", "assistant", "system", "developer"):
                 raise bad_request(f"{where}.role must be user, assistant, system or developer, got {role!r}",
                                   param="input")
-            messages.append({"role": "system" if role == "developer" else role,
+            messages.append({"role": role,
                              "content": _text_of(item.get("content"), where)})
         elif kind == "function_call":
             call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")

@@ -1,10 +1,10 @@
-"""A checked request -> SamplingParams, and the prompt-length check of the context."""
+"""A checked request -> the engine's SamplingParams; stop strings; the prompt-length check of the context."""
 
 from __future__ import annotations
 
 from triolm.engine.sampling_params import SamplingParams
 from triolm.protocol.errors import bad_request
-from triolm.protocol.schemas import SamplingFields
+from triolm.protocol.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 
 def check_context(num_prompt_tokens: int, max_tokens: int | None, max_model_len: int,
@@ -36,19 +36,6 @@ def check_context(num_prompt_tokens: int, max_tokens: int | None, max_model_len:
     return max_tokens
 
 
-def truncated_prompt(token_ids: list[int], body: SamplingFields, max_model_len: int) -> list[int]:
-    """vLLM's truncate_prompt_tokens: keep the last N tokens (the first N with
-    truncation_side "right"); -1 is the model's context."""
-    keep = body.truncate_prompt_tokens
-    if keep is None:
-        return token_ids
-    if keep == -1:
-        keep = max_model_len
-    if len(token_ids) <= keep:
-        return token_ids
-    return token_ids[:keep] if body.truncation_side == "right" else token_ids[-keep:]
-
-
 def stop_strings(body: SamplingFields) -> list[str]:
     if body.stop is None:
         return []
@@ -58,11 +45,11 @@ def stop_strings(body: SamplingFields) -> list[str]:
 _GREEDY_BELOW = 1e-5  # smaller temperatures are greedy (dividing logits by them overflows)
 
 
-def build_sampling_params(body: SamplingFields, max_tokens: int, logprobs: int | None,
-                          seed_offset: int = 0, constraint=None,
-                          prompt_logprobs: int | None = None) -> SamplingParams:
-    seed = None if body.seed is None else body.seed + seed_offset
+def sampling_params(body: SamplingFields) -> SamplingParams:
+    """The engine's parameters a request's generations share (the plan sets each one's
+    max_tokens, seed offset and constraint)."""
     temperature = 1.0 if body.temperature is None else body.temperature
+    logprobs = _logprobs(body)
     return SamplingParams(
         temperature=0.0 if temperature < _GREEDY_BELOW else temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
@@ -73,13 +60,20 @@ def build_sampling_params(body: SamplingFields, max_tokens: int, logprobs: int |
         frequency_penalty=body.frequency_penalty or 0.0,
         logit_bias=tuple((int(k), float(v)) for k, v in (body.logit_bias or {}).items()),
         allowed_token_ids=tuple(sorted(set(body.allowed_token_ids or ()))),
-        seed=seed,
-        max_tokens=max_tokens,
+        seed=body.seed,
         min_tokens=body.min_tokens,
         stop_token_ids=tuple(body.stop_token_ids or ()),
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
-        prompt_logprobs=prompt_logprobs,
         cache_salt=body.cache_salt,
-        constraint=constraint,
     )
+
+
+def _logprobs(body: SamplingFields) -> int | None:
+    """Top-N logprobs per generated token: chat's `logprobs: true` + `top_logprobs`, a
+    completion's `logprobs: N`; None for none."""
+    if isinstance(body, ChatCompletionRequest):
+        return (body.top_logprobs or 0) if body.logprobs else None
+    if isinstance(body, CompletionRequest):
+        return body.logprobs
+    return None

@@ -9,11 +9,10 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from triolm.errors import InvalidRequestError
-from triolm.protocol.errors import APIError
+from triolm.protocol.chat_messages import normalize_messages
+from triolm.protocol.errors import RequestError
 from triolm.protocol.request_fields import refuse_unsupported
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
 # What the chat template renderer itself binds (triolm.prompting.template): a request's
 # chat_template_kwargs may add variables, never replace these.
 RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token",
@@ -24,12 +23,12 @@ def check_tool_definitions(tools: list[dict] | None) -> None:
     for i, tool in enumerate(tools or ()):
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(fn, dict):
-            raise InvalidRequestError(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}", "tools")
+            raise RequestError(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}", "tools")
         if not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise InvalidRequestError(f"tools[{i}].function.name must be a non-empty string", "tools")
+            raise RequestError(f"tools[{i}].function.name must be a non-empty string", "tools")
         params = fn.get("parameters")
         if params is not None and not isinstance(params, dict):
-            raise InvalidRequestError(f"tools[{i}].function.parameters must be a JSON schema object", "tools")
+            raise RequestError(f"tools[{i}].function.parameters must be a JSON schema object", "tools")
 
 
 class StreamOptions(BaseModel):
@@ -188,12 +187,12 @@ class ChatCompletionRequest(SamplingFields):
     def check_one_prompt(self) -> None:
         """Exactly one of messages and prompt_token_ids (a 400 naming the field)."""
         if self.messages is None and self.prompt_token_ids is None:
-            raise APIError(400, "'messages' is required (or 'prompt_token_ids')", param="messages")
+            raise RequestError("'messages' is required (or 'prompt_token_ids')", param="messages")
         if self.messages is not None and self.prompt_token_ids is not None:
-            raise APIError(400, "give either 'messages' or 'prompt_token_ids', not both",
-                           param="prompt_token_ids")
+            raise RequestError("give either 'messages' or 'prompt_token_ids', not both",
+                               param="prompt_token_ids")
         if self.prompt_token_ids is not None and not self.prompt_token_ids:
-            raise APIError(400, "prompt_token_ids must not be empty", param="prompt_token_ids")
+            raise RequestError("prompt_token_ids must not be empty", param="prompt_token_ids")
 
     @property
     def template_variables(self) -> dict[str, Any] | None:
@@ -209,7 +208,7 @@ class ChatCompletionRequest(SamplingFields):
     def _tools(cls, v):
         try:
             check_tool_definitions(v)
-        except InvalidRequestError as exc:
+        except RequestError as exc:
             raise ValueError(exc.message) from None
         return v
 
@@ -234,25 +233,10 @@ class ChatCompletionRequest(SamplingFields):
     def _messages(cls, v):
         if v is None:
             raise ValueError("messages must be a list of messages")
-        if not v:
-            raise ValueError("messages must not be empty")
-        for i, m in enumerate(v):
-            role = m.get("role")
-            if role not in ROLES:
-                raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
-            content = m.get("content")
-            if content is not None and not isinstance(content, (str, list)):
-                raise ValueError(f"messages[{i}].content must be a string or a list of content parts")
-            if isinstance(content, list):
-                for part in content:
-                    is_text = isinstance(part, dict) and part.get("type") == "text"
-                    if not is_text or not isinstance(part.get("text"), str):
-                        raise ValueError(f"messages[{i}].content: only text parts are supported")
-            if role == "tool" and not isinstance(m.get("tool_call_id", ""), str):
-                raise ValueError(f"messages[{i}].tool_call_id must be a string")
-            if content is None and role != "assistant":
-                raise ValueError(f"messages[{i}].content is required for role {role!r}")
-        return v
+        try:
+            return normalize_messages(v)
+        except RequestError as exc:
+            raise ValueError(exc.message) from None
 
 
 PromptType = str | list[str] | list[int] | list[list[int]]
@@ -287,7 +271,7 @@ Body = TypeVar("Body", bound=BaseModel)
 
 def parse_body(model: type[Body], data: Any) -> Body:
     if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object")
+        raise RequestError("request body must be a JSON object")
     if issubclass(model, SamplingFields):
         data = refuse_unsupported(data)
     try:
@@ -298,9 +282,9 @@ def parse_body(model: type[Body], data: Any) -> Body:
         param = loc[0] if loc else None
         where = ".".join(loc)
         if err.get("type") == "extra_forbidden":
-            raise APIError(400, f"unknown field '{where}': this server does not support it",
-                           param=param, code="unknown_parameter") from None
+            raise RequestError(f"unknown field '{where}': this server does not support it",
+                               param=param, code="unknown_parameter") from None
         msg = err.get("msg", "invalid value")
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        raise APIError(400, f"invalid '{where}': {msg}" if where else msg, param=param) from None
+        raise RequestError(f"invalid '{where}': {msg}" if where else msg, param=param) from None

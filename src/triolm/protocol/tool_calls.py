@@ -37,8 +37,3 @@ class ToolCallStreamer:
     def finish(self, cut_short: bool = False) -> list[dict]:
         return self._convert(self.parser.finish(cut_short=cut_short))
 
-
-def tool_calls_finish_reason(generation_finish: str) -> str:
-    """A reply holding calls finishes with "tool_calls", unless max_tokens cut it short:
-    then "length" says that more (calls or text) was coming."""
-    return "length" if generation_finish == "length" else "tool_calls"

@@ -1,16 +1,15 @@
-"""The one request validator of every generating route (/v1/chat/completions,
-/v1/completions, the session routes): a JSON object becomes a checked request, or a 400
-naming the field and the limit.
-
-Two stages, because some limits are the served model's:
-- `parse_request` — shape, ranges and field combinations (pydantic, `schemas`);
+"""The two checking stages of the request resolver (protocol.plan), a 400 naming the
+field and the limit otherwise:
+- `parse_request` — shape, ranges and field combinations (pydantic, `schemas`), before
+  anything of the model is known (so a bad body is a 400 even while the model loads);
 - `check_against_model` — what needs the model's numbers but not the prompt: n, the
   vocabulary, max/min_tokens against the context, the generations the server can queue.
-The prompt-length checks (`sampling.check_context`) follow rendering/tokenization.
+The prompt-length check (`GenerationPlan.max_tokens_for`) follows rendering/tokenization.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import attrs
@@ -22,13 +21,17 @@ Request = TypeVar("Request", ChatCompletionRequest, CompletionRequest)
 
 
 @attrs.frozen
-class RequestLimits:
-    """The numbers a request is checked against: the model's and the server's."""
+class ModelInfo:
+    """What a request is checked and resolved against: the served model's numbers and
+    formats, and the server's limits."""
 
     vocab_size: int
     max_model_len: int
     max_n: int
     max_queue: int
+    tool_parser: str | None = None  # the model's tool-call format (prompting.tool_parsers)
+    reasoning: bool = False  # the model has a reasoning parser (its thinking markup may be special tokens)
+    renders_tokens: bool = False  # mistral-common renders its chats, special tokens included
 
 
 def parse_request(kind: type[Request], data: Any) -> Request:
@@ -61,7 +64,7 @@ def num_prompts(body: SamplingFields) -> int:
     return 1
 
 
-def check_against_model(body: SamplingFields, limits: RequestLimits) -> None:
+def check_against_model(body: SamplingFields, limits: ModelInfo) -> None:
     """The checks that need the model's and server's numbers but not the prompt."""
     if body.n < 1 or body.n > limits.max_n:
         raise bad_request(f"n must be between 1 and {limits.max_n}, got {body.n}", param="n")
@@ -88,17 +91,18 @@ def check_against_model(body: SamplingFields, limits: RequestLimits) -> None:
             token_id = int(key)
         except ValueError:
             raise bad_request(f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
-        if not 0 <= token_id < vocab_size:
-            raise bad_request(f"logit_bias token id {token_id} is outside the vocabulary "
-                              f"(0..{vocab_size - 1})", param="logit_bias")
-    for token_id in body.stop_token_ids or ():
-        if not 0 <= token_id < vocab_size:
-            raise bad_request(f"stop_token_ids: {token_id} is outside the vocabulary", param="stop_token_ids")
-    for token_id in body.allowed_token_ids or ():
-        if not 0 <= token_id < vocab_size:
-            raise bad_request(f"allowed_token_ids: {token_id} is outside the vocabulary",
-                              param="allowed_token_ids")
+        check_token_ids([token_id], vocab_size, "logit_bias")
+    check_token_ids(body.stop_token_ids or (), vocab_size, "stop_token_ids")
+    check_token_ids(body.allowed_token_ids or (), vocab_size, "allowed_token_ids")
     if body.prompt_logprobs is not None and body.stream:
         raise bad_request("prompt_logprobs are not available when stream is true", param="prompt_logprobs")
     if isinstance(body, ChatCompletionRequest) and body.logprobs is False and body.top_logprobs:
         raise bad_request("top_logprobs requires logprobs: true", param="top_logprobs")
+
+
+def check_token_ids(token_ids: Iterable[int], vocab_size: int, param: str) -> None:
+    """Every id names a token of the vocabulary, or a 400 naming `param` and the first
+    that does not."""
+    bad = next((t for t in token_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise bad_request(f"{param}: token id {bad} is outside the vocabulary (0..{vocab_size - 1})", param=param)

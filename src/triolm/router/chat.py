@@ -1,7 +1,7 @@
 """One chat request on the fleet: the router's rendered prompt goes to a backend as token
 ids (/v1/completions), and the backend's completion comes back in chat shapes — tool
-calls and reasoning parsed by the project's own shaping (`api.chat_output`), exactly as
-`triolm serve` shapes its engine's text.
+calls and reasoning parsed by the project's own shaping (`protocol.chat_choices`), the
+same code that shapes `triolm serve`'s engine text.
 
 What the router cannot do for a backend: constrain output to tool calls
 (`tool_choice` "required" or a named function, and the generic tool format of templates
@@ -16,16 +16,21 @@ from collections.abc import AsyncIterator, Callable
 from triolm.prompting.prompts import RenderedPrompt
 from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER
 from triolm.protocol import openai_format as fmt
-from triolm.protocol.chat_output import make_streamer, shape_message
+from triolm.protocol.chat_choices import ChoiceOptions, ChoiceStream, message_choice
 from triolm.protocol.errors import APIError, bad_request
-from triolm.protocol.sampling import check_context
+from triolm.protocol.plan import resolve_chat
 from triolm.protocol.schemas import ChatCompletionRequest
-from triolm.protocol.tool_calls import tool_calls_finish_reason
-from triolm.protocol.validation import RequestLimits, check_against_model, requested_max_tokens
+from triolm.protocol.validation import ModelInfo
 from triolm.router import dispatch
 from triolm.router.backend_client import BackendBroke
 from triolm.router.backends import Choice
-from triolm.router.completion_shapes import ChoiceResult, MalformedCompletion, cached_prompt_tokens, read_choice
+from triolm.router.completion_shapes import (
+    ChoiceDelta,
+    ChoiceResult,
+    MalformedCompletion,
+    cached_prompt_tokens,
+    read_choice,
+)
 from triolm.router.state import RouterState
 from triolm.sessions.turn import FinishedGeneration
 
@@ -34,12 +39,6 @@ MAX_N = 16
 _PASSED_THROUGH = ("n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
                    "frequency_penalty", "logit_bias", "seed", "stop", "stop_token_ids", "ignore_eos",
                    "min_tokens", "response_format", "guided_choice", "guided_regex", "guided_json", "user")
-
-
-def tool_parsing_mode(state: RouterState, body: ChatCompletionRequest) -> str | None:
-    if not body.tools or body.tool_choice == "none":
-        return None
-    return state.frontend.tool_parser
 
 
 def check_tools_supported(state: RouterState, body: ChatCompletionRequest) -> None:
@@ -56,18 +55,24 @@ def check_tools_supported(state: RouterState, body: ChatCompletionRequest) -> No
 
 class FleetChat:
     def __init__(self, state: RouterState, body: ChatCompletionRequest, prompt: RenderedPrompt,
-                 tool_parser: str | None):
+                 session_tool_parser: str | None = None):
         fe = state.frontend
-        check_against_model(body, RequestLimits(vocab_size=fe.vocab_size, max_model_len=fe.max_model_len,
-                                                max_n=MAX_N, max_queue=state.settings.backend_max_inflight))
+        model = ModelInfo(vocab_size=fe.vocab_size, max_model_len=fe.max_model_len, max_n=MAX_N,
+                          max_queue=state.settings.backend_max_inflight, tool_parser=fe.tool_parser,
+                          reasoning=fe.reasoning is not None)
+        self.plan = resolve_chat(body, model, session_tool_parser=session_tool_parser)
         check_tools_supported(state, body)
-        self.state, self.body, self.prompt, self.tool_parser = state, body, prompt, tool_parser
-        self.max_tokens = check_context(len(prompt.token_ids), requested_max_tokens(body), fe.max_model_len,
-                                        min_tokens=body.min_tokens)
+        self.state, self.body, self.prompt, self.tool_parser = state, body, prompt, self.plan.tool_parser
+        self.max_tokens = self.plan.max_tokens_for(len(prompt.token_ids))
         self.request_id, self.created = fmt.new_id("chatcmpl"), fmt.now()
         self.namer = fmt.TokenNamer(fe.tokenizer, body.return_tokens_as_token_ids)
-        self.tool_names = [t.get("function", {}).get("name") for t in (body.tools or [])] or None
-        self.results = [ChoiceResult() for _ in range(body.n)]
+        self.tool_names = self.plan.tool_names
+        self.choice_options = ChoiceOptions(
+            tool_parser=self.tool_parser, tool_names=self.tool_names, reasoning=fe.reasoning,
+            prompt_text=prompt.text, namer=self.namer, logprobs=bool(body.logprobs),
+            token_ids=body.return_token_ids, include_reasoning=body.include_reasoning)
+        stop_ids = set(fe.eos_token_ids) | set(body.stop_token_ids or ())
+        self.results = [ChoiceResult(stop_ids) for _ in range(body.n)]
         self.cached_tokens: int | None = None
         self.choice: Choice | None = None
 
@@ -77,9 +82,7 @@ class FleetChat:
         out.update(prompt=self.prompt.token_ids, max_tokens=self.max_tokens,
                    logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
                    return_tokens_as_token_ids=True, return_token_ids=True,
-                   # tool and thinking markup may be special tokens
-                   skip_special_tokens=body.skip_special_tokens and self.tool_parser is None
-                   and self.state.frontend.reasoning is None,
+                   skip_special_tokens=self.plan.skip_special_tokens,
                    stream=stream)
         if stream:
             out["stream_options"] = {"include_usage": True}
@@ -92,7 +95,7 @@ class FleetChat:
         prefilled = None if cached is None else len(self.prompt.token_ids) - cached
         backend = {"backend": self.choice.backend.url, "routed_by": self.choice.reason} if self.choice else {}
         return [FinishedGeneration(token_ids=[t.token_id for t in r.tokens], logprobs=[t.logprob for t in r.tokens],
-                                   text=r.text, finish_reason=r.finish_reason, stop_reason=r.stop_reason,
+                                   text=r.text, finish=r.finish,
                                    num_cached_prompt_tokens=cached, num_prefilled_tokens=prefilled,
                                    extra_metadata=backend)
                 for r in self.results]
@@ -117,19 +120,8 @@ class FleetChat:
 
     def response_json(self) -> dict:
         fe, body = self.state.frontend, self.body
-        choices = []
-        for i, r in enumerate(self.results):
-            message, called = shape_message(r.text, tool_parser=self.tool_parser, tool_names=self.tool_names,
-                                            reasoning=fe.reasoning, prompt_text=self.prompt.text,
-                                            cut_short=r.finish_reason == "length")
-            finish = tool_calls_finish_reason(r.finish_reason) if called else r.finish_reason
-            choice = {"index": i, "message": message, "logprobs": None, "finish_reason": finish,
-                      "stop_reason": r.stop_reason}
-            if body.logprobs:
-                choice["logprobs"] = fmt.chat_logprobs(r.tokens, self.namer)
-            if body.return_token_ids:
-                choice["token_ids"] = [t.token_id for t in r.tokens]
-            choices.append(choice)
+        choices = [message_choice(i, r.text, r.tokens, r.finish, self.choice_options)
+                   for i, r in enumerate(self.results)]
         data = {"id": self.request_id, "object": "chat.completion", "created": self.created,
                 "model": fe.name, "choices": choices, "usage": self._usage()}
         if body.return_token_ids:
@@ -137,37 +129,32 @@ class FleetChat:
         return data
 
     # -- streaming --------------------------------------------------------------------
-    async def open_stream(self, choice: Choice, on_done: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
-        """Reach a backend (retrying once elsewhere) before answering 200; then the events.
-        `on_done` runs once the stream completed (every choice finished)."""
+    async def open_stream(self, choice: Choice, on_done: Callable[[], None] | None = None) -> AsyncIterator[dict]:
+        """Reach a backend (retrying once elsewhere) before answering 200; then the chat
+        chunks (the caller frames them). `on_done` runs once the stream completed (every
+        choice finished)."""
         events, self.choice = await dispatch.open_stream(self.state, self.payload(stream=True), choice,
                                                          self.prompt.token_ids)
         return self._events(events, on_done)
 
-    def _chunk(self, choices: list[dict], usage: dict | None = None, **extra) -> bytes:
-        data = {"id": self.request_id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.state.frontend.name, "choices": choices, **extra}
-        if usage is not None:
-            data["usage"] = usage
-        return fmt.sse(data)
+    def _chunk(self, choices: list[dict], usage: dict | None = None, **extra) -> dict:
+        return fmt.chunk(self.request_id, "chat.completion.chunk", self.created, self.state.frontend.name,
+                         choices, usage, **extra)
 
     async def _events(self, events: AsyncIterator[dict], on_done: Callable[[], None] | None):
-        body, fe = self.body, self.state.frontend
+        body = self.body
         ids = body.return_token_ids
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        streamers = [make_streamer(tool_parser=self.tool_parser, tool_names=self.tool_names,
-                                   reasoning=fe.reasoning, prompt_text=self.prompt.text) for _ in self.results]
+        streams = [ChoiceStream(i, self.choice_options) for i in range(len(self.results))]
         extra = {"prompt_token_ids": self.prompt.token_ids} if ids else {}
-        for i in range(len(self.results)):
-            role = {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                    "finish_reason": None, **({"token_ids": []} if ids else {})}
-            yield self._chunk([role], **extra)
+        for stream in streams:
+            yield self._chunk([stream.role()], **extra)
         failed = False
         try:
             async for event in events:
                 if isinstance(event.get("error"), dict):  # the backend's own stream error event
                     failed = True
-                    yield fmt.sse({"error": event["error"]})
+                    yield {"error": event["error"]}
                     break
                 if event.get("usage") is not None:
                     self.cached_tokens = cached_prompt_tokens(event["usage"])
@@ -175,35 +162,21 @@ class FleetChat:
                     delta = read_choice(c)
                     if not 0 <= delta.index < len(self.results):
                         continue
-                    for chunk in self._delta_chunks(delta, streamers[delta.index], ids):
+                    for chunk in self._delta_chunks(delta, streams[delta.index]):
                         yield chunk
         except (BackendBroke, MalformedCompletion) as exc:
             failed = True
             err = APIError(502, f"{exc}; the request was not retried (part of it was already sent)",
                            code="backend_failed", error_type="upstream_error")
-            yield fmt.sse({"error": err.body()["error"]})
+            yield {"error": err.body()["error"]}
         if include_usage:
             yield self._chunk([], self._usage())
         if not failed and on_done is not None:
             on_done()
-        yield fmt.SSE_DONE
 
-    def _delta_chunks(self, delta, streamer, ids: bool):
-        i, body = delta.index, self.body
-        self.results[i].add(delta)
-        deltas = streamer.push(delta.text) if streamer else ([{"content": delta.text}] if delta.text else [])
-        if delta.finish_reason is not None and streamer is not None:
-            deltas += streamer.finish(cut_short=delta.finish_reason == "length")
-        logprobs = fmt.chat_logprobs(delta.tokens, self.namer) if body.logprobs else None
-        token_ids = [t.token_id for t in delta.tokens]
-        for j, d in enumerate(deltas or ([{}] if logprobs or (ids and token_ids) else [])):
-            choice = {"index": i, "delta": d, "logprobs": logprobs if j == 0 else None, "finish_reason": None}
-            if ids:
-                choice["token_ids"] = token_ids if j == 0 else []
+    def _delta_chunks(self, delta: ChoiceDelta, stream: ChoiceStream):
+        finish = self.results[delta.index].add(delta)
+        for choice in stream.pieces(delta.text, delta.tokens, finish):
             yield self._chunk([choice])
-        if delta.finish_reason is not None:
-            finish = delta.finish_reason
-            if streamer is not None and streamer.saw_tool_call:
-                finish = tool_calls_finish_reason(finish)
-            yield self._chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish,
-                                "stop_reason": delta.stop_reason}])
+        if finish is not None:
+            yield self._chunk([stream.finished(finish)])

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import attrs
 
+from triolm.engine.finish import Finish
 from triolm.engine.sampler import SampledToken
+from triolm.protocol.finish_reason import finish_of_openai
 
 _ID_PREFIX = "token_id:"
 
@@ -21,6 +23,8 @@ class MalformedCompletion(ValueError):
 
 @attrs.frozen
 class ChoiceDelta:
+    """One choice of a backend's answer or stream chunk, as it said it."""
+
     index: int
     text: str
     tokens: tuple[SampledToken, ...]
@@ -30,18 +34,24 @@ class ChoiceDelta:
 
 @attrs.define
 class ChoiceResult:
-    """One choice, accumulated over a stream's deltas (or from one whole answer)."""
+    """One choice, accumulated over a stream's deltas (or from one whole answer).
+    `stop_token_ids`: EOS and the request's stop tokens, to tell whether the backend's
+    last token ended the choice."""
 
+    stop_token_ids: set[int]
     text: str = ""
     tokens: list[SampledToken] = attrs.Factory(list)
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
+    finish: Finish | None = None
 
-    def add(self, delta: ChoiceDelta) -> None:
+    def add(self, delta: ChoiceDelta) -> Finish | None:
+        """Take a delta; the choice's finish, once this delta ended it."""
         self.text += delta.text
         self.tokens.extend(delta.tokens)
-        if delta.finish_reason is not None:
-            self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
+        if delta.finish_reason is None:
+            return None
+        last = self.tokens[-1].token_id if self.tokens else None
+        self.finish = finish_of_openai(delta.finish_reason, delta.stop_reason, last, self.stop_token_ids)
+        return self.finish
 
 
 def _token_id(name: object) -> int:

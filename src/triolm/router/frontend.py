@@ -20,7 +20,7 @@ from triolm.loading.served_model import longest_token_chars
 from triolm.prompting.reasoning import ReasoningFormat, reasoning_format_for
 from triolm.prompting.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate, builtin_template
 from triolm.prompting.template_sandbox import RenderBudget
-from triolm.prompting.tool_parsers import GENERIC_TOOL_PARSER, detect_tool_parser
+from triolm.prompting.tool_parsers import model_tool_parser
 from triolm.tokenizers.base import Tokenizer
 from triolm.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
 from triolm.tokenizers.hf import HFTokenizer
@@ -101,6 +101,6 @@ def load_prompt_frontend(path_text: str, options: FrontendOptions) -> PromptFron
     return PromptFrontend(
         name=options.served_model_name or (path.stem if path.is_file() else path.name),
         path=str(path), tokenizer=tokenizer, chat_template=template,
-        tool_parser=options.tool_call_parser or detect_tool_parser(template_source, arch) or GENERIC_TOOL_PARSER,
+        tool_parser=model_tool_parser(options.tool_call_parser, template_source, arch),
         reasoning=reasoning, eos_token_ids=eos, max_model_len=max_len, vocab_size=vocab,
         max_token_chars=longest_token_chars(tokenizer))

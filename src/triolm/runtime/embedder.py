@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from triolm.loading.embedding_spec import EmbeddingSpec
 from triolm.model.attention import AttentionMetadata, PrefillSeq
-from triolm.model.llama import LlamaModel, rms_norm
+from triolm.model.llama import LlamaModel
+from triolm.model.norm import rms_norm
 
 
 class Embedder:

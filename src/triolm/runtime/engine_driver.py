@@ -22,6 +22,8 @@ from typing import Any
 import attrs
 import trio
 
+from triolm.engine import finish as finishes
+from triolm.engine.finish import Finish
 from triolm.engine.llm_engine import LLMEngine, StepOutput
 from triolm.engine.sampling_params import SamplingParams
 from triolm.runtime import loop_core
@@ -44,11 +46,11 @@ class GenerationCut(EngineFailure):
 
 
 @attrs.frozen
-class Aborted:
-    """The last item of a request stopped by the server, not by its client (weights
-    swapped under the "abort" policy): it ends with finish_reason "abort"."""
+class Ended:
+    """The last item of a request the server stopped between two of its tokens (weights
+    swapped under the "abort" policy): how the engine ended it."""
 
-    reason: str
+    finish: Finish
 
 
 class EngineCall:
@@ -112,7 +114,7 @@ class EngineDriver:
         # Shared with the engine thread, guarded by _work's lock.
         self._work = threading.Condition()
         self._adds: list[_Pending] = []
-        self._aborts: set[str] = set()
+        self._ends: dict[str, Finish] = {}  # requests to end, and why
         self._calls: list = []
         # Calls that wait for the engine to run dry; while any waits, new requests stay
         # queued in _adds (so it does run dry).
@@ -156,13 +158,18 @@ class EngineDriver:
         return stream
 
     def abort(self, request_id: str) -> None:
-        """Forget a request (client gone, stop string, timeout). Cheap and synchronous."""
+        """Forget a request (client gone, timeout). Cheap and synchronous."""
+        self.finish(request_id, finishes.aborted("its client stopped it"))
+
+    def finish(self, request_id: str, finish: Finish) -> None:
+        """End a request for a reason its reader found (a stop string in the text): the
+        engine ends the sequence with `finish` before its next step. Cheap and synchronous."""
         with self._work:
             stream = self._streams.pop(request_id, None)
             if stream is None:
                 return  # finished, failed or already aborted
             stream.end()  # a reader still waiting gets EndOfChannel
-            self._forget_locked([request_id])
+            self._forget_locked({request_id: finish})
 
     def cut_all(self, reason: str) -> None:
         """End every generation now, each with a GenerationCut (its client gets an error
@@ -202,24 +209,24 @@ class EngineDriver:
             return self.control
 
     def abort_all_now(self, engine: LLMEngine, reason: str) -> int:
-        """On the engine thread: stop every request in the engine, each ending with
-        `Aborted(reason)`. How many there were."""
-        ids = engine.abort_all()
+        """On the engine thread: stop every request in the engine, each ending with the
+        engine's `Ended` finish. How many there were."""
+        ended = engine.abort_all(reason)
         with self._work:
-            for request_id in ids:
+            for request_id, finish in ended.items():
                 stream = self._streams.pop(request_id, None)
                 if stream is not None:
-                    stream.put(Aborted(reason), last=True)
-        return len(ids)
+                    stream.put(Ended(finish), last=True)
+        return len(ended)
 
-    def _forget_locked(self, request_ids: list[str]) -> None:
-        """Drop requests not yet added; queue an engine abort for the others."""
-        for request_id in request_ids:
+    def _forget_locked(self, ends: dict[str, Finish]) -> None:
+        """Drop requests not yet added; queue the engine's end of the others."""
+        for request_id, finish in ends.items():
             pending = [p for p in self._adds if p.request_id == request_id]
             if pending:
                 self._adds.remove(pending[0])
             else:
-                self._aborts.add(request_id)
+                self._ends[request_id] = finish
         self._work.notify()
 
     # -- the driver task ---------------------------------------------------------------
@@ -262,10 +269,10 @@ class EngineDriver:
                 call.fail(GenerationCut("the engine stopped before this call ran"))
 
     def _wait_for_work(self, held: _HeldOutputs) -> tuple | None:
-        """(adds, aborts, calls) to apply before the next step; None once stopping.
+        """(adds, ends, calls) to apply before the next step; None once stopping.
         Calls waiting for an idle engine come last in `calls`, once it is idle."""
         with self._work:
-            while not (self._stopping or self._aborts or self._calls
+            while not (self._stopping or self._ends or self._calls
                        or (self._adds and not self._idle_calls)
                        or (self._idle_calls and not self.engine.has_unfinished())
                        or (self.control.may_step and self.engine.has_unfinished())):
@@ -276,11 +283,11 @@ class EngineDriver:
             adds = []
             if not self._idle_calls:  # else they wait until the idle calls ran
                 adds, self._adds = self._adds, []
-            aborts, self._aborts = self._aborts, set()
+            ends, self._ends = self._ends, {}
             calls, self._calls = self._calls, []
             if self._idle_calls and not self.engine.has_unfinished():
                 calls, self._idle_calls = calls + self._idle_calls, []
-            return adds, aborts, calls
+            return adds, ends, calls
 
     def _step(self, held: _HeldOutputs) -> list[StepOutput]:
         start = time.perf_counter()
@@ -307,9 +314,9 @@ class EngineDriver:
         self.stats.last_step_seconds = elapsed
         return outputs
 
-    def _apply(self, adds: list[_Pending], aborts: set[str], calls: list) -> None:
-        for request_id in aborts:
-            self.engine.abort(request_id)
+    def _apply(self, adds: list[_Pending], ends: dict[str, Finish], calls: list) -> None:
+        for request_id, finish in ends.items():
+            self.engine.finish(request_id, finish)
         for fn in calls:
             if isinstance(fn, EngineCall):
                 fn.run(self.engine)  # its caller gets the exception
@@ -325,7 +332,7 @@ class EngineDriver:
             except Exception as exc:  # ValueError: refused (e.g. too long); else a bug: this request only
                 if not isinstance(exc, ValueError):
                     log.exception("engine refused request %s", p.request_id)
-                    self.engine.abort(p.request_id)
+                    self.engine.finish(p.request_id, finishes.failed(f"{type(exc).__name__}: {exc}"))
                     exc = EngineFailure(f"engine refused the request: {type(exc).__name__}: {exc}")
                 refused.append((p.request_id, exc))
         if refused:
@@ -338,7 +345,7 @@ class EngineDriver:
     def _fail_all(self, exc: Exception) -> None:
         with self._work:
             streams, self._streams = self._streams, {}
-            self._forget_locked(list(streams))
+            self._forget_locked(dict.fromkeys(streams, finishes.failed(str(exc))))
             for stream in streams.values():  # last: whoever wakes sees the driver settled
                 stream.put(exc, last=True)
 
@@ -349,7 +356,7 @@ class EngineDriver:
                 stream = self._streams.get(out.request_id)
                 if stream is None:
                     continue  # aborted while the step ran; the engine abort is queued
-                last = out.finish_reason is not None
+                last = out.finish is not None
                 if last:
                     del self._streams[out.request_id]
                 if not marked and stream.reader_waiting:

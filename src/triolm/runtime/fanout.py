@@ -15,6 +15,8 @@ from contextlib import aclosing, asynccontextmanager
 import attrs
 import trio
 
+from triolm.engine import finish as finishes
+from triolm.engine.finish import Finish
 from triolm.runtime.generation import Generation
 
 
@@ -25,7 +27,10 @@ class Tick:
 
 @attrs.frozen
 class TimedOut:
-    """The request deadline passed; the generations were cancelled."""
+    """The request deadline passed; the generations were cancelled (their sequences
+    aborted): the ones still running end with `finish`."""
+
+    finish: Finish = finishes.DEADLINE
 
 
 def first_error(group: BaseExceptionGroup) -> BaseException | None:

@@ -13,12 +13,14 @@ from contextlib import aclosing, asynccontextmanager
 import attrs
 import trio
 
+from triolm.engine import finish as finishes
 from triolm.engine.constraint import ConstraintFailure
+from triolm.engine.finish import Finish
 from triolm.engine.llm_engine import StepOutput
 from triolm.engine.prompt_logprobs import PromptTokenLogprob
 from triolm.engine.sampler import SampledToken
 from triolm.engine.sampling_params import SamplingParams
-from triolm.runtime.engine_driver import Aborted, EngineDriver
+from triolm.runtime.engine_driver import Ended, EngineDriver
 from triolm.runtime.stop_strings import StopStringMatcher
 from triolm.tokenizers.base import Tokenizer
 from triolm.tokenizers.detokenizer import IncrementalDetokenizer
@@ -32,8 +34,7 @@ class Delta:
 
     text: str
     tokens: tuple[SampledToken, ...]
-    finish_reason: str | None = None
-    stop_reason: str | int | None = None  # the matched stop string or stop token id
+    finish: Finish | None = None  # on the last delta: why the generation ended
     weight_version: str | None = None  # the weights that computed these tokens (None: no token)
 
 
@@ -51,8 +52,7 @@ class GenerationResult:
 
     text: str = ""
     tokens: list[SampledToken] = attrs.Factory(list)
-    finish_reason: str | None = None
-    stop_reason: str | int | None = None
+    finish: Finish | None = None  # None while running, or if it was cut off (deadline, client gone)
     num_prompt_tokens: int = 0
     num_cached_prompt_tokens: int = 0
     num_prefilled_tokens: int = 0
@@ -115,15 +115,16 @@ class Generation:
             except trio.EndOfChannel:
                 # the stream ended without a finishing token: aborted from elsewhere
                 finished = True
-                self.result.finish_reason = self.result.finish_reason or "abort"
+                if self.result.finish is None:
+                    self.result.finish = finishes.aborted("its engine sequence was stopped")
                 return None
             if isinstance(item, Exception):
                 raise item
-            if isinstance(item, Aborted):
+            if isinstance(item, Ended):
                 finished = True
-                return self._on_aborted()
+                return self._on_ended(item.finish)
             delta = self._on_output(item)
-            finished = delta.finish_reason is not None
+            finished = delta.finish is not None
             return delta
 
         async with stream:  # closing it before the last token aborts the sequence
@@ -136,9 +137,10 @@ class Generation:
 
     def _on_output(self, out: StepOutput) -> Delta:
         r = self.result
-        if out.error is not None:  # the grammar failed: no text past what it allowed
-            r.finish_reason = "error"
-            raise ConstraintFailure(out.error)
+        finish = out.finish
+        if finish is not None and finish.kind == "error":  # the grammar failed: no text past what it allowed
+            r.finish = finish
+            raise ConstraintFailure(finish.detail or "")
         now = trio.current_time()
         if r.first_token_time is None:
             r.first_token_time = now
@@ -151,34 +153,32 @@ class Generation:
         r.tokens.append(info)
         r.count_token_of(out.weight_version)
         # The token that ends generation (EOS, a stop token id) is never part of the text.
-        ends = out.finish_reason == "stop" and (
-            out.token_id in self.driver.engine.eos_token_ids or out.token_id in self.params.stop_token_ids)
-        piece = "" if ends else self.detokenizer.push(out.token_id)
-        if out.finish_reason is not None:
+        ends_on_token = finish is not None and finish.stop_token == out.token_id
+        piece = "" if ends_on_token else self.detokenizer.push(out.token_id)
+        if finish is not None:
             piece += self.detokenizer.flush()
         text = self.stops.feed(piece)
-        finish, stop_reason = out.finish_reason, None
         if self.stops.matched is not None:
-            finish, stop_reason = "stop", self.stops.matched
+            # A stop string: text-level, so found here, where the text is; the engine
+            # ends the sequence with it (unless it already ended by itself).
+            finish = finishes.stop_string(self.stops.matched)
             if self.include_stop_str:
                 text += self.stops.matched
-            self.driver.abort(self.request_id)  # no-op if the engine already finished it
+            self.driver.finish(self.request_id, finish)
         elif finish is not None:
             text += self.stops.flush()
-            if finish == "stop" and out.token_id in self.params.stop_token_ids:
-                stop_reason = out.token_id
         r.text += text
         if finish is not None:
-            r.finish_reason, r.stop_reason = finish, stop_reason
-        return Delta(text, (info,), finish, stop_reason, out.weight_version)
+            r.finish = finish
+        return Delta(text, (info,), finish, out.weight_version)
 
-    def _on_aborted(self) -> Delta:
-        """The server stopped this generation (weights swapped under the "abort" policy):
-        what text was held back goes out, then finish_reason "abort"."""
+    def _on_ended(self, finish: Finish) -> Delta:
+        """The server stopped this generation between two tokens (weights swapped under
+        the "abort" policy): what text was held back goes out, with the engine's finish."""
         text = self.stops.feed(self.detokenizer.flush()) + self.stops.flush()
         self.result.text += text
-        self.result.finish_reason = "abort"
-        return Delta(text, (), "abort", None, self.result.weight_version)
+        self.result.finish = finish
+        return Delta(text, (), finish, self.result.weight_version)
 
     async def run_to_end(self) -> GenerationResult:
         async with aclosing(self.deltas()) as deltas:

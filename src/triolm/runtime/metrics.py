@@ -37,7 +37,7 @@ class Metrics:
         """Record one finished generation (a GenerationResult)."""
         self.prompt_tokens.inc(result.num_prompt_tokens)
         self.generation_tokens.inc(len(result.tokens))
-        self.request_success.labels(finished_reason=result.finish_reason or "abort").inc()
+        self.request_success.labels(finished_reason=result.finish.kind if result.finish else "abort").inc()
         if result.first_token_time is not None:
             self.ttft.observe(result.first_token_time - start_time)
         times = result.token_times

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from triolm.engine.finish import Finish
 from triolm.prompting.prompts import RenderedPrompt
 from triolm.sessions.node import Extension, Generated, Node, build_node
 from triolm.sessions.registry import SessionRegistry
@@ -33,8 +34,7 @@ class FinishedGeneration:
     token_ids: list[int]
     logprobs: list[float]
     text: str  # as returned to the client (raw: tool-call markup included)
-    finish_reason: str | None
-    stop_reason: int | str | None
+    finish: Finish | None  # None: it did not end by itself (cut off)
     num_cached_prompt_tokens: int | None  # None: the engine did not say
     num_prefilled_tokens: int | None
     extra_metadata: dict = attrs.Factory(dict)  # e.g. the router's backend
@@ -43,19 +43,16 @@ class FinishedGeneration:
     weight_spans: tuple[tuple[str, int], ...] = ()
 
 
-def stop_text(tokenizer: Tokenizer, stop_ids: set[int], gen: FinishedGeneration) -> str | None:
+def stop_text(tokenizer: Tokenizer, gen: FinishedGeneration) -> str | None:
     """The text of the stop token (EOS or a stop_token_ids entry) that ended a generation:
     the response text never includes it, the node's tokens do."""
-    if gen.finish_reason != "stop" or not gen.token_ids or isinstance(gen.stop_reason, str):
+    if gen.finish is None or gen.finish.stop_token is None:
         return None
-    last = gen.token_ids[-1]
-    if last not in stop_ids:
-        return None
-    return tokenizer.decode([last], skip_special_tokens=False) or None
+    return tokenizer.decode([gen.finish.stop_token], skip_special_tokens=False) or None
 
 
 def record_turn(registry: SessionRegistry, prepared: PreparedTurn, request_id: str,
-                gens: Sequence[FinishedGeneration], tokenizer: Tokenizer, stop_ids: set[int]) -> None:
+                gens: Sequence[FinishedGeneration], tokenizer: Tokenizer) -> None:
     """Turn each finished generation into a node of the session (if it still exists).
     A generation that produced nothing, or ended in an abort or error, records nothing."""
     session = prepared.session
@@ -64,10 +61,10 @@ def record_turn(registry: SessionRegistry, prepared: PreparedTurn, request_id: s
     parent = prepared.extension.parent
     children: list[Node] = []
     for index, gen in enumerate(gens):
-        if gen.finish_reason in (None, "abort", "error") or not gen.token_ids:
+        if gen.finish is None or gen.finish.kind in ("abort", "error") or not gen.token_ids:
             continue
         step = {"request_id": request_id, "choice_index": index,
-                "finish_reason": gen.finish_reason, "stop_reason": gen.stop_reason,
+                "finish_reason": gen.finish.kind, "stop_reason": gen.finish.matched,
                 "num_prompt_tokens": len(prepared.prompt.token_ids),
                 "num_new_prompt_tokens": len(prepared.new_prompt_ids),
                 "num_cached_prompt_tokens": gen.num_cached_prompt_tokens,
@@ -78,7 +75,7 @@ def record_turn(registry: SessionRegistry, prepared: PreparedTurn, request_id: s
                 "weight_version": gen.weight_spans[-1][0] if gen.weight_spans else None,
                 **gen.extra_metadata}
         record = Generated(token_ids=list(gen.token_ids), logprobs=list(gen.logprobs), text=gen.text,
-                           finish_reason=gen.finish_reason, stop_text=stop_text(tokenizer, stop_ids, gen),
+                           finish_reason=gen.finish.kind, stop_text=stop_text(tokenizer, gen),
                            metadata=step, weight_spans=gen.weight_spans)
         children.append(build_node(session.new_node_id(), parent, prepared.new_prompt_ids,
                                    prepared.prompt.text, record))

@@ -67,14 +67,14 @@ def test_stop_token_ids_min_tokens_and_ignore_eos(model):
     stop_at = greedy[3]
     outs = run(model, [("s", PROMPT, SamplingParams(temperature=0, max_tokens=10, stop_token_ids=(stop_at,)))])
     assert tokens(outs, "s") == greedy[: greedy.index(stop_at) + 1]
-    assert outs["s"][-1].finish_reason == "stop"
+    assert outs["s"][-1].finish.kind == "stop"
     # EOS forced by bias: stops at once, unless ignore_eos or min_tokens hides it
     bias = ((EOS, 100.0),)
     outs = run(model, [("e", PROMPT, SamplingParams(temperature=0, max_tokens=6, logit_bias=bias)),
                        ("i", PROMPT, SamplingParams(temperature=0, max_tokens=6, logit_bias=bias, ignore_eos=True)),
                        ("m", PROMPT, SamplingParams(temperature=0, max_tokens=6, logit_bias=bias, min_tokens=4))])
-    assert tokens(outs, "e") == [EOS] and outs["e"][-1].finish_reason == "stop"
-    assert tokens(outs, "i") == [EOS] * 6 and outs["i"][-1].finish_reason == "length"
+    assert tokens(outs, "e") == [EOS] and outs["e"][-1].finish.kind == "stop"
+    assert tokens(outs, "i") == [EOS] * 6 and outs["i"][-1].finish.kind == "length"
     assert EOS not in tokens(outs, "m")[:4] and tokens(outs, "m")[4] == EOS
 
 
@@ -118,3 +118,24 @@ def test_top_p_and_min_p_cut_the_tail():
 def attr_copy(params, seed):
     import attrs
     return attrs.evolve(params, seed=seed)
+
+
+def test_greedy_takes_the_first_of_tied_maxima_as_torch_argmax_does():
+    greedy = SamplingParams(temperature=0)
+    logits = torch.tensor([[0.0, 3.0, -1.0, 3.0], [-0.0, 0.0, 0.0, -2.0], [1.0, 2.0, 7.0, 7.0]])
+    got = [t.token_id for t in Sampler(()).__call__(logits, [_seq(greedy) for _ in range(3)])]
+    assert got == [int(torch.argmax(row)) for row in logits] == [1, 0, 2]
+
+
+def test_any_non_finite_logit_fails_its_row_and_only_it():
+    greedy = SamplingParams(temperature=0)
+    rows = torch.zeros(5, 8)
+    rows[0, 3] = math.inf
+    rows[1, 5] = -math.inf
+    rows[2, 0] = math.nan
+    rows[3, :] = 3e38  # huge but finite: their sum overflows, the logits are still fine
+    rows[3, 6] = 3.2e38
+    rows[4, 2] = 1.0
+    out = Sampler(()).__call__(rows, [_seq(greedy) for _ in range(5)])
+    assert [isinstance(o, FloatingPointError) for o in out] == [True, True, True, False, False]
+    assert out[3].token_id == 6 and out[4].token_id == 2

@@ -99,4 +99,4 @@ def test_length_limit_by_max_model_len(model):
     outs = []
     while engine.has_unfinished():
         outs += engine.step()
-    assert len(outs) == 10 and outs[-1].finish_reason == "length"
+    assert len(outs) == 10 and outs[-1].finish.kind == "length"

@@ -174,11 +174,11 @@ def test_transformers_gguf_loader_agrees(tmp_path, arch):
 
 
 ALL_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-             "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+             "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 
 
 def test_every_supported_type_in_one_mixed_file(tmp_path):
-    """A file mixing all 13 encodings: each tensor reads back bit-equal to gguf's
+    """A file mixing all 15 encodings: each tensor reads back bit-equal to gguf's
     reference dequantization of its stored blocks (then de-permuted)."""
     config = small_config("llama", hidden_size=256, intermediate_size=256, head_dim=64, vocab_size=64)
     names = [n for n, s in layout.expected_shapes(config).items() if len(s) == 2]
@@ -366,9 +366,9 @@ def _patch_tensor_info(path, name, *, new_name=None, dims=None, type_id=None):
 
 def test_unsupported_tensor_type(tmp_path):
     path, _, _ = write_small(tmp_path, file_type="Q4_0")
-    # IQ4_NL blocks have Q4_0's size (32 values in 18 bytes): a consistent file
-    _patch_tensor_info(path, "blk.1.ffn_up.weight", type_id=int(T.IQ4_NL))
-    msg = _expect_error(path, "blk.1.ffn_up.weight", "unsupported type IQ4_NL")
+    # MXFP4 blocks hold Q4_0's 32 values in one byte less: the data stays inside the file
+    _patch_tensor_info(path, "blk.1.ffn_up.weight", type_id=int(T.MXFP4))
+    msg = _expect_error(path, "blk.1.ffn_up.weight", "unsupported type MXFP4")
     for name in ALL_TYPES:
         assert name in msg
 

@@ -34,6 +34,7 @@ from triolm.formats.gguf_writer import write_gguf
 from triolm.kernels import native
 from triolm.model import linear as lin
 from triolm.model.config import ModelConfig
+from triolm.model.feed_forward import DenseMlp
 from triolm.model.llama import LlamaModel
 from triolm.settings import ServerSettings
 
@@ -291,9 +292,11 @@ def test_q4_k_m_model_matches_dequantized_float32(q4_k_m_file):
     assert our_tokens == ref_tokens
 
 
-def test_block_matrices_are_mapped_from_the_file(q4_k_m_file):
+@pytest.mark.parametrize("file_fixture", ["q4_k_m_file", "iq4_file"])
+def test_block_matrices_are_mapped_from_the_file(file_fixture, request):
     """Matrices whose rows need no reordering are read-only views of the mapped file, not
     copies (llama's Q/K rows are reordered, so those two are copies)."""
+    q4_k_m_file = request.getfixturevalue(file_fixture)
     gguf, tensors = read_gguf_for_engine(q4_k_m_file)
     model = LlamaModel(gguf.config, tensors)
     maps = {}
@@ -305,11 +308,49 @@ def test_block_matrices_are_mapped_from_the_file(q4_k_m_file):
                 maps[lo] = hi
     mapped = lambda ptr: any(lo <= ptr < hi for lo, hi in maps.items())  # noqa: E731
     layer = model.layers[1]
-    assert isinstance(layer.gate_up, lin.StackedLinear)
-    assert all(mapped(p.blocks.data_ptr()) for p in layer.gate_up.parts)
-    assert mapped(layer.down.blocks.data_ptr()) and mapped(model.lm_head.blocks.data_ptr())
+    mlp = layer.feed_forward
+    assert isinstance(mlp, DenseMlp) and isinstance(mlp.gate_up, lin.StackedLinear)
+    assert all(mapped(p.blocks.data_ptr()) for p in mlp.gate_up.parts)
+    assert mapped(mlp.down.blocks.data_ptr()) and mapped(model.lm_head.blocks.data_ptr())
     assert mapped(layer.qkv.parts[2].blocks.data_ptr())  # v
     assert not mapped(layer.qkv.parts[0].blocks.data_ptr())  # q: rows reordered
+
+
+@pytest.fixture(scope="module")
+def iq4_file(tmp_path_factory):
+    """A tiny llama of IQ4_XS matrices with IQ4_NL ones mixed in (IQ4_XS needs rows of
+    256: hidden 256, intermediate 512)."""
+    config = ModelConfig(architecture="llama", vocab_size=300, hidden_size=256, intermediate_size=512,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                         rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=1024,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_ids=(2,))
+    weights = random_weights(config, 4)
+    path = tmp_path_factory.mktemp("iq4") / "tiny-iq4.gguf"
+    write_gguf(path, config, weights, file_type="IQ4_XS",
+               type_overrides={"blk.0.attn_v.weight": "IQ4_NL", "blk.1.ffn_up.weight": "IQ4_NL",
+                               "blk.1.ffn_down.weight": "IQ4_NL", "token_embd.weight": "IQ4_NL"})
+    return path
+
+
+def test_iq4_model_matches_dequantized_float32(iq4_file):
+    """IQ4_NL and IQ4_XS matrices stay in their blocks (q|k|v and gate|up mix both
+    types) and the engine's logits are the dequantized float32 model's."""
+    gguf, tensors = read_gguf_for_engine(iq4_file)
+    assert set(gguf.tensor_types.values()) >= {"IQ4_XS", "IQ4_NL"}
+    compact = LlamaModel(gguf.config, tensors)
+    assert compact.native_decode == native.available()
+    kinds = compact.weight_kinds()
+    assert "dense" not in kinds and kinds["lm_head:iq4_xs"] == 1, kinds
+    assert any("iq4_nl" in k and "iq4_xs" in k for k in kinds), kinds  # stacked mixed parts
+    reference = LlamaModel(gguf.config, read_gguf(iq4_file).tensors)
+    assert compact.weights_bytes * 6 < reference.weights_bytes  # 4.25-4.5 bits vs 32
+
+    g = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(3, gguf.config.vocab_size, (n,), generator=g).tolist() for n in (70, 33, 5)]
+    ours, our_tokens = greedy_with_logits(compact, prompts, 12)
+    ref, ref_tokens = greedy_with_logits(reference, prompts, 12)
+    assert (ours - ref).abs().max().item() <= LOGITS_TOLERANCE
+    assert our_tokens == ref_tokens
 
 
 if __name__ == "__main__":  # the portable-path subprocess (see `portable_errors`)

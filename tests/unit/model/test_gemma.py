@@ -16,9 +16,16 @@ import attrs
 import gguf
 import pytest
 import torch
-import transformers
 
 from support.paths import DATA_DIR
+from support.transformers_oracle import (
+    TOLERANCE,
+    LogitRecorder,
+    assert_matches_transformers,
+    engine_run,
+    hf_model,
+    random_prompts,
+)
 from triolm.engine.llm_engine import EngineConfig, LLMEngine
 from triolm.engine.sampling_params import SamplingParams
 from triolm.formats import gguf_layout as layout
@@ -32,7 +39,6 @@ from triolm.model.gemma import GemmaModel
 
 ARCHS = ["gemma2", "gemma3"]
 GGUF_TYPES = ("F32", "F16", "Q8_0")
-TOLERANCE = 1e-4  # float32 end to end; differences come only from summation order
 LLAMA_CPP_TINY = json.loads((DATA_DIR / "gemma_tiny_llamacpp.json").read_text())
 
 
@@ -41,61 +47,8 @@ def gemma(tiny_model):
     return lambda arch: tiny_model(arch, gguf_types=GGUF_TYPES)
 
 
-class LogitRecorder:
-    """Wraps the model runner to keep the logits of every step, one row per request."""
-
-    def __init__(self, runner):
-        self.runner, self.logits, self.cached_at_prefill = runner, [], {}
-
-    def run(self, seqs, is_prefill):
-        if is_prefill:
-            self.cached_at_prefill.update({s.request_id: s.num_cached_tokens for s in seqs})
-        out = self.runner.run(seqs, is_prefill)
-        self.logits.append({s.request_id: out[i].clone() for i, s in enumerate(seqs)})
-        return out
-
-
-def engine_run(model, prompts, steps=16):
-    """Greedy-decode every prompt in one engine (batched decode steps); per prompt the
-    logits of its prefill and decode steps [steps + 1, vocab] and its tokens."""
-    engine = LLMEngine(model, (), EngineConfig(max_num_seqs=len(prompts), max_model_len=256))
-    recorder = LogitRecorder(engine.runner)
-    engine.runner = recorder
-    for i, prompt in enumerate(prompts):
-        engine.add_request(f"r{i}", prompt, SamplingParams(temperature=0, max_tokens=steps + 1, ignore_eos=True))
-    tokens = {f"r{i}": [] for i in range(len(prompts))}
-    while engine.has_unfinished():
-        for out in engine.step():
-            tokens[out.request_id].append(out.token_id)
-    rows = [[step[f"r{i}"] for step in recorder.logits if f"r{i}" in step] for i in range(len(prompts))]
-    return [(torch.stack(r), tokens[f"r{i}"]) for i, r in enumerate(rows)]
-
-
 def prompts_for(vocab):
-    gen = torch.Generator().manual_seed(1)
-    return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in (70, 41)]
-
-
-def reference_logits(hf, prompt, tokens, steps=16):
-    with torch.no_grad():
-        return hf(torch.tensor([prompt + tokens[:steps]])).logits[0, len(prompt) - 1:].float()
-
-
-def assert_matches_transformers(model, hf, vocab, label):
-    for prompt, (ours, tokens) in zip(prompts_for(vocab), engine_run(model, prompts_for(vocab)), strict=True):
-        ref = reference_logits(hf, prompt, tokens)
-        assert ours.shape == ref.shape == (17, vocab)
-        diff = (ours - ref).abs().max().item()
-        assert diff <= TOLERANCE, f"{label}, prompt of {len(prompt)}: max |logit diff| {diff}"
-        assert tokens[:16] == ref[:-1].argmax(-1).tolist()
-
-
-def hf_model(model_dir, state_dict=None):
-    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    if state_dict is not None:
-        missing, unexpected = hf.load_state_dict(state_dict, strict=False)
-        assert not unexpected and set(missing) <= {"lm_head.weight"}  # tied to the embedding
-    return hf
+    return random_prompts(vocab, (70, 41))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -16,11 +16,10 @@ import gguf
 import openai
 import pytest
 import torch
-import transformers
 
+from support import transformers_oracle as oracle
 from support.server_thread import ServerThread
-from triolm.engine.llm_engine import EngineConfig, LLMEngine
-from triolm.engine.sampling_params import SamplingParams
+from support.transformers_oracle import TOLERANCE, engine_run, hf_model, random_prompts
 from triolm.errors import ModelLoadError
 from triolm.formats import gguf_layout as layout
 from triolm.formats.gguf_reader import read_gguf
@@ -36,7 +35,6 @@ from triolm.settings import ServerSettings
 
 ARCHS = ["phi3", "granite", "smollm3"]
 GGUF_TYPES = ("F32", "F16", "Q8_0")
-TOLERANCE = 1e-4  # float32 end to end; differences come only from summation order
 PROMPT_LENGTHS = (70, 90)  # both past phi3's longrope switch at 64 positions
 
 
@@ -45,56 +43,12 @@ def family(tiny_model):
     return lambda arch: tiny_model(arch, gguf_types=GGUF_TYPES)
 
 
-class LogitRecorder:
-    """Wraps the model runner to keep the logits of every step, one row per request."""
-
-    def __init__(self, runner):
-        self.runner, self.logits = runner, []
-
-    def run(self, seqs, is_prefill):
-        out = self.runner.run(seqs, is_prefill)
-        self.logits.append({s.request_id: out[i].clone() for i, s in enumerate(seqs)})
-        return out
-
-
-def engine_run(model, prompts, steps=16, max_model_len=256):
-    """Greedy-decode every prompt in one engine (batched decode steps); per prompt the
-    logits of its prefill and decode steps [steps + 1, vocab] and its tokens."""
-    engine = LLMEngine(model, (), EngineConfig(max_num_seqs=len(prompts), max_model_len=max_model_len))
-    recorder = LogitRecorder(engine.runner)
-    engine.runner = recorder
-    for i, prompt in enumerate(prompts):
-        engine.add_request(f"r{i}", prompt, SamplingParams(temperature=0, max_tokens=steps + 1, ignore_eos=True))
-    tokens = {f"r{i}": [] for i in range(len(prompts))}
-    while engine.has_unfinished():
-        for out in engine.step():
-            tokens[out.request_id].append(out.token_id)
-    rows = [[step[f"r{i}"] for step in recorder.logits if f"r{i}" in step] for i in range(len(prompts))]
-    return [(torch.stack(r), tokens[f"r{i}"]) for i, r in enumerate(rows)]
-
-
 def prompts_for(vocab, lengths=PROMPT_LENGTHS):
-    gen = torch.Generator().manual_seed(1)
-    return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in lengths]
-
-
-def hf_model(model_dir, state_dict=None):
-    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    if state_dict is not None:
-        missing, unexpected = hf.load_state_dict(state_dict, strict=False)
-        assert not unexpected and set(missing) <= {"lm_head.weight"}  # tied to the embedding
-    return hf
+    return random_prompts(vocab, lengths)
 
 
 def assert_matches_transformers(model, hf, vocab, label, lengths=PROMPT_LENGTHS, max_model_len=256):
-    prompts = prompts_for(vocab, lengths)
-    for prompt, (ours, tokens) in zip(prompts, engine_run(model, prompts, max_model_len=max_model_len), strict=False):
-        with torch.no_grad():
-            ref = hf(torch.tensor([prompt + tokens[:16]])).logits[0, len(prompt) - 1:].float()
-        assert ours.shape == ref.shape == (17, vocab)
-        diff = (ours - ref).abs().max().item()
-        assert diff <= TOLERANCE, f"{label}, prompt of {len(prompt)}: max |logit diff| {diff}"
-        assert tokens[:16] == ref[:-1].argmax(-1).tolist()
+    oracle.assert_matches_transformers(model, hf, vocab, label, lengths, max_model_len)
 
 
 # ------------------------------------------------------------------ FAMILY-1, -2

@@ -15,12 +15,18 @@ import shutil
 import attrs
 import pytest
 import torch
-import transformers
 from safetensors.torch import save_file
 
 from support.engine_run import greedy_with_logits
 from support.hostile_gguf import rewrite_gguf
 from support.paths import DATA_DIR
+from support.transformers_oracle import (
+    TOLERANCE,
+    assert_matches_transformers,
+    engine_run,
+    hf_model,
+    random_prompts,
+)
 from triolm.errors import ModelLoadError
 from triolm.formats.gguf_reader import read_gguf
 from triolm.formats.gguf_weights import read_gguf_for_engine
@@ -31,12 +37,13 @@ from triolm.kernels import native
 from triolm.model import linear as lin
 from triolm.model.build import build_model
 from triolm.model.config import ModelConfig
-from triolm.model.moe import MoeModel, SparseMoe
+from triolm.model.feed_forward import DenseMlp
+from triolm.model.llama import LlamaModel
+from triolm.model.moe import SparseMoe
 from triolm.model.random_init import random_weights
 
 ARCHS = ["mixtral", "qwen3_moe"]
 GGUF_TYPES = ("F32", "F16", "Q8_0")
-TOLERANCE = 1e-4  # float32 end to end; differences come only from summation order
 STEPS = 16
 LLAMA_CPP_TINY = json.loads((DATA_DIR / "moe_tiny_llamacpp.json").read_text())
 
@@ -47,21 +54,7 @@ def moe(tiny_model):
 
 
 def prompts_for(vocab):
-    gen = torch.Generator().manual_seed(1)
-    return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in (70, 41)]
-
-
-def per_prompt_logits(model, prompts, steps=STEPS):
-    """Greedy-decode the prompts together; per prompt its [steps + 1, vocab] logits and tokens."""
-    logits, tokens = greedy_with_logits(model, prompts, steps + 1)
-    # rows: one prefill step holding every prompt, then one row per prompt per decode step
-    n = len(prompts)
-    rows = [[logits[i]] + [logits[n + s * n + i] for s in range(steps)] for i in range(n)]
-    return [(torch.stack(r), t) for r, t in zip(rows, tokens, strict=True)]
-
-
-def hf_model(model_dir):
-    return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return random_prompts(vocab, (70, 41))
 
 
 def hf_model_on(tensors, config_dir, tmp_path):
@@ -74,23 +67,14 @@ def hf_model_on(tensors, config_dir, tmp_path):
     return hf_model(model_dir)
 
 
-def assert_matches_transformers(model, hf, vocab, label):
-    for prompt, (ours, tokens) in zip(prompts_for(vocab), per_prompt_logits(model, prompts_for(vocab)), strict=True):
-        with torch.no_grad():
-            ref = hf(torch.tensor([prompt + tokens[:STEPS]])).logits[0, len(prompt) - 1:].float()
-        assert ours.shape == ref.shape == (STEPS + 1, vocab)
-        diff = (ours - ref).abs().max().item()
-        assert diff <= TOLERANCE, f"{label}, prompt of {len(prompt)}: max |logit diff| {diff}"
-        assert tokens[:STEPS] == ref[:-1].argmax(-1).tolist()
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_moe_001_logits_match_transformers_from_hf_directory(moe, arch):
     paths = moe(arch)
     config = read_hf_config(paths.hf_dir)
     assert config == paths.config and config.num_experts_per_tok == 3
     model = build_model(config, read_safetensors(paths.hf_dir))
-    assert isinstance(model, MoeModel) and model.native_decode == native.available()
+    assert isinstance(model, LlamaModel) and model.native_decode == native.available()
+    assert all(isinstance(layer.feed_forward, SparseMoe) for layer in model.layers)
     assert_matches_transformers(model, hf_model(paths.hf_dir), config.vocab_size, arch)
 
 
@@ -120,7 +104,7 @@ def test_moe_002_gguf_runs_as_in_llama_cpp(moe, arch):
     ref = LLAMA_CPP_TINY[arch]
     parsed, tensors = read_gguf_for_engine(moe(arch).gguf_path("F32"))
     model = build_model(parsed.config, tensors)
-    (ours, tokens), = per_prompt_logits(model, [ref["prompt_ids"]], steps=15)
+    (ours, tokens), = engine_run(model, [ref["prompt_ids"]], steps=15)
     assert tokens == ref["tokens"]
     logprobs = ours.log_softmax(-1)
     worst = max(abs(logprobs[step, token].item() - lp)
@@ -133,7 +117,8 @@ def test_moe_003_quantized_experts_are_views_of_the_stacked_tensor(moe):
     expert e's blocks start e slices after expert 0's, in the mapped file."""
     parsed, tensors = read_gguf_for_engine(moe("qwen3_moe").gguf_path("Q8_0"))
     model = build_model(parsed.config, tensors)
-    sparse = model.layers[1].moe
+    sparse = model.layers[1].feed_forward
+    assert isinstance(sparse, SparseMoe)
     gates = [gate_up.parts[0] for gate_up, _ in sparse.experts]
     downs = [down for _, down in sparse.experts]
     for group in (gates, downs):
@@ -178,7 +163,8 @@ def test_moe_004_native_and_torch_expert_paths_agree(moe, arch):
     if not native.available():
         pytest.skip("no native kernels on this machine")
     for weights in (read_safetensors(paths.hf_dir), read_gguf_for_engine(paths.gguf_path("Q8_0"))[1]):
-        sparse = build_model(paths.config, weights).layers[0].moe
+        sparse = build_model(paths.config, weights).layers[0].feed_forward
+        assert isinstance(sparse, SparseMoe)
         assert sparse.table is not None
         gen = torch.Generator().manual_seed(2)
         for rows in (1, 5, 70):
@@ -189,33 +175,6 @@ def test_moe_004_native_and_torch_expert_paths_agree(moe, arch):
             sparse._torch_add_into(h, slow)
             assert not torch.equal(fast, residual)
             assert (fast - slow).abs().max().item() <= 1e-5
-
-
-def test_moe_005_decode_step_is_one_native_call(moe, monkeypatch):
-    """Decode steps make one native call for every layer and expert: the Python MoE
-    path is never entered, so the step's Python cost does not grow with the experts."""
-    if not native.available():
-        pytest.skip("no native kernels on this machine")
-    paths = moe("qwen3_moe")
-    model = build_model(paths.config, read_safetensors(paths.hf_dir))
-    lib = native.lib()
-    calls = {"step": 0, "python_moe": 0}
-    step = lib.tl_moe_decode_step
-
-    def counting_step(*args):
-        calls["step"] += 1
-        return step(*args)
-
-    def counting_moe(self, h, out):
-        calls["python_moe"] += 1
-        return original(self, h, out)
-
-    original = SparseMoe.add_into
-    monkeypatch.setattr(lib, "tl_moe_decode_step", counting_step)
-    monkeypatch.setattr(SparseMoe, "add_into", counting_moe)
-    greedy_with_logits(model, prompts_for(paths.config.vocab_size), 5)
-    # prefill: one Python MoE call per layer; then 4 decode steps, one native call each
-    assert calls == {"step": 4, "python_moe": paths.config.num_hidden_layers}
 
 
 def _edited_copy(paths, tmp_path, **changes):
@@ -244,7 +203,7 @@ def test_moe_006_qwen3_moe_unnormalised_routing_and_dense_layers(moe, tmp_path):
                and k != "model.layers.1.mlp.gate.weight"}
     save_file(weights, str(model_dir / "model.safetensors"))
     model = build_model(config, read_safetensors(model_dir))
-    assert model.layers[1].moe is None and model.layers[0].moe is not None
+    assert isinstance(model.layers[1].feed_forward, DenseMlp) and isinstance(model.layers[0].feed_forward, SparseMoe)
     assert_matches_transformers(model, hf_model(model_dir), config.vocab_size, "unnormalised, dense layer 1")
     with pytest.raises(ValueError, match="norm_topk_prob"):
         write_gguf(tmp_path / "x.gguf", config, weights, file_type="F32")

@@ -54,7 +54,7 @@ async def test_an_idle_call_waits_for_the_requests_in_flight_and_holds_new_ones(
         await trio.testing.wait_all_tasks_blocked()
         later = driver.submit("later", [4, 5], GREEDY)  # arrives while the call waits
         outputs += [await first.receive() for _ in range(LONG.max_tokens - 1)]
-        assert outputs[-1].finish_reason == "length"
+        assert outputs[-1].finish.kind == "length"
         assert (await later.receive()).request_id == "later"
         assert seen == {"unfinished": False, "later_admitted": False, "steps": LONG.max_tokens}
         nursery.cancel_scope.cancel()

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .base import (
     DeltaEvent,
@@ -49,6 +50,31 @@ def get_tool_call_format(name: str) -> ToolCallFormat:
     return get_tool_parser(name).format
 
 
+def model_tool_parser(flag: str | None, chat_template: str | None, architecture: str | None,
+                      mistral_tokenizer: bool = False) -> str:
+    """The tool-call format of a served model: the `--tool-call-parser` flag, else
+    mistral-common's for a model it renders, else the one its chat template shows, else
+    the generic JSON format (a template with no tool support)."""
+    if flag:
+        return flag
+    if mistral_tokenizer:
+        return "mistral"
+    return detect_tool_parser(chat_template, architecture) or GENERIC_TOOL_PARSER
+
+
+def reply_tool_parser(parser: str | None, tools: Sequence[Any] | None, tool_choice: Any) -> str | None:
+    """The parser to run on one reply, or None to return its text as it is: `parser`
+    (the model's, or a session's) when the request offers tools and does not turn them
+    off — and the generic format's even then, since its replies are JSON objects."""
+    if not tools:
+        return None
+    if parser == GENERIC_TOOL_PARSER:
+        return GENERIC_TOOL_PARSER
+    if tool_choice == "none":
+        return None
+    return parser
+
+
 def detect_tool_parser(chat_template: str | None, architecture: str | None = None) -> str | None:
     """Choose a parser from the markup a chat template renders tool calls with; fall
     back on the architecture for template-less Mistral models (mistral-common renders
@@ -83,4 +109,6 @@ __all__ = [
     "detect_tool_parser",
     "get_tool_call_format",
     "get_tool_parser",
+    "model_tool_parser",
+    "reply_tool_parser",
 ]

@@ -201,13 +201,14 @@ class ToolParser(abc.ABC):
 
     name: ClassVar[str]
     format: ClassVar[ToolCallFormat]
+    stream_class: ClassVar[type[StreamingToolParser]]  # the format's state machine
 
     def __init__(self, tool_names: Iterable[str] | None = None):
         self.tool_names = frozenset(tool_names) if tool_names is not None else None
 
-    @abc.abstractmethod
     def streaming(self) -> StreamingToolParser:
         """A fresh incremental parser for one response."""
+        return self.stream_class(self)
 
     def parse(self, text: str, cut_short: bool = False) -> ParsedToolCalls:
         """`cut_short`: the generation stopped mid-text (max_tokens); complete calls are
@@ -247,9 +248,11 @@ class StreamingToolParser(abc.ABC):
 
     require_args_key = False  # a call object without "arguments"/"parameters" is not a call
     args_keys = ("arguments", "parameters")
+    initial_state: ClassVar[str] = "out"  # where the format's state machine (`_run`) starts
 
     def __init__(self, parser: ToolParser):
         self._parser = parser
+        self._state = self.initial_state
         self._pending = ""
         self._events: list[DeltaEvent] = []
         self._ws = ""
@@ -500,3 +503,21 @@ __all__ = [
     "first_marker",
     "random_call_id",
 ]
+
+
+class JsonCallStream(StreamingToolParser):
+    """A format whose calls are JSON objects, `{"name": ..., "arguments": ...}` (hermes,
+    llama3_json, generic)."""
+
+    def _open_json_call(self, raw: str) -> None:
+        """A call object starts (`raw`: the markup before it)."""
+        self._open_call(raw, JsonStream(require_object=True))
+
+    def _read_call(self) -> bool | None:
+        """Feed pending text to the open call: True once its object is complete, False
+        while it needs more text, None when the text is not JSON (the call broke)."""
+        assert self._call is not None
+        try:
+            return self._feed_call(self._call)
+        except JsonError:
+            return None

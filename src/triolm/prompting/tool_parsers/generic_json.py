@@ -17,17 +17,7 @@ from __future__ import annotations
 
 import json
 
-from .base import (
-    WHITESPACE,
-    Args,
-    JsonError,
-    JsonStream,
-    Lit,
-    Name,
-    StreamingToolParser,
-    ToolCallFormat,
-    ToolParser,
-)
+from .base import WHITESPACE, Args, JsonCallStream, Lit, Name, ToolCallFormat, ToolParser
 
 CALLS_KEY = "tool_calls"
 RESPONSE_KEY = "response"
@@ -48,12 +38,12 @@ def render_response(text: str) -> str:
     return '{"response": ' + json.dumps(text, ensure_ascii=False) + "}"
 
 
-class GenericJsonStream(StreamingToolParser):
+class GenericJsonStream(JsonCallStream):
     require_args_key = True
+    initial_state = "start"
 
     def __init__(self, parser: ToolParser):
         super().__init__(parser)
-        self._state = "start"
         self._escape = ""  # an unfinished escape sequence of the response string
 
     def _run(self, final: bool) -> None:
@@ -86,19 +76,19 @@ class GenericJsonStream(StreamingToolParser):
                     return
                 if rest[0] == "{":
                     self._pending = rest
-                    self._open_call("", JsonStream(require_object=True))
+                    self._open_json_call("")
                     self._state = "call"
                 else:  # "]" ends the list; anything else is past repair
                     self._state = "tail"
             elif st == "call":
                 call = self._call
-                try:
-                    if not self._feed_call(call):
-                        return
-                except JsonError:
+                done = self._read_call()
+                if done is None:
                     self._abandon_call(call)
                     self._state = "tail"
                     continue
+                if not done:
+                    return
                 if not self._complete_call(call):
                     self._abandon_call(call)
                 self._state = "separator"
@@ -173,6 +163,4 @@ def _escape_length(text: str, i: int) -> int | None:
 class GenericJsonToolParser(ToolParser):
     name = "generic"
     format = GENERIC_FORMAT
-
-    def streaming(self) -> GenericJsonStream:
-        return GenericJsonStream(self)
+    stream_class = GenericJsonStream

@@ -17,17 +17,7 @@ very end of the text is tolerated (generation stopped on it).
 
 from __future__ import annotations
 
-from .base import (
-    WHITESPACE,
-    Args,
-    JsonError,
-    JsonStream,
-    Lit,
-    Name,
-    StreamingToolParser,
-    ToolCallFormat,
-    ToolParser,
-)
+from .base import WHITESPACE, Args, JsonCallStream, Lit, Name, ToolCallFormat, ToolParser
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
@@ -42,26 +32,22 @@ HERMES_FORMAT = ToolCallFormat(
 )
 
 
-class HermesStream(StreamingToolParser):
-    def __init__(self, parser: ToolParser):
-        super().__init__(parser)
-        self._state = "out"
-
+class HermesStream(JsonCallStream):
     def _run(self, final: bool) -> None:
         while True:
             st = self._state
             if st == "out":
                 if not self._content_until(OPEN, final):
                     return
-                self._open_call(OPEN, JsonStream(require_object=True))
+                self._open_json_call(OPEN)
                 self._state = "json"
             elif st == "json":
-                try:
-                    if not self._feed_call(self._call):
-                        return
-                except JsonError:
+                done = self._read_call()
+                if done is None:
                     self._malformed()
                     continue
+                if not done:
+                    return
                 self._state = "close"
             elif st == "close":
                 call = self._call
@@ -103,6 +89,4 @@ class HermesStream(StreamingToolParser):
 class HermesToolParser(ToolParser):
     name = "hermes"
     format = HERMES_FORMAT
-
-    def streaming(self) -> HermesStream:
-        return HermesStream(self)
+    stream_class = HermesStream

@@ -12,17 +12,7 @@ ordinary JSON answer is not mistaken for a call.
 
 from __future__ import annotations
 
-from .base import (
-    WHITESPACE,
-    Args,
-    JsonError,
-    JsonStream,
-    Lit,
-    Name,
-    StreamingToolParser,
-    ToolCallFormat,
-    ToolParser,
-)
+from .base import WHITESPACE, Args, JsonCallStream, Lit, Name, ToolCallFormat, ToolParser
 
 PYTHON_TAG = "<|python_tag|>"
 
@@ -37,12 +27,9 @@ LLAMA3_JSON_FORMAT = ToolCallFormat(
 )
 
 
-class Llama3JsonStream(StreamingToolParser):
+class Llama3JsonStream(JsonCallStream):
     require_args_key = True
-
-    def __init__(self, parser: ToolParser):
-        super().__init__(parser)
-        self._state = "start"
+    initial_state = "start"
 
     def _run(self, final: bool) -> None:
         while True:
@@ -57,7 +44,7 @@ class Llama3JsonStream(StreamingToolParser):
                 if rest.startswith("{"):
                     self._content(self._pending[: len(self._pending) - len(rest)])
                     self._pending = rest
-                    self._open_call("", JsonStream(require_object=True))
+                    self._open_json_call("")
                     self._state = "json"
                 elif not final and PYTHON_TAG.startswith(rest):
                     return
@@ -66,17 +53,17 @@ class Llama3JsonStream(StreamingToolParser):
             elif st == "content":
                 if not self._content_until(PYTHON_TAG, final):
                     return
-                self._open_call(PYTHON_TAG, JsonStream(require_object=True))
+                self._open_json_call(PYTHON_TAG)
                 self._state = "json"
             elif st == "json":
                 call = self._call
-                try:
-                    if not self._feed_call(call):
-                        return
-                except JsonError:
+                done = self._read_call()
+                if done is None:
                     self._state = "skip" if call.committed else "content"
                     self._abandon_call(call)
                     continue
+                if not done:
+                    return
                 if self._complete_call(call):
                     self._state = "between"
                 else:
@@ -89,7 +76,7 @@ class Llama3JsonStream(StreamingToolParser):
                 if rest.startswith(";"):
                     sep = self._pending[: len(self._pending) - len(rest) + 1]
                     self._pending = rest[1:]
-                    self._open_call(sep, JsonStream(require_object=True))
+                    self._open_json_call(sep)
                     self._state = "json"
                 else:
                     self._state = "content"
@@ -101,6 +88,4 @@ class Llama3JsonStream(StreamingToolParser):
 class Llama3JsonToolParser(ToolParser):
     name = "llama3_json"
     format = LLAMA3_JSON_FORMAT
-
-    def streaming(self) -> Llama3JsonStream:
-        return Llama3JsonStream(self)
+    stream_class = Llama3JsonStream

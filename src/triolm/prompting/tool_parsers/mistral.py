@@ -73,7 +73,6 @@ def mistral_call_id() -> str:
 class MistralStream(StreamingToolParser):
     def __init__(self, parser: ToolParser):
         super().__init__(parser)
-        self._state = "out"
         self._block = ""  # raw text of the block before the current call (for fallback)
         self._block_ws = ""  # whitespace before the [TOOL_CALLS] marker
 
@@ -217,6 +216,4 @@ class MistralStream(StreamingToolParser):
 class MistralToolParser(ToolParser):
     name = "mistral"
     format = MISTRAL_FORMAT
-
-    def streaming(self) -> MistralStream:
-        return MistralStream(self)
+    stream_class = MistralStream
