@@ -179,15 +179,31 @@ def bench_files(args, quantize: Path) -> list[tuple[str, Path]]:
     return files
 
 
+def padded_tokenizer(vocab: int):
+    """The benchmark tokenizer (spm-llama2) and its GGUF metadata, the vocabulary padded
+    with unused tokens to `vocab` entries (the shapes of real large vocabularies)."""
+    from gguf import TokenType
+
+    from support.model_factory import _tokenizer_info
+
+    tok = _tokenizer_info("spm-llama2", None)
+    meta = dict(tok.gguf_metadata)
+    pad = vocab - len(meta["tokenizer.ggml.tokens"])
+    meta["tokenizer.ggml.tokens"] = list(meta["tokenizer.ggml.tokens"]) + [f"<unused_{i}>" for i in range(pad)]
+    if "tokenizer.ggml.scores" in meta:
+        meta["tokenizer.ggml.scores"] = list(meta["tokenizer.ggml.scores"]) + [0.0] * pad
+    meta["tokenizer.ggml.token_type"] = list(meta["tokenizer.ggml.token_type"]) + [int(TokenType.UNUSED)] * pad
+    return tok, meta
+
+
 def big_f16(layers: int) -> Path:
     """A random-weight Llama-3.2-3B-shape model as F16 GGUF, written one tensor at a time
     (6.4 GB of float16 never sits in memory at once); the benchmark tokenizer's vocabulary
     padded with unused tokens to 128256 entries."""
     import numpy as np
     import torch
-    from gguf import GGMLQuantizationType, GGUFWriter, TokenType
+    from gguf import GGMLQuantizationType, GGUFWriter
 
-    from support.model_factory import _tokenizer_info
     from triolm.formats import gguf_layout as layout
     from triolm.formats.gguf_writer import _write_metadata
     from triolm.model.config import ModelConfig
@@ -196,14 +212,7 @@ def big_f16(layers: int) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer_info("spm-llama2", None)
-    meta = dict(tok.gguf_metadata)
-    vocab = BIG_SHAPE["vocab_size"]
-    pad = vocab - len(meta["tokenizer.ggml.tokens"])
-    meta["tokenizer.ggml.tokens"] = list(meta["tokenizer.ggml.tokens"]) + [f"<unused_{i}>" for i in range(pad)]
-    if "tokenizer.ggml.scores" in meta:
-        meta["tokenizer.ggml.scores"] = list(meta["tokenizer.ggml.scores"]) + [0.0] * pad
-    meta["tokenizer.ggml.token_type"] = list(meta["tokenizer.ggml.token_type"]) + [int(TokenType.UNUSED)] * pad
+    tok, meta = padded_tokenizer(BIG_SHAPE["vocab_size"])
     config = ModelConfig(architecture="llama", rms_norm_eps=1e-5, rope_theta=500000.0,
                          tie_word_embeddings=True, bos_token_id=tok.bos, eos_token_ids=tok.eos,
                          max_position_embeddings=8192, **{**BIG_SHAPE, "num_hidden_layers": layers})

@@ -56,9 +56,8 @@ def random_q4_k(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
 
 def moe_30b_file(layers: int) -> Path:
     """The shape as a random-block Q4_K GGUF, written one tensor at a time."""
-    from gguf import GGMLQuantizationType, GGUFWriter, TokenType
+    from gguf import GGMLQuantizationType, GGUFWriter
 
-    from support.model_factory import _tokenizer_info
     from triolm.formats import gguf_layout as layout
     from triolm.formats import moe_gguf, moe_layout
     from triolm.formats.gguf_writer import _write_metadata
@@ -68,13 +67,7 @@ def moe_30b_file(layers: int) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer_info("spm-llama2", None)
-    meta = dict(tok.gguf_metadata)
-    pad = SHAPE["vocab_size"] - len(meta["tokenizer.ggml.tokens"])
-    meta["tokenizer.ggml.tokens"] = list(meta["tokenizer.ggml.tokens"]) + [f"<unused_{i}>" for i in range(pad)]
-    if "tokenizer.ggml.scores" in meta:
-        meta["tokenizer.ggml.scores"] = list(meta["tokenizer.ggml.scores"]) + [0.0] * pad
-    meta["tokenizer.ggml.token_type"] = list(meta["tokenizer.ggml.token_type"]) + [int(TokenType.UNUSED)] * pad
+    tok, meta = bls.padded_tokenizer(SHAPE["vocab_size"])
     config = ModelConfig(bos_token_id=tok.bos, eos_token_ids=tok.eos, max_position_embeddings=8192,
                          **{**SHAPE, "num_hidden_layers": layers})
     arch = layout.GGUF_ARCH[config.architecture]
