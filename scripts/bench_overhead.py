@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `triolm serve` does
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common as bc  # noqa: E402
+import bench_decode_ab  # noqa: E402
 import bench_engine  # noqa: E402
 from bench import start_triolm  # noqa: E402
 
@@ -43,27 +44,9 @@ def engine_step_ms(engine, prompt: list[int], gen: int, tag: str) -> float:
 
 
 def socket_itl_ms(url: str, model: str, prompt: list[int], gen: int) -> float:
-    """Stream with a bare socket: one timestamp per SSE `data:` event as it arrives."""
-    import json
-    import socket
-
-    host, port = url.split("//", 1)[1].split(":")
-    payload = json.dumps(bc.completion_body("triolm", model, prompt, gen)).encode()
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode()
-    times: list[float] = []
-    tail = b""
-    with socket.create_connection((host, int(port)), timeout=600) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(head + payload)
-        while data := sock.recv(65536):
-            now = time.perf_counter()
-            window = tail + data  # an event marker split across two reads counts once
-            times.extend([now] * (window.count(b"data: ") - tail.count(b"data: ")))
-            tail = window[-8:]
-    if len(times) < gen // 2:
-        raise RuntimeError(f"the stream carried {len(times)} events for {gen} tokens")
-    itls = [b - a for a, b in itertools.pairwise(times[1:-2])]  # not the first, [DONE] or usage
+    """Stream with a bare socket: the median gap between token events as they arrive."""
+    times = bench_decode_ab.stream_times(url, model, prompt, gen)
+    itls = [b - a for a, b in itertools.pairwise(times[1:])]  # not the first token
     return bc.median(itls) * 1000
 
 
